@@ -1,0 +1,20 @@
+//! kv-core: the pure logic of the store, shared by the node daemon, the CLI and the
+//! WebAssembly SDK. Nothing here does I/O or reads a clock: time is an argument.
+//!
+//! Map of the crate:
+//! - [`hash`]: keys onto the 64-bit ring (xxh3).
+//! - [`ring`]: physical nodes, virtual-node tokens, preference lists, move plans.
+//! - [`version`]: version vectors and the dotted sibling sets every key is stored as.
+//! - [`quorum`]: N/W/R settings and the trackers that decide a request's outcome.
+//! - [`merkle`]: incrementally updated Merkle trees for anti-entropy.
+//! - [`membership`]: gossip state and failure detection.
+//! - [`wire`]: the client and peer messages.
+#![deny(clippy::unwrap_used)]
+
+pub mod hash;
+pub mod membership;
+pub mod merkle;
+pub mod quorum;
+pub mod ring;
+pub mod version;
+pub mod wire;

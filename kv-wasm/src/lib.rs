@@ -1,0 +1,1 @@
+//! kv-wasm: the WebAssembly SDK.
