@@ -781,3 +781,409 @@ impl<'a> Reader<'a> {
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn vv(entries: &[(&str, u64)]) -> VersionVector {
+        VersionVector::from_entries(entries.iter().map(|(a, c)| (*a, *c)))
+    }
+
+    fn val(s: &str) -> Option<Vec<u8>> {
+        Some(s.as_bytes().to_vec())
+    }
+
+    /// The seed's example, written with contexts: each write returns the context the writer
+    /// would read back.
+    #[test]
+    fn seed_example_d1_to_d5() {
+        // D1: a client writes through Sx.
+        let mut sx = SiblingSet::new();
+        sx.update(&VersionVector::new(), "Sx", val("D1"), 1);
+        let d1 = sx.context().clone();
+        assert_eq!(d1, vv(&[("Sx", 1)]));
+        // D2: read D1, write through Sx.
+        sx.update(&d1, "Sx", val("D2"), 2);
+        let d2 = sx.context().clone();
+        assert_eq!(d2, vv(&[("Sx", 2)]));
+        assert_eq!(sx.values(), vec![b"D2".as_slice()]);
+        // D3 through Sy and D4 through Sz, both from D2's context.
+        let mut sy = sx.clone();
+        let mut sz = sx.clone();
+        sy.update(&d2, "Sy", val("D3"), 3);
+        sz.update(&d2, "Sz", val("D4"), 4);
+        let d3 = sy.context().clone();
+        let d4 = sz.context().clone();
+        assert_eq!(d3, vv(&[("Sx", 2), ("Sy", 1)]));
+        assert_eq!(d4, vv(&[("Sx", 2), ("Sz", 1)]));
+        assert_eq!(d3.compare(&d4), Causality::Concurrent);
+        assert_eq!(d2.compare(&d3), Causality::Before);
+        assert_eq!(d1.compare(&d2), Causality::Before);
+        // A read that reaches both sees two siblings.
+        let mut read = sy.synced(&sz);
+        assert_eq!(read.values(), vec![b"D3".as_slice(), b"D4".as_slice()]);
+        // The client resolves them and writes D5 through Sx.
+        let (resolved, ctx) = read.reconcile(|vals| Some(vals.concat()));
+        read.update(&ctx, "Sx", resolved, 5);
+        let d5 = read.context().clone();
+        assert_eq!(d5, vv(&[("Sx", 3), ("Sy", 1), ("Sz", 1)]));
+        assert_eq!(read.values(), vec![b"D3D4".as_slice()]);
+        assert_eq!(d5.compare(&d3), Causality::After);
+        assert_eq!(d5.compare(&d4), Causality::After);
+        // Sy and Sz learn D5 through sync and drop their old siblings.
+        sy.sync(&read);
+        sz.sync(&read);
+        assert_eq!(sy, read);
+        assert_eq!(sz, read);
+    }
+
+    #[test]
+    fn seed_comparisons() {
+        assert_eq!(
+            vv(&[("s0", 1), ("s1", 1)]).compare(&vv(&[("s0", 1), ("s1", 2)])),
+            Causality::Before
+        );
+        assert_eq!(
+            vv(&[("s0", 1), ("s1", 2)]).compare(&vv(&[("s0", 1), ("s1", 1)])),
+            Causality::After
+        );
+        assert_eq!(
+            vv(&[("s0", 1), ("s1", 2)]).compare(&vv(&[("s0", 2), ("s1", 1)])),
+            Causality::Concurrent
+        );
+        assert_eq!(
+            vv(&[("s0", 1)]).compare(&vv(&[("s0", 1)])),
+            Causality::Equal
+        );
+        assert_eq!(
+            VersionVector::new().compare(&vv(&[("s0", 1)])),
+            Causality::Before
+        );
+    }
+
+    /// Two clients read the same version and both write through the same coordinator: plain
+    /// vector clocks would make the second write overwrite the first; here both survive.
+    #[test]
+    fn same_coordinator_concurrent_writes_both_survive() {
+        let mut s = SiblingSet::new();
+        s.update(&VersionVector::new(), "A", val("v0"), 1);
+        let read = s.context().clone();
+        s.update(&read, "A", val("client1"), 2);
+        s.update(&read, "A", val("client2"), 3);
+        assert_eq!(
+            s.values(),
+            vec![b"client1".as_slice(), b"client2".as_slice()]
+        );
+        assert_eq!(s.context(), &vv(&[("A", 3)]));
+        // A client that read both and writes back overwrites both.
+        let ctx = s.context().clone();
+        s.update(&ctx, "A", val("merged"), 4);
+        assert_eq!(s.values(), vec![b"merged".as_slice()]);
+    }
+
+    #[test]
+    fn blind_write_keeps_existing_value_as_sibling() {
+        let mut s = SiblingSet::new();
+        s.update(&VersionVector::new(), "A", val("x"), 1);
+        s.update(&VersionVector::new(), "B", val("y"), 2);
+        assert_eq!(s.values().len(), 2);
+        s.update(&VersionVector::new(), "A", val("z"), 3);
+        assert_eq!(s.values().len(), 3);
+    }
+
+    #[test]
+    fn delete_is_a_versioned_tombstone() {
+        let mut a = SiblingSet::new();
+        a.update(&VersionVector::new(), "A", val("x"), 10);
+        let mut b = a.clone();
+        let ctx = a.context().clone();
+        a.update(&ctx, "A", None, 20);
+        assert!(a.is_deleted());
+        assert!(!a.is_empty());
+        assert!(a.values().is_empty());
+        // The tombstone wins over the older copy held elsewhere: no resurrection.
+        b.sync(&a);
+        assert!(b.is_deleted());
+        assert!(!b.tombstone_only_older_than(25, 10));
+        assert!(b.tombstone_only_older_than(30, 10));
+        // A concurrent write is kept next to the tombstone.
+        let mut c = SiblingSet::new();
+        c.update(&VersionVector::new(), "C", val("late"), 21);
+        b.sync(&c);
+        assert!(!b.is_deleted());
+        assert!(!b.tombstone_only_older_than(1_000, 10));
+    }
+
+    #[test]
+    fn lww_picks_latest_timestamp_then_largest_dot() {
+        let mut s = SiblingSet::new();
+        s.update(&VersionVector::new(), "A", val("old"), 5);
+        s.update(&VersionVector::new(), "B", val("new"), 9);
+        s.update(&VersionVector::new(), "C", val("tie"), 9);
+        assert_eq!(s.lww().unwrap().value, val("tie"));
+        assert_eq!(s.newest_timestamp(), Some(9));
+        assert!(SiblingSet::new().lww().is_none());
+    }
+
+    #[test]
+    fn siblings_cap_drops_oldest_and_reports() {
+        let mut s = SiblingSet::new();
+        for i in 0..MAX_SIBLINGS as u64 {
+            let out = s.update(&VersionVector::new(), "A", val(&i.to_string()), 1_000 + i);
+            assert_eq!(out.dropped, 0);
+        }
+        // An old clock on the newest write must not drop the write itself.
+        let out = s.update(&VersionVector::new(), "B", val("skewed"), 1);
+        assert_eq!(out.dropped, 1);
+        assert_eq!(s.siblings().len(), MAX_SIBLINGS);
+        assert!(s.siblings().iter().any(|x| x.dot == out.dot));
+        assert!(!s.values().contains(&b"0".as_slice()));
+        // The dropped dot stays covered, so a replica still holding it drops it on sync.
+        let mut other = SiblingSet::new();
+        other.update(&VersionVector::new(), "A", val("0"), 1_000);
+        other.sync(&s);
+        assert_eq!(other, s);
+    }
+
+    #[test]
+    fn prune_only_removed_actors_without_siblings_past_threshold() {
+        let mut s = SiblingSet::new();
+        for actor in ["gone1", "gone2", "kept"] {
+            let ctx = s.context().clone();
+            s.update(&ctx, actor, val(actor), 1);
+        }
+        // Now only "kept" has a sibling; gone2 stays as it is not in the removed set.
+        s.update(&VersionVector::new(), "gone1", val("late"), 2);
+        let removed: BTreeSet<String> = ["gone1", "gone2", "nobody"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(s.clone().prune(&removed, 3), 0, "not past the threshold");
+        let mut p = s.clone();
+        // gone1 still names a sibling ("late"), so only gone2 goes.
+        assert_eq!(p.prune(&removed, 2), 1);
+        assert_eq!(p.context().get("gone2"), 0);
+        assert_eq!(p.context().get("gone1"), 2);
+        assert_eq!(p.siblings(), s.siblings());
+        assert!(SiblingSet::decode(&p.encode()).is_ok());
+    }
+
+    #[test]
+    fn encode_is_canonical_and_round_trips() {
+        let mut a = SiblingSet::new();
+        a.update(&VersionVector::new(), "zeta", val("1"), 1);
+        a.update(&VersionVector::new(), "alpha", None, 2);
+        let mut b = SiblingSet::new();
+        b.update(&VersionVector::new(), "alpha", None, 2);
+        let mut z = SiblingSet::new();
+        z.update(&VersionVector::new(), "zeta", val("1"), 1);
+        b.sync(&z);
+        assert_eq!(a.encode(), b.encode());
+        assert_eq!(SiblingSet::decode(&a.encode()).unwrap(), a);
+        assert_eq!(
+            SiblingSet::decode(&SiblingSet::new().encode()).unwrap(),
+            SiblingSet::new()
+        );
+    }
+
+    #[test]
+    fn decode_rejects_garbage_and_every_truncation() {
+        let mut a = SiblingSet::new();
+        a.update(&VersionVector::new(), "node-1#3", val("hello"), 123_456);
+        a.update(&VersionVector::new(), "node-2#1", None, 99);
+        let bytes = a.encode();
+        for cut in 0..bytes.len() {
+            assert!(
+                SiblingSet::decode(&bytes[..cut]).is_err(),
+                "prefix {cut} accepted"
+            );
+        }
+        let mut extra = bytes.clone();
+        extra.push(0);
+        assert_eq!(
+            SiblingSet::decode(&extra),
+            Err(VersionError::TrailingBytes {
+                offset: bytes.len()
+            })
+        );
+        assert_eq!(
+            SiblingSet::decode(&[7]),
+            Err(VersionError::UnknownFormat(7))
+        );
+        // A huge length field with no bytes behind it is an error, not an allocation.
+        let mut huge = vec![FORMAT_V1, 1];
+        put_varint(&mut huge, u64::MAX);
+        assert!(matches!(
+            SiblingSet::decode(&huge),
+            Err(VersionError::Truncated { .. })
+        ));
+        // A non-minimal varint is rejected (canonical form only).
+        assert!(SiblingSet::decode(&[FORMAT_V1, 0x80, 0x00, 0x00]).is_err());
+    }
+
+    #[test]
+    fn context_string_round_trips_and_rejects_garbage() {
+        let ctx = vv(&[("n1#1", 3), ("n2#1", 1_000_000)]);
+        let s = ctx.encode_context();
+        assert!(s
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+        assert_eq!(decode_context(&s).unwrap(), ctx);
+        assert_eq!(VersionVector::new().encode_context(), "");
+        assert_eq!(decode_context("").unwrap(), VersionVector::new());
+        assert!(matches!(
+            decode_context("!!!"),
+            Err(VersionError::BadBase64(_))
+        ));
+        assert!(decode_context("AA").is_err());
+        assert!(decode_context(&s[..s.len() - 2]).is_err());
+    }
+
+    #[test]
+    fn serde_uses_canonical_bytes() {
+        let mut a = SiblingSet::new();
+        a.update(&VersionVector::new(), "A", val("x"), 1);
+        let json = serde_json::to_string(&a).unwrap();
+        assert_eq!(serde_json::from_str::<SiblingSet>(&json).unwrap(), a);
+        assert!(serde_json::from_str::<SiblingSet>("[9,9]").is_err());
+    }
+
+    // ---- properties ----
+
+    fn arb_vv() -> impl Strategy<Value = VersionVector> {
+        proptest::collection::vec((0..4usize, 0..4u64), 0..5).prop_map(|es| {
+            VersionVector::from_entries(es.into_iter().map(|(a, c)| (["a", "b", "c", "d"][a], c)))
+        })
+    }
+
+    /// One step of a simulated cluster of three replicas ("r0".."r2") of one key.
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// A write at replica `at` with no context.
+        Blind { at: usize, value: u8 },
+        /// A write (or delete) at `at` with the context read from replica `from`.
+        Write {
+            at: usize,
+            from: usize,
+            value: Option<u8>,
+        },
+        /// Replica `at` syncs with replica `from`.
+        Sync { at: usize, from: usize },
+    }
+
+    fn arb_op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (0..3usize, any::<u8>()).prop_map(|(at, value)| Op::Blind { at, value }),
+            (0..3usize, 0..3usize, proptest::option::of(any::<u8>()))
+                .prop_map(|(at, from, value)| Op::Write { at, from, value }),
+            (0..3usize, 0..3usize).prop_map(|(at, from)| Op::Sync { at, from }),
+        ]
+    }
+
+    /// Runs the ops; returns the three replicas, every dot written and the dots that some
+    /// write's context overwrote.
+    fn simulate(ops: &[Op]) -> (Vec<SiblingSet>, BTreeSet<Dot>, BTreeSet<Dot>) {
+        let actors = ["r0", "r1", "r2"];
+        let mut reps = vec![SiblingSet::new(); 3];
+        let mut written = BTreeSet::new();
+        let mut overwritten = BTreeSet::new();
+        for (t, op) in ops.iter().enumerate() {
+            let (at, ctx, value) = match op {
+                Op::Blind { at, value } => (*at, VersionVector::new(), Some(vec![*value])),
+                Op::Write { at, from, value } => {
+                    (*at, reps[*from].context().clone(), value.map(|v| vec![v]))
+                }
+                Op::Sync { at, from } => {
+                    let other = reps[*from].clone();
+                    reps[*at].sync(&other);
+                    continue;
+                }
+            };
+            overwritten.extend(written.iter().filter(|d| ctx.covers(d)).cloned());
+            let out = reps[at].update(&ctx, actors[at], value, t as u64);
+            assert_eq!(out.dropped, 0);
+            written.insert(out.dot);
+        }
+        (reps, written, overwritten)
+    }
+
+    proptest! {
+        #[test]
+        fn prop_version_vectors_form_a_partial_order(a in arb_vv(), b in arb_vv(), c in arb_vv()) {
+            prop_assert_eq!(a.compare(&a), Causality::Equal);
+            let flipped = match a.compare(&b) {
+                Causality::Before => Causality::After,
+                Causality::After => Causality::Before,
+                other => other,
+            };
+            prop_assert_eq!(b.compare(&a), flipped);
+            if a.compare(&b) == Causality::Equal {
+                prop_assert_eq!(&a, &b);
+            }
+            let le = |x: &VersionVector, y: &VersionVector| {
+                matches!(x.compare(y), Causality::Before | Causality::Equal)
+            };
+            if le(&a, &b) && le(&b, &c) {
+                prop_assert!(le(&a, &c));
+            }
+            let m = a.merge(&b);
+            prop_assert!(le(&a, &m) && le(&b, &m));
+            prop_assert_eq!(&m, &b.merge(&a));
+            prop_assert_eq!(m.merge(&c), a.merge(&b.merge(&c)));
+            prop_assert_eq!(a.merge(&a), a.clone());
+        }
+
+        #[test]
+        fn prop_sync_is_commutative_associative_idempotent(ops in proptest::collection::vec(arb_op(), 0..40)) {
+            let (reps, _, _) = simulate(&ops);
+            let (a, b, c) = (&reps[0], &reps[1], &reps[2]);
+            prop_assert_eq!(a.synced(b).encode(), b.synced(a).encode());
+            prop_assert_eq!(a.synced(b).synced(c).encode(), a.synced(&b.synced(c)).encode());
+            prop_assert_eq!(a.synced(a).encode(), a.encode());
+            prop_assert_eq!(a.synced(&SiblingSet::new()).encode(), a.encode());
+        }
+
+        #[test]
+        fn prop_sync_keeps_exactly_the_non_overwritten_writes(ops in proptest::collection::vec(arb_op(), 0..40)) {
+            let (reps, written, overwritten) = simulate(&ops);
+            let all = reps[0].synced(&reps[1]).synced(&reps[2]);
+            let kept: BTreeSet<Dot> = all.siblings().iter().map(|s| s.dot.clone()).collect();
+            let expected: BTreeSet<Dot> = written.difference(&overwritten).cloned().collect();
+            prop_assert_eq!(kept, expected);
+            // Pairwise: a sibling of one side survives unless the other side overwrote it.
+            let ab = reps[0].synced(&reps[1]);
+            for s in reps[0].siblings() {
+                let other_has = reps[1].siblings().contains(s);
+                if other_has || !reps[1].context().covers(&s.dot) {
+                    prop_assert!(ab.siblings().contains(s));
+                }
+            }
+        }
+
+        #[test]
+        fn prop_encode_round_trips(ops in proptest::collection::vec(arb_op(), 0..30)) {
+            let (reps, _, _) = simulate(&ops);
+            for r in &reps {
+                prop_assert_eq!(&SiblingSet::decode(&r.encode()).unwrap(), r);
+                prop_assert_eq!(&decode_context(&r.context().encode_context()).unwrap(), r.context());
+            }
+        }
+
+        #[test]
+        fn prop_decoders_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..64), s in ".{0,40}") {
+            let mut framed = vec![FORMAT_V1];
+            framed.extend_from_slice(&bytes);
+            for input in [&bytes, &framed] {
+                if let Ok(set) = SiblingSet::decode(input) {
+                    // Whatever decodes is canonical: it encodes back to the same bytes.
+                    prop_assert_eq!(&set.encode(), input);
+                }
+            }
+            let _ = decode_context(&s);
+            let _ = decode_context(&URL_SAFE_NO_PAD.encode(&bytes));
+        }
+    }
+}
