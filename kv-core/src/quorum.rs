@@ -355,3 +355,227 @@ impl ReadTracker {
             .collect()
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::version::VersionVector;
+    use proptest::prelude::*;
+    use std::collections::BTreeSet;
+
+    fn nodes(n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("n{i}")).collect()
+    }
+
+    fn set_with(actor: &str, value: &str) -> SiblingSet {
+        let mut s = SiblingSet::new();
+        s.update(
+            &VersionVector::new(),
+            actor,
+            Some(value.as_bytes().to_vec()),
+            1,
+        );
+        s
+    }
+
+    #[test]
+    fn config_validation() {
+        assert_eq!(QuorumConfig::new(0, 1, 1), Err(QuorumError::NoReplicas));
+        assert_eq!(
+            QuorumConfig::new(3, 0, 1),
+            Err(QuorumError::WriteQuorumOutOfRange { w: 0, n: 3 })
+        );
+        assert_eq!(
+            QuorumConfig::new(3, 2, 4),
+            Err(QuorumError::ReadQuorumOutOfRange { r: 4, n: 3 })
+        );
+        let c = QuorumConfig::new(3, 2, 2).unwrap();
+        assert!(c.is_strong());
+        assert!(!QuorumConfig::new(3, 1, 2).unwrap().is_strong());
+        assert_eq!(c.capped(1), QuorumConfig { n: 1, w: 1, r: 1 });
+        assert_eq!(c.capped(2), QuorumConfig { n: 2, w: 2, r: 2 });
+        assert_eq!(c.capped(5), c);
+        assert_eq!(c.capped(0), QuorumConfig { n: 1, w: 1, r: 1 });
+        assert!(QuorumError::NoReplicas.to_string().contains("N"));
+    }
+
+    #[test]
+    fn write_succeeds_at_exactly_the_wth_ack_with_hints() {
+        let mut t = WriteTracker::new(nodes(3), 2);
+        assert_eq!(t.record("n0", ReplicaOutcome::Ack), Decision::Pending);
+        assert_eq!(
+            t.record(
+                "n1",
+                ReplicaOutcome::HintedAck {
+                    intended: "n9".into()
+                }
+            ),
+            Decision::Succeeded
+        );
+        assert_eq!(t.hinted(), vec![("n1".to_string(), "n9".to_string())]);
+        // A later failure does not undo the decision.
+        assert_eq!(
+            t.record("n2", ReplicaOutcome::Failed("disk full".into())),
+            Decision::Succeeded
+        );
+        assert_eq!(
+            t.failures(),
+            vec![("n2".to_string(), "disk full".to_string())]
+        );
+    }
+
+    #[test]
+    fn write_fails_fast_with_every_reason() {
+        let mut t = WriteTracker::new(nodes(3), 2);
+        assert_eq!(
+            t.record("n0", ReplicaOutcome::Failed("refused".into())),
+            Decision::Pending
+        );
+        let d = t.record("n2", ReplicaOutcome::TimedOut);
+        assert_eq!(
+            d,
+            Decision::Failed(vec![
+                ("n0".to_string(), "refused".to_string()),
+                ("n2".to_string(), "timed out".to_string()),
+            ])
+        );
+        assert_eq!(t.pending(), vec!["n1".to_string()]);
+    }
+
+    #[test]
+    fn duplicates_and_strangers_are_ignored() {
+        let mut t = WriteTracker::new(nodes(3), 2);
+        t.record("n0", ReplicaOutcome::Ack);
+        assert_eq!(t.record("n0", ReplicaOutcome::Ack), Decision::Pending);
+        assert_eq!(t.record("x", ReplicaOutcome::Ack), Decision::Pending);
+        assert_eq!(t.acks(), 1);
+        // A first failure then a late "ack" from the same node stays a failure.
+        t.record("n1", ReplicaOutcome::Failed("boom".into()));
+        t.record("n1", ReplicaOutcome::Ack);
+        assert_eq!(t.acks(), 1);
+        assert_eq!(t.failures().len(), 1);
+        // A replica listed twice is one replica.
+        let t = WriteTracker::new(vec!["a".into(), "a".into()], 2);
+        assert!(matches!(t.decision(), Decision::Failed(_)));
+    }
+
+    #[test]
+    fn read_merges_and_names_stale_replicas() {
+        let mut t = ReadTracker::new(nodes(3), 2);
+        let old = set_with("n0", "old");
+        let mut new = old.clone();
+        let ctx = new.context().clone();
+        new.update(&ctx, "n1", Some(b"new".to_vec()), 2);
+        assert_eq!(
+            t.record("n0", ReadReply::Found(old.clone())),
+            Decision::Pending
+        );
+        assert_eq!(
+            t.record("n1", ReadReply::Found(new.clone())),
+            Decision::Succeeded
+        );
+        assert_eq!(t.merged(), new);
+        assert_eq!(t.merged().values(), vec![b"new".as_slice()]);
+        assert_eq!(t.stale_replicas(), vec!["n0".to_string()]);
+        t.record("n2", ReadReply::NotFound);
+        assert_eq!(t.stale_replicas(), vec!["n0".to_string(), "n2".to_string()]);
+    }
+
+    #[test]
+    fn read_not_found_everywhere_is_not_stale_and_concurrent_answers_merge() {
+        let mut t = ReadTracker::new(nodes(2), 2);
+        t.record("n0", ReadReply::NotFound);
+        assert_eq!(t.record("n1", ReadReply::NotFound), Decision::Succeeded);
+        assert!(t.stale_replicas().is_empty());
+        assert!(t.merged().is_empty());
+
+        let mut t = ReadTracker::new(nodes(3), 2);
+        t.record("n0", ReadReply::Found(set_with("n0", "a")));
+        t.record("n1", ReadReply::Found(set_with("n1", "b")));
+        assert_eq!(t.merged().values().len(), 2);
+        assert_eq!(t.stale_replicas(), vec!["n0".to_string(), "n1".to_string()]);
+        let d = t.record("n2", ReadReply::Failed("io".into()));
+        assert_eq!(d, Decision::Succeeded);
+        assert_eq!(t.failures(), vec![("n2".to_string(), "io".to_string())]);
+    }
+
+    #[test]
+    fn read_fails_when_too_few_can_answer() {
+        let mut t = ReadTracker::new(nodes(3), 3);
+        assert_eq!(
+            t.record("n1", ReadReply::TimedOut),
+            Decision::Failed(vec![("n1".to_string(), "timed out".to_string())])
+        );
+    }
+
+    /// An outcome kind in the property test: 0 ack, 1 hinted ack, 2 error, 3 timeout.
+    fn outcome(kind: u8) -> ReplicaOutcome {
+        match kind {
+            0 => ReplicaOutcome::Ack,
+            1 => ReplicaOutcome::HintedAck {
+                intended: "elsewhere".into(),
+            },
+            2 => ReplicaOutcome::Failed("error".into()),
+            _ => ReplicaOutcome::TimedOut,
+        }
+    }
+
+    fn reply(kind: u8) -> ReadReply {
+        match kind {
+            0 => ReadReply::Found(set_with("a", "v")),
+            1 => ReadReply::NotFound,
+            2 => ReadReply::Failed("error".into()),
+            _ => ReadReply::TimedOut,
+        }
+    }
+
+    proptest! {
+        /// Replays random replies (including strangers and repeats) and checks each decision
+        /// against counts kept independently.
+        #[test]
+        fn prop_trackers_decide_exactly_when_counts_say(
+            n in 1..6usize,
+            quorum in 1..6usize,
+            replies in proptest::collection::vec((0..7usize, 0..4u8), 0..14),
+        ) {
+            let quorum = quorum.min(n);
+            let mut wt = WriteTracker::new(nodes(n), quorum);
+            let mut rt = ReadTracker::new(nodes(n), quorum);
+            let mut seen = BTreeSet::new();
+            let (mut ok, mut bad) = (0usize, 0usize);
+            let mut decided_at: Option<usize> = None;
+            for (step, (who, kind)) in replies.iter().enumerate() {
+                let node = format!("n{who}");
+                if *who < n && seen.insert(*who) {
+                    if *kind < 2 { ok += 1 } else { bad += 1 }
+                }
+                let expected = if ok >= quorum {
+                    "ok"
+                } else if n - bad < quorum {
+                    "fail"
+                } else {
+                    "pending"
+                };
+                for d in [wt.record(&node, outcome(*kind)), rt.record(&node, reply(*kind))] {
+                    let got = match &d {
+                        Decision::Succeeded => "ok",
+                        Decision::Failed(reasons) => {
+                            prop_assert_eq!(reasons.len(), bad);
+                            "fail"
+                        }
+                        Decision::Pending => "pending",
+                    };
+                    prop_assert_eq!(got, expected);
+                }
+                if expected != "pending" && decided_at.is_none() {
+                    decided_at = Some(step);
+                    // Decided at the reply that made it so, not later.
+                    prop_assert!(*who < n);
+                }
+            }
+            prop_assert_eq!(wt.acks(), ok);
+            prop_assert_eq!(rt.answers(), ok);
+        }
+    }
+}
