@@ -944,12 +944,12 @@ impl AllocState {
                 }
             }
             let Some((i, size)) = best else { break };
-            // Take what is due, shifted down by up to 1/16 by the seed so that different seeds
-            // never cut at the same token; leave the donor at least a quarter of the range.
-            let jitter = u128::from(mix64(seed ^ mix64(k as u64)) % 1024);
-            let take = (want - want * jitter / 16384)
-                .min(size - size / 4)
-                .clamp(1, size - 1);
+            // Take what is due but leave the donor at least a quarter of the range, then shift
+            // the cut down by up to 1/16 according to the seed, so that different seeds (almost)
+            // never cut at the same token.
+            let jitter = u128::from(mix64(seed ^ mix64(k as u64)) % (1 << 20));
+            let capped = want.min(size - size / 4);
+            let take = (capped - capped * jitter / (1 << 24)).clamp(1, size - 1);
             let prev = if i == 0 {
                 self.tokens[self.tokens.len() - 1]
             } else {
@@ -995,6 +995,631 @@ impl AllocState {
             }
             self.tokens.remove(i);
             self.owner.remove(i);
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::BTreeSet;
+
+    fn info(id: &str, dc: &str, rack: &str, weight: u32) -> NodeInfo {
+        NodeInfo {
+            id: id.to_string(),
+            addr: format!("{id}.local:7000"),
+            dc: dc.to_string(),
+            rack: rack.to_string(),
+            weight,
+        }
+    }
+
+    /// Joins nodes one at a time, each with tokens allocated against the ring so far.
+    fn grow_ring(ring: &mut Ring, nodes: &[NodeInfo]) {
+        for (i, n) in nodes.iter().enumerate() {
+            let tokens = ring.allocate_tokens(n.weight, 1000 + i as u64);
+            ring.insert(n.clone(), tokens);
+        }
+    }
+
+    fn equal_nodes(k: usize) -> Vec<NodeInfo> {
+        (0..k)
+            .map(|i| info(&format!("n{i:02}"), "dc1", "r1", 1))
+            .collect()
+    }
+
+    fn simple(n: usize) -> Placement {
+        Placement::Simple { n }
+    }
+
+    /// (min, max) deviation of the values from their mean, as fractions of the mean.
+    fn deviation(values: &BTreeMap<NodeId, f64>) -> (f64, f64) {
+        let mean = values.values().sum::<f64>() / values.len() as f64;
+        let min = values.values().cloned().fold(f64::INFINITY, f64::min);
+        let max = values.values().cloned().fold(f64::NEG_INFINITY, f64::max);
+        (min / mean - 1.0, max / mean - 1.0)
+    }
+
+    /// Fraction of replica copies (range size x replicas) that a move plan copies.
+    fn moved_fraction(plan: &[Transfer], replicas: usize) -> f64 {
+        plan.iter().map(|t| t.range.fraction()).sum::<f64>() / replicas as f64
+    }
+
+    #[test]
+    fn placement_parses_and_prints() {
+        assert_eq!(Placement::parse("3").unwrap(), simple(3));
+        assert_eq!(Placement::parse(" 1 ").unwrap(), simple(1));
+        let per_dc = Placement::parse("dc1:2, dc2:1").unwrap();
+        let expected: BTreeMap<String, usize> =
+            [("dc1".to_string(), 2), ("dc2".to_string(), 1)].into();
+        assert_eq!(per_dc, Placement::PerDc(expected));
+        assert_eq!(per_dc.to_string(), "dc1:2,dc2:1");
+        assert_eq!("dc1:2,dc2:1".parse::<Placement>().unwrap(), per_dc);
+        assert_eq!(simple(3).to_string(), "3");
+        for bad in [
+            "",
+            "0",
+            "x",
+            "-1",
+            "dc1:0",
+            ":2",
+            "dc1:2,dc1:1",
+            "dc1",
+            "dc1:2,",
+            "dc1:a",
+        ] {
+            let err = Placement::parse(bad).unwrap_err();
+            assert!(matches!(err, RingError::InvalidPlacement { .. }), "{bad}");
+            assert!(err.to_string().contains("invalid placement"), "{err}");
+        }
+    }
+
+    #[test]
+    fn placement_replicas_counts_all_dcs() {
+        assert_eq!(simple(3).replicas(), 3);
+        assert_eq!(Placement::parse("dc1:2,dc2:1").unwrap().replicas(), 3);
+    }
+
+    #[test]
+    fn token_range_contains_size_and_wraps() {
+        let r = TokenRange::new(10, 20);
+        assert!(!r.contains(10) && r.contains(11) && r.contains(20) && !r.contains(21));
+        assert_eq!(r.size(), 10);
+        assert!(!r.wraps());
+        let w = TokenRange::new(u64::MAX - 1, 1);
+        assert!(w.wraps());
+        assert!(w.contains(u64::MAX) && w.contains(0) && w.contains(1));
+        assert!(!w.contains(u64::MAX - 1) && !w.contains(2));
+        assert_eq!(w.size(), 3);
+        let full = TokenRange::new(5, 5);
+        assert!(full.contains(5) && full.contains(0) && full.contains(u64::MAX));
+        assert_eq!(full.size(), RING_SIZE);
+        assert_eq!(full.fraction(), 1.0);
+        assert!((TokenRange::new(0, 1 << 62).fraction() - 0.25).abs() < 1e-12);
+        assert!(r.to_string().contains("0x000000000000000a"));
+    }
+
+    #[test]
+    fn empty_ring_has_nothing() {
+        let ring = Ring::new();
+        assert!(ring.is_empty());
+        assert_eq!(ring.len(), 0);
+        assert_eq!(ring.vnode_count(), 0);
+        assert!(ring.preference_list(b"k", &simple(3)).is_empty());
+        assert!(ring.walk(7).is_empty());
+        assert!(ring.ranges(&simple(3)).is_empty());
+        assert!(ring.range_for_token(7).is_none());
+        assert!(ring.ownership(&simple(1)).is_empty());
+        assert!(ring.move_plan(&Ring::new(), &simple(3)).is_empty());
+    }
+
+    #[test]
+    fn insert_node_nodes_tokens_of_and_remove() {
+        let mut ring = Ring::new();
+        ring.insert(info("b", "dc1", "r1", 1), vec![30, 10, 10]);
+        ring.insert(info("a", "dc1", "r1", 1), vec![20]);
+        assert_eq!(ring.len(), 2);
+        assert!(!ring.is_empty());
+        assert_eq!(ring.tokens_of("b"), vec![10, 30]);
+        assert_eq!(ring.vnode_count(), 3);
+        let ids: Vec<&str> = ring.nodes().map(|n| n.id.as_str()).collect();
+        assert_eq!(ids, ["a", "b"]);
+        assert_eq!(ring.node("a").unwrap().addr, "a.local:7000");
+        // Replacing keeps one member and drops the old tokens.
+        ring.insert(info("b", "dc2", "r9", 2), vec![40]);
+        assert_eq!(ring.len(), 2);
+        assert_eq!(ring.tokens_of("b"), vec![40]);
+        assert_eq!(ring.node("b").unwrap().dc, "dc2");
+        assert_eq!(ring.vnode_count(), 2);
+        assert_eq!(ring.remove("a").unwrap().id, "a");
+        assert!(ring.remove("a").is_none());
+        assert!(ring.node("a").is_none());
+        assert!(ring.tokens_of("a").is_empty());
+        assert_eq!(ring.walk(0), vec!["b".to_string()]);
+    }
+
+    #[test]
+    fn primary_owns_the_range_up_to_its_token() {
+        let mut ring = Ring::new();
+        ring.insert(info("a", "dc1", "r1", 1), vec![100]);
+        ring.insert(info("b", "dc1", "r1", 1), vec![200]);
+        let p1 = simple(1);
+        assert_eq!(ring.preference_list_for_token(100, &p1), ["a"]);
+        assert_eq!(ring.preference_list_for_token(101, &p1), ["b"]);
+        assert_eq!(ring.preference_list_for_token(200, &p1), ["b"]);
+        assert_eq!(ring.preference_list_for_token(201, &p1), ["a"]);
+        assert_eq!(ring.preference_list_for_token(0, &p1), ["a"]);
+        assert_eq!(ring.preference_list_for_token(150, &simple(2)), ["b", "a"]);
+        // Never more replicas than nodes.
+        assert_eq!(ring.preference_list_for_token(150, &simple(5)), ["b", "a"]);
+        assert_eq!(ring.range_for_token(150), Some(TokenRange::new(100, 200)));
+        assert_eq!(ring.range_for_token(250), Some(TokenRange::new(200, 100)));
+    }
+
+    #[test]
+    fn preference_list_of_a_key_is_that_of_its_token() {
+        let mut ring = Ring::new();
+        grow_ring(&mut ring, &equal_nodes(5));
+        for i in 0..100 {
+            let key = format!("key-{i}");
+            assert_eq!(
+                ring.preference_list(key.as_bytes(), &simple(3)),
+                ring.preference_list_for_token(key_token(key.as_bytes()), &simple(3))
+            );
+        }
+    }
+
+    #[test]
+    fn shared_token_belongs_to_the_smaller_id_in_any_order() {
+        let mut one = Ring::new();
+        one.insert(info("b", "dc1", "r1", 1), vec![50]);
+        one.insert(info("a", "dc1", "r1", 1), vec![50, 90]);
+        let mut two = Ring::new();
+        two.insert(info("a", "dc1", "r1", 1), vec![50, 90]);
+        two.insert(info("b", "dc1", "r1", 1), vec![50]);
+        for ring in [&one, &two] {
+            assert_eq!(ring.vnode_count(), 2);
+            assert_eq!(ring.preference_list_for_token(40, &simple(1)), ["a"]);
+            assert!(ring.ranges(&simple(1)).iter().all(|(r, _)| r.size() > 0));
+        }
+    }
+
+    #[test]
+    fn prepared_and_computed_lists_agree() {
+        let mut ring = Ring::new();
+        let nodes: Vec<NodeInfo> = (0..8)
+            .map(|i| {
+                info(
+                    &format!("n{i}"),
+                    ["dc1", "dc2"][i % 2],
+                    ["r1", "r2", "r3"][i % 3],
+                    1,
+                )
+            })
+            .collect();
+        grow_ring(&mut ring, &nodes);
+        let placements = [simple(3), Placement::parse("dc1:2,dc2:1").unwrap()];
+        let computed: Vec<Vec<Vec<NodeId>>> = placements
+            .iter()
+            .map(|p| {
+                (0..200u64)
+                    .map(|t| ring.preference_list_for_token(mix64(t), p))
+                    .collect()
+            })
+            .collect();
+        assert!(ring.cached_preference_list(1, &placements[0]).is_none());
+        let mut prepared = ring.clone();
+        for p in &placements {
+            prepared.prepare(p);
+            prepared.prepare(p);
+        }
+        assert_eq!(prepared.prepared_placements().count(), 2);
+        for (p, expected) in placements.iter().zip(&computed) {
+            for (t, list) in (0..200u64).zip(expected) {
+                assert_eq!(&prepared.preference_list_for_token(mix64(t), p), list);
+                assert_eq!(
+                    prepared.cached_preference_list(mix64(t), p).unwrap(),
+                    list.as_slice()
+                );
+            }
+        }
+        // Tables follow changes.
+        prepared.remove("n3");
+        ring.remove("n3");
+        let p = &placements[1];
+        for t in 0..200u64 {
+            assert_eq!(
+                prepared.preference_list_for_token(mix64(t), p),
+                ring.preference_list_for_token(mix64(t), p)
+            );
+        }
+        let built = Ring::new().with_placement(&simple(2));
+        assert_eq!(built.prepared_placements().next(), Some(&simple(2)));
+    }
+
+    #[test]
+    fn walk_lists_every_node_once_from_the_owner() {
+        let mut ring = Ring::new();
+        grow_ring(&mut ring, &equal_nodes(6));
+        for t in [0u64, 1 << 40, u64::MAX, 12345] {
+            let walk = ring.walk(t);
+            assert_eq!(walk.len(), 6);
+            assert_eq!(walk.iter().collect::<BTreeSet<_>>().len(), 6);
+            assert_eq!(walk[0], ring.preference_list_for_token(t, &simple(1))[0]);
+            // Without DCs or racks, the preference list is the start of the walk.
+            assert_eq!(walk[..3], ring.preference_list_for_token(t, &simple(3))[..]);
+        }
+    }
+
+    #[test]
+    fn simple_placement_prefers_new_dcs_then_new_racks() {
+        let mut ring = Ring::new();
+        // Clockwise: a(dc1,r1) b(dc1,r1) c(dc1,r2) d(dc2,r1)
+        ring.insert(info("a", "dc1", "r1", 1), vec![10]);
+        ring.insert(info("b", "dc1", "r1", 1), vec![20]);
+        ring.insert(info("c", "dc1", "r2", 1), vec![30]);
+        ring.insert(info("d", "dc2", "r1", 1), vec![40]);
+        // From 5: a first, then the new DC (d), then a new rack of dc1 (c), then b.
+        assert_eq!(
+            ring.preference_list_for_token(5, &simple(4)),
+            ["a", "d", "c", "b"]
+        );
+        assert_eq!(ring.preference_list_for_token(5, &simple(2)), ["a", "d"]);
+        // PerDc takes its counts per DC, distinct racks first.
+        let p = Placement::parse("dc1:2,dc2:1").unwrap();
+        assert_eq!(ring.preference_list_for_token(5, &p), ["a", "c", "d"]);
+        let only_dc2 = Placement::parse("dc2:3").unwrap();
+        assert_eq!(ring.preference_list_for_token(5, &only_dc2), ["d"]);
+        let unknown = Placement::parse("dc9:1").unwrap();
+        assert!(ring.preference_list_for_token(5, &unknown).is_empty());
+    }
+
+    #[test]
+    fn sloppy_list_replaces_down_nodes_with_stand_ins() {
+        let mut ring = Ring::new();
+        ring.insert(info("a", "dc1", "r1", 1), vec![10]);
+        ring.insert(info("b", "dc2", "r1", 1), vec![20]);
+        ring.insert(info("c", "dc1", "r1", 1), vec![30]);
+        ring.insert(info("d", "dc2", "r1", 1), vec![40]);
+        ring.insert(info("e", "dc1", "r1", 1), vec![50]);
+        let p = simple(2);
+        assert_eq!(ring.preference_list_for_token(5, &p), ["a", "b"]);
+        let all_up = ring.sloppy_preference_list(5, &p, |_| true);
+        assert_eq!(
+            all_up.iter().map(|t| t.node.as_str()).collect::<Vec<_>>(),
+            ["a", "b"]
+        );
+        assert!(all_up.iter().all(|t| t.hint_for.is_none()));
+        // b is down: the next healthy dc2 node (d) stands in, skipping c of dc1.
+        let targets = ring.sloppy_preference_list(5, &p, |id| id != "b");
+        assert_eq!(
+            targets,
+            vec![
+                Target {
+                    node: "a".into(),
+                    hint_for: None
+                },
+                Target {
+                    node: "d".into(),
+                    hint_for: Some("b".into())
+                },
+            ]
+        );
+        // All of dc2 down: any healthy node stands in.
+        let targets = ring.sloppy_preference_list(5, &p, |id| id != "b" && id != "d");
+        assert_eq!(
+            targets[1],
+            Target {
+                node: "c".into(),
+                hint_for: Some("b".into())
+            }
+        );
+        // Everything down but a: no stand-in for b.
+        let targets = ring.sloppy_preference_list(5, &p, |id| id == "a");
+        assert_eq!(targets.len(), 1);
+    }
+
+    #[test]
+    fn ranges_replicated_ranges_and_ownership_agree() {
+        let mut ring = Ring::new();
+        grow_ring(&mut ring, &equal_nodes(4));
+        let p = simple(2);
+        let ranges = ring.ranges(&p);
+        assert_eq!(ranges.len(), ring.vnode_count());
+        let total: u128 = ranges.iter().map(|(r, _)| r.size()).sum();
+        assert_eq!(total, RING_SIZE);
+        let owned = ring.ownership(&p);
+        assert!((owned.values().sum::<f64>() - 2.0).abs() < 1e-9);
+        for n in ring.nodes() {
+            let mine = ring.replicated_ranges(&n.id, &p);
+            let expected: Vec<TokenRange> = ranges
+                .iter()
+                .filter(|(_, l)| l.contains(&n.id))
+                .map(|(r, _)| *r)
+                .collect();
+            assert_eq!(mine, expected);
+            let share: f64 = mine.iter().map(|r| r.fraction()).sum();
+            assert!((share - owned[&n.id]).abs() < 1e-9);
+        }
+    }
+
+    #[test]
+    fn allocate_tokens_spaces_the_first_node_evenly_and_is_reproducible() {
+        let ring = Ring::new();
+        let tokens = ring.allocate_tokens(2, 7);
+        assert_eq!(tokens.len(), 2 * DEFAULT_VNODES_PER_WEIGHT as usize);
+        assert_eq!(tokens, ring.allocate_tokens(2, 7));
+        assert_ne!(tokens, ring.allocate_tokens(2, 8));
+        let step = (RING_SIZE / tokens.len() as u128) as u64;
+        let mut sorted = tokens.clone();
+        sorted.sort_unstable();
+        let gaps: BTreeSet<u64> = sorted.windows(2).map(|w| w[1] - w[0]).collect();
+        assert!(gaps
+            .iter()
+            .all(|&g| g == step || g == 0 || g.abs_diff(step) <= 1));
+        assert!(ring.allocate_tokens(0, 1).is_empty());
+        // Against a ring: reproducible, different per seed, never an existing token.
+        let mut ring = Ring::new();
+        grow_ring(&mut ring, &equal_nodes(3));
+        let a = ring.allocate_tokens(1, 42);
+        assert_eq!(a, ring.allocate_tokens(1, 42));
+        let b = ring.allocate_tokens(1, 43);
+        assert!(a.iter().all(|t| !b.contains(t)));
+        let existing: BTreeSet<Token> = ring.nodes().flat_map(|n| ring.tokens_of(&n.id)).collect();
+        assert!(a.iter().all(|t| !existing.contains(t)));
+    }
+
+    #[test]
+    fn balance_on_ten_equal_nodes() {
+        let mut ring = Ring::new();
+        grow_ring(&mut ring, &equal_nodes(10));
+        assert_eq!(ring.vnode_count(), 10 * DEFAULT_VNODES_PER_WEIGHT as usize);
+        let (lo1, hi1) = deviation(&ring.ownership(&simple(1)));
+        let (lo3, hi3) = deviation(&ring.ownership(&simple(3)));
+        println!(
+            "balance, 10 equal nodes x {DEFAULT_VNODES_PER_WEIGHT} vnodes: primary {:+.1}%..{:+.1}%, 3 replicas {:+.1}%..{:+.1}% of the mean",
+            lo1 * 100.0, hi1 * 100.0, lo3 * 100.0, hi3 * 100.0
+        );
+        assert!(lo1 > -0.25 && hi1 < 0.25, "primary {lo1} {hi1}");
+        assert!(lo3 > -0.25 && hi3 < 0.25, "replicated {lo3} {hi3}");
+    }
+
+    #[test]
+    fn weight_two_node_owns_about_twice() {
+        let mut ring = Ring::new();
+        let mut nodes = equal_nodes(9);
+        nodes.insert(4, info("heavy", "dc1", "r1", 2));
+        grow_ring(&mut ring, &nodes);
+        assert_eq!(
+            ring.tokens_of("heavy").len(),
+            2 * DEFAULT_VNODES_PER_WEIGHT as usize
+        );
+        for n in [1, 3] {
+            let own = ring.ownership(&simple(n));
+            let light: Vec<f64> = own
+                .iter()
+                .filter(|(id, _)| *id != "heavy")
+                .map(|(_, v)| *v)
+                .collect();
+            let ratio = own["heavy"] / (light.iter().sum::<f64>() / light.len() as f64);
+            println!("weight-2 node owns {ratio:.2}x the mean of weight-1 nodes (n={n})");
+            if n == 1 {
+                assert!((1.75..=2.25).contains(&ratio), "ratio {ratio}");
+            } else {
+                // With 3 replicas on 10 nodes a node cannot hold a replica of more than
+                // the whole ring, which caps the ratio below 2.
+                assert!((1.5..=2.25).contains(&ratio), "ratio {ratio}");
+            }
+        }
+    }
+
+    #[test]
+    fn joining_the_kth_node_moves_about_one_kth_to_it_only() {
+        let mut ring = Ring::new();
+        grow_ring(&mut ring, &equal_nodes(10));
+        let mut after = ring.clone();
+        let newcomer = info("new", "dc1", "r1", 1);
+        let tokens = after.allocate_tokens(1, 99);
+        after.insert(newcomer, tokens);
+        for n in [1, 3] {
+            let plan = ring.move_plan(&after, &simple(n));
+            assert!(plan.iter().all(|t| t.to == "new"), "{plan:?}");
+            assert!(plan.iter().all(|t| t.from.len() == n));
+            let moved = moved_fraction(&plan, n);
+            println!(
+                "joining the 11th node moves {:.2}% of the data (1/11 = 9.09%), n={n}",
+                moved * 100.0
+            );
+            assert!((moved - 1.0 / 11.0).abs() < 0.25 / 11.0, "moved {moved}");
+        }
+    }
+
+    #[test]
+    fn leaving_moves_only_the_leaver_data() {
+        let mut ring = Ring::new();
+        grow_ring(&mut ring, &equal_nodes(8));
+        let mut after = ring.clone();
+        after.remove("n03");
+        let p = simple(3);
+        let plan = ring.move_plan(&after, &p);
+        assert!(!plan.is_empty());
+        assert!(plan
+            .iter()
+            .all(|t| t.to != "n03" && t.from.contains(&"n03".to_string())));
+        let moved = moved_fraction(&plan, 3);
+        let share = ring.ownership(&p)["n03"] / 3.0;
+        assert!((moved - share).abs() < 1e-9, "moved {moved} share {share}");
+    }
+
+    #[test]
+    fn move_plan_from_empty_ring_sends_everything_to_the_first_nodes() {
+        let mut after = Ring::new();
+        grow_ring(&mut after, &equal_nodes(2));
+        let plan = Ring::new().move_plan(&after, &simple(2));
+        assert!(plan.iter().all(|t| t.from.is_empty()));
+        assert!((moved_fraction(&plan, 2) - 1.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn reallocate_tokens_grows_and_shrinks() {
+        let mut ring = Ring::new();
+        grow_ring(&mut ring, &equal_nodes(6));
+        let before = ring.tokens_of("n02");
+        let grown = ring.reallocate_tokens("n02", 2, 5).unwrap();
+        assert_eq!(grown.len(), 2 * before.len());
+        assert!(before.iter().all(|t| grown.contains(t)));
+        let mut heavier = ring.clone();
+        heavier.insert(info("n02", "dc1", "r1", 2), grown);
+        let own = heavier.ownership(&simple(1));
+        let ratio = own["n02"] / own["n00"];
+        assert!((1.6..=2.4).contains(&ratio), "ratio {ratio}");
+        let plan = ring.move_plan(&heavier, &simple(1));
+        assert!(plan.iter().all(|t| t.to == "n02"));
+
+        let shrunk = heavier.reallocate_tokens("n02", 1, 5).unwrap();
+        assert_eq!(shrunk.len(), before.len());
+        let mut lighter = heavier.clone();
+        lighter.insert(info("n02", "dc1", "r1", 1), shrunk);
+        let (lo, hi) = deviation(&lighter.ownership(&simple(1)));
+        assert!(lo > -0.25 && hi < 0.25, "{lo} {hi}");
+        let plan = heavier.move_plan(&lighter, &simple(1));
+        assert!(plan.iter().all(|t| t.to != "n02"));
+
+        assert!(ring.reallocate_tokens("n02", 0, 1).unwrap().is_empty());
+        assert_eq!(
+            ring.reallocate_tokens("nope", 1, 1),
+            Err(RingError::UnknownNode { id: "nope".into() })
+        );
+    }
+
+    // ----- properties -----
+
+    /// A random cluster: up to 12 nodes over up to 3 DCs and 2 racks per DC, weights 1..=3.
+    fn arb_cluster() -> impl Strategy<Value = Vec<NodeInfo>> {
+        proptest::collection::vec((0usize..3, 0usize..2, 1u32..=3), 1..12).prop_map(|v| {
+            v.into_iter()
+                .enumerate()
+                .map(|(i, (dc, rack, w))| {
+                    info(&format!("n{i}"), &format!("dc{dc}"), &format!("r{rack}"), w)
+                })
+                .collect()
+        })
+    }
+
+    fn build(nodes: &[NodeInfo]) -> Ring {
+        let mut ring = Ring::new();
+        grow_ring(&mut ring, nodes);
+        ring
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn preference_lists_are_distinct_and_spread_over_dcs(
+            nodes in arb_cluster(), n in 1usize..5, probes in proptest::collection::vec(any::<u64>(), 16)
+        ) {
+            let ring = build(&nodes);
+            let dcs: BTreeSet<&str> = nodes.iter().map(|x| x.dc.as_str()).collect();
+            for t in probes {
+                let list = ring.preference_list_for_token(t, &simple(n));
+                prop_assert_eq!(list.len(), n.min(nodes.len()));
+                prop_assert_eq!(list.iter().collect::<BTreeSet<_>>().len(), list.len());
+                let used: BTreeSet<&str> =
+                    list.iter().map(|id| ring.node(id).unwrap().dc.as_str()).collect();
+                prop_assert_eq!(used.len(), n.min(dcs.len()).min(list.len()));
+                // Prefix law.
+                let shorter = ring.preference_list_for_token(t, &simple(n.saturating_sub(1).max(1)));
+                prop_assert_eq!(&list[..shorter.len()], &shorter[..]);
+            }
+        }
+
+        #[test]
+        fn per_dc_lists_take_the_count_of_each_dc(
+            nodes in arb_cluster(), a in 1usize..3, b in 1usize..3, probes in proptest::collection::vec(any::<u64>(), 16)
+        ) {
+            let ring = build(&nodes);
+            let p = Placement::parse(&format!("dc0:{a},dc1:{b}")).unwrap();
+            for t in probes {
+                let list = ring.preference_list_for_token(t, &p);
+                prop_assert_eq!(list.iter().collect::<BTreeSet<_>>().len(), list.len());
+                for (dc, want) in [("dc0", a), ("dc1", b)] {
+                    let in_dc: Vec<&NodeInfo> = nodes.iter().filter(|x| x.dc == dc).collect();
+                    let got: Vec<&String> = list.iter().filter(|id| ring.node(id).unwrap().dc == dc).collect();
+                    prop_assert_eq!(got.len(), want.min(in_dc.len()));
+                    let racks_avail: BTreeSet<&str> = in_dc.iter().map(|x| x.rack.as_str()).collect();
+                    let racks_used: BTreeSet<&str> = got.iter().map(|id| ring.node(id).unwrap().rack.as_str()).collect();
+                    prop_assert_eq!(racks_used.len(), got.len().min(racks_avail.len()));
+                }
+            }
+        }
+
+        #[test]
+        fn ranges_cover_the_ring_exactly_once(
+            tokens in proptest::collection::vec(any::<u64>(), 1..40), probes in proptest::collection::vec(any::<u64>(), 32)
+        ) {
+            let mut ring = Ring::new();
+            for (i, chunk) in tokens.chunks(4).enumerate() {
+                ring.insert(info(&format!("n{i}"), "dc1", "r1", 1), chunk.to_vec());
+            }
+            let ranges = ring.ranges(&simple(1));
+            prop_assert_eq!(ranges.iter().map(|(r, _)| r.size()).sum::<u128>(), RING_SIZE);
+            for t in probes.iter().chain(&tokens) {
+                let holders: Vec<&TokenRange> = ranges.iter().map(|(r, _)| r).filter(|r| r.contains(*t)).collect();
+                prop_assert_eq!(holders.len(), 1);
+                prop_assert_eq!(Some(*holders[0]), ring.range_for_token(*t));
+            }
+        }
+
+        #[test]
+        fn ring_does_not_depend_on_insertion_order(nodes in arb_cluster(), probes in proptest::collection::vec(any::<u64>(), 16)) {
+            let ring = build(&nodes);
+            let mut reversed = Ring::new();
+            for n in nodes.iter().rev() {
+                reversed.insert(n.clone(), ring.tokens_of(&n.id));
+            }
+            for t in probes {
+                prop_assert_eq!(ring.preference_list_for_token(t, &simple(3)), reversed.preference_list_for_token(t, &simple(3)));
+                prop_assert_eq!(ring.walk(t), reversed.walk(t));
+            }
+        }
+
+        #[test]
+        fn a_join_moves_data_only_to_the_newcomer(nodes in arb_cluster(), n in 1usize..4, seed in any::<u64>()) {
+            // Single DC: with DCs, a newcomer in a new DC legitimately reshuffles others.
+            let nodes: Vec<NodeInfo> = nodes.into_iter().map(|mut x| { x.dc = "dc1".into(); x.rack = "r1".into(); x }).collect();
+            let ring = build(&nodes);
+            let mut after = ring.clone();
+            after.insert(info("new", "dc1", "r1", 1), ring.allocate_tokens(1, seed));
+            let plan = ring.move_plan(&after, &simple(n));
+            prop_assert!(plan.iter().all(|t| t.to == "new"));
+            let expected = after.ownership(&simple(n))["new"];
+            let moved: f64 = plan.iter().map(|t| t.range.fraction()).sum();
+            prop_assert!((moved - expected).abs() < 1e-9);
+            let total_weight: u32 = nodes.iter().map(|x| x.weight).sum::<u32>() + 1;
+            let primary = after.ownership(&simple(1))["new"];
+            let due = 1.0 / f64::from(total_weight);
+            prop_assert!((primary - due).abs() < 0.25 * due, "primary {} due {}", primary, due);
+        }
+
+        #[test]
+        fn sloppy_targets_are_distinct_and_healthy(nodes in arb_cluster(), down in proptest::collection::vec(any::<bool>(), 12), t in any::<u64>()) {
+            let ring = build(&nodes);
+            let is_up = |id: &str| !down[id[1..].parse::<usize>().unwrap()];
+            let targets = ring.sloppy_preference_list(t, &simple(3), is_up);
+            let pref = ring.preference_list_for_token(t, &simple(3));
+            prop_assert!(targets.iter().all(|x| is_up(&x.node)));
+            prop_assert_eq!(targets.iter().map(|x| &x.node).collect::<BTreeSet<_>>().len(), targets.len());
+            let healthy = nodes.iter().filter(|x| is_up(&x.id)).count();
+            prop_assert_eq!(targets.len(), pref.len().min(healthy));
+            for x in &targets {
+                match &x.hint_for {
+                    None => prop_assert!(pref.contains(&x.node)),
+                    Some(h) => prop_assert!(pref.contains(h) && !is_up(h) && !pref.contains(&x.node)),
+                }
+            }
         }
     }
 }
