@@ -193,7 +193,8 @@ pub struct Membership {
 }
 
 impl Membership {
-    /// My view at start: only me.
+    /// My view at start: only me. `now_ms` is not needed yet (peers are timed from when they are
+    /// first merged) and is taken so that the start time is available to the detector.
     pub fn new(me: Member, config: DetectorConfig, now_ms: u64) -> Self {
         let _ = now_ms;
         let id = me.id.clone();
@@ -516,5 +517,350 @@ impl SplitMix64 {
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^ (z >> 31)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn member(id: &str, generation: u64) -> Member {
+        let mut m = Member::new(id, format!("{id}.local:7000"), generation);
+        m.status = MemberStatus::Normal;
+        m
+    }
+
+    fn cluster(ids: &[&str]) -> Vec<Membership> {
+        ids.iter()
+            .map(|id| Membership::new(member(id, 1), DetectorConfig::default(), 0))
+            .collect()
+    }
+
+    /// One gossip round at `now`: every alive node ticks, then every alive node merges the
+    /// digest of every other alive node whose link `link(from, to)` is open.
+    fn round(
+        nodes: &mut [Membership],
+        alive: &[bool],
+        now: u64,
+        link: impl Fn(usize, usize) -> bool,
+    ) {
+        for (i, n) in nodes.iter_mut().enumerate() {
+            if alive[i] {
+                n.tick(now);
+            }
+        }
+        for from in 0..nodes.len() {
+            let digest = nodes[from].digest();
+            for to in 0..nodes.len() {
+                if from != to && alive[from] && alive[to] && link(from, to) {
+                    nodes[to].merge(&digest, now);
+                }
+            }
+        }
+    }
+
+    fn all(_: usize, _: usize) -> bool {
+        true
+    }
+
+    #[test]
+    fn new_members_join_and_are_up() {
+        let mut nodes = cluster(&["a", "b"]);
+        let d = nodes[1].digest();
+        let events = nodes[0].merge(&d, 0);
+        assert_eq!(events, vec![MembershipEvent::Joined("b".into())]);
+        assert_eq!(nodes[0].state("b"), Some(NodeState::Up));
+        assert!(nodes[0].is_up("b"));
+        assert_eq!(nodes[0].state("zz"), None);
+    }
+
+    #[test]
+    fn a_dead_node_is_down_once_a_second_node_agrees() {
+        let mut nodes = cluster(&["a", "b", "c"]);
+        let mut alive = [true, true, true];
+        let mut down_at = [None, None];
+        for t in 0..=12u64 {
+            let now = t * 1_000;
+            if now == 5_000 {
+                alive[2] = false; // c's last heartbeat was at 4 s
+            }
+            round(&mut nodes, &alive, now, all);
+            for (i, slot) in down_at.iter_mut().enumerate() {
+                if slot.is_none() && nodes[i].state("c") == Some(NodeState::Down) {
+                    *slot = Some(now);
+                }
+            }
+            if now <= 6_000 {
+                assert_eq!(nodes[0].state("c"), Some(NodeState::Up), "at {now}");
+            }
+        }
+        // Suspected at 7 s (3 s without growth), confirmed by the other's gossip in that round.
+        assert_eq!(down_at, [Some(7_000), Some(7_000)]);
+        assert!(!nodes[0].is_up("c"));
+        assert_eq!(nodes[0].me().suspects, vec!["c".to_string()]);
+    }
+
+    #[test]
+    fn suspicion_alone_does_not_mark_down_while_others_can_be_asked() {
+        let mut nodes = cluster(&["a", "b", "c"]);
+        let alive = [true, true, true];
+        for t in 0..=2u64 {
+            round(&mut nodes, &alive, t * 1_000, all);
+        }
+        // c stops gossiping. b is still heard at 4 s, not yet suspecting c.
+        nodes[1].tick(4_000);
+        let b = nodes[1].digest();
+        nodes[0].merge(&b, 4_000);
+        // At 5 s a has not seen c's heartbeat grow for 3 s: a suspects c, but b (alive, so a
+        // second source to ask) does not say so.
+        nodes[0].tick(5_000);
+        assert!(nodes[0].is_suspected("c"));
+        assert!(!nodes[0].is_suspected("b"));
+        assert_eq!(nodes[0].state("c"), Some(NodeState::Up));
+        // Once b suspects c too and says so, a marks c down.
+        nodes[1].tick(5_000);
+        assert!(nodes[1].me().suspects.contains(&"c".to_string()));
+        let b = nodes[1].digest();
+        let events = nodes[0].merge(&b, 5_000);
+        assert!(events.contains(&MembershipEvent::StateChanged {
+            id: "c".into(),
+            from: NodeState::Up,
+            to: NodeState::Down
+        }));
+    }
+
+    #[test]
+    fn a_false_suspicion_by_one_node_does_not_mark_down() {
+        let mut nodes = cluster(&["a", "b", "c", "d"]);
+        let alive = [true; 4];
+        for t in 0..=2u64 {
+            round(&mut nodes, &alive, t * 1_000, all);
+        }
+        // From 3 s on, a hears only b and d, and their news about c is withheld from a.
+        for t in 3..=15u64 {
+            let now = t * 1_000;
+            for n in nodes.iter_mut() {
+                n.tick(now);
+            }
+            for from in 0..4 {
+                let digest = nodes[from].digest();
+                for to in 0..4 {
+                    if from == to {
+                        continue;
+                    }
+                    if to == 0 {
+                        if from == 2 {
+                            continue;
+                        }
+                        let filtered: Vec<Member> =
+                            digest.iter().filter(|m| m.id != "c").cloned().collect();
+                        nodes[0].merge(&filtered, now);
+                    } else {
+                        nodes[to].merge(&digest, now);
+                    }
+                }
+            }
+            assert_eq!(nodes[0].state("c"), Some(NodeState::Up), "at {now}");
+        }
+        assert!(nodes[0].is_suspected("c"));
+        assert!(!nodes[1].is_suspected("c"));
+        // When the path heals, the suspicion clears at once.
+        let c = nodes[2].digest();
+        nodes[0].merge(&c, 16_000);
+        assert!(!nodes[0].is_suspected("c"));
+    }
+
+    #[test]
+    fn a_down_node_whose_heartbeat_grows_is_up_at_once() {
+        let mut nodes = cluster(&["a", "b", "c"]);
+        let mut alive = [true, true, true];
+        for t in 0..=10u64 {
+            if t == 3 {
+                alive[2] = false;
+            }
+            round(&mut nodes, &alive, t * 1_000, all);
+        }
+        assert_eq!(nodes[0].state("c"), Some(NodeState::Down));
+        // c comes back (same generation: a pause, not a restart).
+        nodes[2].tick(11_000);
+        let c = nodes[2].digest();
+        let events = nodes[0].merge(&c, 11_000);
+        assert_eq!(nodes[0].state("c"), Some(NodeState::Up));
+        assert!(events.contains(&MembershipEvent::StateChanged {
+            id: "c".into(),
+            from: NodeState::Down,
+            to: NodeState::Up
+        }));
+    }
+
+    #[test]
+    fn a_restart_is_a_new_generation_and_wins_over_a_higher_version() {
+        let mut nodes = cluster(&["a", "b"]);
+        for t in 0..=50u64 {
+            round(&mut nodes, &[true, true], t * 100, all);
+        }
+        assert!(nodes[0].member("b").unwrap().version > 40);
+        let reborn = Membership::new(member("b", 2), DetectorConfig::default(), 6_000);
+        let events = nodes[0].merge(&reborn.digest(), 6_000);
+        assert!(events.contains(&MembershipEvent::Restarted {
+            id: "b".into(),
+            generation: 2
+        }));
+        assert_eq!(nodes[0].member("b").unwrap().heartbeat(), (2, 0));
+        // The old generation's records, still gossiped by slow peers, lose.
+        let stale = Member {
+            version: 1_000,
+            ..member("b", 1)
+        };
+        nodes[0].merge(&[stale], 6_100);
+        assert_eq!(nodes[0].member("b").unwrap().heartbeat(), (2, 0));
+    }
+
+    #[test]
+    fn two_node_cluster_marks_down_on_own_suspicion() {
+        let mut nodes = cluster(&["a", "b"]);
+        let mut alive = [true, true];
+        let mut down_at = None;
+        for t in 0..=10u64 {
+            if t == 4 {
+                alive[1] = false;
+            }
+            round(&mut nodes, &alive, t * 1_000, all);
+            if down_at.is_none() && nodes[0].state("b") == Some(NodeState::Down) {
+                down_at = Some(t * 1_000);
+            }
+        }
+        assert_eq!(down_at, Some(6_000));
+    }
+
+    #[test]
+    fn decommission_order_wins_over_the_members_own_gossip() {
+        let mut nodes = cluster(&["a", "b", "c"]);
+        let alive = [true, true, true];
+        round(&mut nodes, &alive, 0, all);
+        nodes[0].set_status_of("c", MemberStatus::Leaving);
+        assert_eq!(nodes[0].state("c"), Some(NodeState::Leaving));
+        // c keeps gossiping newer records; a's order still stands and reaches everyone.
+        for t in 1..=3u64 {
+            round(&mut nodes, &alive, t * 1_000, all);
+            assert_eq!(nodes[0].state("c"), Some(NodeState::Leaving));
+        }
+        for n in &nodes {
+            assert_eq!(n.state("c"), Some(NodeState::Leaving));
+        }
+        assert_eq!(nodes[2].me().status, MemberStatus::Leaving);
+        // An admin can cancel with a later order.
+        nodes[1].set_status_of("c", MemberStatus::Normal);
+        round(&mut nodes, &alive, 4_000, all);
+        assert_eq!(nodes[0].state("c"), Some(NodeState::Up));
+        // Once c has left by itself, that is final.
+        nodes[2].update_me(|m| m.status = MemberStatus::Left);
+        round(&mut nodes, &alive, 5_000, all);
+        assert_eq!(nodes[0].state("c"), Some(NodeState::Left));
+        assert!(!nodes[0].is_up("c"));
+        // A left member is never suspected nor a gossip target.
+        round(&mut nodes, &[true, true, false], 20_000, all);
+        assert_eq!(nodes[0].state("c"), Some(NodeState::Left));
+        assert!(!nodes[0].gossip_targets(5, 7).contains(&"c".to_string()));
+    }
+
+    #[test]
+    fn update_me_bumps_version_and_reports_tokens() {
+        let mut nodes = cluster(&["a", "b"]);
+        round(&mut nodes, &[true, true], 0, all);
+        let before = nodes[1].me().version;
+        nodes[1].update_me(|m| m.tokens = vec![1, 2, 3]);
+        assert_eq!(nodes[1].me().version, before + 1);
+        let d = nodes[1].digest();
+        let events = nodes[0].merge(&d, 100);
+        assert_eq!(events, vec![MembershipEvent::TokensChanged("b".into())]);
+        assert_eq!(nodes[0].member("b").unwrap().tokens, vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn gossip_targets_are_live_distinct_and_pure() {
+        let mut nodes = cluster(&["a", "b", "c", "d", "e"]);
+        let mut alive = [true; 5];
+        for t in 0..=10u64 {
+            if t == 2 {
+                alive[4] = false;
+            }
+            round(&mut nodes, &alive, t * 1_000, all);
+        }
+        let a = &nodes[0];
+        assert_eq!(a.state("e"), Some(NodeState::Down));
+        let mut saw_down = false;
+        for seed in 0..200u64 {
+            let t = a.gossip_targets(2, seed);
+            assert_eq!(t, a.gossip_targets(2, seed));
+            let live: Vec<&String> = t.iter().filter(|id| *id != "e").collect();
+            assert_eq!(live.len(), 2);
+            assert!(!t.contains(&"a".to_string()));
+            let unique: BTreeSet<&String> = t.iter().collect();
+            assert_eq!(unique.len(), t.len());
+            saw_down |= t.contains(&"e".to_string());
+        }
+        assert!(saw_down, "a down peer is sometimes probed");
+        // Alone with only down peers, always probe one.
+        let mut solo = cluster(&["a", "b"]);
+        round(&mut solo, &[true, true], 0, all);
+        for t in 1..=5u64 {
+            round(&mut solo, &[true, false], t * 1_000, all);
+        }
+        assert_eq!(solo[0].gossip_targets(3, 1), vec!["b".to_string()]);
+    }
+
+    /// Records as an honest member would publish them: the content is a function of
+    /// `(id, generation, version)`; admin orders vary freely.
+    fn arb_record() -> impl Strategy<Value = Member> {
+        (
+            0..3usize,
+            1..3u64,
+            0..4u64,
+            proptest::option::of((1..3u64, 0..3u64, 0..4u8)),
+        )
+            .prop_map(|(i, generation, version, order)| {
+                let id = ["p", "q", "r"][i];
+                let mut m = member(id, generation);
+                m.version = version;
+                m.tokens = vec![generation * 10 + version];
+                m.order = order.map(|(generation, epoch, s)| AdminOrder {
+                    generation,
+                    epoch,
+                    status: [
+                        MemberStatus::Joining,
+                        MemberStatus::Normal,
+                        MemberStatus::Leaving,
+                        MemberStatus::Left,
+                    ][s as usize],
+                });
+                m
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn prop_merge_of_digests_is_order_independent(
+            d1 in proptest::collection::vec(arb_record(), 0..6),
+            d2 in proptest::collection::vec(arb_record(), 0..6),
+        ) {
+            let fresh = || Membership::new(member("me", 1), DetectorConfig::default(), 0);
+            let mut x = fresh();
+            x.merge(&d1, 10);
+            x.merge(&d2, 10);
+            let mut y = fresh();
+            y.merge(&d2, 10);
+            y.merge(&d1, 10);
+            prop_assert_eq!(x.digest(), y.digest());
+            let before = x.digest();
+            x.merge(&d1, 10);
+            x.merge(&d2, 10);
+            prop_assert_eq!(x.digest(), before);
+            for id in ["p", "q", "r"] {
+                prop_assert_eq!(x.state(id), y.state(id));
+            }
+        }
     }
 }
