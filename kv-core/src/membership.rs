@@ -258,8 +258,10 @@ impl Membership {
 
     /// Merges a peer's digest. Per member the newest `(generation, version)` wins and admin
     /// orders merge on their own; a peer whose heartbeat grew is alive again at once. A newer
-    /// record of me than my own (left over from an earlier run with the same generation) is
-    /// never taken: I bump my version past it instead.
+    /// record of me than my own (left over from an earlier run) is never taken: I bump my
+    /// version past it, or, if it has a newer generation, move to the generation after it and
+    /// report `Restarted` for myself (the daemon must then re-read [`me`](Self::me)'s
+    /// generation if it derives anything from it).
     ///
     /// Law: the resulting table is the same whatever the order of the digests merged
     /// (commutative, associative, idempotent per record).
@@ -269,8 +271,20 @@ impl Membership {
         for incoming in digest {
             if incoming.id == self.me {
                 let me = self.me_mut();
-                if incoming.heartbeat() > me.heartbeat() && incoming.generation == me.generation {
-                    me.version = incoming.version.saturating_add(1);
+                if incoming.heartbeat() > me.heartbeat() {
+                    if incoming.generation > me.generation {
+                        // Someone holds a newer generation of me than mine (my generation
+                        // source went backwards): move past it as a restart would, so my
+                        // records win again and nobody mistakes them for the old incarnation.
+                        me.generation = incoming.generation.saturating_add(1);
+                        me.version = 0;
+                        events.push(MembershipEvent::Restarted {
+                            id: me.id.clone(),
+                            generation: me.generation,
+                        });
+                    } else {
+                        me.version = incoming.version.saturating_add(1);
+                    }
                 }
                 me.order = max_order(me.order.take(), incoming.order.clone());
                 me.status = me.effective_status();
@@ -716,6 +730,30 @@ mod tests {
         };
         nodes[0].merge(&[stale], 6_100);
         assert_eq!(nodes[0].member("b").unwrap().heartbeat(), (2, 0));
+    }
+
+    #[test]
+    fn a_newer_record_of_me_is_overtaken_not_taken() {
+        let mut a = Membership::new(member("a", 5), DetectorConfig::default(), 0);
+        a.tick(0);
+        let same_gen = Member {
+            version: 40,
+            addr: "elsewhere".into(),
+            ..member("a", 5)
+        };
+        a.merge(&[same_gen], 10);
+        assert_eq!(a.me().heartbeat(), (5, 41));
+        assert_eq!(a.me().addr, "a.local:7000");
+        let newer_gen = member("a", 9);
+        let events = a.merge(&[newer_gen], 20);
+        assert_eq!(
+            events,
+            vec![MembershipEvent::Restarted {
+                id: "a".into(),
+                generation: 10
+            }]
+        );
+        assert_eq!(a.me().heartbeat(), (10, 0));
     }
 
     #[test]

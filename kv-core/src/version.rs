@@ -125,8 +125,35 @@ impl Dot {
 /// Law: no entry holds 0 (an absent actor means 0), so equal vectors have equal maps, and the
 /// derived `PartialEq` is causal equality.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
+#[serde(from = "BTreeMap<String, u64>", into = "BTreeMap<String, u64>")]
 pub struct VersionVector(BTreeMap<String, u64>);
+
+impl From<BTreeMap<String, u64>> for VersionVector {
+    /// Drops zero entries, keeping the law.
+    fn from(map: BTreeMap<String, u64>) -> Self {
+        VersionVector(map.into_iter().filter(|(_, c)| *c > 0).collect())
+    }
+}
+
+impl From<VersionVector> for BTreeMap<String, u64> {
+    fn from(vv: VersionVector) -> Self {
+        vv.0
+    }
+}
+
+impl fmt::Display for VersionVector {
+    /// The seed's notation: `[Sx:2,Sy:1]`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "[")?;
+        for (i, (actor, counter)) in self.0.iter().enumerate() {
+            if i > 0 {
+                write!(f, ",")?;
+            }
+            write!(f, "{actor}:{counter}")?;
+        }
+        write!(f, "]")
+    }
+}
 
 impl VersionVector {
     /// The empty vector (nothing known).
@@ -311,6 +338,14 @@ pub fn decode_context(s: &str) -> Result<VersionVector, VersionError> {
     let vv = VersionVector::decode_from(&mut r)?;
     r.finish()?;
     Ok(vv)
+}
+
+/// How the context `a` relates to the context `b`, both as strings from
+/// [`VersionVector::encode_context`] (what the SDK's `compareContexts` answers).
+///
+/// Errors: [`VersionError`] when either string does not decode.
+pub fn compare_contexts(a: &str, b: &str) -> Result<Causality, VersionError> {
+    Ok(decode_context(a)?.compare(&decode_context(b)?))
 }
 
 /// One version of a key's value.
@@ -590,6 +625,11 @@ impl SiblingSet {
             .map(|(i, (a, _))| (a, i))
             .collect();
         for s in &self.siblings {
+            // Law: every dot is covered by `cc`, so its actor has an index.
+            debug_assert!(
+                self.cc.covers(&s.dot),
+                "sibling dot not covered by the context"
+            );
             let i = index.get(s.dot.actor.as_str()).copied().unwrap_or(0);
             put_varint(&mut out, i as u64);
             put_varint(&mut out, s.dot.counter);
@@ -1040,6 +1080,26 @@ mod tests {
         ));
         assert!(decode_context("AA").is_err());
         assert!(decode_context(&s[..s.len() - 2]).is_err());
+    }
+
+    #[test]
+    fn display_and_compare_contexts() {
+        let d3 = vv(&[("Sx", 2), ("Sy", 1)]);
+        assert_eq!(d3.to_string(), "[Sx:2,Sy:1]");
+        let d5 = vv(&[("Sx", 3), ("Sy", 1), ("Sz", 1)]);
+        assert_eq!(
+            compare_contexts(&d3.encode_context(), &d5.encode_context()),
+            Ok(Causality::Before)
+        );
+        assert_eq!(compare_contexts("", ""), Ok(Causality::Equal));
+        assert!(compare_contexts("%", "").is_err());
+    }
+
+    #[test]
+    fn serde_of_vectors_drops_zero_entries() {
+        let v: VersionVector = serde_json::from_str(r#"{"a":0,"b":2}"#).unwrap();
+        assert_eq!(v, vv(&[("b", 2)]));
+        assert_eq!(serde_json::to_string(&v).unwrap(), r#"{"b":2}"#);
     }
 
     #[test]
