@@ -1,2 +1,43 @@
 //! kvd-storage: the LSM engine every replica persists through (re-exported as `kvd::storage`).
-#![deny(clippy::unwrap_used)]
+//!
+//! Synchronous, self-contained, usable without the network. Map of the modules, following a
+//! write and then a read:
+//! - [`batch`]: `WriteBatch`, the unit of atomicity, and its record encoding;
+//! - `commit_log`: framed, checksummed records in numbered segments, replayed on open;
+//! - `engine`: group commit, memtable rotation, the read path, flush and compaction threads,
+//!   recovery;
+//! - `memtable`: the ordered in-memory map of recent writes;
+//! - `sstable`, `block`, `bloom`: immutable sorted tables with prefix-compressed blocks, an
+//!   index, a bloom filter and checksums everywhere;
+//! - `cache`: the block cache with a memory budget;
+//! - `manifest`, `version`: the durable, atomically replaced set of live tables per level;
+//! - `compaction`: leveled compaction;
+//! - `iter`: merging iterators and [`Scan`];
+
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+pub mod batch;
+
+mod block;
+mod bloom;
+mod cache;
+mod coding;
+mod commit_log;
+mod compaction;
+mod engine;
+mod error;
+mod fsutil;
+mod iter;
+mod manifest;
+mod memtable;
+mod options;
+mod sstable;
+mod stats;
+mod version;
+
+pub use batch::{WriteBatch, WriteOp};
+pub use engine::{Engine, RecoveryReport, TornTail};
+pub use error::{Error, Result};
+pub use iter::Scan;
+pub use options::{Options, PurgePredicate, SyncMode};
+pub use stats::Stats;

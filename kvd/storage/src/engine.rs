@@ -1,0 +1,1141 @@
+//! The engine: write path (group commit), read path, flush, compaction threads, recovery.
+//!
+//! Write path: a writer queues its batch; the first writer to find no leader becomes leader,
+//! takes every queued batch, writes them to the commit log in one system call, fsyncs once
+//! (`SyncMode::Always`), applies them to the memtable in queue order and wakes the others.
+//! Laws:
+//! - A write is acknowledged only after its record is in the commit log (and fsynced under
+//!   `Always`); a failed commit-log write or fsync poisons the engine, and no later write is
+//!   acknowledged.
+//! - Commit-log order equals memtable apply order (one leader at a time, under the `wal` lock).
+//! - The memtable of segment N holds exactly the writes of segment N (rotation happens under
+//!   the `wal` lock, between groups).
+//! - A segment is deleted only after a durable manifest names tables holding all its writes.
+//! - Table files are fsynced, then the directory, then the manifest naming them is written.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::ops::Bound;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::batch::WriteBatch;
+use crate::bloom;
+use crate::cache::BlockCache;
+use crate::commit_log::{self, SegmentWriter};
+use crate::compaction::{self, Job};
+use crate::error::{Error, Result};
+use crate::iter::{LevelIter, MergeIter, Scan, Source};
+use crate::manifest::{ManifestData, MANIFEST};
+use crate::memtable::{Lookup, Memtable};
+use crate::options::{Options, SyncMode};
+use crate::sstable::{BuildOptions, Table, TableBuilder, TableIter};
+use crate::stats::{self, Counters, Stats};
+use crate::version::Version;
+
+/// Largest batch (sum of key and value bytes) accepted in one record.
+const MAX_BATCH_BYTES: usize = 1 << 30;
+
+/// Where replay found a torn or corrupt commit-log tail, and cut it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TornTail {
+    /// The segment file.
+    pub file: PathBuf,
+    /// Offset of the first byte not replayed.
+    pub offset: u64,
+    /// What was wrong there.
+    pub reason: String,
+}
+
+/// What `Engine::open` found and did; the daemon logs it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// Commit-log segments replayed, in order.
+    pub segments_replayed: Vec<PathBuf>,
+    /// Records (batches) replayed into the memtable.
+    pub records_replayed: u64,
+    /// A torn or corrupt tail cut from the last segment.
+    pub torn_tail: Option<TornTail>,
+    /// Files removed because no manifest referenced them (leftovers of a crash).
+    pub files_removed: Vec<PathBuf>,
+    /// Tables opened from the manifest.
+    pub tables_opened: usize,
+    /// Whether the data directory was new.
+    pub created: bool,
+}
+
+impl std::fmt::Display for RecoveryReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} tables, {} records replayed from {} commit-log segments, {} leftover files removed",
+            self.tables_opened,
+            self.records_replayed,
+            self.segments_replayed.len(),
+            self.files_removed.len()
+        )?;
+        if let Some(t) = &self.torn_tail {
+            write!(
+                f,
+                "; torn commit-log tail cut at {}:{} ({})",
+                t.file.display(),
+                t.offset,
+                t.reason
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// What readers see: the memtables and the live tables.
+struct State {
+    mem: Arc<Memtable>,
+    /// Immutable memtables, newest first.
+    imm: Arc<Vec<Arc<Memtable>>>,
+    version: Arc<Version>,
+}
+
+/// The group-commit queue.
+struct Commit {
+    queue: Vec<WriteBatch>,
+    /// Ticket of `queue[0]`.
+    first_ticket: u64,
+    next_ticket: u64,
+    /// Every ticket below this has been handled.
+    done_upto: u64,
+    leader: bool,
+    /// Tickets from here on failed (the engine is poisoned).
+    failed_from: Option<u64>,
+}
+
+/// Serializes version edits and manifest writes.
+struct EditState {
+    log_number: u64,
+    /// Round-robin compaction pointers per level.
+    pointers: Vec<Vec<u8>>,
+}
+
+struct Bg {
+    shutdown: bool,
+}
+
+struct Inner {
+    dir: PathBuf,
+    opts: Options,
+    build: BuildOptions,
+    cache: Arc<BlockCache>,
+    state: RwLock<State>,
+    commit: Mutex<Commit>,
+    commit_cv: Condvar,
+    wal: Mutex<SegmentWriter>,
+    /// Set when the commit log has unsynced bytes (interval mode).
+    wal_dirty: AtomicBool,
+    edit: Mutex<EditState>,
+    next_file: AtomicU64,
+    flush_lock: Mutex<()>,
+    compaction_lock: Mutex<()>,
+    poison: Mutex<Option<String>>,
+    poisoned: AtomicBool,
+    closed: AtomicBool,
+    bg: Mutex<Bg>,
+    /// Wakes the background threads and writers stalled on them.
+    bg_cv: Condvar,
+    counters: Counters,
+    /// Held for the engine's lifetime: an exclusive lock on `LOCK` in the directory.
+    _lock_file: File,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The data behind our mutexes stays consistent across a panicking holder (each critical
+    // section either completes its edit or leaves the previous value), so poisoning is ignored.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The storage engine. `Send + Sync`: share it as `Arc<Engine>`.
+pub struct Engine {
+    inner: Arc<Inner>,
+    threads: Vec<JoinHandle<()>>,
+    report: RecoveryReport,
+}
+
+/// Parses `NNNNNN.ext` names.
+fn file_number(name: &str, ext: &str) -> Option<u64> {
+    name.strip_suffix(ext)?.parse().ok()
+}
+
+fn list_dir(dir: &Path) -> Result<Vec<String>> {
+    let rd = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+    let mut names = Vec::new();
+    for e in rd {
+        let e = e.map_err(|e| Error::io(dir, e))?;
+        if let Some(n) = e.file_name().to_str() {
+            names.push(n.to_string());
+        }
+    }
+    Ok(names)
+}
+
+fn lock_dir(dir: &Path) -> Result<File> {
+    let path = dir.join("LOCK");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::io(&path, e))?;
+    // SAFETY: flock on a file descriptor we own; no memory is involved.
+    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        return Err(Error::InvalidDir {
+            dir: dir.to_path_buf(),
+            why: format!(
+                "another process holds {} ({})",
+                path.display(),
+                std::io::Error::last_os_error()
+            ),
+        });
+    }
+    Ok(f)
+}
+
+impl Engine {
+    /// Opens (or creates) the engine in `dir`: replays the commit log, flushes what it
+    /// replayed, removes files no manifest references, and starts the background threads.
+    ///
+    /// Errors: `Corruption` for a damaged manifest, table, or commit-log segment other than a
+    /// torn tail of the newest one; `InvalidDir` for data files without a manifest or a
+    /// directory locked by another process; `Io` for failed system calls. It never starts empty
+    /// over existing data.
+    pub fn open(dir: impl AsRef<Path>, opts: Options) -> Result<Engine> {
+        let dir = dir.as_ref().to_path_buf();
+        if opts.num_levels < 2 {
+            return Err(Error::InvalidArgument(
+                "num_levels must be at least 2".into(),
+            ));
+        }
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        let lock_file = lock_dir(&dir)?;
+        let mut report = RecoveryReport::default();
+        let names = list_dir(&dir)?;
+        let manifest = match ManifestData::load(&dir)? {
+            Some(m) => m,
+            None => {
+                if let Some(n) = names
+                    .iter()
+                    .find(|n| n.ends_with(".sst") || n.ends_with(".log"))
+                {
+                    return Err(Error::InvalidDir {
+                        dir: dir.clone(),
+                        why: format!("it holds data file {n} but no {MANIFEST}"),
+                    });
+                }
+                report.created = true;
+                let m = ManifestData {
+                    next_file: 1,
+                    log_number: 0,
+                    tables: Vec::new(),
+                };
+                m.store(&dir)?;
+                m
+            }
+        };
+
+        // Open every live table; any failure is fatal (never start without data we had).
+        let mut version = Version::empty(opts.num_levels);
+        let mut live = HashSet::new();
+        for (level, meta) in &manifest.tables {
+            if *level >= opts.num_levels {
+                return Err(Error::corruption(
+                    dir.join(MANIFEST),
+                    0,
+                    format!("table {} at level {level} beyond num_levels", meta.number),
+                ));
+            }
+            let t = Table::open(&dir, meta.number, Some(meta.size))?;
+            live.insert(meta.number);
+            version.levels[*level].push(Arc::new(t));
+        }
+        let version = version.with_edit(&HashSet::new(), Vec::new());
+        version
+            .check()
+            .map_err(|w| Error::corruption(dir.join(MANIFEST), 0, w))?;
+        report.tables_opened = live.len();
+
+        let mut max_seen = manifest.next_file;
+        let mut segments = Vec::new();
+        for n in &names {
+            if let Some(num) = file_number(n, ".sst").or_else(|| file_number(n, ".log")) {
+                max_seen = max_seen.max(num + 1);
+            }
+            if let Some(num) = file_number(n, ".log") {
+                if num >= manifest.log_number {
+                    segments.push(num);
+                }
+            }
+        }
+        segments.sort_unstable();
+
+        // Replay: only the newest segment may end in a torn tail.
+        let replayed = Memtable::new(segments.last().copied().unwrap_or(0));
+        for (i, &num) in segments.iter().enumerate() {
+            let path = commit_log::segment_path(&dir, num);
+            let r = commit_log::replay_segment(&path, |b| replayed.apply_owned(b))?;
+            report.records_replayed += r.records;
+            report.segments_replayed.push(path.clone());
+            if let Some((offset, reason)) = r.cut {
+                if i + 1 < segments.len() {
+                    return Err(Error::corruption(
+                        &path,
+                        offset,
+                        format!("{reason} in a commit-log segment that is not the newest"),
+                    ));
+                }
+                report.torn_tail = Some(TornTail {
+                    file: path,
+                    offset,
+                    reason,
+                });
+            }
+        }
+
+        let next_file = AtomicU64::new(max_seen);
+        let seg_no = next_file.fetch_add(1, Ordering::SeqCst);
+        let wal = SegmentWriter::create(&dir, seg_no)?;
+        let imm = if replayed.is_empty() {
+            Vec::new()
+        } else {
+            vec![Arc::new(replayed)]
+        };
+        let build = BuildOptions {
+            block_bytes: opts.block_bytes.max(256),
+            restart_interval: opts.block_restart_interval.max(1),
+            compression: opts.compression,
+            bloom_bits_per_key: opts.bloom_bits_per_key,
+        };
+        let inner = Arc::new(Inner {
+            dir: dir.clone(),
+            build,
+            cache: Arc::new(BlockCache::new(opts.block_cache_bytes)),
+            state: RwLock::new(State {
+                mem: Arc::new(Memtable::new(seg_no)),
+                imm: Arc::new(imm),
+                version: Arc::new(version),
+            }),
+            commit: Mutex::new(Commit {
+                queue: Vec::new(),
+                first_ticket: 0,
+                next_ticket: 0,
+                done_upto: 0,
+                leader: false,
+                failed_from: None,
+            }),
+            commit_cv: Condvar::new(),
+            wal: Mutex::new(wal),
+            wal_dirty: AtomicBool::new(false),
+            edit: Mutex::new(EditState {
+                log_number: manifest.log_number,
+                pointers: vec![Vec::new(); opts.num_levels],
+            }),
+            next_file,
+            flush_lock: Mutex::new(()),
+            compaction_lock: Mutex::new(()),
+            poison: Mutex::new(None),
+            poisoned: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            bg: Mutex::new(Bg { shutdown: false }),
+            bg_cv: Condvar::new(),
+            counters: Counters::default(),
+            opts,
+            _lock_file: lock_file,
+        });
+
+        // Persist the replayed writes as a table (or just move the log number forward), so
+        // the old segments can go.
+        if !inner.flush_oldest_imm()? {
+            inner.install(&HashSet::new(), Vec::new(), Some(seg_no))?;
+        }
+        inner.remove_old_segments()?;
+        for n in &names {
+            let stale = match file_number(n, ".sst") {
+                Some(num) => !live.contains(&num),
+                None => n.ends_with(".tmp"),
+            };
+            if stale {
+                let p = dir.join(n);
+                std::fs::remove_file(&p).map_err(|e| Error::io(&p, e))?;
+                report.files_removed.push(p);
+            }
+        }
+        for n in &names {
+            if let Some(num) = file_number(n, ".log") {
+                if num < manifest.log_number {
+                    report.files_removed.push(dir.join(n));
+                }
+            }
+        }
+
+        let mut threads = Vec::new();
+        if inner.opts.background_work {
+            let i = inner.clone();
+            threads.push(spawn("kvd-storage-flush", move || i.flush_loop())?);
+            let i = inner.clone();
+            threads.push(spawn("kvd-storage-compact", move || i.compaction_loop())?);
+        }
+        if inner.opts.sync == SyncMode::Interval {
+            let i = inner.clone();
+            threads.push(spawn("kvd-storage-sync", move || i.sync_loop())?);
+        }
+        Ok(Engine {
+            inner,
+            threads,
+            report,
+        })
+    }
+
+    /// What recovery found when this engine was opened.
+    pub fn recovery_report(&self) -> &RecoveryReport {
+        &self.report
+    }
+
+    /// The directory the engine lives in.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// Applies a batch atomically; returns once it is durable per `SyncMode`.
+    ///
+    /// Errors: `TooLarge` for an oversized key, value or batch; `Poisoned` once a durability
+    /// step has failed; `Closed` after close; `Io` for the commit-log failure that poisoned it.
+    pub fn write(&self, batch: WriteBatch) -> Result<()> {
+        self.inner.write(batch)
+    }
+
+    /// Writes one key.
+    pub fn put(&self, key: &[u8], value: &[u8]) -> Result<()> {
+        let mut b = WriteBatch::new();
+        b.put(key, value);
+        self.inner.write(b)
+    }
+
+    /// Erases one key.
+    pub fn delete(&self, key: &[u8]) -> Result<()> {
+        let mut b = WriteBatch::new();
+        b.delete(key);
+        self.inner.write(b)
+    }
+
+    /// The newest value of `key`. Errors: `Corruption` when a table block on the way fails its
+    /// checks (never a damaged value), `Io`.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.inner.get(key)
+    }
+
+    /// Keys in `[start, end)` (per the bounds) in order, from a consistent snapshot taken now.
+    pub fn scan(&self, start: Bound<&[u8]>, end: Bound<&[u8]>) -> Result<Scan> {
+        self.inner.scan(start, end)
+    }
+
+    /// Turns the memtable into a table and waits until every memtable written so far is in
+    /// tables.
+    pub fn flush(&self) -> Result<()> {
+        self.inner.flush()
+    }
+
+    /// Full manual compaction: flushes, then merges every table into the deepest level,
+    /// dropping tombstones (and values `tombstone_purge` accepts). Waits for it.
+    pub fn compact(&self) -> Result<()> {
+        self.inner.compact_all()
+    }
+
+    /// Runs background-style compactions until none is due (useful with
+    /// `background_work = false`). Returns how many ran.
+    pub fn compact_pending(&self) -> Result<usize> {
+        let mut n = 0;
+        while self.inner.compact_step()? {
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// A snapshot of the statistics.
+    pub fn stats(&self) -> Stats {
+        self.inner.stats()
+    }
+
+    /// Flushes the memtable (if `flush_on_close`), syncs the commit log and stops the
+    /// background threads.
+    pub fn close(mut self) -> Result<()> {
+        let mut res = Ok(());
+        if self.inner.opts.flush_on_close && !self.inner.poisoned.load(Ordering::Acquire) {
+            res = self.inner.flush();
+        }
+        let r2 = self.shutdown();
+        res.and(r2)
+    }
+
+    fn shutdown(&mut self) -> Result<()> {
+        self.inner.closed.store(true, Ordering::Release);
+        {
+            let mut bg = lock(&self.inner.bg);
+            bg.shutdown = true;
+        }
+        self.inner.bg_cv.notify_all();
+        self.inner.commit_cv.notify_all();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        if self.inner.poisoned.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let wal = lock(&self.inner.wal);
+        wal.sync()
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        let _ = self.shutdown();
+    }
+}
+
+fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(name.to_string())
+        .spawn(f)
+        .map_err(|e| Error::io(PathBuf::from(name), e))
+}
+
+impl Inner {
+    fn check_writable(&self) -> Result<()> {
+        if self.poisoned.load(Ordering::Acquire) {
+            let why = lock(&self.poison).clone().unwrap_or_default();
+            return Err(Error::Poisoned(why));
+        }
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
+        Ok(())
+    }
+
+    fn poison(&self, why: String) {
+        {
+            let mut p = lock(&self.poison);
+            if p.is_none() {
+                *p = Some(why);
+            }
+        }
+        self.poisoned.store(true, Ordering::Release);
+        drop(lock(&self.bg));
+        self.bg_cv.notify_all();
+        self.commit_cv.notify_all();
+    }
+
+    fn snapshot(&self) -> (Arc<Memtable>, Arc<Vec<Arc<Memtable>>>, Arc<Version>) {
+        let st = self.state.read().unwrap_or_else(|e| e.into_inner());
+        (st.mem.clone(), st.imm.clone(), st.version.clone())
+    }
+
+    fn write(&self, batch: WriteBatch) -> Result<()> {
+        self.check_writable()?;
+        for op in &batch.ops {
+            let (k, v) = match op {
+                crate::WriteOp::Put(k, v) => (k, Some(v)),
+                crate::WriteOp::Delete(k) => (k, None),
+            };
+            if k.len() > self.opts.max_key_bytes {
+                return Err(Error::TooLarge {
+                    what: "key",
+                    len: k.len(),
+                    max: self.opts.max_key_bytes,
+                });
+            }
+            if let Some(v) = v {
+                if v.len() > self.opts.max_value_bytes {
+                    return Err(Error::TooLarge {
+                        what: "value",
+                        len: v.len(),
+                        max: self.opts.max_value_bytes,
+                    });
+                }
+            }
+        }
+        if batch.bytes > MAX_BATCH_BYTES {
+            return Err(Error::TooLarge {
+                what: "batch",
+                len: batch.bytes,
+                max: MAX_BATCH_BYTES,
+            });
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.maybe_stall()?;
+        let mut c = lock(&self.commit);
+        let ticket = c.next_ticket;
+        c.next_ticket += 1;
+        c.queue.push(batch);
+        loop {
+            if ticket < c.done_upto {
+                return match c.failed_from {
+                    Some(f) if ticket >= f => {
+                        let why = lock(&self.poison).clone().unwrap_or_default();
+                        Err(Error::Poisoned(why))
+                    }
+                    _ => Ok(()),
+                };
+            }
+            if !c.leader {
+                break;
+            }
+            c = self.commit_cv.wait(c).unwrap_or_else(|e| e.into_inner());
+        }
+        // Leader: take the whole queue (our batch included).
+        let batches = std::mem::take(&mut c.queue);
+        let start = c.first_ticket;
+        let end = c.next_ticket;
+        c.first_ticket = end;
+        c.leader = true;
+        drop(c);
+        let res = self.commit_group(batches);
+        let mut c = lock(&self.commit);
+        c.done_upto = end;
+        if res.is_err() && c.failed_from.is_none() {
+            c.failed_from = Some(start);
+        }
+        c.leader = false;
+        drop(c);
+        self.commit_cv.notify_all();
+        res
+    }
+
+    /// Writes one group to the commit log and the memtable. Any failure poisons the engine:
+    /// a partly written record would otherwise sit before later acknowledged ones.
+    fn commit_group(&self, batches: Vec<WriteBatch>) -> Result<()> {
+        self.check_writable()?;
+        let mut wal = lock(&self.wal);
+        let res = self.commit_group_locked(&mut wal, batches);
+        if let Err(e) = &res {
+            self.poison(format!("commit-log write failed: {e}"));
+        }
+        res
+    }
+
+    fn commit_group_locked(&self, wal: &mut SegmentWriter, batches: Vec<WriteBatch>) -> Result<()> {
+        let mem = self
+            .state
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .mem
+            .clone();
+        let mem = if mem.approximate_bytes() >= self.opts.memtable_bytes {
+            self.rotate(wal)?
+        } else {
+            mem
+        };
+        let mut frames =
+            Vec::with_capacity(batches.iter().map(|b| b.bytes + 16 + b.len() * 4).sum());
+        let mut user = 0;
+        for b in &batches {
+            commit_log::frame_batch(b, &mut frames);
+            user += b.bytes;
+        }
+        wal.append(&frames)?;
+        match self.opts.sync {
+            SyncMode::Always => {
+                wal.sync()?;
+                stats::add(&self.counters.wal_syncs, 1);
+            }
+            SyncMode::Interval => self.wal_dirty.store(true, Ordering::Release),
+            SyncMode::None => {}
+        }
+        let c = &self.counters;
+        stats::add(&c.writes, batches.len() as u64);
+        stats::add(&c.write_groups, 1);
+        stats::add(&c.user_bytes, user as u64);
+        stats::add(&c.wal_bytes, frames.len() as u64);
+        for b in batches {
+            mem.apply_owned(b);
+        }
+        Ok(())
+    }
+
+    /// Starts a new segment and memtable; the old memtable becomes immutable. Called with the
+    /// `wal` lock held.
+    fn rotate(&self, wal: &mut SegmentWriter) -> Result<Arc<Memtable>> {
+        let n = self.next_file.fetch_add(1, Ordering::SeqCst);
+        let new_seg = SegmentWriter::create(&self.dir, n)?;
+        if self.opts.sync != SyncMode::None {
+            wal.sync()?;
+        }
+        *wal = new_seg;
+        let fresh = Arc::new(Memtable::new(n));
+        {
+            let mut st = self.state.write().unwrap_or_else(|e| e.into_inner());
+            let old = std::mem::replace(&mut st.mem, fresh.clone());
+            let mut imm = Vec::with_capacity(st.imm.len() + 1);
+            imm.push(old);
+            imm.extend(st.imm.iter().cloned());
+            st.imm = Arc::new(imm);
+        }
+        drop(lock(&self.bg));
+        self.bg_cv.notify_all();
+        Ok(fresh)
+    }
+
+    /// Waits while flushing or level-0 compaction is too far behind (bounded stall).
+    fn maybe_stall(&self) -> Result<()> {
+        let mut stalled: Option<Instant> = None;
+        loop {
+            let (imm_n, l0) = {
+                let st = self.state.read().unwrap_or_else(|e| e.into_inner());
+                (st.imm.len(), st.version.levels[0].len())
+            };
+            let stop = imm_n >= self.opts.max_immutable_memtables.max(1)
+                || l0 >= self.opts.l0_stop_trigger;
+            if !stop || !self.opts.background_work {
+                if let Some(t) = stalled {
+                    stats::add(&self.counters.stall_micros, t.elapsed().as_micros() as u64);
+                    stats::add(&self.counters.stalls, 1);
+                }
+                if self.opts.background_work && l0 >= self.opts.l0_slowdown_trigger {
+                    let t = Instant::now();
+                    std::thread::sleep(Duration::from_millis(1));
+                    stats::add(&self.counters.stall_micros, t.elapsed().as_micros() as u64);
+                    stats::add(&self.counters.slowdowns, 1);
+                }
+                return Ok(());
+            }
+            stalled.get_or_insert_with(Instant::now);
+            self.check_writable()?;
+            let bg = lock(&self.bg);
+            let _ = self
+                .bg_cv
+                .wait_timeout(bg, Duration::from_millis(10))
+                .unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        stats::add(&self.counters.gets, 1);
+        let (mem, imm, version) = self.snapshot();
+        match mem.get(key) {
+            Lookup::Found(v) => return Ok(Some(v)),
+            Lookup::Deleted => return Ok(None),
+            Lookup::Absent => {}
+        }
+        for m in imm.iter() {
+            match m.get(key) {
+                Lookup::Found(v) => return Ok(Some(v)),
+                Lookup::Deleted => return Ok(None),
+                Lookup::Absent => {}
+            }
+        }
+        let hash = bloom::hash_key(key);
+        let c = &self.counters;
+        let probe = |t: &Table| -> Result<Lookup> {
+            if !t.covers(key) {
+                stats::add(&c.range_skips, 1);
+                return Ok(Lookup::Absent);
+            }
+            stats::add(&c.bloom_checks, 1);
+            if !t.may_contain(hash) {
+                stats::add(&c.bloom_skips, 1);
+                return Ok(Lookup::Absent);
+            }
+            let r = t.get(key, Some(&self.cache))?;
+            if r == Lookup::Absent {
+                stats::add(&c.bloom_false_positives, 1);
+            }
+            Ok(r)
+        };
+        for t in version.levels[0].iter().rev() {
+            match probe(t)? {
+                Lookup::Found(v) => return Ok(Some(v)),
+                Lookup::Deleted => return Ok(None),
+                Lookup::Absent => {}
+            }
+        }
+        for level in version.levels.iter().skip(1) {
+            let i = level.partition_point(|t| t.meta.largest.as_slice() < key);
+            let Some(t) = level.get(i) else { continue };
+            match probe(t)? {
+                Lookup::Found(v) => return Ok(Some(v)),
+                Lookup::Deleted => return Ok(None),
+                Lookup::Absent => {}
+            }
+        }
+        Ok(None)
+    }
+
+    fn scan(&self, start: Bound<&[u8]>, end: Bound<&[u8]>) -> Result<Scan> {
+        let (mem, imm, version) = self.snapshot();
+        let mut sources = vec![Source::Mem(mem.range(start, end).into_iter())];
+        for m in imm.iter() {
+            sources.push(Source::Mem(m.range(start, end).into_iter()));
+        }
+        let seek: Option<&[u8]> = match start {
+            Bound::Included(s) | Bound::Excluded(s) => Some(s),
+            Bound::Unbounded => None,
+        };
+        let overlaps = |t: &Table| {
+            let after_start = seek.is_none_or(|s| t.meta.largest.as_slice() >= s);
+            let before_end = match end {
+                Bound::Included(e) => t.meta.smallest.as_slice() <= e,
+                Bound::Excluded(e) => t.meta.smallest.as_slice() < e,
+                Bound::Unbounded => true,
+            };
+            after_start && before_end
+        };
+        for t in version.levels[0].iter().rev() {
+            if overlaps(t) {
+                sources.push(Source::Table(TableIter::new(
+                    t.clone(),
+                    Some(self.cache.clone()),
+                    seek,
+                )?));
+            }
+        }
+        for level in version.levels.iter().skip(1) {
+            let tables: Vec<Arc<Table>> = level.iter().filter(|t| overlaps(t)).cloned().collect();
+            if !tables.is_empty() {
+                sources.push(Source::Level(LevelIter::new(
+                    tables,
+                    seek.map(<[u8]>::to_vec),
+                    Some(self.cache.clone()),
+                )));
+            }
+        }
+        Ok(Scan::new(MergeIter::new(sources)?, start, end))
+    }
+
+    fn flush(&self) -> Result<()> {
+        self.check_writable()?;
+        {
+            let mut wal = lock(&self.wal);
+            let mem = self
+                .state
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .mem
+                .clone();
+            if !mem.is_empty() {
+                if let Err(e) = self.rotate(&mut wal) {
+                    self.poison(format!("commit-log rotation failed: {e}"));
+                    return Err(e);
+                }
+            }
+        }
+        while self.flush_oldest_imm()? {}
+        Ok(())
+    }
+
+    /// Writes the oldest immutable memtable to a level-0 table and installs it. Returns false
+    /// when there was none.
+    fn flush_oldest_imm(&self) -> Result<bool> {
+        let _f = lock(&self.flush_lock);
+        let Some(imm) = self.snapshot().1.last().cloned() else {
+            return Ok(false);
+        };
+        let res = self.flush_memtable(&imm);
+        if let Err(e) = &res {
+            self.poison(format!("flush failed: {e}"));
+        }
+        res.map(|()| true)
+    }
+
+    fn flush_memtable(&self, imm: &Arc<Memtable>) -> Result<()> {
+        let mut added = Vec::new();
+        if !imm.is_empty() {
+            let number = self.next_file.fetch_add(1, Ordering::SeqCst);
+            let mut b = TableBuilder::create(&self.dir, number, self.build)?;
+            if let Err(e) = imm.for_each(|k, v| b.add(k, v)) {
+                b.abandon();
+                return Err(e);
+            }
+            let meta = b.finish()?;
+            stats::add(&self.counters.flush_bytes, meta.size);
+            let t = Table::open(&self.dir, number, Some(meta.size))?;
+            added.push((0, Arc::new(t)));
+        }
+        {
+            let mut ed = lock(&self.edit);
+            let (next_log, cur) = {
+                let st = self.state.read().unwrap_or_else(|e| e.into_inner());
+                let n = st.imm.len();
+                let next = if n >= 2 {
+                    st.imm[n - 2].segment
+                } else {
+                    st.mem.segment
+                };
+                (next, st.version.clone())
+            };
+            if !added.is_empty() {
+                crate::fsutil::sync_dir(&self.dir)?;
+            }
+            let v = cur.with_edit(&HashSet::new(), added);
+            v.to_manifest(self.next_file.load(Ordering::SeqCst), next_log)
+                .store(&self.dir)?;
+            ed.log_number = next_log;
+            let mut st = self.state.write().unwrap_or_else(|e| e.into_inner());
+            st.version = Arc::new(v);
+            let rest: Vec<Arc<Memtable>> = st
+                .imm
+                .iter()
+                .filter(|m| !Arc::ptr_eq(m, imm))
+                .cloned()
+                .collect();
+            st.imm = Arc::new(rest);
+        }
+        stats::add(&self.counters.flushes, 1);
+        self.remove_old_segments()?;
+        drop(lock(&self.bg));
+        self.bg_cv.notify_all();
+        Ok(())
+    }
+
+    /// Deletes commit-log segments older than the manifest's log number.
+    fn remove_old_segments(&self) -> Result<()> {
+        let log_number = lock(&self.edit).log_number;
+        for n in list_dir(&self.dir)? {
+            if let Some(num) = file_number(&n, ".log") {
+                if num < log_number {
+                    let p = self.dir.join(&n);
+                    std::fs::remove_file(&p).map_err(|e| Error::io(&p, e))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Installs a version edit durably. `log_number` moves the commit-log start forward.
+    fn install(
+        &self,
+        removed: &HashSet<u64>,
+        added: Vec<(usize, Arc<Table>)>,
+        log_number: Option<u64>,
+    ) -> Result<()> {
+        let mut ed = lock(&self.edit);
+        let cur = self.snapshot().2;
+        let v = cur.with_edit(removed, added);
+        v.check().map_err(|w| {
+            Error::corruption(
+                self.dir.join(MANIFEST),
+                0,
+                format!("edit would break level order: {w}"),
+            )
+        })?;
+        let log = log_number.unwrap_or(ed.log_number);
+        v.to_manifest(self.next_file.load(Ordering::SeqCst), log)
+            .store(&self.dir)?;
+        ed.log_number = log;
+        self.state
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .version = Arc::new(v);
+        Ok(())
+    }
+
+    fn compact_step(&self) -> Result<bool> {
+        let _c = lock(&self.compaction_lock);
+        let v = self.snapshot().2;
+        let job = {
+            let mut ed = lock(&self.edit);
+            compaction::pick(&v, &self.opts, &mut ed.pointers)
+        };
+        match job {
+            Some(job) => {
+                self.execute(&job)?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    fn compact_all(&self) -> Result<()> {
+        self.flush()?;
+        let _c = lock(&self.compaction_lock);
+        let v = self.snapshot().2;
+        if let Some(job) = compaction::full(&v) {
+            self.execute(&job)?;
+        }
+        Ok(())
+    }
+
+    fn execute(&self, job: &Job) -> Result<()> {
+        let removed: HashSet<u64> = job.input_numbers().collect();
+        if job.trivial_move {
+            let added = job
+                .inputs
+                .iter()
+                .flat_map(|(_, ts)| ts.iter().map(|t| (job.output_level, t.clone())))
+                .collect();
+            self.install(&removed, added, None)?;
+            stats::add(&self.counters.compactions, 1);
+            stats::add(&self.counters.trivial_moves, 1);
+            return Ok(());
+        }
+        let outputs = compaction::run(job, &self.dir, &self.opts, self.build, || {
+            self.next_file.fetch_add(1, Ordering::SeqCst)
+        })?;
+        let mut added = Vec::new();
+        let mut written = 0;
+        for m in &outputs {
+            written += m.size;
+            added.push((
+                job.output_level,
+                Arc::new(Table::open(&self.dir, m.number, Some(m.size))?),
+            ));
+        }
+        crate::fsutil::sync_dir(&self.dir)?;
+        self.install(&removed, added, None)?;
+        for (_, ts) in &job.inputs {
+            for t in ts {
+                t.mark_obsolete();
+            }
+        }
+        let c = &self.counters;
+        stats::add(&c.compactions, 1);
+        stats::add(&c.compaction_bytes_read, job.input_bytes());
+        stats::add(&c.compaction_bytes_written, written);
+        drop(lock(&self.bg));
+        self.bg_cv.notify_all();
+        Ok(())
+    }
+
+    fn flush_loop(&self) {
+        loop {
+            {
+                let mut bg = lock(&self.bg);
+                loop {
+                    if bg.shutdown || self.poisoned.load(Ordering::Acquire) {
+                        return;
+                    }
+                    if !self.snapshot().1.is_empty() {
+                        break;
+                    }
+                    bg = self.bg_cv.wait(bg).unwrap_or_else(|e| e.into_inner());
+                }
+            }
+            if self.flush_oldest_imm().is_err() {
+                return; // poisoned by flush_oldest_imm
+            }
+        }
+    }
+
+    fn compaction_loop(&self) {
+        loop {
+            {
+                let mut bg = lock(&self.bg);
+                loop {
+                    if bg.shutdown || self.poisoned.load(Ordering::Acquire) {
+                        return;
+                    }
+                    if compaction::score(&self.snapshot().2, &self.opts).0 >= 1.0 {
+                        break;
+                    }
+                    bg = self
+                        .bg_cv
+                        .wait_timeout(bg, Duration::from_secs(1))
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                }
+            }
+            if let Err(e) = self.compact_step() {
+                self.poison(format!("compaction failed: {e}"));
+                return;
+            }
+        }
+    }
+
+    fn sync_loop(&self) {
+        let period = self.opts.sync_interval.max(Duration::from_millis(1));
+        let mut next = Instant::now() + period;
+        loop {
+            {
+                let mut bg = lock(&self.bg);
+                loop {
+                    if bg.shutdown || self.poisoned.load(Ordering::Acquire) {
+                        return;
+                    }
+                    let now = Instant::now();
+                    if now >= next {
+                        break;
+                    }
+                    bg = self
+                        .bg_cv
+                        .wait_timeout(bg, next - now)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                }
+            }
+            next = Instant::now() + period;
+            if self.wal_dirty.swap(false, Ordering::AcqRel) {
+                let (file, path) = {
+                    let w = lock(&self.wal);
+                    (w.file.clone(), w.path.clone())
+                };
+                if let Err(e) = file.sync_data() {
+                    self.poison(format!(
+                        "commit-log fsync of {} failed: {e}",
+                        path.display()
+                    ));
+                    return;
+                }
+                stats::add(&self.counters.wal_syncs, 1);
+            }
+        }
+    }
+
+    fn stats(&self) -> Stats {
+        let (mem, imm, v) = self.snapshot();
+        let c = &self.counters;
+        let user = stats::get(&c.user_bytes);
+        let flush = stats::get(&c.flush_bytes);
+        let comp = stats::get(&c.compaction_bytes_written);
+        let hits = stats::get(&self.cache.hits);
+        let misses = stats::get(&self.cache.misses);
+        Stats {
+            level_bytes: (0..v.levels.len()).map(|l| v.level_bytes(l)).collect(),
+            level_tables: v.levels.iter().map(Vec::len).collect(),
+            table_count: v.table_count(),
+            memtable_bytes: mem.approximate_bytes(),
+            immutable_memtables: imm.len(),
+            writes: stats::get(&c.writes),
+            write_groups: stats::get(&c.write_groups),
+            wal_syncs: stats::get(&c.wal_syncs),
+            user_bytes_written: user,
+            wal_bytes_written: stats::get(&c.wal_bytes),
+            flushes: stats::get(&c.flushes),
+            flush_bytes_written: flush,
+            compactions: stats::get(&c.compactions),
+            trivial_moves: stats::get(&c.trivial_moves),
+            compaction_bytes_read: stats::get(&c.compaction_bytes_read),
+            compaction_bytes_written: comp,
+            write_amplification: if user == 0 {
+                0.0
+            } else {
+                (flush + comp) as f64 / user as f64
+            },
+            stall_micros: stats::get(&c.stall_micros),
+            stalls: stats::get(&c.stalls),
+            slowdowns: stats::get(&c.slowdowns),
+            gets: stats::get(&c.gets),
+            range_skips: stats::get(&c.range_skips),
+            bloom_checks: stats::get(&c.bloom_checks),
+            bloom_skips: stats::get(&c.bloom_skips),
+            bloom_false_positives: stats::get(&c.bloom_false_positives),
+            cache_hits: hits,
+            cache_misses: misses,
+            cache_hit_ratio: if hits + misses == 0 {
+                0.0
+            } else {
+                hits as f64 / (hits + misses) as f64
+            },
+            cache_bytes: self.cache.used(),
+        }
+    }
+}

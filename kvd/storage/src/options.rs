@@ -1,0 +1,124 @@
+//! Engine options: durability, sizes of the memtable, tables, levels and cache.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+/// When a write is acknowledged relative to the fsync of its commit-log record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SyncMode {
+    /// No write is acknowledged before its commit-log record is fsynced (group commit shares
+    /// one fsync among concurrent writers).
+    Always,
+    /// A background thread fsyncs the commit log at least every `Options::sync_interval`;
+    /// a crash of the machine may lose the writes of the last interval.
+    Interval,
+    /// The commit log is written to the OS but never fsynced by the write path.
+    None,
+}
+
+impl SyncMode {
+    /// Parses `always`, `interval` or `none`.
+    pub fn parse(s: &str) -> Option<SyncMode> {
+        match s {
+            "always" => Some(SyncMode::Always),
+            "interval" => Some(SyncMode::Interval),
+            "none" => Some(SyncMode::None),
+            _ => None,
+        }
+    }
+}
+
+/// Decides, at the last level, whether a stored value is a tombstone past its grace period that
+/// compaction may drop. Arguments: key, value.
+pub type PurgePredicate = Arc<dyn Fn(&[u8], &[u8]) -> bool + Send + Sync>;
+
+/// Engine configuration. `Options::default()` is a sensible server setting.
+#[derive(Clone)]
+pub struct Options {
+    /// Durability of acknowledged writes.
+    pub sync: SyncMode,
+    /// Fsync period for `SyncMode::Interval`.
+    pub sync_interval: Duration,
+    /// Size at which the memtable turns immutable and is flushed to a table.
+    pub memtable_bytes: usize,
+    /// How many immutable memtables may wait for flushing before writers stall.
+    pub max_immutable_memtables: usize,
+    /// Memory budget of the block cache (decompressed data blocks).
+    pub block_cache_bytes: usize,
+    /// Compress data blocks with LZ4.
+    pub compression: bool,
+    /// Bloom filter bits per key (10 gives about 1% false positives); 0 disables filters.
+    pub bloom_bits_per_key: usize,
+    /// Target size of an uncompressed data block.
+    pub block_bytes: usize,
+    /// Keys between restart points of the prefix compression.
+    pub block_restart_interval: usize,
+    /// Target size of a table written by compaction.
+    pub table_bytes: u64,
+    /// Number of level-0 tables that triggers a level-0 compaction.
+    pub l0_compaction_trigger: usize,
+    /// Number of level-0 tables at which each write is delayed by a millisecond.
+    pub l0_slowdown_trigger: usize,
+    /// Number of level-0 tables at which writes wait for compaction.
+    pub l0_stop_trigger: usize,
+    /// Target size of level 1; each further level is `level_multiplier` times larger.
+    pub level1_bytes: u64,
+    /// Size ratio between adjacent levels.
+    pub level_multiplier: u64,
+    /// Number of levels (level 0 included).
+    pub num_levels: usize,
+    /// Run flushes and compactions on background threads. When false, `flush`/`compact` must be
+    /// called explicitly (useful for deterministic tests).
+    pub background_work: bool,
+    /// Flush the memtable to a table on `close`, so the next open has nothing to replay.
+    pub flush_on_close: bool,
+    /// Largest accepted key.
+    pub max_key_bytes: usize,
+    /// Largest accepted value.
+    pub max_value_bytes: usize,
+    /// See [`PurgePredicate`]; `None` keeps every value.
+    pub tombstone_purge: Option<PurgePredicate>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            sync: SyncMode::Always,
+            sync_interval: Duration::from_millis(100),
+            memtable_bytes: 64 << 20,
+            max_immutable_memtables: 2,
+            block_cache_bytes: 64 << 20,
+            compression: true,
+            bloom_bits_per_key: 10,
+            block_bytes: 4096,
+            block_restart_interval: 16,
+            table_bytes: 8 << 20,
+            l0_compaction_trigger: 4,
+            l0_slowdown_trigger: 20,
+            l0_stop_trigger: 36,
+            level1_bytes: 64 << 20,
+            level_multiplier: 10,
+            num_levels: 7,
+            background_work: true,
+            flush_on_close: true,
+            max_key_bytes: 64 << 10,
+            max_value_bytes: 1 << 20,
+            tombstone_purge: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Options")
+            .field("sync", &self.sync)
+            .field("memtable_bytes", &self.memtable_bytes)
+            .field("block_cache_bytes", &self.block_cache_bytes)
+            .field("compression", &self.compression)
+            .field("bloom_bits_per_key", &self.bloom_bits_per_key)
+            .field("table_bytes", &self.table_bytes)
+            .field("num_levels", &self.num_levels)
+            .field("tombstone_purge", &self.tombstone_purge.is_some())
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,98 @@
+//! Engine statistics for `/metrics`: plain numbers, cheap to read.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Counters updated on the hot paths (relaxed atomics: they are statistics, not state).
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub(crate) writes: AtomicU64,
+    pub(crate) write_groups: AtomicU64,
+    pub(crate) wal_syncs: AtomicU64,
+    pub(crate) user_bytes: AtomicU64,
+    pub(crate) wal_bytes: AtomicU64,
+    pub(crate) flushes: AtomicU64,
+    pub(crate) flush_bytes: AtomicU64,
+    pub(crate) compactions: AtomicU64,
+    pub(crate) trivial_moves: AtomicU64,
+    pub(crate) compaction_bytes_read: AtomicU64,
+    pub(crate) compaction_bytes_written: AtomicU64,
+    pub(crate) stall_micros: AtomicU64,
+    pub(crate) stalls: AtomicU64,
+    pub(crate) slowdowns: AtomicU64,
+    pub(crate) gets: AtomicU64,
+    pub(crate) range_skips: AtomicU64,
+    pub(crate) bloom_checks: AtomicU64,
+    pub(crate) bloom_skips: AtomicU64,
+    pub(crate) bloom_false_positives: AtomicU64,
+}
+
+pub(crate) fn add(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Ordering::Relaxed);
+}
+
+pub(crate) fn get(c: &AtomicU64) -> u64 {
+    c.load(Ordering::Relaxed)
+}
+
+/// A snapshot of the engine's statistics.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Stats {
+    /// Bytes of table files per level (index = level).
+    pub level_bytes: Vec<u64>,
+    /// Number of tables per level.
+    pub level_tables: Vec<usize>,
+    /// Total number of live tables.
+    pub table_count: usize,
+    /// Approximate bytes in the active memtable.
+    pub memtable_bytes: usize,
+    /// Immutable memtables waiting to be flushed.
+    pub immutable_memtables: usize,
+    /// Write batches acknowledged.
+    pub writes: u64,
+    /// Commit groups written (each one write and at most one fsync of the commit log).
+    pub write_groups: u64,
+    /// Fsyncs of the commit log.
+    pub wal_syncs: u64,
+    /// Key and value bytes written by callers.
+    pub user_bytes_written: u64,
+    /// Bytes appended to the commit log.
+    pub wal_bytes_written: u64,
+    /// Memtable flushes to level 0.
+    pub flushes: u64,
+    /// Table bytes written by flushes.
+    pub flush_bytes_written: u64,
+    /// Compactions run (trivial moves included).
+    pub compactions: u64,
+    /// Compactions that moved a table down a level without rewriting it.
+    pub trivial_moves: u64,
+    /// Table bytes read by compactions.
+    pub compaction_bytes_read: u64,
+    /// Table bytes written by compactions.
+    pub compaction_bytes_written: u64,
+    /// (flush + compaction bytes written) / user bytes written; 0 before any write.
+    pub write_amplification: f64,
+    /// Total time writers spent waiting because flushing or compaction fell behind.
+    pub stall_micros: u64,
+    /// Writes that waited (stop condition).
+    pub stalls: u64,
+    /// Writes delayed by a millisecond (slowdown condition).
+    pub slowdowns: u64,
+    /// Point lookups.
+    pub gets: u64,
+    /// Table lookups skipped because the key is outside the table's key range.
+    pub range_skips: u64,
+    /// Bloom filter probes.
+    pub bloom_checks: u64,
+    /// Table lookups skipped because the bloom filter excluded the key.
+    pub bloom_skips: u64,
+    /// Bloom filter passed but the table did not hold the key.
+    pub bloom_false_positives: u64,
+    /// Block cache hits.
+    pub cache_hits: u64,
+    /// Block cache misses.
+    pub cache_misses: u64,
+    /// hits / (hits + misses); 0 before any lookup.
+    pub cache_hit_ratio: f64,
+    /// Bytes held by the block cache.
+    pub cache_bytes: usize,
+}
