@@ -1,1 +1,617 @@
-//! (being written)
+//! The messages that cross a WebSocket: the client protocol of INTERFACE.md (JSON text frames)
+//! and the peer protocol between nodes.
+//!
+//! Decoding never panics: a frame that is not JSON, lacks a field, carries a wrong type or
+//! exceeds a limit decodes to a [`WireError`] with the protocol's error code, and to the request
+//! id when one could be read, so the server can answer it and keep the connection.
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+
+/// The protocol's error codes (INTERFACE.md, "Wire protocol").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The frame or one of its fields is malformed, or the op is unknown.
+    BadRequest,
+    /// A key, value or frame is over its limit.
+    TooLarge,
+    /// No token, or a token that does not allow the operation.
+    Unauthorized,
+    /// The quorum could not be met; the message names each replica and its failure.
+    Unavailable,
+    /// The request did not complete in time.
+    Timeout,
+    /// Too many connections or requests in flight: try again later.
+    Overloaded,
+    /// A failure inside the node (storage error, bug); the message says which.
+    Internal,
+}
+
+impl ErrorCode {
+    /// The code as it travels on the wire (`"bad_request"`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Timeout => "timeout",
+            ErrorCode::Overloaded => "overloaded",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}
+
+/// An error answer: a code and a sentence saying what failed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireError {
+    /// What kind of failure.
+    pub code: ErrorCode,
+    /// One clear sentence for a human.
+    pub message: String,
+}
+
+impl WireError {
+    /// An error with `code` and `message`.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        WireError {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// A `bad_request` error.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::BadRequest, message)
+    }
+}
+
+impl std::fmt::Display for WireError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.code.as_str(), self.message)
+    }
+}
+
+impl std::error::Error for WireError {}
+
+/// Size limits enforced when decoding (INTERFACE.md: key 1 KiB, value 1 MiB, frame 2 MiB).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    /// Largest key in bytes.
+    pub max_key_bytes: usize,
+    /// Largest value in bytes (after base64 decoding).
+    pub max_value_bytes: usize,
+    /// Largest WebSocket frame in bytes.
+    pub max_frame_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_key_bytes: 1024,
+            max_value_bytes: 1024 * 1024,
+            max_frame_bytes: 2 * 1024 * 1024,
+        }
+    }
+}
+
+/// A decoded client request: the id it will be answered by, and what it asks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Request {
+    /// Chosen by the client; the answer carries the same id.
+    pub id: u64,
+    /// The operation.
+    pub op: ClientOp,
+}
+
+/// The operations of the client protocol.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClientOp {
+    /// Read a key. `local` reads only the connected node's replica, without coordination.
+    Get {
+        key: String,
+        r: Option<usize>,
+        local: bool,
+    },
+    /// Write a value. `context` is the opaque string of an earlier read ("" = blind write).
+    Put {
+        key: String,
+        value: Vec<u8>,
+        context: String,
+        w: Option<usize>,
+    },
+    /// Write a tombstone.
+    Delete {
+        key: String,
+        context: String,
+        w: Option<usize>,
+    },
+    /// Every member of the cluster as this node sees it.
+    Status,
+    /// Token ownership, or one key's preference list.
+    Ring { key: Option<String> },
+    /// Pending hinted-handoff writes by target.
+    Hints,
+    /// Run anti-entropy now.
+    Repair { node: Option<String> },
+    /// Drain a node and remove it from the ring.
+    Decommission { node: String },
+    /// A liveness probe: answers `{"ok":true}`.
+    Ping,
+}
+
+impl ClientOp {
+    /// The op's name on the wire.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ClientOp::Get { .. } => "get",
+            ClientOp::Put { .. } => "put",
+            ClientOp::Delete { .. } => "delete",
+            ClientOp::Status => "status",
+            ClientOp::Ring { .. } => "ring",
+            ClientOp::Hints => "hints",
+            ClientOp::Repair { .. } => "repair",
+            ClientOp::Decommission { .. } => "decommission",
+            ClientOp::Ping => "ping",
+        }
+    }
+}
+
+/// Every field any request may carry; which are required depends on `op`.
+#[derive(Deserialize)]
+struct RawRequest {
+    id: u64,
+    op: String,
+    #[serde(default)]
+    key: Option<String>,
+    #[serde(default)]
+    value: Option<String>,
+    #[serde(default)]
+    value_b64: Option<String>,
+    #[serde(default)]
+    context: Option<String>,
+    #[serde(default)]
+    w: Option<usize>,
+    #[serde(default)]
+    r: Option<usize>,
+    #[serde(default)]
+    local: Option<bool>,
+    #[serde(default)]
+    node: Option<String>,
+}
+
+/// Used to recover the id of a request whose other fields did not decode.
+#[derive(Deserialize)]
+struct IdOnly {
+    id: Option<u64>,
+}
+
+/// Decodes one client frame. On failure returns the error and, when it could be read, the id
+/// to answer it by.
+pub fn decode_request(text: &str, limits: &Limits) -> Result<Request, (Option<u64>, WireError)> {
+    if text.len() > limits.max_frame_bytes {
+        return Err((
+            None,
+            WireError::new(
+                ErrorCode::TooLarge,
+                format!(
+                    "frame of {} bytes exceeds the limit of {} bytes",
+                    text.len(),
+                    limits.max_frame_bytes
+                ),
+            ),
+        ));
+    }
+    let raw: RawRequest = match serde_json::from_str(text) {
+        Ok(raw) => raw,
+        Err(e) => {
+            let id = serde_json::from_str::<IdOnly>(text).ok().and_then(|i| i.id);
+            return Err((
+                id,
+                WireError::bad_request(format!("malformed request: {e}")),
+            ));
+        }
+    };
+    let id = raw.id;
+    validate(raw, limits).map_err(|e| (Some(id), e))
+}
+
+fn validate(raw: RawRequest, limits: &Limits) -> Result<Request, WireError> {
+    let key = |raw_key: Option<String>| -> Result<String, WireError> {
+        let key =
+            raw_key.ok_or_else(|| WireError::bad_request(format!("'{}' needs a key", raw.op)))?;
+        check_key(&key, limits)?;
+        Ok(key)
+    };
+    let quorum = |name: &str, v: Option<usize>| -> Result<Option<usize>, WireError> {
+        match v {
+            Some(0) => Err(WireError::bad_request(format!("{name} must be at least 1"))),
+            other => Ok(other),
+        }
+    };
+    let op = match raw.op.as_str() {
+        "get" => ClientOp::Get {
+            key: key(raw.key)?,
+            r: quorum("r", raw.r)?,
+            local: raw.local.unwrap_or(false),
+        },
+        "put" => {
+            let value = match (raw.value, raw.value_b64) {
+                (Some(v), None) => v.into_bytes(),
+                (None, Some(b)) => B64.decode(b.as_bytes()).map_err(|e| {
+                    WireError::bad_request(format!("value_b64 is not valid base64: {e}"))
+                })?,
+                (Some(_), Some(_)) => {
+                    return Err(WireError::bad_request(
+                        "give either value or value_b64, not both",
+                    ))
+                }
+                (None, None) => return Err(WireError::bad_request("'put' needs a value")),
+            };
+            check_value(&value, limits)?;
+            ClientOp::Put {
+                key: key(raw.key)?,
+                value,
+                context: raw.context.unwrap_or_default(),
+                w: quorum("w", raw.w)?,
+            }
+        }
+        "delete" => ClientOp::Delete {
+            key: key(raw.key)?,
+            context: raw.context.unwrap_or_default(),
+            w: quorum("w", raw.w)?,
+        },
+        "status" => ClientOp::Status,
+        "ring" => ClientOp::Ring {
+            key: match raw.key {
+                Some(k) => Some(key(Some(k))?),
+                None => None,
+            },
+        },
+        "hints" => ClientOp::Hints,
+        "repair" => ClientOp::Repair { node: raw.node },
+        "decommission" => ClientOp::Decommission {
+            node: raw
+                .node
+                .ok_or_else(|| WireError::bad_request("'decommission' needs a node"))?,
+        },
+        "ping" => ClientOp::Ping,
+        other => return Err(WireError::bad_request(format!("unknown op '{other}'"))),
+    };
+    Ok(Request { id: raw.id, op })
+}
+
+/// Checks a key against the limits: non-empty and at most `max_key_bytes`.
+pub fn check_key(key: &str, limits: &Limits) -> Result<(), WireError> {
+    if key.is_empty() {
+        return Err(WireError::bad_request("the key is empty"));
+    }
+    if key.len() > limits.max_key_bytes {
+        return Err(WireError::new(
+            ErrorCode::TooLarge,
+            format!(
+                "key of {} bytes exceeds the limit of {} bytes",
+                key.len(),
+                limits.max_key_bytes
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a value against `max_value_bytes`.
+pub fn check_value(value: &[u8], limits: &Limits) -> Result<(), WireError> {
+    if value.len() > limits.max_value_bytes {
+        return Err(WireError::new(
+            ErrorCode::TooLarge,
+            format!(
+                "value of {} bytes exceeds the limit of {} bytes",
+                value.len(),
+                limits.max_value_bytes
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Encodes a client request as a JSON text frame (what kvcli and the SDK send).
+pub fn encode_request(id: u64, op: &ClientOp) -> String {
+    let mut obj = serde_json::Map::new();
+    obj.insert("id".into(), id.into());
+    obj.insert("op".into(), op.name().into());
+    let mut set = |k: &str, v: serde_json::Value| {
+        obj.insert(k.into(), v);
+    };
+    match op {
+        ClientOp::Get { key, r, local } => {
+            set("key", key.as_str().into());
+            if let Some(r) = r {
+                set("r", (*r).into());
+            }
+            if *local {
+                set("local", true.into());
+            }
+        }
+        ClientOp::Put {
+            key,
+            value,
+            context,
+            w,
+        } => {
+            set("key", key.as_str().into());
+            match std::str::from_utf8(value) {
+                Ok(text) => set("value", text.into()),
+                Err(_) => set("value_b64", B64.encode(value).into()),
+            }
+            if !context.is_empty() {
+                set("context", context.as_str().into());
+            }
+            if let Some(w) = w {
+                set("w", (*w).into());
+            }
+        }
+        ClientOp::Delete { key, context, w } => {
+            set("key", key.as_str().into());
+            if !context.is_empty() {
+                set("context", context.as_str().into());
+            }
+            if let Some(w) = w {
+                set("w", (*w).into());
+            }
+        }
+        ClientOp::Ring { key } => {
+            if let Some(key) = key {
+                set("key", key.as_str().into());
+            }
+        }
+        ClientOp::Repair { node } => {
+            if let Some(node) = node {
+                set("node", node.as_str().into());
+            }
+        }
+        ClientOp::Decommission { node } => set("node", node.as_str().into()),
+        ClientOp::Status | ClientOp::Hints | ClientOp::Ping => {}
+    }
+    serde_json::Value::Object(obj).to_string()
+}
+
+/// A value as JSON: a string when it is UTF-8 text, else `{"value_b64": "..."}`.
+pub fn value_to_json(value: &[u8]) -> serde_json::Value {
+    match std::str::from_utf8(value) {
+        Ok(text) => serde_json::Value::String(text.to_owned()),
+        Err(_) => serde_json::json!({ "value_b64": B64.encode(value) }),
+    }
+}
+
+/// The inverse of [`value_to_json`].
+pub fn value_from_json(v: &serde_json::Value) -> Result<Vec<u8>, WireError> {
+    match v {
+        serde_json::Value::String(s) => Ok(s.as_bytes().to_vec()),
+        serde_json::Value::Object(o) => match o.get("value_b64") {
+            Some(serde_json::Value::String(b)) => B64
+                .decode(b.as_bytes())
+                .map_err(|e| WireError::bad_request(format!("value_b64 is not valid base64: {e}"))),
+            _ => Err(WireError::bad_request("a value object needs value_b64")),
+        },
+        _ => Err(WireError::bad_request("a value is a string or {value_b64}")),
+    }
+}
+
+/// An error answer frame: `{"id", "ok": false, "error": {"code", "message"}}`.
+pub fn error_response(id: Option<u64>, error: &WireError) -> String {
+    serde_json::json!({ "id": id, "ok": false, "error": error }).to_string()
+}
+
+/// A success answer frame: `fields` (a JSON object) plus `"id"` and `"ok": true`.
+pub fn ok_response(id: u64, fields: serde_json::Value) -> String {
+    let mut obj = match fields {
+        serde_json::Value::Object(o) => o,
+        _ => serde_json::Map::new(),
+    };
+    obj.insert("id".into(), id.into());
+    obj.insert("ok".into(), true.into());
+    serde_json::Value::Object(obj).to_string()
+}
+
+/// Serde helper: `Vec<u8>` as a base64 string (peer messages carry opaque bytes in JSON).
+pub mod b64 {
+    use super::B64;
+    use base64::Engine as _;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Serializes bytes as base64.
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&B64.encode(bytes))
+    }
+
+    /// Deserializes base64 into bytes.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        B64.decode(s.as_bytes()).map_err(serde::de::Error::custom)
+    }
+
+    /// The same for `Option<Vec<u8>>`.
+    pub mod option {
+        use super::B64;
+        use base64::Engine as _;
+        use serde::{Deserialize, Deserializer, Serializer};
+
+        /// Serializes optional bytes as base64 or null.
+        pub fn serialize<S: Serializer>(bytes: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+            match bytes {
+                Some(b) => s.serialize_str(&B64.encode(b)),
+                None => s.serialize_none(),
+            }
+        }
+
+        /// Deserializes base64 or null.
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+            let s = <Option<std::borrow::Cow<'de, str>>>::deserialize(d)?;
+            match s {
+                Some(s) => B64
+                    .decode(s.as_bytes())
+                    .map(Some)
+                    .map_err(serde::de::Error::custom),
+                None => Ok(None),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode(text: &str) -> Result<Request, (Option<u64>, WireError)> {
+        decode_request(text, &Limits::default())
+    }
+
+    #[test]
+    fn decodes_each_op() {
+        let r = decode(r#"{"id":7,"op":"get","key":"k","r":1}"#).unwrap();
+        assert_eq!(
+            r,
+            Request {
+                id: 7,
+                op: ClientOp::Get {
+                    key: "k".into(),
+                    r: Some(1),
+                    local: false
+                }
+            }
+        );
+        let r = decode(r#"{"id":1,"op":"put","key":"k","value":"v","context":"c","w":2}"#).unwrap();
+        assert_eq!(
+            r.op,
+            ClientOp::Put {
+                key: "k".into(),
+                value: b"v".to_vec(),
+                context: "c".into(),
+                w: Some(2)
+            }
+        );
+        let r = decode(r#"{"id":1,"op":"put","key":"k","value_b64":"AP8="}"#).unwrap();
+        assert!(matches!(r.op, ClientOp::Put { ref value, .. } if value == &[0u8, 255]));
+        assert_eq!(
+            decode(r#"{"id":2,"op":"delete","key":"k"}"#).unwrap().op,
+            ClientOp::Delete {
+                key: "k".into(),
+                context: String::new(),
+                w: None
+            }
+        );
+        assert_eq!(
+            decode(r#"{"id":3,"op":"status"}"#).unwrap().op,
+            ClientOp::Status
+        );
+        assert_eq!(
+            decode(r#"{"id":3,"op":"ring","key":"a"}"#).unwrap().op,
+            ClientOp::Ring {
+                key: Some("a".into())
+            }
+        );
+    }
+
+    #[test]
+    fn encode_then_decode_is_identity() {
+        let ops = vec![
+            ClientOp::Get {
+                key: "k".into(),
+                r: Some(2),
+                local: true,
+            },
+            ClientOp::Put {
+                key: "k".into(),
+                value: vec![0, 159, 146, 150],
+                context: "ctx".into(),
+                w: Some(3),
+            },
+            ClientOp::Put {
+                key: "k".into(),
+                value: b"text value".to_vec(),
+                context: String::new(),
+                w: None,
+            },
+            ClientOp::Delete {
+                key: "k".into(),
+                context: "c".into(),
+                w: None,
+            },
+            ClientOp::Status,
+            ClientOp::Ring { key: None },
+            ClientOp::Hints,
+            ClientOp::Repair {
+                node: Some("n1".into()),
+            },
+            ClientOp::Decommission { node: "n2".into() },
+            ClientOp::Ping,
+        ];
+        for (i, op) in ops.into_iter().enumerate() {
+            let text = encode_request(i as u64, &op);
+            assert_eq!(decode(&text).unwrap(), Request { id: i as u64, op });
+        }
+    }
+
+    #[test]
+    fn malformed_frames_are_errors_with_the_id_when_readable() {
+        let (id, e) = decode("not json").unwrap_err();
+        assert_eq!((id, e.code), (None, ErrorCode::BadRequest));
+        let (id, e) = decode(r#"{"id":5,"op":"nope"}"#).unwrap_err();
+        assert_eq!((id, e.code), (Some(5), ErrorCode::BadRequest));
+        assert!(e.message.contains("unknown op"));
+        let (id, e) = decode(r#"{"id":6,"op":"get","key":"k","r":"two"}"#).unwrap_err();
+        assert_eq!((id, e.code), (Some(6), ErrorCode::BadRequest));
+        let (id, e) = decode(r#"{"id":8,"op":"get"}"#).unwrap_err();
+        assert_eq!((id, e.code), (Some(8), ErrorCode::BadRequest));
+        let (_, e) = decode(r#"{"id":9,"op":"put","key":"k","value_b64":"!!"}"#).unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadRequest);
+        let (_, e) = decode(r#"{"id":9,"op":"get","key":"k","w":0,"r":0}"#).unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadRequest);
+        let (_, e) = decode(r#"[1,2,3]"#).unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadRequest);
+    }
+
+    #[test]
+    fn limits_are_too_large() {
+        let big_key = "k".repeat(1025);
+        let (id, e) = decode(&format!(r#"{{"id":1,"op":"get","key":"{big_key}"}}"#)).unwrap_err();
+        assert_eq!((id, e.code), (Some(1), ErrorCode::TooLarge));
+        let big_value = "v".repeat(1024 * 1024 + 1);
+        let (_, e) = decode(&format!(
+            r#"{{"id":1,"op":"put","key":"k","value":"{big_value}"}}"#
+        ))
+        .unwrap_err();
+        assert_eq!(e.code, ErrorCode::TooLarge);
+        let limits = Limits {
+            max_frame_bytes: 10,
+            ..Limits::default()
+        };
+        let (_, e) = decode_request(r#"{"id":1,"op":"status"}"#, &limits).unwrap_err();
+        assert_eq!(e.code, ErrorCode::TooLarge);
+    }
+
+    #[test]
+    fn values_round_trip_through_json() {
+        for v in [b"plain".to_vec(), vec![0xff, 0x00, 0x80], Vec::new()] {
+            assert_eq!(value_from_json(&value_to_json(&v)).unwrap(), v);
+        }
+        assert!(value_from_json(&serde_json::json!(3)).is_err());
+    }
+
+    #[test]
+    fn responses_carry_id_and_ok() {
+        let ok: serde_json::Value =
+            serde_json::from_str(&ok_response(4, serde_json::json!({"found": false}))).unwrap();
+        assert_eq!(ok["id"], 4);
+        assert_eq!(ok["ok"], true);
+        let err: serde_json::Value = serde_json::from_str(&error_response(
+            Some(4),
+            &WireError::new(ErrorCode::Unavailable, "n2: down"),
+        ))
+        .unwrap();
+        assert_eq!(err["ok"], false);
+        assert_eq!(err["error"]["code"], "unavailable");
+    }
+}
