@@ -228,16 +228,25 @@ impl Membership {
             .or_insert_with(|| Member::new(String::new(), String::new(), 0))
     }
 
-    /// Changes my record and bumps its version, so the change wins in gossip.
+    /// Changes my record and bumps its version, so the change wins in gossip. A status change
+    /// made here also supersedes an admin order in force about me (the later decision wins).
     pub fn update_me(&mut self, f: impl FnOnce(&mut Member)) -> Vec<MembershipEvent> {
         let before = self.snapshot();
         let me = self.me_mut();
-        let (id, generation) = (me.id.clone(), me.generation);
+        let (id, generation, status) = (me.id.clone(), me.generation, me.effective_status());
         f(me);
         // The closure must not change who I am or move my heartbeat backwards.
         me.id = id;
         me.generation = me.generation.max(generation);
         me.version = me.version.saturating_add(1);
+        // My own status change is the latest decision about me: if an admin order is in force
+        // it would otherwise override the change forever, so the change becomes the next order.
+        if me.status != status {
+            if let Some(order) = me.order.as_mut().filter(|o| o.generation == me.generation) {
+                order.epoch = order.epoch.saturating_add(1);
+                order.status = me.status;
+            }
+        }
         self.events(before)
     }
 
@@ -801,6 +810,11 @@ mod tests {
         nodes[1].set_status_of("c", MemberStatus::Normal);
         round(&mut nodes, &alive, 4_000, all);
         assert_eq!(nodes[0].state("c"), Some(NodeState::Up));
+        // c may still decide by itself later: its own change supersedes the standing order.
+        nodes[2].update_me(|m| m.status = MemberStatus::Leaving);
+        round(&mut nodes, &alive, 4_500, all);
+        assert_eq!(nodes[0].state("c"), Some(NodeState::Leaving));
+        assert_eq!(nodes[1].state("c"), Some(NodeState::Leaving));
         // Once c has left by itself, that is final.
         nodes[2].update_me(|m| m.status = MemberStatus::Left);
         round(&mut nodes, &alive, 5_000, all);
