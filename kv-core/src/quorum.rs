@@ -103,6 +103,13 @@ impl QuorumConfig {
     }
 }
 
+impl Default for QuorumConfig {
+    /// The cluster defaults: N = 3, W = 2, R = 2.
+    fn default() -> Self {
+        QuorumConfig { n: 3, w: 2, r: 2 }
+    }
+}
+
 /// What one replica did with a write.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReplicaOutcome {
@@ -398,6 +405,7 @@ mod tests {
         assert_eq!(c.capped(5), c);
         assert_eq!(c.capped(0), QuorumConfig { n: 1, w: 1, r: 1 });
         assert!(QuorumError::NoReplicas.to_string().contains("N"));
+        assert_eq!(QuorumConfig::default(), QuorumConfig::new(3, 2, 2).unwrap());
     }
 
     #[test]
