@@ -1018,8 +1018,12 @@ mod tests {
 
     /// Joins nodes one at a time, each with tokens allocated against the ring so far.
     fn grow_ring(ring: &mut Ring, nodes: &[NodeInfo]) {
+        grow_ring_from(ring, nodes, 0);
+    }
+
+    fn grow_ring_from(ring: &mut Ring, nodes: &[NodeInfo], first_seed: usize) {
         for (i, n) in nodes.iter().enumerate() {
-            let tokens = ring.allocate_tokens(n.weight, 1000 + i as u64);
+            let tokens = ring.allocate_tokens(n.weight, 1000 + (first_seed + i) as u64);
             ring.insert(n.clone(), tokens);
         }
     }
@@ -1384,6 +1388,46 @@ mod tests {
         );
         assert!(lo1 > -0.25 && hi1 < 0.25, "primary {lo1} {hi1}");
         assert!(lo3 > -0.25 && hi3 < 0.25, "replicated {lo3} {hi3}");
+    }
+
+    #[test]
+    fn balance_holds_while_growing_and_after_a_leave() {
+        let nodes = equal_nodes(30);
+        let mut ring = Ring::new();
+        let mut worst: (f64, f64) = (0.0, 0.0);
+        for k in 1..=nodes.len() {
+            grow_ring_from(&mut ring, &nodes[k - 1..k], k);
+            if k >= 3 {
+                let (lo1, hi1) = deviation(&ring.ownership(&simple(1)));
+                let (lo3, hi3) = deviation(&ring.ownership(&simple(3)));
+                worst.0 = worst.0.max(hi1).max(-lo1);
+                worst.1 = worst.1.max(hi3).max(-lo3);
+            }
+        }
+        println!(
+            "growing 3..=30 nodes: worst deviation primary {:.1}%, 3 replicas {:.1}%",
+            worst.0 * 100.0,
+            worst.1 * 100.0
+        );
+        assert!(worst.0 < 0.25 && worst.1 < 0.25, "{worst:?}");
+        let mut ten = Ring::new();
+        grow_ring(&mut ten, &equal_nodes(10));
+        let mut worst_leave: f64 = 0.0;
+        for n in equal_nodes(10) {
+            let mut after = ten.clone();
+            after.remove(&n.id);
+            let (lo, hi) = deviation(&after.ownership(&simple(3)));
+            worst_leave = worst_leave.max(hi).max(-lo);
+        }
+        println!(
+            "10 nodes minus any one: worst deviation, 3 replicas {:.1}%",
+            worst_leave * 100.0
+        );
+        assert!(worst_leave < 0.25, "{worst_leave}");
+        assert_eq!(
+            RingError::UnknownNode { id: "x".into() }.to_string(),
+            "node `x` is not in the ring"
+        );
     }
 
     #[test]
