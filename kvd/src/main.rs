@@ -1,1 +1,80 @@
-fn main() {}
+//! `kvd`: run a node, a local development cluster, or the storage benchmark.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use kvd::config::{NodeArgs, NodeConfig};
+use kvd::dev::DevArgs;
+use kvd::node::Node;
+use kvd::{Error, Result};
+
+#[derive(Parser)]
+#[command(
+    name = "kvd",
+    version,
+    about = "A node of a Dynamo-style key-value store",
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    node: NodeArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start a ready local cluster of K node processes and stop them all on Ctrl-C.
+    Dev(DevArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Some(Command::Dev(args)) => runtime().and_then(|rt| rt.block_on(kvd::dev::run(args))),
+        None => NodeConfig::resolve(cli.node)
+            .and_then(|config| runtime().and_then(|rt| rt.block_on(run_node(config)))),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("kvd: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Io(format!("cannot start the async runtime: {e}")))
+}
+
+async fn run_node(config: NodeConfig) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind(&config.listen)
+        .await
+        .map_err(|e| Error::Io(format!("cannot listen on {}: {e}", config.listen)))?;
+    let node = Node::start(config).await?;
+    kvd::info!(
+        "listening on {} (ws://{0}), {} member(s) known",
+        node.config.listen,
+        node.membership().members().count()
+    );
+    let server = tokio::spawn(kvd::server::serve(node.clone(), listener));
+    let gossip = tokio::spawn(kvd::gossip::run(node.clone()));
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| Error::Io(format!("cannot watch SIGTERM: {e}")))?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    kvd::info!("shutting down");
+    node.begin_shutdown();
+    let _ = server.await;
+    let _ = gossip.await;
+    node.close();
+    kvd::info!("stopped cleanly");
+    Ok(())
+}

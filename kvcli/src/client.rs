@@ -1,0 +1,159 @@
+//! A WebSocket client of the node's JSON protocol: many requests in flight on one connection,
+//! answers matched by id.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use kv_core::wire::{encode_request, ClientOp};
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::Message;
+
+/// Why a request failed, and so which exit status the CLI gives.
+#[derive(Debug, Clone)]
+pub enum ClientError {
+    /// The node could not be reached or the connection broke (exit 3).
+    Unreachable(String),
+    /// The node answered with an error (exit 1): its code and message.
+    Refused {
+        /// The protocol's error code.
+        code: String,
+        /// The node's message.
+        message: String,
+    },
+    /// No answer in time (exit 1).
+    Timeout,
+}
+
+impl std::fmt::Display for ClientError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClientError::Unreachable(m) => write!(f, "node unreachable: {m}"),
+            ClientError::Refused { code, message } => write!(f, "{code}: {message}"),
+            ClientError::Timeout => write!(f, "timeout: no answer from the node in time"),
+        }
+    }
+}
+
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Value>>>>;
+
+/// A connection to one node.
+#[derive(Clone)]
+pub struct Client {
+    tx: mpsc::UnboundedSender<Message>,
+    pending: Pending,
+    next_id: Arc<AtomicU64>,
+    timeout: Duration,
+}
+
+impl Client {
+    /// Connects to `url` (`ws://HOST:PORT`), presenting `token` when given.
+    pub async fn connect(
+        url: &str,
+        token: Option<&str>,
+        timeout: Duration,
+    ) -> Result<Client, ClientError> {
+        let mut request = url
+            .into_client_request()
+            .map_err(|e| ClientError::Unreachable(format!("{url}: {e}")))?;
+        if let Some(token) = token {
+            let value = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
+                ClientError::Unreachable("the token is not a valid header value".into())
+            })?;
+            request.headers_mut().insert("authorization", value);
+        }
+        let connect = tokio_tungstenite::connect_async(request);
+        let (ws, _) = match tokio::time::timeout(timeout, connect).await {
+            Ok(Ok(ok)) => ok,
+            Ok(Err(tokio_tungstenite::tungstenite::Error::Http(resp))) => {
+                let status = resp.status();
+                let body = resp
+                    .body()
+                    .as_ref()
+                    .map(|b| String::from_utf8_lossy(b).into_owned())
+                    .unwrap_or_default();
+                let v: Value = serde_json::from_str(&body).unwrap_or_default();
+                let code = v["error"]["code"].as_str().unwrap_or("refused").to_string();
+                let message = v["error"]["message"]
+                    .as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| format!("the node answered HTTP {status}"));
+                return Err(ClientError::Refused { code, message });
+            }
+            Ok(Err(e)) => return Err(ClientError::Unreachable(format!("{url}: {e}"))),
+            Err(_) => {
+                return Err(ClientError::Unreachable(format!(
+                    "{url}: connect timed out"
+                )))
+            }
+        };
+        let (mut sink, mut stream) = ws.split();
+        let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
+        tokio::spawn(async move {
+            while let Some(m) = rx.recv().await {
+                if sink.send(m).await.is_err() {
+                    break;
+                }
+            }
+            let _ = sink.close().await;
+        });
+        let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
+        let p = pending.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(msg)) = stream.next().await {
+                let Message::Text(text) = msg else { continue };
+                let Ok(v) = serde_json::from_str::<Value>(&text) else {
+                    continue;
+                };
+                if let Some(id) = v["id"].as_u64() {
+                    if let Some(tx) = lock(&p).remove(&id) {
+                        let _ = tx.send(v);
+                    }
+                }
+            }
+            lock(&p).clear();
+        });
+        Ok(Client {
+            tx,
+            pending,
+            next_id: Arc::new(AtomicU64::new(1)),
+            timeout,
+        })
+    }
+
+    /// Sends one request and returns the answer's fields (`ok: true`), or the error.
+    pub async fn request(&self, op: &ClientOp) -> Result<Value, ClientError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        lock(&self.pending).insert(id, tx);
+        if self.tx.send(Message::text(encode_request(id, op))).is_err() {
+            return Err(ClientError::Unreachable("the connection is closed".into()));
+        }
+        match tokio::time::timeout(self.timeout, rx).await {
+            Ok(Ok(v)) => {
+                if v["ok"].as_bool() == Some(true) {
+                    Ok(v)
+                } else {
+                    Err(ClientError::Refused {
+                        code: v["error"]["code"].as_str().unwrap_or("error").to_string(),
+                        message: v["error"]["message"].as_str().unwrap_or("").to_string(),
+                    })
+                }
+            }
+            Ok(Err(_)) => Err(ClientError::Unreachable("the connection closed".into())),
+            Err(_) => {
+                lock(&self.pending).remove(&id);
+                Err(ClientError::Timeout)
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}

@@ -1,0 +1,353 @@
+//! A node's settings: command-line flags (INTERFACE.md) over an optional TOML file over defaults.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use kv_core::ring::Placement;
+use kv_core::wire::Limits;
+use serde::Deserialize;
+
+use crate::storage::SyncMode;
+use crate::{Error, Result};
+
+/// The flags of `kvd` when it runs a node. Every one is optional so that a value given in the
+/// `--config` file is used when the flag is absent; flags win.
+#[derive(Args, Debug, Clone, Default)]
+pub struct NodeArgs {
+    /// Node id, stable across restarts (kept in the data dir after the first start).
+    #[arg(long)]
+    pub id: Option<String>,
+    /// One TCP port for WebSocket clients, WebSocket peers and plain HTTP.
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// Commit log, SSTables, hints, Merkle state and node identity.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Join the cluster that this node belongs to (repeatable).
+    #[arg(long = "seed")]
+    pub seeds: Vec<String>,
+    /// Data-center label used for replica placement.
+    #[arg(long)]
+    pub dc: Option<String>,
+    /// Rack label used for replica placement.
+    #[arg(long)]
+    pub rack: Option<String>,
+    /// Relative capacity: a node of weight 2 owns about twice the data.
+    #[arg(long)]
+    pub weight: Option<u32>,
+    /// Replicas per key (cluster default).
+    #[arg(long)]
+    pub n: Option<usize>,
+    /// Write quorum (cluster default; a request may override it).
+    #[arg(long)]
+    pub w: Option<usize>,
+    /// Read quorum (cluster default; a request may override it).
+    #[arg(long)]
+    pub r: Option<usize>,
+    /// Commit-log durability: always, interval or none.
+    #[arg(long, value_parser = parse_sync)]
+    pub sync: Option<SyncChoice>,
+    /// TOML file with the same settings (flags win).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Peers must prove they share the secret in this file.
+    #[arg(long)]
+    pub cluster_secret_file: Option<PathBuf>,
+    /// Clients must present one of the tokens in this file.
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    /// How long a coordinator waits for its quorum, in milliseconds.
+    #[arg(long)]
+    pub request_timeout_ms: Option<u64>,
+    /// Milliseconds between gossip rounds.
+    #[arg(long)]
+    pub gossip_interval_ms: Option<u64>,
+}
+
+/// `--sync` as parsed from the command line or the file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncChoice {
+    /// No write is acknowledged before it is fsynced (group commit).
+    Always,
+    /// fsync at least every 100 ms.
+    Interval,
+    /// Leave it to the operating system.
+    None,
+}
+
+fn parse_sync(s: &str) -> std::result::Result<SyncChoice, String> {
+    match s {
+        "always" => Ok(SyncChoice::Always),
+        "interval" => Ok(SyncChoice::Interval),
+        "none" => Ok(SyncChoice::None),
+        other => Err(format!("'{other}' is not one of always, interval, none")),
+    }
+}
+
+/// The `--config` file: the same settings as the flags, by the same names.
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct FileConfig {
+    id: Option<String>,
+    listen: Option<String>,
+    data_dir: Option<PathBuf>,
+    #[serde(default)]
+    seed: Vec<String>,
+    dc: Option<String>,
+    rack: Option<String>,
+    weight: Option<u32>,
+    n: Option<usize>,
+    w: Option<usize>,
+    r: Option<usize>,
+    sync: Option<SyncChoice>,
+    cluster_secret_file: Option<PathBuf>,
+    token_file: Option<PathBuf>,
+    request_timeout_ms: Option<u64>,
+    gossip_interval_ms: Option<u64>,
+}
+
+/// Everything a node runs with, resolved.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// Explicit id, if given; otherwise the one in the data dir, else derived from `listen`.
+    pub id: Option<String>,
+    /// Address to bind.
+    pub listen: String,
+    /// Where everything is kept.
+    pub data_dir: PathBuf,
+    /// Addresses of nodes of the cluster to join.
+    pub seeds: Vec<String>,
+    /// Placement labels.
+    pub dc: String,
+    /// Placement labels.
+    pub rack: String,
+    /// Relative capacity.
+    pub weight: u32,
+    /// Replicas per key.
+    pub n: usize,
+    /// Default write quorum.
+    pub w: usize,
+    /// Default read quorum.
+    pub r: usize,
+    /// Commit-log durability.
+    pub sync: SyncMode,
+    /// Shared peer secret, when peers must authenticate.
+    pub cluster_secret: Option<String>,
+    /// Client tokens, when clients must authenticate.
+    pub tokens: Option<Vec<String>>,
+    /// Protocol size limits.
+    pub limits: Limits,
+    /// How long a coordinator waits for its quorum.
+    pub request_timeout: Duration,
+    /// Time between gossip rounds.
+    pub gossip_interval: Duration,
+    /// Most client connections served at once.
+    pub max_connections: usize,
+    /// Most requests in flight on one client connection.
+    pub max_in_flight: usize,
+}
+
+impl NodeConfig {
+    /// Resolves flags over the `--config` file over defaults and checks the result.
+    pub fn resolve(args: NodeArgs) -> Result<NodeConfig> {
+        let file = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    Error::Config(format!("cannot read config file {}: {e}", path.display()))
+                })?;
+                toml::from_str::<FileConfig>(&text)
+                    .map_err(|e| Error::Config(format!("config file {}: {e}", path.display())))?
+            }
+            None => FileConfig::default(),
+        };
+        let seeds = if args.seeds.is_empty() {
+            file.seed
+        } else {
+            args.seeds
+        };
+        let sync = match args.sync.or(file.sync).unwrap_or(SyncChoice::Always) {
+            SyncChoice::Always => SyncMode::Always,
+            SyncChoice::Interval => SyncMode::Interval,
+            SyncChoice::None => SyncMode::None,
+        };
+        let cluster_secret = match args.cluster_secret_file.or(file.cluster_secret_file) {
+            Some(path) => Some(read_secret(&path)?),
+            None => None,
+        };
+        let tokens = match args.token_file.or(file.token_file) {
+            Some(path) => Some(read_tokens(&path)?),
+            None => None,
+        };
+        let config = NodeConfig {
+            id: args.id.or(file.id),
+            listen: args
+                .listen
+                .or(file.listen)
+                .unwrap_or_else(|| "127.0.0.1:7070".to_string()),
+            data_dir: args
+                .data_dir
+                .or(file.data_dir)
+                .unwrap_or_else(|| PathBuf::from("./kvd-data")),
+            seeds,
+            dc: args.dc.or(file.dc).unwrap_or_else(|| "dc1".to_string()),
+            rack: args.rack.or(file.rack).unwrap_or_else(|| "r1".to_string()),
+            weight: args.weight.or(file.weight).unwrap_or(1),
+            n: args.n.or(file.n).unwrap_or(3),
+            w: args.w.or(file.w).unwrap_or(2),
+            r: args.r.or(file.r).unwrap_or(2),
+            sync,
+            cluster_secret,
+            tokens,
+            limits: Limits::default(),
+            request_timeout: Duration::from_millis(
+                args.request_timeout_ms
+                    .or(file.request_timeout_ms)
+                    .unwrap_or(5000),
+            ),
+            gossip_interval: Duration::from_millis(
+                args.gossip_interval_ms
+                    .or(file.gossip_interval_ms)
+                    .unwrap_or(1000),
+            ),
+            max_connections: 4096,
+            max_in_flight: 1024,
+        };
+        config.check()?;
+        Ok(config)
+    }
+
+    fn check(&self) -> Result<()> {
+        if self.weight == 0 || self.weight > 64 {
+            return Err(Error::Config(format!(
+                "--weight {} is out of range (1 to 64)",
+                self.weight
+            )));
+        }
+        if self.n == 0 {
+            return Err(Error::Config("--n must be at least 1".into()));
+        }
+        if self.w == 0 || self.w > self.n || self.r == 0 || self.r > self.n {
+            return Err(Error::Config(format!(
+                "quorums must satisfy 1 <= W, R <= N (got N={}, W={}, R={})",
+                self.n, self.w, self.r
+            )));
+        }
+        if self.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(Error::Config(format!(
+                "--listen {} is not HOST:PORT with a numeric host",
+                self.listen
+            )));
+        }
+        if let Some(id) = &self.id {
+            check_node_id(id)?;
+        }
+        Ok(())
+    }
+
+    /// The replica placement the ring uses: N replicas over the distinct DCs and racks there are.
+    pub fn placement(&self) -> Placement {
+        Placement::Simple { n: self.n }
+    }
+}
+
+/// A node id is short, printable and has no spaces (it appears in contexts, logs and tables).
+pub fn check_node_id(id: &str) -> Result<()> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Config(format!(
+            "node id '{id}' must be 1 to 64 characters of letters, digits, '-', '_', '.', ':'"
+        )))
+    }
+}
+
+fn read_secret(path: &std::path::Path) -> Result<String> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Error::Config(format!(
+            "cannot read cluster secret file {}: {e}",
+            path.display()
+        ))
+    })?;
+    let secret = text.trim().to_string();
+    if secret.len() < 16 {
+        return Err(Error::Config(format!(
+            "cluster secret in {} is shorter than 16 characters",
+            path.display()
+        )));
+    }
+    Ok(secret)
+}
+
+fn read_tokens(path: &std::path::Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::Config(format!("cannot read token file {}: {e}", path.display())))?;
+    let tokens: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_string)
+        .collect();
+    if tokens.is_empty() {
+        return Err(Error::Config(format!(
+            "token file {} holds no token",
+            path.display()
+        )));
+    }
+    Ok(tokens)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_win_over_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("kvd.toml");
+        std::fs::write(
+            &file,
+            "listen = \"127.0.0.1:9000\"\ndc = \"east\"\nn = 5\nw = 3\nr = 3\nsync = \"interval\"\n",
+        )
+        .unwrap();
+        let args = NodeArgs {
+            config: Some(file),
+            dc: Some("west".into()),
+            ..NodeArgs::default()
+        };
+        let c = NodeConfig::resolve(args).unwrap();
+        assert_eq!(c.listen, "127.0.0.1:9000");
+        assert_eq!(c.dc, "west");
+        assert_eq!((c.n, c.w, c.r), (5, 3, 3));
+        assert_eq!(c.sync, SyncMode::Interval);
+    }
+
+    #[test]
+    fn bad_settings_are_refused_with_a_reason() {
+        let bad = NodeArgs {
+            w: Some(4),
+            ..NodeArgs::default()
+        };
+        let e = NodeConfig::resolve(bad).unwrap_err().to_string();
+        assert!(e.contains("1 <= W, R <= N"), "{e}");
+        let bad = NodeArgs {
+            listen: Some("nowhere".into()),
+            ..NodeArgs::default()
+        };
+        assert!(NodeConfig::resolve(bad).is_err());
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("kvd.toml");
+        std::fs::write(&file, "colour = \"blue\"\n").unwrap();
+        let bad = NodeArgs {
+            config: Some(file),
+            ..NodeArgs::default()
+        };
+        assert!(NodeConfig::resolve(bad).is_err());
+    }
+}

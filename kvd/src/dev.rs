@@ -1,0 +1,226 @@
+//! `kvd dev --nodes K`: a ready local cluster of K node processes on consecutive ports, each
+//! with its own data dir and log file, stopped together on Ctrl-C.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use clap::Args;
+
+use crate::{Error, Result};
+
+/// Flags of `kvd dev`.
+#[derive(Args, Debug, Clone)]
+pub struct DevArgs {
+    /// How many nodes to start.
+    #[arg(long, default_value_t = 3)]
+    pub nodes: usize,
+    /// Port of the first node; the others take the next ones.
+    #[arg(long, default_value_t = 7070)]
+    pub base_port: u16,
+    /// Where the nodes keep their data dirs and logs.
+    #[arg(long, default_value = "./kvd-dev")]
+    pub dir: PathBuf,
+    /// Replicas per key.
+    #[arg(long)]
+    pub n: Option<usize>,
+    /// Default write quorum.
+    #[arg(long)]
+    pub w: Option<usize>,
+    /// Default read quorum.
+    #[arg(long)]
+    pub r: Option<usize>,
+    /// Commit-log durability of every node: always, interval or none.
+    #[arg(long)]
+    pub sync: Option<String>,
+}
+
+/// A started child node, stopped with SIGTERM when dropped.
+struct NodeProcess {
+    id: String,
+    addr: String,
+    child: Child,
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        terminate(&mut self.child);
+    }
+}
+
+/// Sends SIGTERM and waits up to 10 s for a clean shutdown, then SIGKILL.
+fn terminate(child: &mut Child) {
+    if let Ok(Some(_)) = child.try_wait() {
+        return;
+    }
+    // SAFETY: kill(2) with a pid we own and a valid signal number has no memory effects.
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Runs the local cluster until Ctrl-C (or SIGTERM).
+pub async fn run(args: DevArgs) -> Result<()> {
+    if args.nodes == 0 || args.nodes > 64 {
+        return Err(Error::Config("--nodes must be between 1 and 64".into()));
+    }
+    if args.base_port as usize + args.nodes > 65535 {
+        return Err(Error::Config(
+            "--base-port leaves no room for the nodes".into(),
+        ));
+    }
+    let exe = std::env::current_exe()
+        .map_err(|e| Error::Io(format!("cannot find the kvd executable: {e}")))?;
+    std::fs::create_dir_all(&args.dir)
+        .map_err(|e| Error::Io(format!("cannot create {}: {e}", args.dir.display())))?;
+    let first = format!("127.0.0.1:{}", args.base_port);
+    let mut nodes: Vec<NodeProcess> = Vec::new();
+    for i in 0..args.nodes {
+        let id = format!("n{}", i + 1);
+        let addr = format!("127.0.0.1:{}", args.base_port as usize + i);
+        let seed = (i > 0).then_some(first.as_str());
+        let child = spawn_node(&exe, &args, &id, &addr, seed)?;
+        nodes.push(NodeProcess {
+            id: id.clone(),
+            addr: addr.clone(),
+            child,
+        });
+        if i == 0 {
+            // The others join through the first: it must be up before they start.
+            wait_healthy(&addr, &mut nodes[0], Duration::from_secs(30)).await?;
+        }
+    }
+    for node in nodes.iter_mut().skip(1) {
+        let addr = node.addr.clone();
+        wait_healthy(&addr, node, Duration::from_secs(30)).await?;
+    }
+    wait_converged(&first, args.nodes, Duration::from_secs(30)).await?;
+    println!("kvd dev: a cluster of {} nodes is ready", nodes.len());
+    for n in &nodes {
+        println!(
+            "  {}  ws://{}  (data {}, log {})",
+            n.id,
+            n.addr,
+            args.dir.join(&n.id).display(),
+            args.dir.join(format!("{}.log", n.id)).display()
+        );
+    }
+    println!("try: kvcli --node ws://{first} put hello world");
+    println!("press Ctrl-C to stop every node");
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| Error::Io(format!("cannot watch SIGTERM: {e}")))?;
+    let mut check = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+            _ = check.tick() => {
+                for n in nodes.iter_mut() {
+                    if let Ok(Some(status)) = n.child.try_wait() {
+                        eprintln!("kvd dev: node {} exited ({status}); see its log", n.id);
+                    }
+                }
+                nodes.retain_mut(|n| !matches!(n.child.try_wait(), Ok(Some(_))));
+                if nodes.is_empty() {
+                    return Err(Error::Io("every node exited".into()));
+                }
+            }
+        }
+    }
+    println!("kvd dev: stopping {} nodes", nodes.len());
+    drop(nodes);
+    Ok(())
+}
+
+fn spawn_node(
+    exe: &Path,
+    args: &DevArgs,
+    id: &str,
+    addr: &str,
+    seed: Option<&str>,
+) -> Result<Child> {
+    let data = args.dir.join(id);
+    let log_path = args.dir.join(format!("{id}.log"));
+    let log = std::fs::File::create(&log_path)
+        .map_err(|e| Error::Io(format!("cannot create {}: {e}", log_path.display())))?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("--id").arg(id).arg("--listen").arg(addr);
+    cmd.arg("--data-dir").arg(&data);
+    if let Some(seed) = seed {
+        cmd.arg("--seed").arg(seed);
+    }
+    for (flag, v) in [("--n", args.n), ("--w", args.w), ("--r", args.r)] {
+        if let Some(v) = v {
+            cmd.arg(flag).arg(v.to_string());
+        }
+    }
+    if let Some(sync) = &args.sync {
+        cmd.arg("--sync").arg(sync);
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log));
+    cmd.spawn()
+        .map_err(|e| Error::Io(format!("cannot start node {id}: {e}")))
+}
+
+async fn http_get(addr: &str, path: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.ok()?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.ok()?;
+    let text = String::from_utf8(out).ok()?;
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.1 200").then(|| body.to_string())
+}
+
+async fn wait_healthy(addr: &str, node: &mut NodeProcess, limit: Duration) -> Result<()> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if http_get(addr, "/health").await.is_some() {
+            return Ok(());
+        }
+        if let Ok(Some(status)) = node.child.try_wait() {
+            return Err(Error::Io(format!(
+                "node {} exited during start ({status}); see its log",
+                node.id
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(Error::Io(format!(
+        "node {} did not become healthy",
+        node.id
+    )))
+}
+
+/// Waits until the first node's ring holds every node.
+async fn wait_converged(addr: &str, nodes: usize, limit: Duration) -> Result<()> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Some(body) = http_get(addr, "/health").await {
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+            if v["ring_nodes"].as_u64() == Some(nodes as u64)
+                && v["members_up"].as_u64() == Some(nodes as u64)
+            {
+                return Ok(());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Err(Error::Io(
+        "the nodes did not all join the ring in time".into(),
+    ))
+}

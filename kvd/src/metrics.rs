@@ -1,0 +1,162 @@
+//! Counters and latency histograms for `/metrics` (Prometheus text format).
+//!
+//! Everything is a relaxed atomic: a request pays a few uncontended increments, never a lock.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+/// Upper bounds of the latency buckets, in microseconds.
+const BUCKETS_US: [u64; 16] = [
+    50, 100, 250, 500, 1_000, 2_000, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
+    1_000_000, 2_500_000, 5_000_000,
+];
+
+/// A latency histogram with fixed buckets.
+#[derive(Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; BUCKETS_US.len()],
+    count: AtomicU64,
+    sum_us: AtomicU64,
+}
+
+impl Histogram {
+    /// Records one observation.
+    pub fn observe(&self, d: Duration) {
+        let us = d.as_micros() as u64;
+        if let Some(i) = BUCKETS_US.iter().position(|&b| us <= b) {
+            self.buckets[i].fetch_add(1, Relaxed);
+        }
+        self.count.fetch_add(1, Relaxed);
+        self.sum_us.fetch_add(us, Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let mut cumulative = 0;
+        for (i, b) in BUCKETS_US.iter().enumerate() {
+            cumulative += self.buckets[i].load(Relaxed);
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{{labels},le=\"{}\"}} {cumulative}",
+                *b as f64 / 1e6
+            );
+        }
+        let count = self.count.load(Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {count}");
+        let _ = writeln!(
+            out,
+            "{name}_sum{{{labels}}} {}",
+            self.sum_us.load(Relaxed) as f64 / 1e6
+        );
+        let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
+    }
+}
+
+/// The operations counted per op.
+pub const OPS: [&str; 3] = ["get", "put", "delete"];
+
+/// Per-op counters and latencies, plus the node's background activity.
+#[derive(Default)]
+pub struct Metrics {
+    /// Client requests handled, per op in [`OPS`] order.
+    pub requests: [AtomicU64; 3],
+    /// Client requests that ended in an error, per op.
+    pub errors: [AtomicU64; 3],
+    /// Coordinator latency per op.
+    pub latency: [Histogram; 3],
+    /// Requests answered `unavailable` (quorum not met).
+    pub unavailable: AtomicU64,
+    /// Requests answered `timeout`.
+    pub timeouts: AtomicU64,
+    /// Stale replicas brought up to date after a read.
+    pub read_repairs: AtomicU64,
+    /// Frames refused as malformed or too large.
+    pub bad_frames: AtomicU64,
+    /// Client connections open now.
+    pub connections: AtomicU64,
+    /// Client connections refused because the node had too many.
+    pub connections_refused: AtomicU64,
+    /// Requests refused because a connection had too many in flight.
+    pub overloaded: AtomicU64,
+    /// Requests sent to peers.
+    pub peer_requests: AtomicU64,
+    /// Peer requests that failed (unreachable, error, timeout).
+    pub peer_failures: AtomicU64,
+    /// Gossip rounds completed.
+    pub gossip_rounds: AtomicU64,
+    /// Sibling values dropped because a key exceeded the sibling cap.
+    pub siblings_capped: AtomicU64,
+}
+
+/// Index of an op in [`OPS`].
+pub fn op_index(op: &str) -> Option<usize> {
+    OPS.iter().position(|o| *o == op)
+}
+
+impl Metrics {
+    /// Renders the counters in Prometheus text format.
+    pub fn render(&self, out: &mut String) {
+        let _ = writeln!(out, "# TYPE kv_requests_total counter");
+        for (i, op) in OPS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "kv_requests_total{{op=\"{op}\"}} {}",
+                self.requests[i].load(Relaxed)
+            );
+        }
+        let _ = writeln!(out, "# TYPE kv_request_errors_total counter");
+        for (i, op) in OPS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "kv_request_errors_total{{op=\"{op}\"}} {}",
+                self.errors[i].load(Relaxed)
+            );
+        }
+        let _ = writeln!(out, "# TYPE kv_request_duration_seconds histogram");
+        for (i, op) in OPS.iter().enumerate() {
+            self.latency[i].render(out, "kv_request_duration_seconds", &format!("op=\"{op}\""));
+        }
+        let counters: [(&str, &AtomicU64, &str); 11] = [
+            ("kv_unavailable_total", &self.unavailable, "counter"),
+            ("kv_timeouts_total", &self.timeouts, "counter"),
+            ("kv_read_repairs_total", &self.read_repairs, "counter"),
+            ("kv_bad_frames_total", &self.bad_frames, "counter"),
+            ("kv_client_connections", &self.connections, "gauge"),
+            (
+                "kv_connections_refused_total",
+                &self.connections_refused,
+                "counter",
+            ),
+            ("kv_overloaded_total", &self.overloaded, "counter"),
+            ("kv_peer_requests_total", &self.peer_requests, "counter"),
+            ("kv_peer_failures_total", &self.peer_failures, "counter"),
+            ("kv_gossip_rounds_total", &self.gossip_rounds, "counter"),
+            ("kv_siblings_capped_total", &self.siblings_capped, "counter"),
+        ];
+        for (name, v, kind) in counters {
+            let _ = writeln!(out, "# TYPE {name} {kind}\n{name} {}", v.load(Relaxed));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative() {
+        let h = Histogram::default();
+        h.observe(Duration::from_micros(40));
+        h.observe(Duration::from_micros(700));
+        h.observe(Duration::from_secs(10));
+        let mut out = String::new();
+        h.render(&mut out, "x", "op=\"get\"");
+        assert!(
+            out.contains("x_bucket{op=\"get\",le=\"0.00005\"} 1"),
+            "{out}"
+        );
+        assert!(out.contains("x_bucket{op=\"get\",le=\"0.001\"} 2"), "{out}");
+        assert!(out.contains("x_bucket{op=\"get\",le=\"+Inf\"} 3"), "{out}");
+        assert!(out.contains("x_count{op=\"get\"} 3"), "{out}");
+    }
+}

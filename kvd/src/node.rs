@@ -1,0 +1,376 @@
+//! The node: its shared state, its start-up (identity, storage, joining the cluster) and its
+//! answers to peers. Everything a request handler needs is reached from an `Arc<Node>`.
+
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use kv_core::membership::{DetectorConfig, Member, MemberStatus, Membership, MembershipEvent};
+use kv_core::ring::{NodeInfo, Placement, Ring};
+use kv_core::version::{decode_context, SiblingSet};
+use tokio::sync::watch;
+
+use crate::config::NodeConfig;
+use crate::identity::Identity;
+use crate::metrics::Metrics;
+use crate::peer::{PeerPool, PeerRequest, PeerResponse};
+use crate::replica::Replica;
+use crate::storage::{Engine, Options};
+use crate::{Error, Result};
+
+/// A running node.
+pub struct Node {
+    /// The resolved settings.
+    pub config: NodeConfig,
+    /// This node's id.
+    pub id: String,
+    /// This node's replica of the data.
+    pub replica: Replica,
+    /// Gossip state and failure detection.
+    pub membership: Mutex<Membership>,
+    /// The ring built from the members that own tokens; swapped whole when membership changes
+    /// so that readers take a cheap snapshot.
+    ring: RwLock<Arc<Ring>>,
+    /// Outgoing peer connections.
+    pub peers: PeerPool,
+    /// Counters for /metrics.
+    pub metrics: Metrics,
+    /// When the node started (uptime).
+    pub started: Instant,
+    /// Flipped to true once to stop every task.
+    shutdown: watch::Sender<bool>,
+}
+
+impl Node {
+    /// Opens the data dir and storage, establishes the node's identity and place in the ring
+    /// (asking a seed when it is new), and returns the node ready to serve.
+    pub async fn start(config: NodeConfig) -> Result<Arc<Node>> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+            Error::DataDir(format!("cannot create {}: {e}", config.data_dir.display()))
+        })?;
+        let stored = Identity::load(&config.data_dir)?;
+        let id = match (&config.id, &stored) {
+            (Some(flag), Some(s)) if flag != &s.id => {
+                return Err(Error::DataDir(format!(
+                    "{} belongs to node '{}', not '{flag}'",
+                    config.data_dir.display(),
+                    s.id
+                )))
+            }
+            (_, Some(s)) => s.id.clone(),
+            (Some(flag), None) => flag.clone(),
+            (None, None) => config.listen.clone(),
+        };
+        crate::log::set_node(&id);
+        let mut identity = stored.unwrap_or_else(|| Identity::fresh(&id));
+
+        let engine = open_engine(&config)?;
+        let report = engine.recovery_report();
+        crate::info!("storage opened: {report:?}");
+
+        let mut me = Member::new(&id, &config.listen, identity.generation + 1);
+        me.dc = config.dc.clone();
+        me.rack = config.rack.clone();
+        me.weight = config.weight;
+        let mut membership = Membership::new(me, DetectorConfig::default(), crate::now_ms());
+        let peers = PeerPool::new(config.limits.max_frame_bytes);
+
+        if identity.tokens.is_empty() {
+            identity.tokens = choose_tokens(&config, &id, &mut membership, &peers).await?;
+        }
+        identity.generation += 1;
+        identity.save(&config.data_dir)?;
+        let tokens = identity.tokens.clone();
+        membership.update_me(|m| {
+            m.tokens = tokens;
+            m.status = MemberStatus::Normal;
+        });
+
+        let (shutdown, _) = watch::channel(false);
+        let node = Arc::new(Node {
+            replica: Replica::new(Arc::new(engine), identity.actor.clone())
+                .map_err(|e| Error::DataDir(format!("cannot read the stored keys: {e}")))?,
+            id,
+            membership: Mutex::new(membership),
+            ring: RwLock::new(Arc::new(Ring::new())),
+            peers,
+            metrics: Metrics::default(),
+            started: Instant::now(),
+            shutdown,
+            config,
+        });
+        node.rebuild_ring();
+        Ok(node)
+    }
+
+    /// A snapshot of the ring.
+    pub fn ring(&self) -> Arc<Ring> {
+        self.ring.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Rebuilds the ring from the members that hold tokens and are not gone.
+    pub fn rebuild_ring(&self) {
+        let mut ring = Ring::new();
+        for m in self.membership().members() {
+            let status = m.effective_status();
+            if m.tokens.is_empty() || matches!(status, MemberStatus::Left | MemberStatus::Joining) {
+                continue;
+            }
+            ring.insert(
+                NodeInfo {
+                    id: m.id.clone(),
+                    addr: m.addr.clone(),
+                    dc: m.dc.clone(),
+                    rack: m.rack.clone(),
+                    weight: m.weight,
+                },
+                m.tokens.clone(),
+            );
+        }
+        *self.ring.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(ring);
+    }
+
+    /// The membership, locked.
+    pub fn membership(&self) -> std::sync::MutexGuard<'_, Membership> {
+        self.membership.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Applies membership events: rebuilds the ring when placement may have changed and logs
+    /// state changes.
+    pub fn on_membership_events(&self, events: &[MembershipEvent]) {
+        let mut placement_changed = false;
+        for ev in events {
+            match ev {
+                MembershipEvent::Joined(id) => {
+                    crate::info!("member {id} joined");
+                    placement_changed = true;
+                }
+                MembershipEvent::StateChanged { id, from, to } => {
+                    crate::info!("member {id}: {from:?} -> {to:?}");
+                    placement_changed = true;
+                }
+                MembershipEvent::TokensChanged(_) | MembershipEvent::AddressChanged(_) => {
+                    placement_changed = true
+                }
+                MembershipEvent::Restarted { id, generation } => {
+                    crate::info!("member {id} restarted (generation {generation})");
+                }
+            }
+        }
+        if placement_changed {
+            self.rebuild_ring();
+        }
+    }
+
+    /// The replica placement, with N capped at the number of nodes in the ring.
+    pub fn placement(&self, ring: &Ring) -> Placement {
+        Placement::Simple {
+            n: self.config.n.min(ring.len().max(1)),
+        }
+    }
+
+    /// Whether gossip considers `id` up (this node always is).
+    pub fn is_up(&self, id: &str) -> bool {
+        id == self.id || self.membership().is_up(id)
+    }
+
+    /// The address of member `id`.
+    pub fn addr_of(&self, id: &str) -> Option<String> {
+        self.membership().member(id).map(|m| m.addr.clone())
+    }
+
+    /// A receiver that sees `true` when the node is shutting down.
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+
+    /// Asks every task to stop.
+    pub fn begin_shutdown(&self) {
+        let _ = self.shutdown.send(true);
+    }
+
+    /// Answers one peer request.
+    pub async fn handle_peer(self: &Arc<Self>, req: PeerRequest) -> PeerResponse {
+        match req {
+            PeerRequest::Gossip { members } => {
+                let (events, digest) = {
+                    let mut m = self.membership();
+                    let events = m.merge(&members, crate::now_ms());
+                    (events, m.digest())
+                };
+                self.on_membership_events(&events);
+                PeerResponse::Gossip { members: digest }
+            }
+            PeerRequest::Mint {
+                key,
+                value,
+                context,
+            } => {
+                let ctx = match decode_context(&context) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        return PeerResponse::Error {
+                            message: format!("bad context: {e}"),
+                        }
+                    }
+                };
+                let node = self.clone();
+                let result = tokio::task::spawn_blocking(move || {
+                    node.replica
+                        .mint(key.as_bytes(), value, &ctx, crate::now_ms())
+                })
+                .await;
+                match result {
+                    Ok(Ok(minted)) => {
+                        self.count_capped(minted.capped);
+                        PeerResponse::Minted {
+                            state: minted.state.encode(),
+                            write_context: minted.write_context.encode_context(),
+                            capped: minted.capped,
+                        }
+                    }
+                    Ok(Err(e)) => PeerResponse::Error {
+                        message: e.to_string(),
+                    },
+                    Err(e) => PeerResponse::Error {
+                        message: format!("write task failed: {e}"),
+                    },
+                }
+            }
+            PeerRequest::Replicate { key, state } => {
+                let state = match SiblingSet::decode(&state) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        return PeerResponse::Error {
+                            message: format!("bad state: {e}"),
+                        }
+                    }
+                };
+                let node = self.clone();
+                let result =
+                    tokio::task::spawn_blocking(move || node.replica.merge(key.as_bytes(), &state))
+                        .await;
+                match result {
+                    Ok(Ok(_)) => PeerResponse::Ack,
+                    Ok(Err(e)) => PeerResponse::Error {
+                        message: e.to_string(),
+                    },
+                    Err(e) => PeerResponse::Error {
+                        message: format!("merge task failed: {e}"),
+                    },
+                }
+            }
+            PeerRequest::Stats => PeerResponse::Stats {
+                stats: crate::http::local_stats(self),
+            },
+            PeerRequest::Read { key } => {
+                let node = self.clone();
+                let result =
+                    tokio::task::spawn_blocking(move || node.replica.read(key.as_bytes())).await;
+                match result {
+                    Ok(Ok(state)) => PeerResponse::State {
+                        state: state.map(|s| s.encode()),
+                    },
+                    Ok(Err(e)) => PeerResponse::Error {
+                        message: e.to_string(),
+                    },
+                    Err(e) => PeerResponse::Error {
+                        message: format!("read task failed: {e}"),
+                    },
+                }
+            }
+        }
+    }
+
+    /// Counts siblings dropped by the cap.
+    pub fn count_capped(&self, n: usize) {
+        if n > 0 {
+            self.metrics
+                .siblings_capped
+                .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+            crate::warn!("sibling cap dropped {n} old concurrent values of a key");
+        }
+    }
+
+    /// Stops the storage engine cleanly (after the server stopped).
+    pub fn close(&self) {
+        if let Err(e) = self.replica.engine().flush() {
+            crate::error!("flush at shutdown failed: {e}");
+        }
+    }
+}
+
+fn open_engine(config: &NodeConfig) -> Result<Engine> {
+    let opts = Options {
+        sync: config.sync,
+        ..Options::default()
+    };
+    Engine::open(config.data_dir.join("storage"), opts).map_err(|e| {
+        Error::DataDir(format!(
+            "cannot open storage in {}: {e}",
+            config.data_dir.display()
+        ))
+    })
+}
+
+/// Picks the tokens of a node that has none yet. A node with seeds asks them for the cluster's
+/// membership first: if the cluster already knows this id (its data dir was wiped), it takes
+/// back its old tokens, its old place in the ring; otherwise it takes tokens that keep the ring
+/// balanced given the members already there.
+async fn choose_tokens(
+    config: &NodeConfig,
+    id: &str,
+    membership: &mut Membership,
+    peers: &PeerPool,
+) -> Result<Vec<u64>> {
+    if !config.seeds.is_empty() {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut last_error = String::new();
+        let mut answered = false;
+        'outer: while Instant::now() < deadline {
+            for seed in &config.seeds {
+                let req = PeerRequest::Gossip {
+                    members: membership.digest(),
+                };
+                match peers.call(seed, &req, Duration::from_secs(2)).await {
+                    Ok(PeerResponse::Gossip { members }) => {
+                        membership.merge(&members, crate::now_ms());
+                        answered = true;
+                        break 'outer;
+                    }
+                    Ok(other) => last_error = format!("{seed}: unexpected answer {other:?}"),
+                    Err(e) => last_error = format!("{seed}: {e}"),
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        if !answered {
+            return Err(Error::Join(format!("no seed answered: {last_error}")));
+        }
+        if let Some(old) = membership
+            .members()
+            .find(|m| m.id == id && !m.tokens.is_empty())
+        {
+            crate::info!(
+                "the cluster knows {id}: taking back its {} tokens",
+                old.tokens.len()
+            );
+            return Ok(old.tokens.clone());
+        }
+    }
+    let mut ring = Ring::new();
+    for m in membership.members() {
+        if !m.tokens.is_empty() && m.effective_status() != MemberStatus::Left {
+            ring.insert(
+                NodeInfo {
+                    id: m.id.clone(),
+                    addr: m.addr.clone(),
+                    dc: m.dc.clone(),
+                    rack: m.rack.clone(),
+                    weight: m.weight,
+                },
+                m.tokens.clone(),
+            );
+        }
+    }
+    Ok(ring.allocate_tokens(config.weight, crate::random_u64()))
+}

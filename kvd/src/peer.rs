@@ -1,0 +1,332 @@
+//! Node-to-node traffic: the peer messages, pooled outgoing WebSocket connections with many
+//! requests in flight matched by id, and the serving side of a peer connection.
+//!
+//! A peer connection is a WebSocket to `ws://ADDR/peer` carrying JSON text frames
+//! `{"id": N, "body": {...}}`; answers carry the id of their request.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use kv_core::membership::Member;
+use kv_core::wire::b64;
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+use crate::node::Node;
+
+/// What one node asks another.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "t", rename_all = "snake_case")]
+pub enum PeerRequest {
+    /// A gossip round: the sender's view of the membership; the answer is the receiver's.
+    Gossip {
+        /// The sender's digest.
+        members: Vec<Member>,
+    },
+    /// Apply a client write on this replica, minting its version here.
+    Mint {
+        /// The user key.
+        key: String,
+        /// The new value; absent for a delete.
+        #[serde(with = "b64::option", default)]
+        value: Option<Vec<u8>>,
+        /// The client's causal context (encoded).
+        context: String,
+    },
+    /// Merge this state of a key into the local replica.
+    Replicate {
+        /// The user key.
+        key: String,
+        /// The encoded sibling set.
+        #[serde(with = "b64")]
+        state: Vec<u8>,
+    },
+    /// Read the local replica of a key.
+    Read {
+        /// The user key.
+        key: String,
+    },
+    /// This node's own figures for `status`.
+    Stats,
+}
+
+/// The answer to a [`PeerRequest`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "t", rename_all = "snake_case")]
+pub enum PeerResponse {
+    /// The receiver's gossip digest.
+    Gossip {
+        /// The receiver's digest.
+        members: Vec<Member>,
+    },
+    /// The key's state after a minted write, and the writer's context.
+    Minted {
+        /// The encoded sibling set.
+        #[serde(with = "b64")]
+        state: Vec<u8>,
+        /// The context to hand back to the writer (encoded).
+        write_context: String,
+        /// Siblings dropped by the sibling cap.
+        capped: usize,
+    },
+    /// The write was applied.
+    Ack,
+    /// The local state of a key, if any.
+    State {
+        /// The encoded sibling set.
+        #[serde(with = "b64::option", default)]
+        state: Option<Vec<u8>>,
+    },
+    /// The answer to [`PeerRequest::Stats`].
+    Stats {
+        /// The figures.
+        stats: crate::http::NodeStats,
+    },
+    /// The request failed; the message says why.
+    Error {
+        /// What went wrong.
+        message: String,
+    },
+}
+
+#[derive(Serialize, Deserialize)]
+struct Frame<T> {
+    id: u64,
+    body: T,
+}
+
+/// Why a peer call failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerError {
+    /// No connection could be made.
+    Unreachable(String),
+    /// The connection dropped before the answer.
+    ConnectionLost,
+    /// No answer in time.
+    Timeout,
+    /// The peer answered with an error.
+    Remote(String),
+}
+
+impl std::fmt::Display for PeerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PeerError::Unreachable(m) => write!(f, "unreachable ({m})"),
+            PeerError::ConnectionLost => write!(f, "connection lost"),
+            PeerError::Timeout => write!(f, "timed out"),
+            PeerError::Remote(m) => write!(f, "error: {m}"),
+        }
+    }
+}
+
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<PeerResponse>>>>;
+
+/// One open connection to a peer.
+struct Conn {
+    /// Frames to write, drained by the connection's writer task.
+    tx: mpsc::UnboundedSender<Message>,
+    /// Requests waiting for their answer, by id.
+    pending: Pending,
+    /// Cleared by the reader task when the socket closes.
+    alive: Arc<AtomicBool>,
+}
+
+/// Outgoing connections to peers, one per address, opened on first use and reopened after a
+/// failure (at most once per `RETRY_AFTER`, so a dead peer costs a fast failure, not a connect
+/// attempt per request).
+pub struct PeerPool {
+    conns: tokio::sync::Mutex<HashMap<String, Arc<Conn>>>,
+    failed_at: Mutex<HashMap<String, (Instant, String)>>,
+    next_id: AtomicU64,
+    max_frame_bytes: usize,
+}
+
+const RETRY_AFTER: Duration = Duration::from_millis(500);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// WebSocket settings for peer links: peers exchange whole sibling sets, so allow a frame of
+/// the largest value plus encoding overhead.
+pub fn peer_ws_config(max_frame_bytes: usize) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .max_frame_size(Some(max_frame_bytes * 2))
+        .max_message_size(Some(max_frame_bytes * 2))
+}
+
+impl PeerPool {
+    /// An empty pool.
+    pub fn new(max_frame_bytes: usize) -> PeerPool {
+        PeerPool {
+            conns: tokio::sync::Mutex::new(HashMap::new()),
+            failed_at: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            max_frame_bytes,
+        }
+    }
+
+    /// Sends `req` to the node at `addr` and waits up to `timeout` for the answer.
+    pub async fn call(
+        &self,
+        addr: &str,
+        req: &PeerRequest,
+        timeout: Duration,
+    ) -> Result<PeerResponse, PeerError> {
+        let deadline = Instant::now() + timeout;
+        let conn = tokio::time::timeout(timeout, self.conn(addr))
+            .await
+            .map_err(|_| PeerError::Timeout)??;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let text = serde_json::to_string(&Frame { id, body: req })
+            .map_err(|e| PeerError::Remote(format!("cannot encode request: {e}")))?;
+        let (tx, rx) = oneshot::channel();
+        lock(&conn.pending).insert(id, tx);
+        if conn.tx.send(Message::text(text)).is_err() {
+            lock(&conn.pending).remove(&id);
+            return Err(PeerError::ConnectionLost);
+        }
+        match tokio::time::timeout_at(deadline.into(), rx).await {
+            Ok(Ok(PeerResponse::Error { message })) => Err(PeerError::Remote(message)),
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(_)) => Err(PeerError::ConnectionLost),
+            Err(_) => {
+                lock(&conn.pending).remove(&id);
+                Err(PeerError::Timeout)
+            }
+        }
+    }
+
+    /// Drops the connection to `addr` (used when a peer is known to have restarted).
+    pub async fn forget(&self, addr: &str) {
+        self.conns.lock().await.remove(addr);
+    }
+
+    async fn conn(&self, addr: &str) -> Result<Arc<Conn>, PeerError> {
+        let mut conns = self.conns.lock().await;
+        if let Some(c) = conns.get(addr) {
+            if c.alive.load(Ordering::Acquire) {
+                return Ok(c.clone());
+            }
+            conns.remove(addr);
+        }
+        if let Some((at, why)) = lock(&self.failed_at).get(addr) {
+            if at.elapsed() < RETRY_AFTER {
+                return Err(PeerError::Unreachable(why.clone()));
+            }
+        }
+        // Connecting while holding the map lock serializes connects, which is what we want: a
+        // burst of requests to a new peer opens one connection, not one each.
+        match self.connect(addr).await {
+            Ok(c) => {
+                lock(&self.failed_at).remove(addr);
+                let c = Arc::new(c);
+                conns.insert(addr.to_string(), c.clone());
+                Ok(c)
+            }
+            Err(why) => {
+                lock(&self.failed_at).insert(addr.to_string(), (Instant::now(), why.clone()));
+                Err(PeerError::Unreachable(why))
+            }
+        }
+    }
+
+    async fn connect(&self, addr: &str) -> Result<Conn, String> {
+        let url = format!("ws://{addr}/peer");
+        let fut = tokio_tungstenite::connect_async_with_config(
+            url.as_str(),
+            Some(peer_ws_config(self.max_frame_bytes)),
+            true,
+        );
+        let (ws, _) = match tokio::time::timeout(CONNECT_TIMEOUT, fut).await {
+            Ok(Ok(ok)) => ok,
+            Ok(Err(e)) => return Err(e.to_string()),
+            Err(_) => return Err("connect timed out".into()),
+        };
+        let (mut sink, mut stream) = ws.split();
+        let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
+        let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
+        let alive = Arc::new(AtomicBool::new(true));
+        let alive_w = alive.clone();
+        tokio::spawn(async move {
+            while let Some(msg) = rx.recv().await {
+                if sink.send(msg).await.is_err() {
+                    break;
+                }
+            }
+            alive_w.store(false, Ordering::Release);
+            let _ = sink.close().await;
+        });
+        let pending_r = pending.clone();
+        let alive_r = alive.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(msg)) = stream.next().await {
+                let Message::Text(text) = msg else { continue };
+                match serde_json::from_str::<Frame<PeerResponse>>(&text) {
+                    Ok(frame) => {
+                        if let Some(tx) = lock(&pending_r).remove(&frame.id) {
+                            let _ = tx.send(frame.body);
+                        }
+                    }
+                    Err(e) => crate::warn!("undecodable answer from a peer: {e}"),
+                }
+            }
+            alive_r.store(false, Ordering::Release);
+            // Dropping the senders fails every waiting call with ConnectionLost.
+            lock(&pending_r).clear();
+        });
+        Ok(Conn { tx, pending, alive })
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Serves one incoming peer connection: every request runs in its own task, answers go back
+/// through one writer as they complete.
+pub async fn serve(node: Arc<Node>, ws: WebSocketStream<TcpStream>) {
+    let (mut sink, mut stream) = ws.split();
+    let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+    let writer = tokio::spawn(async move {
+        while let Some(text) = rx.recv().await {
+            if sink.send(Message::text(text)).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut shutdown = node.shutdown_signal();
+    loop {
+        let msg = tokio::select! {
+            m = stream.next() => m,
+            _ = shutdown.changed() => break,
+        };
+        let Some(Ok(msg)) = msg else { break };
+        let text = match msg {
+            Message::Text(t) => t,
+            Message::Close(_) => break,
+            _ => continue,
+        };
+        let frame: Frame<PeerRequest> = match serde_json::from_str(&text) {
+            Ok(f) => f,
+            Err(e) => {
+                crate::warn!("undecodable peer request: {e}");
+                continue;
+            }
+        };
+        let node = node.clone();
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let body = node.handle_peer(frame.body).await;
+            if let Ok(text) = serde_json::to_string(&Frame { id: frame.id, body }) {
+                let _ = tx.send(text);
+            }
+        });
+    }
+    drop(tx);
+    let _ = writer.await;
+}
