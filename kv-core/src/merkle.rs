@@ -256,6 +256,7 @@ impl MerkleTree {
 
     /// The leaf bucket of a key, from a hash independent of its ring token.
     pub fn bucket_of(&self, key: &[u8]) -> usize {
+        // The low bits only (at most 20): the same bucket on 64-bit hosts and on wasm32.
         (seeded_hash(key, BUCKET_SEED) as usize) & (self.leaves - 1)
     }
 
