@@ -220,6 +220,14 @@ impl Engine {
         std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
         let lock_file = lock_dir(&dir)?;
         let mut report = RecoveryReport::default();
+        // A leftover temporary manifest is a write that never took effect.
+        for n in list_dir(&dir)? {
+            if n.ends_with(".tmp") {
+                let p = dir.join(&n);
+                std::fs::remove_file(&p).map_err(|e| Error::io(&p, e))?;
+                report.files_removed.push(p);
+            }
+        }
         let names = list_dir(&dir)?;
         let manifest = match ManifestData::load(&dir)? {
             Some(m) => m,
@@ -360,11 +368,7 @@ impl Engine {
         }
         inner.remove_old_segments()?;
         for n in &names {
-            let stale = match file_number(n, ".sst") {
-                Some(num) => !live.contains(&num),
-                None => n.ends_with(".tmp"),
-            };
-            if stale {
+            if file_number(n, ".sst").is_some_and(|num| !live.contains(&num)) {
                 let p = dir.join(n);
                 std::fs::remove_file(&p).map_err(|e| Error::io(&p, e))?;
                 report.files_removed.push(p);

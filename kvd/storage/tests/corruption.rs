@@ -1,0 +1,244 @@
+//! Damaged files: a torn or bit-flipped commit-log tail is cut and reported, a flipped bit in
+//! a table is reported as `Error::Corruption` naming the file and offset, never returned as a
+//! value; a directory with data but no manifest is refused.
+
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+
+use kvd_storage::{Engine, Error, Options, SyncMode};
+
+fn opts() -> Options {
+    Options {
+        sync: SyncMode::Always,
+        background_work: false,
+        flush_on_close: false,
+        block_bytes: 1024,
+        ..Options::default()
+    }
+}
+
+fn key(i: u32) -> Vec<u8> {
+    format!("key{i:06}").into_bytes()
+}
+
+fn value(i: u32) -> Vec<u8> {
+    format!("value-{i}-{}", "y".repeat((i % 50) as usize)).into_bytes()
+}
+
+fn files(dir: &Path, ext: &str) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == ext))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Writes `n` single-key batches and leaves them only in the commit log.
+fn log_only(dir: &Path, n: u32) -> PathBuf {
+    let e = Engine::open(dir, opts()).unwrap();
+    for i in 0..n {
+        e.put(&key(i), &value(i)).unwrap();
+    }
+    drop(e);
+    let logs = files(dir, "log");
+    assert_eq!(logs.len(), 1);
+    logs[0].clone()
+}
+
+#[test]
+fn torn_commit_log_tail_is_cut_at_the_last_whole_record() {
+    let n = 60;
+    let src = tempfile::tempdir().unwrap();
+    let log = log_only(src.path(), n);
+    let full = std::fs::read(&log).unwrap();
+    for cut in (0..full.len()).step_by(37).chain([full.len() - 1]) {
+        let dir = tempfile::tempdir().unwrap();
+        for f in std::fs::read_dir(src.path()).unwrap() {
+            let f = f.unwrap().path();
+            std::fs::copy(&f, dir.path().join(f.file_name().unwrap())).unwrap();
+        }
+        let log_copy = dir.path().join(log.file_name().unwrap());
+        std::fs::write(&log_copy, &full[..cut]).unwrap();
+        let e = Engine::open(dir.path(), opts()).unwrap();
+        let r = e.recovery_report().clone();
+        let present = (0..n)
+            .take_while(|&i| e.get(&key(i)).unwrap() == Some(value(i)))
+            .count() as u32;
+        // A prefix of the writes survives, and nothing after the cut.
+        for i in present..n {
+            assert_eq!(
+                e.get(&key(i)).unwrap(),
+                None,
+                "cut {cut}: key {i} after the cut"
+            );
+        }
+        assert_eq!(r.records_replayed, present as u64);
+        if let Some(t) = &r.torn_tail {
+            assert_eq!(t.file, log_copy);
+            assert!(t.offset as usize <= cut);
+        } else {
+            assert!(cut == 0 || present > 0);
+        }
+        // The cut is final: a second open replays no garbage and keeps the same data.
+        drop(e);
+        let e = Engine::open(dir.path(), opts()).unwrap();
+        assert_eq!(e.recovery_report().torn_tail, None);
+        assert_eq!(
+            e.scan(Bound::Unbounded, Bound::Unbounded).unwrap().count() as u32,
+            present
+        );
+    }
+}
+
+#[test]
+fn bit_flip_in_commit_log_tail_is_reported_and_not_replayed() {
+    let n = 40;
+    let dir = tempfile::tempdir().unwrap();
+    let log = log_only(dir.path(), n);
+    let mut data = std::fs::read(&log).unwrap();
+    let at = data.len() * 3 / 4;
+    data[at] ^= 0x40;
+    std::fs::write(&log, &data).unwrap();
+    let e = Engine::open(dir.path(), opts()).unwrap();
+    let t = e
+        .recovery_report()
+        .torn_tail
+        .clone()
+        .expect("corruption reported");
+    assert_eq!(t.file, log);
+    assert!(t.offset as usize <= at);
+    for item in e.scan(Bound::Unbounded, Bound::Unbounded).unwrap() {
+        let (k, v) = item.unwrap();
+        let i: u32 = std::str::from_utf8(&k[3..]).unwrap().parse().unwrap();
+        assert_eq!(v, value(i));
+    }
+}
+
+#[test]
+fn corruption_in_an_older_commit_log_segment_fails_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = opts();
+    o.memtable_bytes = 2048; // several segments
+    let e = Engine::open(dir.path(), o.clone()).unwrap();
+    for i in 0..200 {
+        e.put(&key(i), &value(i)).unwrap();
+    }
+    drop(e);
+    let logs = files(dir.path(), "log");
+    assert!(logs.len() >= 2, "{logs:?}");
+    let mut data = std::fs::read(&logs[0]).unwrap();
+    data[10] ^= 1;
+    std::fs::write(&logs[0], &data).unwrap();
+    match Engine::open(dir.path(), o) {
+        Err(Error::Corruption { file, .. }) => assert_eq!(file, logs[0]),
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(_) => panic!("opened over a corrupt older segment"),
+    }
+}
+
+#[test]
+fn bit_flips_in_a_table_are_errors_never_values() {
+    let n = 400;
+    let src = tempfile::tempdir().unwrap();
+    {
+        let mut o = opts();
+        o.compression = false;
+        let e = Engine::open(src.path(), o).unwrap();
+        for i in 0..n {
+            e.put(&key(i), &value(i)).unwrap();
+        }
+        e.flush().unwrap();
+        e.close().unwrap();
+    }
+    let tables = files(src.path(), "sst");
+    assert_eq!(tables.len(), 1);
+    let orig = std::fs::read(&tables[0]).unwrap();
+    let (mut open_failures, mut read_errors) = (0, 0);
+    for pos in (0..orig.len())
+        .step_by(97)
+        .chain([orig.len() - 1, orig.len() - 30])
+    {
+        let dir = tempfile::tempdir().unwrap();
+        for f in std::fs::read_dir(src.path()).unwrap() {
+            let f = f.unwrap().path();
+            std::fs::copy(&f, dir.path().join(f.file_name().unwrap())).unwrap();
+        }
+        let table = dir.path().join(tables[0].file_name().unwrap());
+        let mut d = orig.clone();
+        d[pos] ^= 0x08;
+        std::fs::write(&table, &d).unwrap();
+        let e = match Engine::open(dir.path(), opts()) {
+            Ok(e) => e,
+            Err(Error::Corruption { file, .. }) => {
+                assert_eq!(file, table);
+                open_failures += 1;
+                continue;
+            }
+            Err(e) => panic!("flip at {pos}: unexpected error {e}"),
+        };
+        let mut saw_error = false;
+        for i in 0..n {
+            match e.get(&key(i)) {
+                Ok(v) => assert_eq!(v, Some(value(i)), "flip at {pos}: wrong value for key {i}"),
+                Err(Error::Corruption { file, offset, .. }) => {
+                    assert_eq!(file, table);
+                    assert!(
+                        offset <= pos as u64,
+                        "offset {offset} after the flip at {pos}"
+                    );
+                    saw_error = true;
+                }
+                Err(e) => panic!("flip at {pos}: unexpected error {e}"),
+            }
+        }
+        // Opening a scan reads the first block, so the error may come from `scan` itself.
+        let scanned: Vec<_> = match e.scan(Bound::Unbounded, Bound::Unbounded) {
+            Ok(s) => s.collect(),
+            Err(err) => vec![Err(err)],
+        };
+        if let Some(Err(err)) = scanned.last() {
+            assert!(matches!(err, Error::Corruption { file, .. } if *file == table));
+        }
+        if saw_error {
+            read_errors += 1;
+            assert!(
+                scanned.last().unwrap().is_err(),
+                "flip at {pos}: scan did not report it"
+            );
+        }
+        for item in scanned.into_iter().flatten() {
+            let i: u32 = std::str::from_utf8(&item.0[3..]).unwrap().parse().unwrap();
+            assert_eq!(item.1, value(i));
+        }
+    }
+    assert!(
+        open_failures > 0 && read_errors > 0,
+        "{open_failures} {read_errors}"
+    );
+}
+
+#[test]
+fn data_files_without_a_manifest_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = Engine::open(dir.path(), opts()).unwrap();
+    e.put(b"a", b"1").unwrap();
+    drop(e);
+    std::fs::remove_file(dir.path().join("MANIFEST")).unwrap();
+    match Engine::open(dir.path(), opts()) {
+        Err(Error::InvalidDir { .. }) => {}
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(_) => panic!("started empty over existing data"),
+    }
+}
+
+#[test]
+fn a_second_open_of_the_same_directory_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let _e = Engine::open(dir.path(), opts()).unwrap();
+    assert!(matches!(
+        Engine::open(dir.path(), opts()),
+        Err(Error::InvalidDir { .. })
+    ));
+}
