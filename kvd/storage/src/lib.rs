@@ -13,10 +13,12 @@
 //! - `manifest`, `version`: the durable, atomically replaced set of live tables per level;
 //! - `compaction`: leveled compaction;
 //! - `iter`: merging iterators and [`Scan`];
+//! - [`bench`]: db_bench-style workloads.
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod batch;
+pub mod bench;
 
 mod block;
 mod bloom;
