@@ -288,7 +288,7 @@ impl Engine {
         segments.sort_unstable();
 
         // Replay: only the newest segment may end in a torn tail.
-        let replayed = Memtable::new(segments.last().copied().unwrap_or(0));
+        let replayed = Arc::new(Memtable::new(segments.last().copied().unwrap_or(0)));
         for (i, &num) in segments.iter().enumerate() {
             let path = commit_log::segment_path(&dir, num);
             let r = commit_log::replay_segment(&path, |b| replayed.apply_owned(b))?;
@@ -316,7 +316,7 @@ impl Engine {
         let imm = if replayed.is_empty() {
             Vec::new()
         } else {
-            vec![Arc::new(replayed)]
+            vec![replayed]
         };
         let build = BuildOptions {
             block_bytes: opts.block_bytes.max(256),
@@ -777,9 +777,9 @@ impl Inner {
 
     fn scan(&self, start: Bound<&[u8]>, end: Bound<&[u8]>) -> Result<Scan> {
         let (mem, imm, version) = self.snapshot();
-        let mut sources = vec![Source::Mem(mem.range(start, end).into_iter())];
+        let mut sources = vec![Source::Mem(mem.iter(start))];
         for m in imm.iter() {
-            sources.push(Source::Mem(m.range(start, end).into_iter()));
+            sources.push(Source::Mem(m.iter(start)));
         }
         let seek: Option<&[u8]> = match start {
             Bound::Included(s) | Bound::Excluded(s) => Some(s),

@@ -10,13 +10,13 @@ use std::sync::Arc;
 
 use crate::cache::BlockCache;
 use crate::error::Result;
-use crate::memtable::Entry;
+use crate::memtable::{Entry, MemIter};
 use crate::sstable::{Table, TableIter};
 
 /// One input of a merge.
 pub(crate) enum Source {
-    /// A snapshot of (part of) a memtable.
-    Mem(std::vec::IntoIter<(Vec<u8>, Entry)>),
+    /// A memtable at a fixed snapshot.
+    Mem(MemIter),
     /// One table (level 0, where tables overlap).
     Table(TableIter),
     /// The tables of one level >= 1, sorted and disjoint, opened one after the other.
@@ -26,7 +26,7 @@ pub(crate) enum Source {
 impl Source {
     fn next(&mut self) -> Result<Option<(Vec<u8>, Entry)>> {
         match self {
-            Source::Mem(it) => Ok(it.next()),
+            Source::Mem(it) => Ok(it.next_owned()),
             Source::Table(t) => t.next_owned(),
             Source::Level(l) => l.next(),
         }
