@@ -15,8 +15,9 @@ if ! have cargo-nextest; then
   cargo install cargo-nextest --locked
 fi
 
+# kv-core must keep building for the browser.
+cargo build -p kv-core --target wasm32-unknown-unknown
 # The tests in tests/ start real kvd processes and drive kvcli: build them first.
 cargo build -p kvd -p kvcli
-cargo nextest run --workspace --no-fail-fast
 cargo test --workspace --doc --quiet
-cargo build -p kv-core --target wasm32-unknown-unknown
+cargo nextest run --workspace --no-fail-fast

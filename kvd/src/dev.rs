@@ -94,16 +94,10 @@ pub async fn run(args: DevArgs) -> Result<()> {
             addr: addr.clone(),
             child,
         });
-        if i == 0 {
-            // The others join through the first: it must be up before they start.
-            wait_healthy(&addr, &mut nodes[0], Duration::from_secs(30)).await?;
-        }
+        // One at a time: each node picks its tokens knowing those of the nodes before it.
+        wait_healthy(&addr, &mut nodes[i], Duration::from_secs(30)).await?;
+        wait_converged(&first, i + 1, Duration::from_secs(30)).await?;
     }
-    for node in nodes.iter_mut().skip(1) {
-        let addr = node.addr.clone();
-        wait_healthy(&addr, node, Duration::from_secs(30)).await?;
-    }
-    wait_converged(&first, args.nodes, Duration::from_secs(30)).await?;
     println!("kvd dev: a cluster of {} nodes is ready", nodes.len());
     for n in &nodes {
         println!(

@@ -10,7 +10,7 @@
 #![deny(clippy::unwrap_used)]
 
 pub use kvd_storage as storage;
-
+pub mod bench;
 pub mod config;
 pub mod connection;
 pub mod coordinator;

@@ -26,11 +26,14 @@ struct Cli {
 enum Command {
     /// Start a ready local cluster of K node processes and stop them all on Ctrl-C.
     Dev(DevArgs),
+    /// Run db_bench-style workloads on the storage engine alone.
+    BenchStorage(kvd::bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Some(Command::BenchStorage(args)) => kvd::bench::run(args),
         Some(Command::Dev(args)) => runtime().and_then(|rt| rt.block_on(kvd::dev::run(args))),
         None => NodeConfig::resolve(cli.node)
             .and_then(|config| runtime().and_then(|rt| rt.block_on(run_node(config)))),

@@ -72,7 +72,7 @@ impl Node {
         me.rack = config.rack.clone();
         me.weight = config.weight;
         let mut membership = Membership::new(me, DetectorConfig::default(), crate::now_ms());
-        let peers = PeerPool::new(config.limits.max_frame_bytes);
+        let peers = PeerPool::new(max_state_bytes(&config));
 
         if identity.tokens.is_empty() {
             identity.tokens = choose_tokens(&config, &id, &mut membership, &peers).await?;
@@ -126,6 +126,10 @@ impl Node {
                 m.tokens.clone(),
             );
         }
+        // Precompute every vnode's preference list for the placement requests will use, so a
+        // lookup on the request path is a binary search and a copy.
+        let placement = self.placement(&ring);
+        ring.prepare(&placement);
         *self.ring.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(ring);
     }
 
@@ -299,9 +303,16 @@ impl Node {
     }
 }
 
+/// The largest encoded sibling set: `MAX_SIBLINGS` values at the client limit, plus overhead.
+pub fn max_state_bytes(config: &NodeConfig) -> usize {
+    (config.limits.max_value_bytes + 1024) * (kv_core::version::MAX_SIBLINGS + 1)
+}
+
 fn open_engine(config: &NodeConfig) -> Result<Engine> {
     let opts = Options {
         sync: config.sync,
+        // A stored value is a key's whole sibling set: up to the sibling cap of client values.
+        max_value_bytes: max_state_bytes(config),
         ..Options::default()
     };
     Engine::open(config.data_dir.join("storage"), opts).map_err(|e| {

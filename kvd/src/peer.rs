@@ -145,28 +145,29 @@ pub struct PeerPool {
     conns: tokio::sync::Mutex<HashMap<String, Arc<Conn>>>,
     failed_at: Mutex<HashMap<String, (Instant, String)>>,
     next_id: AtomicU64,
-    max_frame_bytes: usize,
+    max_state_bytes: usize,
 }
 
 const RETRY_AFTER: Duration = Duration::from_millis(500);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// WebSocket settings for peer links: peers exchange whole sibling sets, so allow a frame of
-/// the largest value plus encoding overhead.
-pub fn peer_ws_config(max_frame_bytes: usize) -> WebSocketConfig {
+/// the largest encoded set in base64 (4/3) plus the JSON around it.
+pub fn peer_ws_config(max_state_bytes: usize) -> WebSocketConfig {
+    let max = max_state_bytes / 3 * 4 + 64 * 1024;
     WebSocketConfig::default()
-        .max_frame_size(Some(max_frame_bytes * 2))
-        .max_message_size(Some(max_frame_bytes * 2))
+        .max_frame_size(Some(max))
+        .max_message_size(Some(max))
 }
 
 impl PeerPool {
     /// An empty pool.
-    pub fn new(max_frame_bytes: usize) -> PeerPool {
+    pub fn new(max_state_bytes: usize) -> PeerPool {
         PeerPool {
             conns: tokio::sync::Mutex::new(HashMap::new()),
             failed_at: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
-            max_frame_bytes,
+            max_state_bytes,
         }
     }
 
@@ -239,7 +240,7 @@ impl PeerPool {
         let url = format!("ws://{addr}/peer");
         let fut = tokio_tungstenite::connect_async_with_config(
             url.as_str(),
-            Some(peer_ws_config(self.max_frame_bytes)),
+            Some(peer_ws_config(self.max_state_bytes)),
             true,
         );
         let (ws, _) = match tokio::time::timeout(CONNECT_TIMEOUT, fut).await {

@@ -186,7 +186,7 @@ fn client_config(node: &Node) -> WebSocketConfig {
 }
 
 fn peer_config(node: &Node) -> WebSocketConfig {
-    crate::peer::peer_ws_config(node.config.limits.max_frame_bytes)
+    crate::peer::peer_ws_config(crate::node::max_state_bytes(&node.config))
 }
 
 async fn upgrade(

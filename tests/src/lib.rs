@@ -1,1 +1,498 @@
-//! Helpers for the workspace-level tests.
+//! Helpers for the workspace-level tests: start real `kvd` processes on 127.0.0.1 with ports
+//! picked at run time, talk to them over WebSockets and HTTP like a user, and stop every
+//! process when the test ends, also when it fails (the cluster kills its nodes on drop).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message;
+
+/// The directory holding the built binaries (`target/debug`), found from the test executable
+/// (`target/debug/deps/<test>`).
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test knows its own path");
+    let deps = exe
+        .parent()
+        .expect("the test runs from target/<profile>/deps");
+    deps.parent().expect("deps has a parent").to_path_buf()
+}
+
+/// Path of the `kvd` binary; the test command builds it before running the tests.
+pub fn kvd_bin() -> PathBuf {
+    let p = bin_dir().join("kvd");
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo build -p kvd -p kvcli` first (tests/run-all.sh does)",
+        p.display()
+    );
+    p
+}
+
+/// Path of the `kvcli` binary.
+pub fn kvcli_bin() -> PathBuf {
+    let p = bin_dir().join("kvcli");
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo build -p kvd -p kvcli` first",
+        p.display()
+    );
+    p
+}
+
+/// A free TCP port on 127.0.0.1 (bound, read, released).
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    l.local_addr().expect("local addr").port()
+}
+
+/// Settings of a test cluster.
+#[derive(Clone, Debug)]
+pub struct ClusterOpts {
+    /// Replicas per key.
+    pub n: usize,
+    /// Default write quorum.
+    pub w: usize,
+    /// Default read quorum.
+    pub r: usize,
+    /// `--sync` of every node.
+    pub sync: &'static str,
+    /// Extra flags for every node.
+    pub extra: Vec<String>,
+}
+
+impl Default for ClusterOpts {
+    fn default() -> Self {
+        ClusterOpts {
+            n: 3,
+            w: 2,
+            r: 2,
+            sync: "interval",
+            extra: vec!["--gossip-interval-ms".into(), "300".into()],
+        }
+    }
+}
+
+/// One node process of a test cluster.
+pub struct NodeProc {
+    /// Node id (`n1`, `n2`, ...).
+    pub id: String,
+    /// `127.0.0.1:PORT`.
+    pub addr: String,
+    /// The node's data dir.
+    pub data_dir: PathBuf,
+    /// Its log file.
+    pub log: PathBuf,
+    args: Vec<String>,
+    child: Option<Child>,
+}
+
+impl NodeProc {
+    /// `ws://ADDR`.
+    pub fn url(&self) -> String {
+        format!("ws://{}", self.addr)
+    }
+
+    /// Whether the process is running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    /// The process id, if running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+}
+
+/// A cluster of real kvd processes, killed on drop.
+pub struct Cluster {
+    /// The nodes, in start order.
+    pub nodes: Vec<NodeProc>,
+    /// Settings the nodes run with.
+    pub opts: ClusterOpts,
+    dir: tempfile::TempDir,
+}
+
+fn signal(pid: u32, sig: &str) {
+    let _ = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status();
+}
+
+impl Cluster {
+    /// Starts `k` nodes (the first is the seed of the others) and waits until every node sees
+    /// every other up and in its ring.
+    pub fn start(k: usize, opts: ClusterOpts) -> Cluster {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut cluster = Cluster {
+            nodes: Vec::new(),
+            opts,
+            dir,
+        };
+        for i in 0..k {
+            cluster.add_node(i == 0);
+        }
+        cluster.wait_converged(Duration::from_secs(30));
+        cluster
+    }
+
+    /// Starts one more node that joins through the first; returns its index.
+    pub fn add_node(&mut self, first: bool) -> usize {
+        let i = self.nodes.len();
+        let id = format!("n{}", i + 1);
+        let addr = format!("127.0.0.1:{}", free_port());
+        let data_dir = self.dir.path().join(&id);
+        let log = self.dir.path().join(format!("{id}.log"));
+        let mut args: Vec<String> = vec![
+            "--id".into(),
+            id.clone(),
+            "--listen".into(),
+            addr.clone(),
+            "--data-dir".into(),
+            data_dir.display().to_string(),
+            "--n".into(),
+            self.opts.n.to_string(),
+            "--w".into(),
+            self.opts.w.to_string(),
+            "--r".into(),
+            self.opts.r.to_string(),
+            "--sync".into(),
+            self.opts.sync.into(),
+        ];
+        if !first {
+            args.push("--seed".into());
+            args.push(self.nodes[0].addr.clone());
+        }
+        args.extend(self.opts.extra.iter().cloned());
+        let mut node = NodeProc {
+            id,
+            addr,
+            data_dir,
+            log,
+            args,
+            child: None,
+        };
+        spawn(&mut node);
+        wait_http(&node.addr, Duration::from_secs(30), &node.log);
+        self.nodes.push(node);
+        // Joins are serialized: the next node picks its tokens knowing this one's.
+        let seed = self.nodes[0].addr.clone();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let expected = self.nodes.len() as u64;
+        let in_ring = || {
+            http_get(&seed, "/health")
+                .and_then(|b| serde_json::from_str::<Value>(&b).ok())
+                .is_some_and(|v| v["ring_nodes"].as_u64() == Some(expected))
+        };
+        while !in_ring() {
+            assert!(
+                Instant::now() < deadline,
+                "node {} never entered the ring:\n{}",
+                i + 1,
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        i
+    }
+
+    /// The directory holding the nodes' data dirs and logs.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Waits until every running node reports every running node up and in its ring.
+    pub fn wait_converged(&mut self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        let running: Vec<String> = self
+            .nodes
+            .iter_mut()
+            .filter_map(|n| n.is_running().then(|| n.addr.clone()))
+            .collect();
+        loop {
+            let all = running.iter().all(|a| {
+                http_get(a, "/health")
+                    .and_then(|b| serde_json::from_str::<Value>(&b).ok())
+                    .is_some_and(|v| {
+                        v["members_up"].as_u64() == Some(running.len() as u64)
+                            && v["ring_nodes"].as_u64() == Some(self.nodes.len() as u64)
+                    })
+            });
+            if all {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "cluster did not converge:\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits until `observer` sees node `i` in `state` (`up`, `down`, ...).
+    pub fn wait_state(&self, observer: usize, i: usize, state: &str, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        let id = self.nodes[i].id.clone();
+        loop {
+            let status = ws_request_blocking(&self.nodes[observer].url(), json!({"op": "status"}));
+            let seen = status["nodes"]
+                .as_array()
+                .and_then(|a| a.iter().find(|n| n["id"] == id.as_str()).cloned())
+                .map(|n| n["state"].as_str().unwrap_or("").to_string());
+            if seen.as_deref() == Some(state) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} never saw {id} {state} (saw {seen:?})",
+                self.nodes[observer].id
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// SIGKILLs node `i`.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.nodes[i].child.take() {
+            signal(c.id(), "CONT");
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERMs node `i` and waits for its clean exit; returns its exit status code.
+    pub fn stop(&mut self, i: usize) -> Option<i32> {
+        let mut c = self.nodes[i].child.take()?;
+        signal(c.id(), "TERM");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(Some(status)) = c.try_wait() {
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                let _ = c.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Starts node `i` again with the same flags and data dir, and waits for its HTTP port.
+    pub fn restart(&mut self, i: usize) {
+        assert!(self.nodes[i].child.is_none(), "node {i} is still running");
+        spawn(&mut self.nodes[i]);
+        wait_http(
+            &self.nodes[i].addr,
+            Duration::from_secs(30),
+            &self.nodes[i].log,
+        );
+    }
+
+    /// SIGSTOPs node `i` (a hung node).
+    pub fn pause(&self, i: usize) {
+        if let Some(pid) = self.nodes[i].pid() {
+            signal(pid, "STOP");
+        }
+    }
+
+    /// SIGCONTs node `i`.
+    pub fn resume(&self, i: usize) {
+        if let Some(pid) = self.nodes[i].pid() {
+            signal(pid, "CONT");
+        }
+    }
+
+    /// Every node's log, for failure messages.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for n in &self.nodes {
+            let text = std::fs::read_to_string(&n.log).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(30).collect();
+            out.push_str(&format!("--- {} ({}) ---\n", n.id, n.addr));
+            for l in tail.into_iter().rev() {
+                out.push_str(l);
+                out.push('\n');
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.kill(i);
+        }
+        if std::thread::panicking() {
+            eprintln!("{}", self.logs());
+        }
+    }
+}
+
+fn spawn(node: &mut NodeProc) {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&node.log)
+        .expect("open node log");
+    let child = Command::new(kvd_bin())
+        .args(&node.args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log))
+        .spawn()
+        .expect("start kvd");
+    node.child = Some(child);
+}
+
+fn wait_http(addr: &str, limit: Duration, log: &Path) {
+    let deadline = Instant::now() + limit;
+    while http_get(addr, "/health").is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "node {addr} did not answer /health; log:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A plain HTTP GET; the body when the status is 200.
+pub fn http_get(addr: &str, path: &str) -> Option<String> {
+    http_get_full(addr, path).and_then(|(status, body)| (status == 200).then_some(body))
+}
+
+/// A plain HTTP GET: status and body.
+pub fn http_get_full(addr: &str, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s =
+        std::net::TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).ok()?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let status = head.split(' ').nth(1)?.parse().ok()?;
+    Some((status, body.to_string()))
+}
+
+/// A WebSocket client connection for tests: send JSON, read the answer with the same id.
+pub struct Ws {
+    ws: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+    next_id: u64,
+}
+
+impl Ws {
+    /// Connects to `url`.
+    pub async fn connect(url: &str) -> Ws {
+        let (ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .unwrap_or_else(|e| panic!("connect {url}: {e}"));
+        Ws { ws, next_id: 1 }
+    }
+
+    /// Sends `req` (an object; an id is added) and returns the answer.
+    pub async fn request(&mut self, mut req: Value) -> Value {
+        let id = self.next_id;
+        self.next_id += 1;
+        req["id"] = json!(id);
+        self.ws
+            .send(Message::text(req.to_string()))
+            .await
+            .expect("send a frame");
+        self.read_id(Some(id)).await
+    }
+
+    /// Sends a raw text frame and returns the next answer.
+    pub async fn send_raw(&mut self, text: &str) -> Value {
+        self.ws
+            .send(Message::text(text.to_string()))
+            .await
+            .expect("send a frame");
+        self.read_id(None).await
+    }
+
+    /// Sends a raw message and returns the next answer.
+    pub async fn send_message(&mut self, msg: Message) -> Value {
+        self.ws.send(msg).await.expect("send a frame");
+        self.read_id(None).await
+    }
+
+    async fn read_id(&mut self, id: Option<u64>) -> Value {
+        loop {
+            let msg = tokio::time::timeout(Duration::from_secs(20), self.ws.next())
+                .await
+                .expect("an answer within 20 s")
+                .expect("the connection is open")
+                .expect("a readable frame");
+            if let Message::Text(t) = msg {
+                let v: Value = serde_json::from_str(&t).expect("answers are JSON");
+                if id.is_none() || v["id"].as_u64() == id {
+                    return v;
+                }
+            }
+        }
+    }
+}
+
+/// One request on a fresh connection, from synchronous code (also from inside an async
+/// test: it runs on a thread of its own).
+pub fn ws_request_blocking(url: &str, req: Value) -> Value {
+    let url = url.to_string();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let mut ws = Ws::connect(&url).await;
+            ws.request(req).await
+        })
+    })
+    .join()
+    .expect("request thread")
+}
+
+/// Runs kvcli with `args`; returns (exit code, stdout, stderr).
+pub fn kvcli(args: &[&str]) -> (i32, String, String) {
+    kvcli_with_stdin(args, None)
+}
+
+/// Runs kvcli with `args` and `stdin` as standard input.
+pub fn kvcli_with_stdin(args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
+    use std::io::Write;
+    let mut cmd = Command::new(kvcli_bin());
+    cmd.args(args)
+        .env_remove("KV_NODE")
+        .env_remove("KV_TOKEN")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        });
+    let mut child = cmd.spawn().expect("start kvcli");
+    if let Some(text) = stdin {
+        let mut si = child.stdin.take().expect("stdin");
+        si.write_all(text.as_bytes()).expect("write stdin");
+    }
+    let out = child.wait_with_output().expect("kvcli output");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

@@ -1,0 +1,125 @@
+//! kvcli as scripts use it: one-shot commands with --json, script mode from standard input,
+//! exit codes and one-line errors.
+
+use kv_tests::{kvcli, kvcli_with_stdin, Cluster, ClusterOpts};
+use serde_json::Value;
+
+fn json(line: &str) -> Value {
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
+}
+
+#[test]
+fn one_shot_commands_and_script_mode() {
+    let cluster = Cluster::start(3, ClusterOpts::default());
+    let node = cluster.nodes[0].url();
+    let n = ["--node", node.as_str()];
+
+    let (code, out, err) = kvcli(&[n[0], n[1], "--json", "put", "greeting", "hello world"]);
+    assert_eq!(code, 0, "{err}");
+    let put = json(out.trim());
+    assert_eq!(put["ok"], true);
+    assert_eq!(put["key"], "greeting");
+    assert!(
+        put["context"].as_str().is_some_and(|c| !c.is_empty()),
+        "{put}"
+    );
+
+    let (code, out, _) = kvcli(&[n[0], n[1], "--json", "get", "greeting"]);
+    assert_eq!(code, 0);
+    let get = json(out.trim());
+    assert_eq!(get["found"], true);
+    assert_eq!(get["values"], serde_json::json!(["hello world"]));
+
+    let (code, out, _) = kvcli(&[n[0], n[1], "get", "greeting"]);
+    assert_eq!(code, 0);
+    assert!(out.starts_with("hello world\n"), "{out}");
+
+    let (code, out, _) = kvcli(&[n[0], n[1], "--json", "get", "absent"]);
+    assert_eq!(code, 0, "an absent key is not an error");
+    assert_eq!(json(out.trim())["found"], false);
+
+    let (code, out, _) = kvcli(&[n[0], n[1], "--json", "status"]);
+    assert_eq!(code, 0);
+    let status = json(out.trim());
+    let nodes = status["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 3);
+    for node in nodes {
+        for field in ["id", "addr", "dc", "rack", "state", "keys", "hints_pending"] {
+            assert!(node.get(field).is_some(), "status lacks {field}: {node}");
+        }
+        assert_eq!(node["state"], "up");
+    }
+
+    let (code, out, _) = kvcli(&[n[0], n[1], "--json", "ring", "--key", "greeting"]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        json(out.trim())["preference_list"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+
+    // Delete with the context of a read.
+    let ctx = get["context"].as_str().unwrap().to_string();
+    let (code, out, _) = kvcli(&[
+        n[0],
+        n[1],
+        "--json",
+        "delete",
+        "greeting",
+        "--context",
+        &ctx,
+    ]);
+    assert_eq!(code, 0);
+    assert_eq!(json(out.trim())["ok"], true);
+    let (_, out, _) = kvcli(&[n[0], n[1], "--json", "get", "greeting"]);
+    assert_eq!(json(out.trim())["found"], false);
+
+    // Script mode: one JSON document per line, a failed line reported and the rest run.
+    let script = "put a 1\nput b \"two words\"\nfrobnicate\nget b\n# a comment\nget a\n";
+    let (code, out, err) = kvcli_with_stdin(&[n[0], n[1], "--json"], Some(script));
+    assert_ne!(code, 0, "a failed line makes the exit status non-zero");
+    let lines: Vec<Value> = out.lines().map(json).collect();
+    assert_eq!(lines.len(), 4, "{out}");
+    assert_eq!(lines[2]["values"], serde_json::json!(["two words"]));
+    assert_eq!(lines[3]["values"], serde_json::json!(["1"]));
+    assert_eq!(err.lines().count(), 1, "one line per failure: {err}");
+    assert!(err.contains("frobnicate"), "{err}");
+
+    let (code, _, _) = kvcli_with_stdin(&[n[0], n[1]], Some("put c 3\nget c\n"));
+    assert_eq!(code, 0);
+}
+
+#[test]
+fn errors_are_one_line_with_meaningful_exit_codes() {
+    let cluster = Cluster::start(
+        1,
+        ClusterOpts {
+            n: 1,
+            w: 1,
+            r: 1,
+            ..ClusterOpts::default()
+        },
+    );
+    let node = cluster.nodes[0].url();
+
+    let (code, _, err) = kvcli(&["--node", "ws://127.0.0.1:1", "get", "k"]);
+    assert_eq!(code, 3, "unreachable node: {err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("unreachable"), "{err}");
+
+    let big = "k".repeat(2000);
+    let (code, _, err) = kvcli(&["--node", &node, "put", &big, "v"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("too_large"), "{err}");
+
+    let (code, _, err) = kvcli(&["--node", &node, "put", "k", "v", "--w", "2"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("exceeds"), "{err}");
+
+    let (code, _, _) = kvcli(&["--node", &node, "get"]);
+    assert_eq!(code, 2, "missing argument is a usage error");
+    let (code, _, _) = kvcli(&["--node", &node, "frobnicate"]);
+    assert_eq!(code, 2, "unknown command is a usage error");
+}

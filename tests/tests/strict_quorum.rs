@@ -1,0 +1,57 @@
+//! With 2 of a key's 3 replicas down, a W=2 write fails with `unavailable` naming them.
+
+use std::time::Duration;
+
+use kv_tests::{Cluster, ClusterOpts, Ws};
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_that_cannot_meet_its_quorum_is_unavailable_and_names_the_replicas() {
+    let mut cluster = Cluster::start(4, ClusterOpts::default());
+    let mut ws = Ws::connect(&cluster.nodes[0].url()).await;
+    // A key whose preference list does not include n1 (the coordinator we keep).
+    let mut chosen = None;
+    for i in 0..1000 {
+        let key = format!("q{i}");
+        let pl = ws.request(json!({"op": "ring", "key": key})).await;
+        let prefs: Vec<String> = serde_json::from_value(pl["preference_list"].clone()).unwrap();
+        if !prefs.contains(&"n1".to_string()) {
+            chosen = Some((key, prefs));
+            break;
+        }
+    }
+    let (key, prefs) = chosen.expect("some key avoids n1");
+    let idx = |c: &Cluster, id: &str| c.nodes.iter().position(|n| n.id == id).unwrap();
+    let (down_a, down_b) = (prefs[1].clone(), prefs[2].clone());
+    let (ia, ib) = (idx(&cluster, &down_a), idx(&cluster, &down_b));
+    cluster.kill(ia);
+    cluster.kill(ib);
+    cluster.wait_state(0, ia, "down", Duration::from_secs(20));
+    cluster.wait_state(0, ib, "down", Duration::from_secs(20));
+
+    let r = ws
+        .request(json!({"op": "put", "key": key, "value": "v", "w": 2}))
+        .await;
+    assert_eq!(r["ok"], false, "{r}");
+    assert_eq!(r["error"]["code"], "unavailable", "{r}");
+    let msg = r["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains(&down_a) && msg.contains(&down_b),
+        "names both failed replicas: {msg}"
+    );
+
+    // W=1 is still met by the live replica; reads at R=1 see it. (The refused write may
+    // have reached the live replica: `unavailable` means "not confirmed at W", as in Dynamo,
+    // so it can show up as a sibling.)
+    let r = ws
+        .request(json!({"op": "put", "key": key, "value": "v2", "w": 1}))
+        .await;
+    assert_eq!(r["ok"], true, "{r}");
+    let r = ws.request(json!({"op": "get", "key": key, "r": 1})).await;
+    assert!(
+        r["values"].as_array().unwrap().contains(&json!("v2")),
+        "{r}"
+    );
+    let r = ws.request(json!({"op": "get", "key": key, "r": 2})).await;
+    assert_eq!(r["error"]["code"], "unavailable", "{r}");
+}
