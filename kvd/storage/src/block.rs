@@ -137,6 +137,20 @@ impl Block {
         Ok(off)
     }
 
+    /// The full key stored at restart point `i` (no shared prefix there), without copying.
+    fn restart_key(&self, i: usize) -> Result<&[u8], &'static str> {
+        let d = &self.data[..self.restarts_at];
+        let mut p = self.restart(i)?;
+        let shared = get_varint(d, &mut p).ok_or("entry header")?;
+        let unshared = get_varint(d, &mut p).ok_or("entry header")? as usize;
+        get_varint(d, &mut p).ok_or("entry header")?;
+        if shared != 0 {
+            return Err("restart entry shares a prefix");
+        }
+        d.get(p..p.checked_add(unshared).ok_or("entry key")?)
+            .ok_or("entry key past the block")
+    }
+
     /// Decodes the entry at `pos`, rebuilding its key into `key` (which holds the previous key).
     /// Returns the value range and the position of the next entry.
     fn decode_at(
@@ -213,10 +227,7 @@ impl BlockIter {
         let (mut lo, mut hi) = (0usize, self.block.num_restarts);
         while hi - lo > 1 {
             let mid = (lo + hi) / 2;
-            let off = self.block.restart(mid)?;
-            let mut k = Vec::new();
-            self.block.decode_at(off, &mut k)?;
-            if k.as_slice() < target {
+            if self.block.restart_key(mid)? < target {
                 lo = mid;
             } else {
                 hi = mid;

@@ -110,6 +110,8 @@ struct Commit {
     leader: bool,
     /// Tickets from here on failed (the engine is poisoned).
     failed_from: Option<u64>,
+    /// Writers blocked on `commit_cv` (a notify is a system call; skip it when nobody waits).
+    waiting: usize,
 }
 
 /// Serializes version edits and manifest writes.
@@ -340,6 +342,7 @@ impl Engine {
                 done_upto: 0,
                 leader: false,
                 failed_from: None,
+                waiting: 0,
             }),
             commit_cv: Condvar::new(),
             wal: Mutex::new(wal),
@@ -595,7 +598,9 @@ impl Inner {
             if !c.leader {
                 break;
             }
+            c.waiting += 1;
             c = self.commit_cv.wait(c).unwrap_or_else(|e| e.into_inner());
+            c.waiting -= 1;
         }
         // Leader: take the whole queue (our batch included).
         let batches = std::mem::take(&mut c.queue);
@@ -611,8 +616,11 @@ impl Inner {
             c.failed_from = Some(start);
         }
         c.leader = false;
+        let waiting = c.waiting > 0;
         drop(c);
-        self.commit_cv.notify_all();
+        if waiting {
+            self.commit_cv.notify_all();
+        }
         res
     }
 
