@@ -14,6 +14,27 @@
 //! - `compaction`: leveled compaction;
 //! - `iter`: merging iterators and [`Scan`];
 //! - [`bench`]: db_bench-style workloads.
+//!
+//! ```
+//! use std::ops::Bound;
+//! use kvd_storage::{Engine, Options, WriteBatch};
+//!
+//! let dir = tempfile::tempdir()?;
+//! let engine = Engine::open(dir.path(), Options::default())?;
+//! let mut batch = WriteBatch::new();
+//! batch.put("apple", "red");
+//! batch.put("banana", "yellow");
+//! batch.delete("cherry");
+//! engine.write(batch)?; // durable (fsynced) when it returns, with SyncMode::Always
+//! assert_eq!(engine.get(b"apple")?, Some(b"red".to_vec()));
+//! let keys: Vec<Vec<u8>> = engine
+//!     .scan(Bound::Included(b"a".as_slice()), Bound::Unbounded)?
+//!     .map(|r| r.map(|(k, _)| k))
+//!     .collect::<Result<_, _>>()?;
+//! assert_eq!(keys, vec![b"apple".to_vec(), b"banana".to_vec()]);
+//! engine.close()?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
