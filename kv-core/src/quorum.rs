@@ -181,6 +181,14 @@ impl WriteTracker {
         }
     }
 
+    /// Adds a node the write is now also sent to (a stand-in found after a replica failed);
+    /// it counts as pending until it answers. A node already in the list is not added again.
+    pub fn add(&mut self, node: String) {
+        if !self.replicas.iter().any(|(id, _)| *id == node) {
+            self.replicas.push((node, None));
+        }
+    }
+
     /// Records `node`'s outcome and returns the decision. Ignored (and the decision returned
     /// unchanged) for a node outside the list or one that already answered.
     pub fn record(&mut self, node: &str, outcome: ReplicaOutcome) -> Decision {
@@ -366,6 +374,25 @@ impl ReadTracker {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+    #[test]
+    fn a_stand_in_added_after_a_failure_can_complete_the_quorum() {
+        let mut t = super::WriteTracker::new(vec!["a".into(), "b".into(), "c".into()], 2);
+        t.record("a", super::ReplicaOutcome::Ack);
+        t.record("b", super::ReplicaOutcome::Failed("refused".into()));
+        t.add("d".into());
+        t.add("a".into());
+        assert_eq!(t.pending(), vec!["c".to_string(), "d".to_string()]);
+        t.record("c", super::ReplicaOutcome::Failed("refused".into()));
+        assert_eq!(t.decision(), super::Decision::Pending, "d may still answer");
+        let d = t.record(
+            "d",
+            super::ReplicaOutcome::HintedAck {
+                intended: "b".into(),
+            },
+        );
+        assert_eq!(d, super::Decision::Succeeded);
+    }
+
     use super::*;
     use crate::version::VersionVector;
     use proptest::prelude::*;

@@ -104,6 +104,9 @@ pub struct Request {
     pub id: u64,
     /// The operation.
     pub op: ClientOp,
+    /// For get, put and delete: `Some(false)` asks for a strict quorum (only the key's own
+    /// replicas count), `Some(true)` for a sloppy one; `None` takes the cluster default.
+    pub sloppy: Option<bool>,
 }
 
 /// The operations of the client protocol.
@@ -180,6 +183,8 @@ struct RawRequest {
     local: Option<bool>,
     #[serde(default)]
     node: Option<String>,
+    #[serde(default)]
+    sloppy: Option<bool>,
 }
 
 /// Used to recover the id of a request whose other fields did not decode.
@@ -280,7 +285,11 @@ fn validate(raw: RawRequest, limits: &Limits) -> Result<Request, WireError> {
         "ping" => ClientOp::Ping,
         other => return Err(WireError::bad_request(format!("unknown op '{other}'"))),
     };
-    Ok(Request { id: raw.id, op })
+    Ok(Request {
+        id: raw.id,
+        op,
+        sloppy: raw.sloppy,
+    })
 }
 
 /// Checks a key against the limits: non-empty and at most `max_key_bytes`.
@@ -479,7 +488,8 @@ mod tests {
                     key: "k".into(),
                     r: Some(1),
                     local: false
-                }
+                },
+                sloppy: None,
             }
         );
         let r = decode(r#"{"id":1,"op":"put","key":"k","value":"v","context":"c","w":2}"#).unwrap();
@@ -550,7 +560,14 @@ mod tests {
         ];
         for (i, op) in ops.into_iter().enumerate() {
             let text = encode_request(i as u64, &op);
-            assert_eq!(decode(&text).unwrap(), Request { id: i as u64, op });
+            assert_eq!(
+                decode(&text).unwrap(),
+                Request {
+                    id: i as u64,
+                    op,
+                    sloppy: None
+                }
+            );
         }
     }
 

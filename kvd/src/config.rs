@@ -63,6 +63,13 @@ pub struct NodeArgs {
     /// Milliseconds between gossip rounds.
     #[arg(long)]
     pub gossip_interval_ms: Option<u64>,
+    /// Cluster default for writes and reads when replicas are down: true (sloppy quorum,
+    /// stand-ins keep hints) or false (strict: only the key's own replicas count).
+    #[arg(long)]
+    pub sloppy: Option<bool>,
+    /// Hinted-handoff bytes kept per down node before further hints are refused.
+    #[arg(long)]
+    pub hint_max_mb: Option<u64>,
 }
 
 /// `--sync` as parsed from the command line or the file.
@@ -106,6 +113,8 @@ struct FileConfig {
     token_file: Option<PathBuf>,
     request_timeout_ms: Option<u64>,
     gossip_interval_ms: Option<u64>,
+    sloppy: Option<bool>,
+    hint_max_mb: Option<u64>,
 }
 
 /// Everything a node runs with, resolved.
@@ -147,6 +156,10 @@ pub struct NodeConfig {
     pub max_connections: usize,
     /// Most requests in flight on one client connection.
     pub max_in_flight: usize,
+    /// Sloppy quorum by default (a request may say otherwise).
+    pub sloppy: bool,
+    /// Hint bytes kept per down node.
+    pub hint_max_bytes: u64,
 }
 
 impl NodeConfig {
@@ -213,6 +226,8 @@ impl NodeConfig {
             ),
             max_connections: 4096,
             max_in_flight: 1024,
+            sloppy: args.sloppy.or(file.sloppy).unwrap_or(true),
+            hint_max_bytes: args.hint_max_mb.or(file.hint_max_mb).unwrap_or(256) << 20,
         };
         config.check()?;
         Ok(config)

@@ -143,7 +143,7 @@ pub async fn serve(node: Arc<Node>, ws: WebSocketStream<TcpStream>) {
 pub async fn handle(node: &Arc<Node>, req: Request) -> String {
     let start = Instant::now();
     let op = op_index(req.op.name());
-    let result = run(node, req.op).await;
+    let result = run(node, req.op, req.sloppy).await;
     if let Some(i) = op {
         node.metrics.requests[i].fetch_add(1, Relaxed);
         node.metrics.latency[i].observe(start.elapsed());
@@ -162,7 +162,7 @@ pub async fn handle(node: &Arc<Node>, req: Request) -> String {
     }
 }
 
-async fn run(node: &Arc<Node>, op: ClientOp) -> Result<Value, WireError> {
+async fn run(node: &Arc<Node>, op: ClientOp, sloppy: Option<bool>) -> Result<Value, WireError> {
     match op {
         ClientOp::Get { key, r, local } => {
             let state = if local {
@@ -170,7 +170,7 @@ async fn run(node: &Arc<Node>, op: ClientOp) -> Result<Value, WireError> {
                     .await?
                     .unwrap_or_default()
             } else {
-                coordinator::read(node, key.clone(), r).await?
+                coordinator::read(node, key.clone(), r, sloppy).await?
             };
             Ok(get_answer(&key, &state))
         }
@@ -180,21 +180,21 @@ async fn run(node: &Arc<Node>, op: ClientOp) -> Result<Value, WireError> {
             context,
             w,
         } => {
-            let res = coordinator::write(node, key.clone(), Some(value), context, w).await?;
+            let res =
+                coordinator::write(node, key.clone(), Some(value), context, w, sloppy).await?;
             Ok(json!({ "key": key, "context": res.context }))
         }
         ClientOp::Delete { key, context, w } => {
-            let res = coordinator::write(node, key.clone(), None, context, w).await?;
+            let res = coordinator::write(node, key.clone(), None, context, w, sloppy).await?;
             Ok(json!({ "key": key, "context": res.context }))
         }
         ClientOp::Status => Ok(crate::http::status_json(node).await),
         ClientOp::Ring { key } => Ok(ring_answer(node, key.as_deref())),
         ClientOp::Ping => Ok(json!({ "node": node.id })),
-        ClientOp::Hints | ClientOp::Repair { .. } | ClientOp::Decommission { .. } => {
-            Err(WireError::bad_request(
-                "hinted handoff, repair and decommission are not available on this version of kvd",
-            ))
-        }
+        ClientOp::Hints => Ok(crate::http::hints_json(node).await),
+        ClientOp::Repair { .. } | ClientOp::Decommission { .. } => Err(WireError::bad_request(
+            "repair and decommission are not available on this version of kvd",
+        )),
     }
 }
 

@@ -12,7 +12,9 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Instant;
 
+use kv_core::hash::key_token;
 use kv_core::quorum::{Decision, ReadReply, ReadTracker, ReplicaOutcome, WriteTracker};
+use kv_core::ring::Target;
 use kv_core::version::{decode_context, SiblingSet};
 use kv_core::wire::{ErrorCode, WireError};
 use tokio::sync::mpsc;
@@ -54,14 +56,18 @@ fn internal(e: impl std::fmt::Display) -> WireError {
     WireError::new(ErrorCode::Internal, e.to_string())
 }
 
-/// The preference list of `key`, checked against a requested quorum override.
-fn replicas_for(
+/// The nodes a request for `key` goes to, checked against a requested quorum override.
+///
+/// Strict: the key's preference list. Sloppy: the same list with each replica that gossip
+/// sees down replaced by the next healthy node clockwise, which keeps a hint for it.
+fn targets_for(
     node: &Node,
     key: &str,
+    sloppy: bool,
     quorum: Option<usize>,
     default: usize,
     what: &str,
-) -> Result<(Vec<String>, usize), WireError> {
+) -> Result<(Vec<Target>, usize), WireError> {
     let ring = node.ring();
     if ring.is_empty() {
         return Err(WireError::new(
@@ -69,8 +75,8 @@ fn replicas_for(
             "the ring is empty: no node owns data yet",
         ));
     }
-    let prefs = ring.preference_list(key.as_bytes(), &node.placement(&ring));
-    let n = prefs.len();
+    let placement = node.placement(&ring);
+    let n = placement.replicas().min(ring.len());
     let q = match quorum {
         Some(q) if q > n => {
             return Err(WireError::bad_request(format!(
@@ -80,158 +86,307 @@ fn replicas_for(
         Some(q) => q,
         None => default.min(n),
     };
-    Ok((prefs, q))
+    let token = key_token(key.as_bytes());
+    let targets = if sloppy {
+        ring.sloppy_preference_list(token, &placement, |id| node.is_up(id))
+    } else {
+        ring.preference_list_for_token(token, &placement)
+            .into_iter()
+            .map(|node| Target {
+                node,
+                hint_for: None,
+            })
+            .collect()
+    };
+    Ok((targets, q))
+}
+
+/// Who a write goes to and who stands in for whom: the quorum tracker plus the sloppy-quorum
+/// bookkeeping of one write.
+struct WritePlan {
+    tracker: WriteTracker,
+    /// Every node the write goes to, with the replica it holds a hint for (None: a replica).
+    roles: Vec<(String, Option<String>)>,
+    /// Healthy nodes further clockwise not yet used, for replacing failed targets (empty
+    /// under a strict quorum).
+    fallbacks: std::collections::VecDeque<String>,
+}
+
+impl WritePlan {
+    fn hint_for(&self, id: &str) -> Option<String> {
+        self.roles
+            .iter()
+            .find(|(n, _)| n == id)
+            .and_then(|(_, h)| h.clone())
+    }
+
+    /// A target failed: under a sloppy quorum the next fallback stands in for the replica
+    /// the failed node was to hold the write for (itself, or the one it stood in for), so a
+    /// second failure does not lose the hint either. Returns the new stand-in.
+    fn replace(&mut self, failed: &str) -> Option<(String, String)> {
+        let intended = self.hint_for(failed).unwrap_or_else(|| failed.to_string());
+        let fb = self.fallbacks.pop_front()?;
+        self.tracker.add(fb.clone());
+        self.roles.push((fb.clone(), Some(intended.clone())));
+        Some((fb, intended))
+    }
 }
 
 /// Coordinates a put (`value` `Some`) or a delete (`None`) with the client's `context`.
+///
+/// Answers after W acknowledgements; the rest of the fan-out (and the replacement of replicas
+/// that fail late by stand-ins with hints) continues in the background.
 pub async fn write(
     node: &Arc<Node>,
     key: String,
     value: Option<Vec<u8>>,
     context: String,
     w: Option<usize>,
+    sloppy: Option<bool>,
 ) -> Result<WriteResult, WireError> {
     let ctx = decode_context(&context)
         .map_err(|e| WireError::bad_request(format!("the context does not decode: {e}")))?;
-    let (prefs, w) = replicas_for(node, &key, w, node.config.w, "W")?;
+    let sloppy = sloppy.unwrap_or(node.config.sloppy);
+    let (targets, w) = targets_for(node, &key, sloppy, w, node.config.w, "W")?;
     let deadline = Instant::now() + node.config.request_timeout;
-    let mut tracker = WriteTracker::new(prefs.clone(), w);
+    let fallbacks = if sloppy {
+        node.ring()
+            .walk(key_token(key.as_bytes()))
+            .into_iter()
+            .filter(|id| !targets.iter().any(|t| t.node == *id) && node.is_up(id))
+            .collect()
+    } else {
+        Default::default()
+    };
+    let mut plan = WritePlan {
+        tracker: WriteTracker::new(targets.iter().map(|t| t.node.clone()).collect(), w),
+        roles: targets
+            .iter()
+            .map(|t| (t.node.clone(), t.hint_for.clone()))
+            .collect(),
+        fallbacks,
+    };
 
     // Mint on this node when it is a replica, else on the first live one; fall back down the
-    // list when the minter fails.
-    let mut order: Vec<&String> = prefs.iter().filter(|p| **p == node.id).collect();
-    order.extend(prefs.iter().filter(|p| **p != node.id));
+    // list when the minter fails. Only a real replica mints: a stand-in keeps hints, never a
+    // state of its own from which to number versions.
+    let replicas: Vec<String> = targets
+        .iter()
+        .filter(|t| t.hint_for.is_none())
+        .map(|t| t.node.clone())
+        .collect();
+    let mut order: Vec<&String> = replicas.iter().filter(|p| **p == node.id).collect();
+    order.extend(replicas.iter().filter(|p| **p != node.id));
     let mut minted: Option<(String, Vec<u8>, String)> = None;
     for cand in order {
-        if !node.is_up(cand) {
-            if let Decision::Failed(f) =
-                tracker.record(cand, ReplicaOutcome::Failed("down (gossip)".into()))
-            {
-                return Err(unavailable("W", w, tracker.acks(), &f));
-            }
-            continue;
-        }
-        let outcome = if *cand == node.id {
-            let n = node.clone();
-            let (k, v, c) = (key.clone(), value.clone(), ctx.clone());
-            match tokio::task::spawn_blocking(move || {
-                n.replica.mint(k.as_bytes(), v, &c, crate::now_ms())
-            })
-            .await
-            {
-                Ok(Ok(m)) => {
-                    node.count_capped(m.capped);
-                    Ok((m.state.encode(), m.write_context.encode_context()))
-                }
-                Ok(Err(e)) => Err(e.to_string()),
-                Err(e) => Err(format!("write task failed: {e}")),
-            }
-        } else {
-            let req = PeerRequest::Mint {
-                key: key.clone(),
-                value: value.clone(),
-                context: context.clone(),
-            };
-            match call(node, cand, &req, deadline).await {
-                Ok(PeerResponse::Minted {
-                    state,
-                    write_context,
-                    ..
-                }) => Ok((state, write_context)),
-                Ok(other) => Err(format!("unexpected answer {other:?}")),
-                Err(e) => Err(e),
-            }
-        };
-        match outcome {
+        match mint_on(node, cand, &key, &value, &ctx, &context, deadline).await {
             Ok((state, wctx)) => {
-                tracker.record(cand, ReplicaOutcome::Ack);
+                plan.tracker.record(cand, ReplicaOutcome::Ack);
                 minted = Some((cand.clone(), state, wctx));
                 break;
             }
             Err(why) => {
-                if let Decision::Failed(f) = tracker.record(cand, ReplicaOutcome::Failed(why)) {
-                    return Err(unavailable("W", w, tracker.acks(), &f));
+                plan.replace(cand);
+                if let Decision::Failed(f) = plan.tracker.record(cand, ReplicaOutcome::Failed(why))
+                {
+                    return Err(unavailable("W", w, plan.tracker.acks(), &f));
                 }
             }
         }
     }
     let Some((minter, state, write_context)) = minted else {
-        return Err(unavailable("W", w, tracker.acks(), &tracker.failures()));
+        let mut failures = plan.tracker.failures();
+        if failures.is_empty() {
+            failures.push((
+                "-".into(),
+                "no replica of the key is up to take the write".into(),
+            ));
+        }
+        return Err(unavailable("W", w, plan.tracker.acks(), &failures));
     };
 
-    // Send the new state to every other replica that has not failed already.
+    let (decided_tx, decided_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(fan_out(
+        node.clone(),
+        (key, state, minter),
+        plan,
+        w,
+        deadline,
+        decided_tx,
+    ));
+    match decided_rx.await {
+        Ok(Ok(())) => Ok(WriteResult {
+            context: write_context,
+        }),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(internal(
+            "the write's fan-out task ended without a decision",
+        )),
+    }
+}
+
+/// Applies the client's write on replica `cand` (locally or by a peer call): the new state and
+/// the writer's context.
+async fn mint_on(
+    node: &Arc<Node>,
+    cand: &str,
+    key: &str,
+    value: &Option<Vec<u8>>,
+    ctx: &kv_core::version::VersionVector,
+    context: &str,
+    deadline: Instant,
+) -> Result<(Vec<u8>, String), String> {
+    if !node.is_up(cand) {
+        return Err("down (gossip)".to_string());
+    }
+    if cand == node.id {
+        let n = node.clone();
+        let (k, v, c) = (key.to_string(), value.clone(), ctx.clone());
+        return match tokio::task::spawn_blocking(move || {
+            n.replica.mint(k.as_bytes(), v, &c, crate::now_ms())
+        })
+        .await
+        {
+            Ok(Ok(m)) => {
+                node.count_capped(m.capped);
+                Ok((m.state.encode(), m.write_context.encode_context()))
+            }
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(e) => Err(format!("write task failed: {e}")),
+        };
+    }
+    let req = PeerRequest::Mint {
+        key: key.to_string(),
+        value: value.clone(),
+        context: context.to_string(),
+    };
+    match call(node, cand, &req, deadline).await {
+        Ok(PeerResponse::Minted {
+            state,
+            write_context,
+            ..
+        }) => Ok((state, write_context)),
+        Ok(other) => Err(format!("unexpected answer {other:?}")),
+        Err(e) => Err(e),
+    }
+}
+
+/// Sends the minted state (`key`, encoded `state`, minted on `minter`) to every other target (stand-ins as hints), reports the decision on
+/// `decided` as soon as it is known, and keeps going until every target answered or the
+/// deadline passed, replacing late failures by stand-ins.
+async fn fan_out(
+    node: Arc<Node>,
+    (key, state, minter): (String, Vec<u8>, String),
+    mut plan: WritePlan,
+    w: usize,
+    deadline: Instant,
+    decided: tokio::sync::oneshot::Sender<Result<(), WireError>>,
+) {
     let (tx, mut rx) = mpsc::unbounded_channel::<(String, ReplicaOutcome)>();
-    let untried: Vec<String> = tracker.pending();
-    for target in untried {
+    let send = |target: String, hint: Option<String>| {
+        let (node, tx, key, state) = (node.clone(), tx.clone(), key.clone(), state.clone());
+        tokio::spawn(async move {
+            let outcome = replicate(&node, &target, key, state, hint, deadline).await;
+            let _ = tx.send((target, outcome));
+        });
+    };
+    for target in plan.tracker.pending() {
         if target == minter {
             continue;
         }
-        if !node.is_up(&target) {
+        let hint = plan.hint_for(&target);
+        if hint.is_none() && !node.is_up(&target) {
             let _ = tx.send((target, ReplicaOutcome::Failed("down (gossip)".into())));
-            continue;
+        } else {
+            send(target, hint);
         }
-        let (node, tx, key, state) = (node.clone(), tx.clone(), key.clone(), state.clone());
-        tokio::spawn(async move {
-            let outcome = replicate(&node, &target, key, state, deadline).await;
-            let _ = tx.send((target, outcome));
-        });
     }
-    drop(tx);
+    let mut decided = Some(decided);
     loop {
-        match tracker.decision() {
-            Decision::Succeeded => {
-                return Ok(WriteResult {
-                    context: write_context,
-                })
+        if let Some(tx) = decided.take() {
+            match plan.tracker.decision() {
+                Decision::Succeeded => {
+                    let _ = tx.send(Ok(()));
+                }
+                Decision::Failed(f) => {
+                    let _ = tx.send(Err(unavailable("W", w, plan.tracker.acks(), &f)));
+                }
+                Decision::Pending => decided = Some(tx),
             }
-            Decision::Failed(f) => return Err(unavailable("W", w, tracker.acks(), &f)),
-            Decision::Pending => {}
+        }
+        if plan.tracker.pending().is_empty() {
+            return;
         }
         match tokio::time::timeout_at(deadline.into(), rx.recv()).await {
             Ok(Some((from, outcome))) => {
-                tracker.record(&from, outcome);
+                if matches!(outcome, ReplicaOutcome::Failed(_)) {
+                    if let Some((fb, intended)) = plan.replace(&from) {
+                        send(fb, Some(intended));
+                    }
+                }
+                plan.tracker.record(&from, outcome);
             }
-            Ok(None) => return Err(unavailable("W", w, tracker.acks(), &tracker.failures())),
+            Ok(None) => return,
             Err(_) => {
-                node.metrics.timeouts.fetch_add(1, Relaxed);
-                return Err(timed_out("W", w, tracker.acks(), &tracker.pending()));
+                if let Some(tx) = decided.take() {
+                    node.metrics.timeouts.fetch_add(1, Relaxed);
+                    let _ = tx.send(Err(timed_out(
+                        "W",
+                        w,
+                        plan.tracker.acks(),
+                        &plan.tracker.pending(),
+                    )));
+                }
+                return;
             }
         }
     }
 }
 
-/// Sends a key's state to one replica (this node merges locally) and reports the outcome.
+/// Sends a key's state to one replica (this node merges locally), or to a stand-in as a hint
+/// for `hint_for`, and reports the outcome.
 async fn replicate(
     node: &Arc<Node>,
     target: &str,
     key: String,
     state: Vec<u8>,
+    hint_for: Option<String>,
     deadline: Instant,
 ) -> ReplicaOutcome {
+    let ack = |hint: &Option<String>| match hint {
+        Some(intended) => ReplicaOutcome::HintedAck {
+            intended: intended.clone(),
+        },
+        None => ReplicaOutcome::Ack,
+    };
     if target == node.id {
         let n = node.clone();
-        let merged = tokio::task::spawn_blocking(move || {
+        let hint = hint_for.clone();
+        let stored = tokio::task::spawn_blocking(move || {
             let set = SiblingSet::decode(&state).map_err(|e| e.to_string())?;
-            n.replica
-                .merge(key.as_bytes(), &set)
-                .map_err(|e| e.to_string())
+            match hint {
+                Some(t) => n.hints.store(&t, key.as_bytes(), &set),
+                None => n
+                    .replica
+                    .merge(key.as_bytes(), &set)
+                    .map(|_| ())
+                    .map_err(|e| e.to_string()),
+            }
         })
         .await;
-        return match merged {
-            Ok(Ok(_)) => ReplicaOutcome::Ack,
+        return match stored {
+            Ok(Ok(())) => ack(&hint_for),
             Ok(Err(e)) => ReplicaOutcome::Failed(e),
             Err(e) => ReplicaOutcome::Failed(format!("merge task failed: {e}")),
         };
     }
-    match call(
-        node,
-        target,
-        &PeerRequest::Replicate { key, state },
-        deadline,
-    )
-    .await
-    {
-        Ok(PeerResponse::Ack) => ReplicaOutcome::Ack,
+    let req = PeerRequest::Replicate {
+        key,
+        state,
+        hint_for: hint_for.clone(),
+    };
+    match call(node, target, &req, deadline).await {
+        Ok(PeerResponse::Ack) => ack(&hint_for),
         Ok(other) => ReplicaOutcome::Failed(format!("unexpected answer {other:?}")),
         Err(e) if e == "timed out" => ReplicaOutcome::TimedOut,
         Err(e) => ReplicaOutcome::Failed(e),
@@ -262,19 +417,28 @@ pub async fn read(
     node: &Arc<Node>,
     key: String,
     r: Option<usize>,
+    sloppy: Option<bool>,
 ) -> Result<SiblingSet, WireError> {
-    let (prefs, r) = replicas_for(node, &key, r, node.config.r, "R")?;
+    let sloppy = sloppy.unwrap_or(node.config.sloppy);
+    let (targets, r) = targets_for(node, &key, sloppy, r, node.config.r, "R")?;
     let deadline = Instant::now() + node.config.request_timeout;
-    let mut tracker = ReadTracker::new(prefs.clone(), r);
+    let mut tracker = ReadTracker::new(targets.iter().map(|t| t.node.clone()).collect(), r);
+    let stand_ins: Vec<String> = targets
+        .iter()
+        .filter(|t| t.hint_for.is_some())
+        .map(|t| t.node.clone())
+        .collect();
     let (tx, mut rx) = mpsc::unbounded_channel::<(String, ReadReply)>();
-    for target in prefs {
+    for t in targets {
+        let target = t.node;
         if !node.is_up(&target) {
             let _ = tx.send((target, ReadReply::Failed("down (gossip)".into())));
             continue;
         }
         let (node, tx, key) = (node.clone(), tx.clone(), key.clone());
+        let with_hints = t.hint_for.is_some();
         tokio::spawn(async move {
-            let reply = read_one(&node, &target, key, deadline).await;
+            let reply = read_one(&node, &target, key, with_hints, deadline).await;
             let _ = tx.send((target, reply));
         });
     }
@@ -312,9 +476,19 @@ pub async fn read(
         }
         let state = full.encode();
         for stale in tracker.stale_replicas() {
+            if stand_ins.contains(&stale) {
+                continue;
+            }
             let repair_deadline = Instant::now() + node.config.request_timeout;
-            if let ReplicaOutcome::Ack =
-                replicate(&node, &stale, key.clone(), state.clone(), repair_deadline).await
+            if let ReplicaOutcome::Ack = replicate(
+                &node,
+                &stale,
+                key.clone(),
+                state.clone(),
+                None,
+                repair_deadline,
+            )
+            .await
             {
                 node.metrics.read_repairs.fetch_add(1, Relaxed);
             }
@@ -323,15 +497,44 @@ pub async fn read(
     Ok(merged)
 }
 
-async fn read_one(node: &Arc<Node>, target: &str, key: String, deadline: Instant) -> ReadReply {
+async fn read_one(
+    node: &Arc<Node>,
+    target: &str,
+    key: String,
+    with_hints: bool,
+    deadline: Instant,
+) -> ReadReply {
     if target == node.id {
-        return match read_local(node, key).await {
+        let read = if with_hints {
+            let n = node.clone();
+            tokio::task::spawn_blocking(move || {
+                let data = n.replica.read(key.as_bytes()).map_err(internal)?;
+                let hinted = n.hints.for_key(key.as_bytes()).map_err(internal)?;
+                Ok(match (data, hinted) {
+                    (Some(d), Some(h)) => Some(d.synced(&h)),
+                    (d, h) => d.or(h),
+                })
+            })
+            .await
+            .map_err(internal)
+            .and_then(|r| r)
+        } else {
+            read_local(node, key).await
+        };
+        return match read {
             Ok(Some(s)) => ReadReply::Found(s),
             Ok(None) => ReadReply::NotFound,
             Err(e) => ReadReply::Failed(e.message),
         };
     }
-    match call(node, target, &PeerRequest::Read { key }, deadline).await {
+    match call(
+        node,
+        target,
+        &PeerRequest::Read { key, with_hints },
+        deadline,
+    )
+    .await
+    {
         Ok(PeerResponse::State { state: Some(bytes) }) => match SiblingSet::decode(&bytes) {
             Ok(s) => ReadReply::Found(s),
             Err(e) => ReadReply::Failed(format!("undecodable state: {e}")),

@@ -79,16 +79,18 @@ fn health_json(node: &Node) -> Value {
 /// This node's own figures, as shown by `status`.
 pub fn local_stats(node: &Node) -> NodeStats {
     let s = node.replica.engine().stats();
+    let hints = node.hints.summary();
     NodeStats {
         keys: node.replica.key_count(),
         disk_bytes: s.level_bytes.iter().sum(),
         uptime_s: node.started.elapsed().as_secs(),
-        hints_pending: 0,
+        hints_pending: hints.values().map(|t| t.count).sum(),
+        hints_by_target: hints.into_iter().map(|(t, h)| (t, h.count)).collect(),
     }
 }
 
 /// Figures one node reports about itself for `status`.
-#[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct NodeStats {
     /// Keys held in the local replica.
     pub keys: u64,
@@ -98,29 +100,49 @@ pub struct NodeStats {
     pub uptime_s: u64,
     /// Hinted-handoff writes this node holds for others.
     pub hints_pending: u64,
+    /// The same, per target node.
+    #[serde(default)]
+    pub hints_by_target: std::collections::BTreeMap<String, u64>,
 }
 
-/// Every member with its state and, for the nodes that answer within a second, their figures.
-pub async fn status_json(node: &Arc<Node>) -> Value {
-    let members: Vec<(String, String, String, String, Option<NodeState>, u32)> = {
+/// One member as seen from this node, with its own figures when it answered in time.
+pub struct MemberView {
+    /// Id, address, dc, rack, weight.
+    pub id: String,
+    /// Where it listens.
+    pub addr: String,
+    /// Placement labels.
+    pub dc: String,
+    /// Placement labels.
+    pub rack: String,
+    /// Relative capacity.
+    pub weight: u32,
+    /// Its state in this node's view.
+    pub state: Option<NodeState>,
+    /// What it reported about itself (None when down or silent for a second).
+    pub stats: Option<NodeStats>,
+}
+
+/// Every member, asking each live one for its figures in parallel.
+pub async fn cluster_view(node: &Arc<Node>) -> Vec<MemberView> {
+    let members: Vec<MemberView> = {
         let m = node.membership();
         m.members()
-            .map(|x| {
-                (
-                    x.id.clone(),
-                    x.addr.clone(),
-                    x.dc.clone(),
-                    x.rack.clone(),
-                    m.state(&x.id),
-                    x.weight,
-                )
+            .map(|x| MemberView {
+                id: x.id.clone(),
+                addr: x.addr.clone(),
+                dc: x.dc.clone(),
+                rack: x.rack.clone(),
+                weight: x.weight,
+                state: m.state(&x.id),
+                stats: None,
             })
             .collect()
     };
     let mut asks = Vec::new();
-    for (id, addr, ..) in &members {
+    for v in &members {
         let node = node.clone();
-        let (id, addr) = (id.clone(), addr.clone());
+        let (id, addr) = (v.id.clone(), v.addr.clone());
         asks.push(tokio::spawn(async move {
             if id == node.id {
                 return Some(local_stats(&node));
@@ -138,23 +160,59 @@ pub async fn status_json(node: &Arc<Node>) -> Value {
             }
         }));
     }
-    let mut nodes = Vec::new();
-    for ((id, addr, dc, rack, state, weight), ask) in members.into_iter().zip(asks) {
-        let stats = ask.await.ok().flatten();
-        nodes.push(json!({
-            "id": id,
-            "addr": addr,
-            "dc": dc,
-            "rack": rack,
-            "weight": weight,
-            "state": state_name(state),
-            "keys": stats.map(|s| s.keys),
-            "disk_bytes": stats.map(|s| s.disk_bytes),
-            "uptime_s": stats.map(|s| s.uptime_s),
-            "hints_pending": stats.map(|s| s.hints_pending),
-        }));
+    let mut out = Vec::with_capacity(members.len());
+    for (mut v, ask) in members.into_iter().zip(asks) {
+        v.stats = ask.await.ok().flatten();
+        out.push(v);
     }
+    out
+}
+
+/// Every member with its state and, for the nodes that answer within a second, their figures.
+pub async fn status_json(node: &Arc<Node>) -> Value {
+    let nodes: Vec<Value> = cluster_view(node)
+        .await
+        .into_iter()
+        .map(|v| {
+            let s = v.stats.as_ref();
+            json!({
+                "id": v.id,
+                "addr": v.addr,
+                "dc": v.dc,
+                "rack": v.rack,
+                "weight": v.weight,
+                "state": state_name(v.state),
+                "keys": s.map(|s| s.keys),
+                "disk_bytes": s.map(|s| s.disk_bytes),
+                "uptime_s": s.map(|s| s.uptime_s),
+                "hints_pending": s.map(|s| s.hints_pending),
+            })
+        })
+        .collect();
     json!({ "node": node.id, "nodes": nodes })
+}
+
+/// Pending hinted-handoff writes in the cluster, by target, and by the node holding them.
+pub async fn hints_json(node: &Arc<Node>) -> Value {
+    let view = cluster_view(node).await;
+    let mut by_target: std::collections::BTreeMap<String, u64> = Default::default();
+    let mut holders = Vec::new();
+    for v in &view {
+        match &v.stats {
+            Some(s) => {
+                for (t, c) in &s.hints_by_target {
+                    *by_target.entry(t.clone()).or_default() += c;
+                }
+                holders.push(json!({"node": v.id, "hints_by_target": s.hints_by_target}));
+            }
+            None => holders.push(json!({"node": v.id, "unreachable": true})),
+        }
+    }
+    let hints: Vec<Value> = by_target
+        .into_iter()
+        .map(|(target, count)| json!({"target": target, "count": count}))
+        .collect();
+    json!({ "hints": hints, "holders": holders })
 }
 
 fn state_name(state: Option<NodeState>) -> &'static str {
@@ -185,6 +243,29 @@ fn metrics_text(node: &Node) -> String {
     for (level, n) in s.level_tables.iter().enumerate() {
         let _ = writeln!(out, "kv_storage_level_tables{{level=\"{level}\"}} {n}");
     }
+    let _ = writeln!(out, "# TYPE kv_hints_pending gauge");
+    for (target, h) in node.hints.summary() {
+        let _ = writeln!(out, "kv_hints_pending{{target=\"{target}\"}} {}", h.count);
+        let _ = writeln!(
+            out,
+            "kv_hints_pending_bytes{{target=\"{target}\"}} {}",
+            h.bytes
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# TYPE kv_hints_delivered_total counter\nkv_hints_delivered_total {}",
+        node.hints
+            .delivered
+            .load(std::sync::atomic::Ordering::Relaxed)
+    );
+    let _ = writeln!(
+        out,
+        "# TYPE kv_hints_dropped_total counter\nkv_hints_dropped_total {}",
+        node.hints
+            .dropped
+            .load(std::sync::atomic::Ordering::Relaxed)
+    );
     let gauges: [(&str, f64); 12] = [
         ("kv_storage_tables", s.table_count as f64),
         ("kv_storage_memtable_bytes", s.memtable_bytes as f64),

@@ -16,6 +16,7 @@ pub mod connection;
 pub mod coordinator;
 pub mod dev;
 pub mod gossip;
+pub mod hints;
 pub mod http;
 pub mod identity;
 pub mod log;

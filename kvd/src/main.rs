@@ -66,6 +66,7 @@ async fn run_node(config: NodeConfig) -> Result<()> {
     );
     let server = tokio::spawn(kvd::server::serve(node.clone(), listener));
     let gossip = tokio::spawn(kvd::gossip::run(node.clone()));
+    let handoff = tokio::spawn(kvd::hints::run_delivery(node.clone()));
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| Error::Io(format!("cannot watch SIGTERM: {e}")))?;
@@ -77,6 +78,7 @@ async fn run_node(config: NodeConfig) -> Result<()> {
     node.begin_shutdown();
     let _ = server.await;
     let _ = gossip.await;
+    let _ = handoff.await;
     node.close();
     kvd::info!("stopped cleanly");
     Ok(())

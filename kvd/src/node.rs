@@ -25,6 +25,8 @@ pub struct Node {
     pub id: String,
     /// This node's replica of the data.
     pub replica: Replica,
+    /// Writes held for replicas that were down.
+    pub hints: crate::hints::HintStore,
     /// Gossip state and failure detection.
     pub membership: Mutex<Membership>,
     /// The ring built from the members that own tokens; swapped whole when membership changes
@@ -86,8 +88,12 @@ impl Node {
         });
 
         let (shutdown, _) = watch::channel(false);
+        let engine = Arc::new(engine);
+        let hints = crate::hints::HintStore::open(engine.clone(), config.hint_max_bytes)
+            .map_err(|e| Error::DataDir(format!("cannot read the stored hints: {e}")))?;
         let node = Arc::new(Node {
-            replica: Replica::new(Arc::new(engine), identity.actor.clone())
+            hints,
+            replica: Replica::new(engine, identity.actor.clone())
                 .map_err(|e| Error::DataDir(format!("cannot read the stored keys: {e}")))?,
             id,
             membership: Mutex::new(membership),
@@ -240,7 +246,37 @@ impl Node {
                     },
                 }
             }
-            PeerRequest::Replicate { key, state } => {
+            PeerRequest::Replicate {
+                key,
+                state,
+                hint_for: Some(target),
+            } => {
+                let state = match SiblingSet::decode(&state) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        return PeerResponse::Error {
+                            message: format!("bad state: {e}"),
+                        }
+                    }
+                };
+                let node = self.clone();
+                let result = tokio::task::spawn_blocking(move || {
+                    node.hints.store(&target, key.as_bytes(), &state)
+                })
+                .await;
+                match result {
+                    Ok(Ok(())) => PeerResponse::Ack,
+                    Ok(Err(message)) => PeerResponse::Error { message },
+                    Err(e) => PeerResponse::Error {
+                        message: format!("hint task failed: {e}"),
+                    },
+                }
+            }
+            PeerRequest::Replicate {
+                key,
+                state,
+                hint_for: None,
+            } => {
                 let state = match SiblingSet::decode(&state) {
                     Ok(s) => s,
                     Err(e) => {
@@ -266,10 +302,23 @@ impl Node {
             PeerRequest::Stats => PeerResponse::Stats {
                 stats: crate::http::local_stats(self),
             },
-            PeerRequest::Read { key } => {
+            PeerRequest::Read { key, with_hints } => {
                 let node = self.clone();
-                let result =
-                    tokio::task::spawn_blocking(move || node.replica.read(key.as_bytes())).await;
+                let result = tokio::task::spawn_blocking(move || {
+                    let data: Option<SiblingSet> = node.replica.read(key.as_bytes())?;
+                    if !with_hints {
+                        return Ok::<_, crate::replica::ReplicaError>(data);
+                    }
+                    let hinted = node
+                        .hints
+                        .for_key(key.as_bytes())
+                        .map_err(crate::replica::ReplicaError::Corrupt)?;
+                    Ok::<_, crate::replica::ReplicaError>(match (data, hinted) {
+                        (Some(d), Some(h)) => Some(d.synced(&h)),
+                        (d, h) => d.or(h),
+                    })
+                })
+                .await;
                 match result {
                     Ok(Ok(state)) => PeerResponse::State {
                         state: state.map(|s| s.encode()),

@@ -40,18 +40,26 @@ pub enum PeerRequest {
         /// The client's causal context (encoded).
         context: String,
     },
-    /// Merge this state of a key into the local replica.
+    /// Merge this state of a key into the local replica, or, with `hint_for`, keep it as a
+    /// hint for that node (this node stands in for it: sloppy quorum).
     Replicate {
         /// The user key.
         key: String,
         /// The encoded sibling set.
         #[serde(with = "b64")]
         state: Vec<u8>,
+        /// The down replica this node stands in for.
+        #[serde(default)]
+        hint_for: Option<String>,
     },
-    /// Read the local replica of a key.
+    /// Read the local replica of a key; with `with_hints`, merged with the hints held for it
+    /// (a stand-in answering for a down replica).
     Read {
         /// The user key.
         key: String,
+        /// Include hints.
+        #[serde(default)]
+        with_hints: bool,
     },
     /// This node's own figures for `status`.
     Stats,

@@ -1,4 +1,5 @@
-//! With 2 of a key's 3 replicas down, a W=2 write fails with `unavailable` naming them.
+//! Strict quorum: with 2 of a key's 3 replicas down, a W=2 write fails with `unavailable`
+//! naming them, and a sloppy write of the same key succeeds through stand-ins.
 
 use std::time::Duration;
 
@@ -30,7 +31,7 @@ async fn a_write_that_cannot_meet_its_quorum_is_unavailable_and_names_the_replic
     cluster.wait_state(0, ib, "down", Duration::from_secs(20));
 
     let r = ws
-        .request(json!({"op": "put", "key": key, "value": "v", "w": 2}))
+        .request(json!({"op": "put", "key": key, "value": "v", "w": 2, "sloppy": false}))
         .await;
     assert_eq!(r["ok"], false, "{r}");
     assert_eq!(r["error"]["code"], "unavailable", "{r}");
@@ -44,14 +45,36 @@ async fn a_write_that_cannot_meet_its_quorum_is_unavailable_and_names_the_replic
     // have reached the live replica: `unavailable` means "not confirmed at W", as in Dynamo,
     // so it can show up as a sibling.)
     let r = ws
-        .request(json!({"op": "put", "key": key, "value": "v2", "w": 1}))
+        .request(json!({"op": "put", "key": key, "value": "v2", "w": 1, "sloppy": false}))
         .await;
     assert_eq!(r["ok"], true, "{r}");
-    let r = ws.request(json!({"op": "get", "key": key, "r": 1})).await;
+    let r = ws
+        .request(json!({"op": "get", "key": key, "r": 1, "sloppy": false}))
+        .await;
     assert!(
         r["values"].as_array().unwrap().contains(&json!("v2")),
         "{r}"
     );
-    let r = ws.request(json!({"op": "get", "key": key, "r": 2})).await;
+    let r = ws
+        .request(json!({"op": "get", "key": key, "r": 2, "sloppy": false}))
+        .await;
     assert_eq!(r["error"]["code"], "unavailable", "{r}");
+
+    // The same write under a sloppy quorum: stand-ins keep hints for the two down replicas.
+    let r = ws
+        .request(json!({"op": "put", "key": key, "value": "v3", "w": 2}))
+        .await;
+    assert_eq!(r["ok"], true, "sloppy W=2 is met by a stand-in: {r}");
+    let hints = ws.request(json!({"op": "hints"})).await;
+    let pending: u64 = hints["hints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|h| h["target"] == down_a.as_str() || h["target"] == down_b.as_str())
+        .map(|h| h["count"].as_u64().unwrap())
+        .sum();
+    assert!(
+        pending >= 1,
+        "hints are held for the down replicas: {hints}"
+    );
 }
