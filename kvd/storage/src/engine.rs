@@ -314,7 +314,7 @@ impl Engine {
 
         let next_file = AtomicU64::new(max_seen);
         let seg_no = next_file.fetch_add(1, Ordering::SeqCst);
-        let wal = SegmentWriter::create(&dir, seg_no)?;
+        let wal = SegmentWriter::create(&dir, seg_no, segment_reserve(&opts))?;
         let imm = if replayed.is_empty() {
             Vec::new()
         } else {
@@ -509,6 +509,12 @@ impl Drop for Engine {
     }
 }
 
+/// Disk space reserved for a new commit-log segment: what one memtable's worth of records
+/// takes, with some slack.
+fn segment_reserve(opts: &Options) -> u64 {
+    (opts.memtable_bytes as u64 + opts.memtable_bytes as u64 / 8 + (1 << 20)).min(1 << 30)
+}
+
 fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name(name.to_string())
@@ -679,7 +685,7 @@ impl Inner {
     /// `wal` lock held.
     fn rotate(&self, wal: &mut SegmentWriter) -> Result<Arc<Memtable>> {
         let n = self.next_file.fetch_add(1, Ordering::SeqCst);
-        let new_seg = SegmentWriter::create(&self.dir, n)?;
+        let new_seg = SegmentWriter::create(&self.dir, n, segment_reserve(&self.opts))?;
         if self.opts.sync != SyncMode::None {
             wal.sync()?;
         }
