@@ -225,9 +225,49 @@ impl TableBuilder {
 }
 
 struct IndexEntry {
-    last_key: Vec<u8>,
+    /// Range of the block's last key in `Index::keys`.
+    key_at: u32,
+    key_len: u32,
     offset: u64,
     len: u64,
+}
+
+/// The decoded index, keys packed in one buffer so a binary search touches few cache lines.
+struct Index {
+    entries: Vec<IndexEntry>,
+    keys: Vec<u8>,
+}
+
+impl Index {
+    fn last_key(&self, i: usize) -> &[u8] {
+        let e = &self.entries[i];
+        &self.keys[e.key_at as usize..(e.key_at + e.key_len) as usize]
+    }
+
+    /// First block whose last key is >= `key` (== len when none).
+    fn find(&self, key: &[u8]) -> usize {
+        let (mut lo, mut hi) = (0, self.entries.len());
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            if self.last_key(mid) < key {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        lo
+    }
+
+    fn len(&self) -> usize {
+        self.entries.len()
+    }
+}
+
+impl std::ops::Index<usize> for Index {
+    type Output = IndexEntry;
+    fn index(&self, i: usize) -> &IndexEntry {
+        &self.entries[i]
+    }
 }
 
 /// An open table. Dropping the last handle of a table marked obsolete deletes its file, so
@@ -236,7 +276,7 @@ pub(crate) struct Table {
     pub(crate) meta: TableMeta,
     path: PathBuf,
     file: File,
-    index: Vec<IndexEntry>,
+    index: Index,
     filter: Vec<u8>,
     obsolete: AtomicBool,
 }
@@ -337,14 +377,20 @@ impl Table {
         let ibad = |what: &str| Error::corruption(&path, h(2), format!("index block: {what}"));
         let index_block = Arc::new(Block::new(index_raw).map_err(ibad)?);
         let mut it = index_block.iter();
-        let mut index = Vec::new();
+        let mut index = Index {
+            entries: Vec::new(),
+            keys: Vec::new(),
+        };
         while it.advance().map_err(ibad)? {
             let v = it.value().ok_or_else(|| ibad("entry without handle"))?;
             let mut q = 0;
             let offset = get_varint(v, &mut q).ok_or_else(|| ibad("handle"))?;
             let len = get_varint(v, &mut q).ok_or_else(|| ibad("handle"))?;
-            index.push(IndexEntry {
-                last_key: it.key().to_vec(),
+            let key_at = u32::try_from(index.keys.len()).map_err(|_| ibad("index too large"))?;
+            index.keys.extend_from_slice(it.key());
+            index.entries.push(IndexEntry {
+                key_at,
+                key_len: it.key().len() as u32,
                 offset,
                 len,
             });
@@ -398,7 +444,7 @@ impl Table {
 
     /// Point lookup (the caller has checked range and filter).
     pub(crate) fn get(&self, key: &[u8], cache: Option<&BlockCache>) -> Result<Lookup> {
-        let i = self.index.partition_point(|e| e.last_key.as_slice() < key);
+        let i = self.index.find(key);
         if i == self.index.len() {
             return Ok(Lookup::Absent);
         }
@@ -440,7 +486,7 @@ impl TableIter {
         start: Option<&[u8]>,
     ) -> Result<TableIter> {
         let block = match start {
-            Some(s) => table.index.partition_point(|e| e.last_key.as_slice() < s),
+            Some(s) => table.index.find(s),
             None => 0,
         };
         let mut it = TableIter {
