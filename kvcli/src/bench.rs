@@ -1,221 +1,486 @@
-//! `kvcli bench`: a load generator in the spirit of redis-benchmark. Each client is its own
-//! connection with one request in flight; latencies go into an HDR histogram.
+//! `kvcli bench`: a load generator in the spirit of redis-benchmark, cassandra-stress and YCSB.
+//!
+//! Each client is its own connection with one request in flight. Workloads `put` and `get` are
+//! pure writes and reads; `a`..`f` are YCSB's core mixes (see [`crate::workload`]). Read
+//! workloads first load `--records` keys. Latencies go into HDR histograms (1 us to 60 s, 3
+//! significant digits), one per operation kind plus one for all.
+//!
+//! Writes are not blind where the bench knows better: every get and put leaves its context in
+//! a shared table, and an update writes with the latest context known for its key, as a
+//! well-behaved application does. Blind updates would pile up siblings on every hot key (a
+//! Dynamo store keeps concurrent writes) and measure sibling growth instead of the store.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use clap::{Args, ValueEnum};
+use clap::Args;
 use hdrhistogram::Histogram;
 use kv_core::wire::ClientOp;
-use serde_json::json;
+use serde_json::{json, Value};
 
 use crate::client::{Client, ClientError};
-
-/// The workloads.
-#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Workload {
-    /// Pure writes of fresh values to random keys.
-    Put,
-    /// Pure reads of random keys, after writing `--records` keys first.
-    Get,
-}
+use crate::commands::Env;
+use crate::workload::{Distribution, KeyChooser, OpKind, Rng, Workload};
 
 /// Flags of `kvcli bench`.
 #[derive(Args, Debug, Clone)]
 pub struct BenchArgs {
-    /// What to run.
+    /// What to run: put, get, or a YCSB mix a, b, c, d, f.
     #[arg(long, value_enum, default_value = "put")]
     pub workload: Workload,
-    /// Distinct keys (the get workload writes them first).
+    /// Records (distinct keys) the workload works on; read workloads write them first.
     #[arg(long, default_value_t = 10_000)]
     pub records: u64,
-    /// Operations to run in total.
+    /// Operations to run in total (default 100000 unless --duration is given).
     #[arg(long, conflicts_with = "duration")]
     pub ops: Option<u64>,
     /// Run for this many seconds instead of a number of operations.
     #[arg(long)]
     pub duration: Option<f64>,
-    /// Concurrent clients, each with its own connection.
+    /// Concurrent clients, each with its own connection and one request in flight.
     #[arg(long, default_value_t = 50)]
     pub clients: usize,
     /// Value size in bytes.
     #[arg(long, default_value_t = 100)]
     pub value_size: usize,
+    /// Key distribution (default: uniform for put/get, latest for d, zipfian for the others).
+    #[arg(long, value_enum)]
+    pub distribution: Option<Distribution>,
     /// Write quorum of each put.
     #[arg(long)]
     pub w: Option<usize>,
     /// Read quorum of each get.
     #[arg(long)]
     pub r: Option<usize>,
-    /// Node to connect the clients to (default: the global --node).
-    #[arg(skip)]
-    pub url: String,
-    /// Token for the clients.
-    #[arg(skip)]
-    pub token: Option<String>,
 }
 
+/// Context shards: enough that 50+ clients rarely meet on one lock.
+const SHARDS: usize = 64;
+
+/// State every bench client shares.
 struct Shared {
+    workload: Workload,
+    chooser: KeyChooser,
+    w: Option<usize>,
+    r: Option<usize>,
+    /// Operations handed out so far; a client stops when it draws `limit` or more.
     next_op: AtomicU64,
     limit: u64,
     deadline: Option<Instant>,
-    errors: AtomicU64,
+    /// Records that exist: the loaded ones plus inserts (workload d).
+    records: AtomicU64,
+    /// Operations finished (for the progress bar).
+    done: AtomicU64,
+    /// The first error seen, for the report.
+    first_error: Mutex<Option<String>>,
+    /// The latest context known per record, sharded by record number.
+    contexts: Vec<Mutex<HashMap<u64, String>>>,
 }
 
-/// Runs the benchmark with the settings of `args`, reusing `probe` only to check the node.
-pub async fn run(probe: &Client, args: BenchArgs, json: bool) -> Result<(), ClientError> {
+impl Shared {
+    fn context(&self, i: u64) -> String {
+        lock(&self.contexts[i as usize % SHARDS])
+            .get(&i)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    fn remember(&self, i: u64, answer: &Value) {
+        if let Some(c) = answer["context"].as_str().filter(|c| !c.is_empty()) {
+            lock(&self.contexts[i as usize % SHARDS]).insert(i, c.to_string());
+        }
+    }
+
+    fn note_error(&self, e: &ClientError) {
+        let mut first = lock(&self.first_error);
+        if first.is_none() {
+            *first = Some(e.to_string());
+        }
+    }
+
+    fn expired(&self) -> bool {
+        self.deadline.is_some_and(|d| Instant::now() >= d)
+    }
+}
+
+/// What one client measured.
+struct Tally {
+    by_kind: Vec<Histogram<u64>>,
+    errors: [u64; 4],
+}
+
+impl Tally {
+    fn new() -> Tally {
+        Tally {
+            by_kind: OpKind::ALL.iter().map(|_| new_histogram()).collect(),
+            errors: [0; 4],
+        }
+    }
+
+    fn add(&mut self, other: &Tally) {
+        for (a, b) in self.by_kind.iter_mut().zip(&other.by_kind) {
+            let _ = a.add(b);
+        }
+        for (a, b) in self.errors.iter_mut().zip(other.errors) {
+            *a += b;
+        }
+    }
+}
+
+/// Runs the benchmark. `probe` checks the node first; every client opens its own connection
+/// to `env.node`.
+///
+/// Errors: [`ClientError::Usage`] for impossible settings, the probe's error when the node
+/// does not answer, [`ClientError::Failed`] when not one operation succeeded.
+pub async fn run(probe: &Client, args: BenchArgs, env: &Env) -> Result<(), ClientError> {
     if args.clients == 0 || args.records == 0 {
-        return Err(ClientError::Refused {
-            code: "bad_request".into(),
-            message: "--clients and --records must be at least 1".into(),
-        });
+        return Err(ClientError::Usage(
+            "bench: --clients and --records must be at least 1".into(),
+        ));
+    }
+    if args.ops == Some(0) || args.duration.is_some_and(|d| !(d > 0.0 && d.is_finite())) {
+        return Err(ClientError::Usage(
+            "bench: --ops and --duration must be positive".into(),
+        ));
     }
     probe.request(&ClientOp::Ping).await?;
-    let value = "x".repeat(args.value_size);
-    if args.workload == Workload::Get {
-        if !json {
-            eprintln!("loading {} records...", args.records);
-        }
-        let load = Arc::new(Shared {
-            next_op: AtomicU64::new(0),
-            limit: args.records,
-            deadline: None,
-            errors: AtomicU64::new(0),
-        });
-        let mut tasks = Vec::new();
-        for _ in 0..args.clients.min(args.records as usize) {
-            let client = connect(&args).await?;
-            let (load, value) = (load.clone(), value.clone());
-            let w = args.w;
-            tasks.push(tokio::spawn(async move {
-                loop {
-                    let i = load.next_op.fetch_add(1, Ordering::Relaxed);
-                    if i >= load.limit {
-                        break;
-                    }
-                    let op = ClientOp::Put {
-                        key: key_name(i),
-                        value: value.clone().into_bytes(),
-                        context: String::new(),
-                        w,
-                    };
-                    if client.request(&op).await.is_err() {
-                        load.errors.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }));
-        }
-        for t in tasks {
-            let _ = t.await;
-        }
+    let dist = args
+        .distribution
+        .unwrap_or(args.workload.default_distribution());
+    let limit = match (args.ops, args.duration) {
+        (Some(n), _) => n,
+        (None, Some(_)) => u64::MAX,
+        (None, None) => 100_000,
+    };
+    let shared = Arc::new(Shared {
+        workload: args.workload,
+        chooser: KeyChooser::new(dist, args.records),
+        w: args.w,
+        r: args.r,
+        next_op: AtomicU64::new(0),
+        limit,
+        deadline: None,
+        records: AtomicU64::new(args.records),
+        done: AtomicU64::new(0),
+        first_error: Mutex::new(None),
+        contexts: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+    });
+    let mut clients = Vec::with_capacity(args.clients);
+    for _ in 0..args.clients {
+        clients.push(Client::connect(&env.node, env.token.as_deref(), env.timeout).await?);
+    }
+
+    if args.workload.needs_load() {
+        load(&clients, &shared, &args).await?;
     }
 
     let shared = Arc::new(Shared {
-        next_op: AtomicU64::new(0),
-        limit: match (args.ops, args.duration) {
-            (Some(n), _) => n,
-            (None, Some(_)) => u64::MAX,
-            (None, None) => 100_000,
-        },
         deadline: args
             .duration
             .map(|d| Instant::now() + Duration::from_secs_f64(d)),
-        errors: AtomicU64::new(0),
+        next_op: AtomicU64::new(0),
+        done: AtomicU64::new(0),
+        ..Arc::try_unwrap(shared).map_err(|_| {
+            ClientError::Failed("bench: the load phase left a client running".into())
+        })?
     });
+    let pb = match args.duration {
+        Some(d) => crate::progress::bar((d * 1000.0) as u64, "bench"),
+        None => crate::progress::bar(limit, "bench"),
+    };
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for c in 0..args.clients {
-        let client = connect(&args).await?;
-        let (shared, value) = (shared.clone(), value.clone());
-        let (workload, records, w, r) = (args.workload, args.records, args.w, args.r);
+    for (c, client) in clients.into_iter().enumerate() {
+        let shared = shared.clone();
+        let value = random_value(c as u64, args.value_size);
         tasks.push(tokio::spawn(async move {
-            let mut hist = new_histogram();
-            let mut rng = 0x9e37_79b9_7f4a_7c15u64 ^ ((c as u64 + 1) * 0xbf58_476d_1ce4_e5b9);
-            loop {
-                if shared.deadline.is_some_and(|d| Instant::now() >= d) {
-                    break;
-                }
-                if shared.next_op.fetch_add(1, Ordering::Relaxed) >= shared.limit {
-                    break;
-                }
-                rng ^= rng << 13;
-                rng ^= rng >> 7;
-                rng ^= rng << 17;
-                let key = key_name(rng % records);
-                let op = match workload {
-                    Workload::Put => ClientOp::Put {
-                        key,
-                        value: value.clone().into_bytes(),
-                        context: String::new(),
-                        w,
-                    },
-                    Workload::Get => ClientOp::Get {
-                        key,
-                        r,
-                        local: false,
-                    },
-                };
+            let mut rng = Rng::new(0x5eed ^ (c as u64 + 1));
+            let mut tally = Tally::new();
+            while !shared.expired() && shared.next_op.fetch_add(1, Ordering::Relaxed) < shared.limit
+            {
+                let kind = shared.workload.next_op(&mut rng);
                 let t = Instant::now();
-                match client.request(&op).await {
-                    Ok(_) => {
-                        let _ = hist.record(t.elapsed().as_micros().max(1) as u64);
+                match one_op(&client, &shared, kind, &value, &mut rng).await {
+                    Ok(()) => {
+                        let us = t.elapsed().as_micros().max(1) as u64;
+                        let _ = tally.by_kind[kind.index()].record(us);
                     }
-                    Err(_) => {
-                        shared.errors.fetch_add(1, Ordering::Relaxed);
+                    Err(e) => {
+                        tally.errors[kind.index()] += 1;
+                        shared.note_error(&e);
                     }
                 }
+                shared.done.fetch_add(1, Ordering::Relaxed);
             }
-            hist
+            tally
         }));
     }
-    let mut total = new_histogram();
+    let ticker = {
+        let (shared, pb) = (shared.clone(), pb.clone());
+        let duration_mode = args.duration.is_some();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let done = shared.done.load(Ordering::Relaxed);
+                let secs = started.elapsed().as_secs_f64();
+                if duration_mode {
+                    pb.set_position(started.elapsed().as_millis() as u64);
+                } else {
+                    pb.set_position(done);
+                }
+                pb.set_message(format!("{done} ops, {:.0} ops/s", done as f64 / secs));
+            }
+        })
+    };
+    let mut total = Tally::new();
     for t in tasks {
-        if let Ok(h) = t.await {
-            let _ = total.add(&h);
+        match t.await {
+            Ok(tally) => total.add(&tally),
+            Err(e) => return Err(ClientError::Failed(format!("bench: a client failed: {e}"))),
         }
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let ok = total.len();
-    let errors = shared.errors.load(Ordering::Relaxed);
+    ticker.abort();
+    pb.finish_and_clear();
+    report(&args, dist, &shared, &total, elapsed, env)
+}
+
+/// Writes records `0..records` with every client, before the measured phase.
+async fn load(
+    clients: &[Client],
+    shared: &Arc<Shared>,
+    args: &BenchArgs,
+) -> Result<(), ClientError> {
+    let pb = crate::progress::bar(args.records, "load");
+    let next = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for (c, client) in clients.iter().enumerate() {
+        let (client, shared, next, failed, pb) = (
+            client.clone(),
+            shared.clone(),
+            next.clone(),
+            failed.clone(),
+            pb.clone(),
+        );
+        let value = random_value(c as u64 + 1_000_003, args.value_size);
+        let records = args.records;
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= records {
+                    break;
+                }
+                let op = ClientOp::Put {
+                    key: key_name(i),
+                    value: value.clone(),
+                    context: shared.context(i),
+                    w: shared.w,
+                };
+                match client.request(&op).await {
+                    Ok(v) => shared.remember(i, &v),
+                    Err(e) => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                        shared.note_error(&e);
+                    }
+                }
+                pb.inc(1);
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    pb.finish_and_clear();
+    let failed = failed.load(Ordering::Relaxed);
+    if failed == args.records {
+        let first = lock(&shared.first_error).clone().unwrap_or_default();
+        return Err(ClientError::Failed(format!(
+            "bench: loading {} records failed: {first}",
+            args.records
+        )));
+    }
+    if failed > 0 {
+        crate::style::error_line(&format!(
+            "bench: {failed} of {} record loads failed; reads of them will find nothing",
+            args.records
+        ));
+    }
+    Ok(())
+}
+
+async fn one_op(
+    client: &Client,
+    sh: &Shared,
+    kind: OpKind,
+    value: &[u8],
+    rng: &mut Rng,
+) -> Result<(), ClientError> {
+    let get = |i: u64| ClientOp::Get {
+        key: key_name(i),
+        r: sh.r,
+        local: false,
+    };
+    let put = |i: u64, context: String| ClientOp::Put {
+        key: key_name(i),
+        value: value.to_vec(),
+        context,
+        w: sh.w,
+    };
+    match kind {
+        OpKind::Read => {
+            let i = sh.chooser.pick(rng, sh.records.load(Ordering::Relaxed));
+            let v = client.request(&get(i)).await?;
+            sh.remember(i, &v);
+        }
+        OpKind::Update => {
+            let i = sh.chooser.pick(rng, sh.records.load(Ordering::Relaxed));
+            let v = client.request(&put(i, sh.context(i))).await?;
+            sh.remember(i, &v);
+        }
+        OpKind::Insert => {
+            let i = sh.records.fetch_add(1, Ordering::Relaxed);
+            let v = client.request(&put(i, String::new())).await?;
+            sh.remember(i, &v);
+        }
+        OpKind::ReadModifyWrite => {
+            let i = sh.chooser.pick(rng, sh.records.load(Ordering::Relaxed));
+            let read = client.request(&get(i)).await?;
+            let context = read["context"].as_str().unwrap_or("").to_string();
+            let v = client.request(&put(i, context)).await?;
+            sh.remember(i, &v);
+        }
+    }
+    Ok(())
+}
+
+fn percentiles(h: &Histogram<u64>) -> Value {
+    json!({
+        "p50": h.value_at_quantile(0.50),
+        "p95": h.value_at_quantile(0.95),
+        "p99": h.value_at_quantile(0.99),
+        "p999": h.value_at_quantile(0.999),
+        "max": h.max(),
+    })
+}
+
+fn report(
+    args: &BenchArgs,
+    dist: Distribution,
+    shared: &Shared,
+    tally: &Tally,
+    elapsed: f64,
+    env: &Env,
+) -> Result<(), ClientError> {
+    let mut all = new_histogram();
+    for h in &tally.by_kind {
+        let _ = all.add(h);
+    }
+    let ok = all.len();
+    let errors: u64 = tally.errors.iter().sum();
     let ops = ok + errors;
     let ops_per_sec = ok as f64 / elapsed.max(1e-9);
-    let q = |p: f64| total.value_at_quantile(p);
-    let name = match args.workload {
-        Workload::Put => "put",
-        Workload::Get => "get",
-    };
-    if json {
+    let first_error = lock(&shared.first_error).clone();
+    if env.json {
+        let mut by_op = serde_json::Map::new();
+        for k in OpKind::ALL {
+            let h = &tally.by_kind[k.index()];
+            let e = tally.errors[k.index()];
+            if h.len() + e > 0 {
+                by_op.insert(
+                    k.name().into(),
+                    json!({"ops": h.len() + e, "errors": e, "latency_us": percentiles(h)}),
+                );
+            }
+        }
         println!(
             "{}",
             json!({
-                "workload": name,
+                "workload": args.workload.name(),
                 "ops": ops,
                 "errors": errors,
                 "ops_per_sec": ops_per_sec,
                 "seconds": elapsed,
                 "clients": args.clients,
-                "latency_us": {
-                    "p50": q(0.50), "p95": q(0.95), "p99": q(0.99), "p999": q(0.999), "max": total.max()
-                }
+                "records": args.records,
+                "value_size": args.value_size,
+                "distribution": dist.name(),
+                "latency_us": percentiles(&all),
+                "by_op": by_op,
+                "first_error": first_error,
             })
         );
     } else {
+        let st = env.out;
         println!(
-            "workload {name}: {ops} ops in {elapsed:.2}s with {} clients, {errors} errors",
-            args.clients
+            "{}",
+            st.bold(&format!(
+                "workload {} ({}), {} distribution, {} records, {} clients, {} B values",
+                args.workload.name(),
+                args.workload.describe(),
+                dist.name(),
+                args.records,
+                args.clients,
+                args.value_size
+            ))
+        );
+        let err_text = format!("{errors} errors");
+        println!(
+            "{ops} ops in {elapsed:.2} s, {}",
+            if errors > 0 {
+                st.red(&err_text)
+            } else {
+                err_text
+            }
         );
         println!("throughput: {ops_per_sec:.0} ops/s");
-        println!(
-            "latency us: p50 {}  p95 {}  p99 {}  p99.9 {}  max {}",
-            q(0.50),
-            q(0.95),
-            q(0.99),
-            q(0.999),
-            total.max()
+        let mut rows = vec![latency_row("all", &all, errors)];
+        for k in OpKind::ALL {
+            let h = &tally.by_kind[k.index()];
+            let e = tally.errors[k.index()];
+            if h.len() + e > 0 && h.len() + e < ops {
+                rows.push(latency_row(k.name(), h, e));
+            }
+        }
+        crate::commands::print_table(
+            &[
+                "LATENCY(us)",
+                "OPS",
+                "ERRORS",
+                "P50",
+                "P95",
+                "P99",
+                "P99.9",
+                "MAX",
+            ],
+            &rows,
         );
+        if let Some(e) = &first_error {
+            println!("first error: {e}");
+        }
+    }
+    if ok == 0 {
+        return Err(ClientError::Failed(format!(
+            "bench: every operation failed ({})",
+            first_error.unwrap_or_else(|| "no operation ran".into())
+        )));
     }
     Ok(())
+}
+
+fn latency_row(name: &str, h: &Histogram<u64>, errors: u64) -> Vec<String> {
+    vec![
+        name.to_string(),
+        (h.len() + errors).to_string(),
+        errors.to_string(),
+        h.value_at_quantile(0.50).to_string(),
+        h.value_at_quantile(0.95).to_string(),
+        h.value_at_quantile(0.99).to_string(),
+        h.value_at_quantile(0.999).to_string(),
+        h.max().to_string(),
+    ]
 }
 
 /// Latencies from 1 us to 60 s with 3 significant figures.
@@ -223,11 +488,20 @@ fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("constant histogram bounds are valid")
 }
 
-async fn connect(args: &BenchArgs) -> Result<Client, ClientError> {
-    Client::connect(&args.url, args.token.as_deref(), Duration::from_secs(30)).await
+/// A printable value of `size` bytes that does not compress to nothing.
+fn random_value(seed: u64, size: usize) -> Vec<u8> {
+    const CHARS: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    let mut rng = Rng::new(seed);
+    (0..size)
+        .map(|_| CHARS[rng.below(CHARS.len() as u64) as usize])
+        .collect()
 }
 
 /// The name of record `i`.
 pub fn key_name(i: u64) -> String {
     format!("key:{i:010}")
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }

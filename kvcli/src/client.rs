@@ -28,6 +28,10 @@ pub enum ClientError {
     },
     /// No answer in time (exit 1).
     Timeout,
+    /// The command was given bad arguments (exit 2).
+    Usage(String),
+    /// A command failed on the client side: unreadable input, every operation failed (exit 1).
+    Failed(String),
 }
 
 impl std::fmt::Display for ClientError {
@@ -36,6 +40,7 @@ impl std::fmt::Display for ClientError {
             ClientError::Unreachable(m) => write!(f, "node unreachable: {m}"),
             ClientError::Refused { code, message } => write!(f, "{code}: {message}"),
             ClientError::Timeout => write!(f, "timeout: no answer from the node in time"),
+            ClientError::Usage(m) | ClientError::Failed(m) => write!(f, "{m}"),
         }
     }
 }
@@ -156,4 +161,66 @@ impl Client {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// `HOST:PORT` of a `ws://HOST:PORT[/...]` URL (the node's one port also answers plain HTTP).
+pub fn host_port(url: &str) -> Result<String, ClientError> {
+    let rest = url
+        .strip_prefix("ws://")
+        .or_else(|| url.strip_prefix("http://"))
+        .ok_or_else(|| {
+            ClientError::Usage(format!("{url}: a node address looks like ws://HOST:PORT"))
+        })?;
+    let hp = rest.split(['/', '?']).next().unwrap_or("");
+    if hp.is_empty() {
+        return Err(ClientError::Usage(format!("{url}: no HOST:PORT")));
+    }
+    Ok(hp.to_string())
+}
+
+/// A plain HTTP GET of `path` on `host_port`; the body of a 200 answer.
+///
+/// Errors: [`ClientError::Unreachable`] when the connection fails or times out,
+/// [`ClientError::Refused`] for any status but 200.
+pub async fn http_get(
+    host_port: &str,
+    path: &str,
+    timeout: Duration,
+) -> Result<String, ClientError> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fetch = async {
+        let mut s = tokio::net::TcpStream::connect(host_port).await?;
+        let req = format!("GET {path} HTTP/1.1\r\nHost: {host_port}\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await?;
+        Ok::<Vec<u8>, std::io::Error>(buf)
+    };
+    let buf = match tokio::time::timeout(timeout, fetch).await {
+        Ok(Ok(b)) => b,
+        Ok(Err(e)) => {
+            return Err(ClientError::Unreachable(format!(
+                "http://{host_port}{path}: {e}"
+            )))
+        }
+        Err(_) => {
+            return Err(ClientError::Unreachable(format!(
+                "http://{host_port}{path}: no answer in time"
+            )))
+        }
+    };
+    let text = String::from_utf8_lossy(&buf);
+    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+        return Err(ClientError::Unreachable(format!(
+            "http://{host_port}{path}: not an HTTP answer"
+        )));
+    };
+    let status = head.split(' ').nth(1).unwrap_or("");
+    if status != "200" {
+        return Err(ClientError::Refused {
+            code: "http".into(),
+            message: format!("http://{host_port}{path} answered {status}"),
+        });
+    }
+    Ok(body.to_string())
 }

@@ -1,11 +1,16 @@
 //! The commands, shared by one-shot use, script mode and the REPL: each runs against a
 //! connected [`Client`] and prints either a readable answer or one JSON document.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
 use clap::Subcommand;
 use kv_core::wire::{value_from_json, ClientOp};
 use serde_json::{json, Value};
 
-use crate::client::{Client, ClientError};
+use crate::client::{host_port, Client, ClientError};
+use crate::style::Style;
 
 /// Every command of kvcli.
 #[derive(Subcommand, Debug, Clone)]
@@ -21,11 +26,14 @@ pub enum Command {
         #[arg(long)]
         local: bool,
     },
-    /// Write a value. Without --context the write is blind: existing values stay as siblings.
+    /// Write a value (blind unless given a context)
+    ///
+    /// Without --context the write is blind: what is stored stays, as siblings. In the REPL
+    /// the context of your last get (or write) of the key is used unless --blind.
     Put {
         /// The key.
         key: String,
-        /// The value (UTF-8 text).
+        /// The value (UTF-8 text; quote it when it holds spaces).
         value: String,
         /// The context of an earlier get: the write replaces what that get saw.
         #[arg(long)]
@@ -33,6 +41,9 @@ pub enum Command {
         /// Write quorum for this request.
         #[arg(long)]
         w: Option<usize>,
+        /// Write without any context even in the REPL: what is stored stays as siblings.
+        #[arg(long, conflicts_with = "context")]
+        blind: bool,
     },
     /// Delete a key (a versioned tombstone).
     Delete {
@@ -44,82 +55,403 @@ pub enum Command {
         /// Write quorum for this request.
         #[arg(long)]
         w: Option<usize>,
+        /// Delete without any context even in the REPL (concurrent values stay).
+        #[arg(long, conflicts_with = "context")]
+        blind: bool,
     },
-    /// Every member of the cluster: state, keys held, pending hints.
-    Status,
+    /// Replace every sibling of a key with one value
+    ///
+    /// A get, then a put with the context of all the siblings it saw.
+    Resolve {
+        /// The key.
+        key: String,
+        /// The value that replaces the siblings.
+        value: String,
+        /// Write quorum for this request.
+        #[arg(long)]
+        w: Option<usize>,
+    },
+    /// Every member: address, placement, state, keys, disk, ops/s, hints, uptime
+    Status {
+        /// Seconds over which ops/s is measured (0: skip the measurement).
+        #[arg(long, default_value_t = 1.0)]
+        sample: f64,
+    },
     /// Token ownership per node, or with --key the key's preference list.
     Ring {
         /// Show this key's preference list.
         #[arg(long)]
         key: Option<String>,
     },
-    /// Load generator: pure writes or reads against the cluster.
+    /// A summary of a node's /metrics: requests, errors, latency percentiles, storage
+    Metrics {
+        /// A member id or HOST:PORT (default: the node kvcli talks to).
+        node: Option<String>,
+        /// Every member of the cluster, one after the other.
+        #[arg(long, conflicts_with = "node")]
+        all: bool,
+    },
+    /// Load generator: put, get, or a YCSB mix (a, b, c, d, f).
     Bench(crate::bench::BenchArgs),
+    /// Write every {"key":...,"value":...} line of a file (- for standard input)
+    Import {
+        /// JSON lines file, or - for standard input.
+        file: String,
+        /// Puts in flight at once.
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        /// Write quorum of each put.
+        #[arg(long)]
+        w: Option<usize>,
+    },
+}
+
+/// A context the REPL remembers for a key: what the last get (or write) of it saw.
+#[derive(Debug, Clone)]
+pub struct Remembered {
+    /// The opaque context.
+    pub context: String,
+    /// How many values the read showed (0 for a tombstone or absent key).
+    pub values: usize,
+    /// The command it came from (`get`, `put`, ...), for the note printed when used.
+    pub from: &'static str,
+}
+
+/// What every command runs with.
+pub struct Env {
+    /// Print one JSON document per command.
+    pub json: bool,
+    /// Colours of standard output.
+    pub out: Style,
+    /// The node's URL (bench clients and metrics connect to it).
+    pub node: String,
+    /// The token (bench clients present it).
+    pub token: Option<String>,
+    /// How long to wait for the node.
+    pub timeout: Duration,
+    /// The REPL's memory of contexts by key; `None` outside the REPL, where writes without
+    /// --context stay blind as documented.
+    pub memory: Option<Mutex<HashMap<String, Remembered>>>,
+}
+
+impl Env {
+    fn recall(&self, key: &str) -> Option<Remembered> {
+        self.memory.as_ref().and_then(|m| lock(m).get(key).cloned())
+    }
+
+    fn remember(&self, key: &str, context: &Value, values: usize, from: &'static str) {
+        let Some(m) = &self.memory else { return };
+        match context.as_str().filter(|c| !c.is_empty()) {
+            Some(c) => {
+                lock(m).insert(
+                    key.to_string(),
+                    Remembered {
+                        context: c.to_string(),
+                        values,
+                        from,
+                    },
+                );
+            }
+            None => {
+                lock(m).remove(key);
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// What running a command produced: the text to print, or an error.
 pub type Outcome = Result<(), ClientError>;
 
-/// Runs one command and prints its result (`json`: one JSON document on one line).
-pub async fn run(client: &Client, cmd: Command, json: bool) -> Outcome {
+/// The context a write uses: `--context` if given; in the REPL, unless `--blind`, the
+/// remembered one (announced on stdout); else none (blind).
+fn write_context(env: &Env, key: &str, given: Option<String>, blind: bool, what: &str) -> String {
+    if let Some(c) = given {
+        return c;
+    }
+    if blind {
+        return String::new();
+    }
+    match env.recall(key) {
+        Some(r) => {
+            if !env.json {
+                let seen = match r.values {
+                    0 => "nothing live".to_string(),
+                    1 => "1 value".to_string(),
+                    n => format!("{n} siblings"),
+                };
+                println!(
+                    "{}",
+                    env.out.yellow(&format!(
+                        "(with the context of your last {} of {key}: this {what} replaces the {seen} it saw; --blind to keep them)",
+                        r.from
+                    ))
+                );
+            }
+            r.context
+        }
+        None => String::new(),
+    }
+}
+
+/// Runs one command and prints its result (`env.json`: one JSON document on one line).
+pub async fn run(client: &Client, cmd: Command, env: &Env) -> Outcome {
+    let json = env.json;
     match cmd {
         Command::Get { key, r, local } => {
-            let v = client.request(&ClientOp::Get { key, r, local }).await?;
-            print_get(&v, json);
+            let v = client
+                .request(&ClientOp::Get {
+                    key: key.clone(),
+                    r,
+                    local,
+                })
+                .await?;
+            let n = v["values"].as_array().map_or(0, Vec::len);
+            env.remember(&key, &v["context"], n, "get");
+            print_get(&v, env);
         }
         Command::Put {
             key,
             value,
             context,
             w,
+            blind,
         } => {
+            let context = write_context(env, &key, context, blind, "put");
             let v = client
                 .request(&ClientOp::Put {
-                    key,
+                    key: key.clone(),
                     value: value.into_bytes(),
-                    context: context.unwrap_or_default(),
+                    context,
                     w,
                 })
                 .await?;
+            env.remember(&key, &v["context"], 1, "put");
             if json {
                 println!(
                     "{}",
                     json!({"ok": true, "key": v["key"], "context": v["context"]})
                 );
             } else {
-                println!("OK");
-                println!("context: {}", v["context"].as_str().unwrap_or(""));
+                println!("{}", env.out.green("OK"));
+                println!(
+                    "{}",
+                    env.out
+                        .dim(&format!("context: {}", v["context"].as_str().unwrap_or("")))
+                );
             }
         }
-        Command::Delete { key, context, w } => {
+        Command::Delete {
+            key,
+            context,
+            w,
+            blind,
+        } => {
+            let context = write_context(env, &key, context, blind, "delete");
             let v = client
                 .request(&ClientOp::Delete {
-                    key,
-                    context: context.unwrap_or_default(),
+                    key: key.clone(),
+                    context,
                     w,
                 })
                 .await?;
+            env.remember(&key, &v["context"], 0, "delete");
             if json {
                 println!(
                     "{}",
                     json!({"ok": true, "key": v["key"], "context": v["context"]})
                 );
             } else {
-                println!("OK (deleted)");
+                println!("{}", env.out.green("OK (deleted)"));
             }
         }
-        Command::Status => {
+        Command::Resolve { key, value, w } => {
+            let read = client
+                .request(&ClientOp::Get {
+                    key: key.clone(),
+                    r: None,
+                    local: false,
+                })
+                .await?;
+            let replaced = read["values"].as_array().map_or(0, Vec::len);
+            let v = client
+                .request(&ClientOp::Put {
+                    key: key.clone(),
+                    value: value.into_bytes(),
+                    context: read["context"].as_str().unwrap_or("").to_string(),
+                    w,
+                })
+                .await?;
+            env.remember(&key, &v["context"], 1, "resolve");
+            if json {
+                println!(
+                    "{}",
+                    json!({"ok": true, "key": key, "replaced": replaced, "context": v["context"]})
+                );
+            } else {
+                let what = match replaced {
+                    0 => "no live value".to_string(),
+                    1 => "1 value".to_string(),
+                    n => format!("{n} siblings"),
+                };
+                println!(
+                    "{}",
+                    env.out
+                        .green(&format!("OK: replaced {what} of {key} with one value"))
+                );
+                println!(
+                    "{}",
+                    env.out
+                        .dim(&format!("context: {}", v["context"].as_str().unwrap_or("")))
+                );
+            }
+        }
+        Command::Status { sample } => {
             let v = client.request(&ClientOp::Status).await?;
-            print_status(&v, json);
+            let v = with_ops_per_sec(v, sample, env.timeout).await;
+            print_status(&v, env);
         }
         Command::Ring { key } => {
             let has_key = key.is_some();
             let v = client.request(&ClientOp::Ring { key }).await?;
-            print_ring(&v, has_key, json);
+            print_ring(&v, has_key, env);
         }
-        Command::Bench(args) => crate::bench::run(client, args, json).await?,
+        Command::Metrics { node, all } => metrics(client, node, all, env).await?,
+        Command::Bench(args) => crate::bench::run(client, args, env).await?,
+        Command::Import {
+            file,
+            concurrency,
+            w,
+        } => crate::import::run(client, &file, concurrency, w, env).await?,
     }
     Ok(())
+}
+
+/// The members of the cluster as `(id, addr, state)`.
+async fn members(client: &Client) -> Result<Vec<(String, String, String)>, ClientError> {
+    let v = client.request(&ClientOp::Status).await?;
+    Ok(v["nodes"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|n| {
+                    let s = |k: &str| n[k].as_str().unwrap_or("").to_string();
+                    (s("id"), s("addr"), s("state"))
+                })
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+async fn metrics(client: &Client, node: Option<String>, all: bool, env: &Env) -> Outcome {
+    let targets: Vec<(String, String)> = if all {
+        members(client)
+            .await?
+            .into_iter()
+            .filter(|(_, _, state)| state == "up")
+            .map(|(id, addr, _)| (format!("{id} ({addr})"), addr))
+            .collect()
+    } else {
+        match node {
+            None => {
+                let hp = host_port(&env.node)?;
+                vec![(hp.clone(), hp)]
+            }
+            Some(n) => {
+                let found = members(client)
+                    .await?
+                    .into_iter()
+                    .find(|(id, _, _)| *id == n);
+                match found {
+                    Some((id, addr, _)) => vec![(format!("{id} ({addr})"), addr)],
+                    None if n.contains(':') => {
+                        let hp = host_port(&format!("ws://{}", n.trim_start_matches("ws://")))?;
+                        vec![(hp.clone(), hp)]
+                    }
+                    None => {
+                        return Err(ClientError::Usage(format!(
+                            "metrics: no member named {n} (give a member id or HOST:PORT)"
+                        )))
+                    }
+                }
+            }
+        }
+    };
+    let mut docs = Vec::new();
+    for (name, addr) in targets {
+        let samples = crate::metrics::fetch(&addr, env.timeout).await?;
+        docs.push(crate::metrics::summarize(&name, &samples));
+    }
+    if env.json {
+        if all {
+            println!("{}", json!({ "nodes": docs }));
+        } else if let Some(d) = docs.first() {
+            println!("{d}");
+        }
+    } else {
+        for (i, d) in docs.iter().enumerate() {
+            if i > 0 {
+                println!();
+            }
+            crate::metrics::print_summary(d, env);
+        }
+    }
+    Ok(())
+}
+
+/// Adds `ops_per_sec` to every up member of a status answer: client requests counted by the
+/// member's `/metrics` over `sample` seconds (null when it could not be measured).
+async fn with_ops_per_sec(mut status: Value, sample: f64, timeout: Duration) -> Value {
+    let Some(nodes) = status["nodes"].as_array_mut() else {
+        return status;
+    };
+    if !(sample > 0.0 && sample.is_finite()) {
+        return status;
+    }
+    let addrs: Vec<Option<String>> = nodes
+        .iter()
+        .map(|n| {
+            (n["state"] == "up")
+                .then(|| n["addr"].as_str().map(str::to_string))
+                .flatten()
+        })
+        .collect();
+    let read_all = |addrs: Vec<Option<String>>| async move {
+        let mut tasks = Vec::new();
+        for a in addrs {
+            tasks.push(tokio::spawn(async move {
+                let a = a?;
+                let s = crate::metrics::fetch(&a, timeout.min(Duration::from_secs(2)))
+                    .await
+                    .ok()?;
+                Some((
+                    std::time::Instant::now(),
+                    crate::metrics::requests_total(&s),
+                ))
+            }));
+        }
+        let mut out = Vec::new();
+        for t in tasks {
+            out.push(t.await.ok().flatten());
+        }
+        out
+    };
+    let first = read_all(addrs.clone()).await;
+    tokio::time::sleep(Duration::from_secs_f64(sample)).await;
+    let second = read_all(addrs).await;
+    for ((n, a), b) in nodes.iter_mut().zip(first).zip(second) {
+        let rate = match (a, b) {
+            (Some((t0, c0)), Some((t1, c1))) if t1 > t0 => {
+                Some(((c1 - c0).max(0.0) / (t1 - t0).as_secs_f64() * 10.0).round() / 10.0)
+            }
+            _ => None,
+        };
+        n["ops_per_sec"] = json!(rate);
+    }
+    status
 }
 
 fn strip(v: &Value) -> Value {
@@ -130,11 +462,12 @@ fn strip(v: &Value) -> Value {
     v
 }
 
-fn print_get(v: &Value, json: bool) {
-    if json {
+fn print_get(v: &Value, env: &Env) {
+    if env.json {
         println!("{}", strip(v));
         return;
     }
+    let st = env.out;
     let values = v["values"].as_array().cloned().unwrap_or_default();
     let show = |x: &Value| match value_from_json(x) {
         Ok(bytes) => match String::from_utf8(bytes) {
@@ -143,26 +476,52 @@ fn print_get(v: &Value, json: bool) {
         },
         Err(_) => x.to_string(),
     };
+    // Write times of the siblings, when the node gives them, in the order of `values`.
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let ages: Vec<Option<String>> = v["siblings"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|s| {
+                    s["timestamp_ms"]
+                        .as_u64()
+                        .map(|t| human_secs(now_ms.saturating_sub(t) / 1000) + " ago")
+                })
+                .collect()
+        })
+        .unwrap_or_default();
     match values.len() {
-        0 => println!("(not found)"),
+        0 => println!("{}", st.dim("(not found)")),
         1 => println!("{}", show(&values[0])),
         n => {
-            println!("{n} siblings (concurrent writes; write back with the context to resolve):");
+            println!(
+                "{}",
+                st.yellow(&format!(
+                    "{n} siblings (concurrent writes; write back with the context to resolve):"
+                ))
+            );
             for (i, x) in values.iter().enumerate() {
-                println!("  {}) {}", i + 1, show(x));
+                let age = match ages.get(i).cloned().flatten() {
+                    Some(a) if ages.len() == n => st.dim(&format!("  (written {a})")),
+                    _ => String::new(),
+                };
+                println!("  {}) {}{age}", st.bold(&(i + 1).to_string()), show(x));
             }
         }
     }
     if let Some(ctx) = v["context"].as_str().filter(|c| !c.is_empty()) {
-        println!("context: {ctx}");
+        println!("{}", st.dim(&format!("context: {ctx}")));
     }
 }
 
-fn print_status(v: &Value, json: bool) {
-    if json {
+fn print_status(v: &Value, env: &Env) {
+    if env.json {
         println!("{}", strip(v));
         return;
     }
+    let st = env.out;
     let nodes = v["nodes"].as_array().cloned().unwrap_or_default();
     let cell = |x: &Value| match x {
         Value::Null => "-".to_string(),
@@ -172,32 +531,45 @@ fn print_status(v: &Value, json: bool) {
     let rows: Vec<Vec<String>> = nodes
         .iter()
         .map(|n| {
+            let state = cell(&n["state"]);
+            let state = match state.as_str() {
+                "up" => st.green(&state),
+                "down" | "unknown" => st.red(&state),
+                _ => st.yellow(&state),
+            };
             vec![
                 cell(&n["id"]),
                 cell(&n["addr"]),
                 cell(&n["dc"]),
                 cell(&n["rack"]),
-                cell(&n["state"]),
+                state,
                 cell(&n["keys"]),
                 n["disk_bytes"]
                     .as_u64()
                     .map(human_bytes)
+                    .unwrap_or("-".into()),
+                n["ops_per_sec"]
+                    .as_f64()
+                    .map(|x| format!("{x:.1}"))
                     .unwrap_or("-".into()),
                 cell(&n["hints_pending"]),
                 n["uptime_s"].as_u64().map(human_secs).unwrap_or("-".into()),
             ]
         })
         .collect();
+    if let Some(me) = v["node"].as_str() {
+        println!("{}", st.dim(&format!("as seen by {me}")));
+    }
     print_table(
         &[
-            "ID", "ADDRESS", "DC", "RACK", "STATE", "KEYS", "DISK", "HINTS", "UPTIME",
+            "ID", "ADDRESS", "DC", "RACK", "STATE", "KEYS", "DISK", "OPS/S", "HINTS", "UPTIME",
         ],
         &rows,
     );
 }
 
-fn print_ring(v: &Value, has_key: bool, json: bool) {
-    if json {
+fn print_ring(v: &Value, has_key: bool, env: &Env) {
+    if env.json {
         println!("{}", strip(v));
         return;
     }
@@ -211,7 +583,8 @@ fn print_ring(v: &Value, has_key: bool, json: bool) {
             })
             .unwrap_or_default();
         println!(
-            "token {}: {}",
+            "key {} (token {}): {}",
+            v["key"].as_str().unwrap_or("?"),
             v["token"].as_str().unwrap_or("?"),
             list.join(", ")
         );
@@ -244,13 +617,14 @@ fn print_ring(v: &Value, has_key: bool, json: bool) {
     );
 }
 
-/// Prints rows under a header, columns padded to their widest cell.
+/// Prints rows under a header, columns padded to their widest cell (colour escapes take no
+/// room).
 pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for r in rows {
         for (i, c) in r.iter().enumerate() {
             if i < widths.len() {
-                widths[i] = widths[i].max(c.chars().count());
+                widths[i] = widths[i].max(visible_len(c));
             }
         }
     }
@@ -258,7 +632,14 @@ pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
         let parts: Vec<String> = cells
             .iter()
             .enumerate()
-            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
+            .map(|(i, c)| {
+                let pad = widths
+                    .get(i)
+                    .copied()
+                    .unwrap_or(0)
+                    .saturating_sub(visible_len(c));
+                format!("{c}{}", " ".repeat(pad))
+            })
             .collect();
         println!("{}", parts.join("  ").trim_end());
     };
@@ -268,7 +649,26 @@ pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
     }
 }
 
-fn human_bytes(b: u64) -> String {
+/// Characters a terminal shows for `s`: ANSI escape sequences (`ESC [ ... m`) take no room.
+pub fn visible_len(s: &str) -> usize {
+    let mut n = 0;
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            for e in chars.by_ref() {
+                if e.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            n += 1;
+        }
+    }
+    n
+}
+
+/// Bytes in binary units (`1.5 MiB`).
+pub fn human_bytes(b: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = b as f64;
     let mut u = 0;
@@ -283,11 +683,31 @@ fn human_bytes(b: u64) -> String {
     }
 }
 
-fn human_secs(s: u64) -> String {
+/// A duration in the two largest units (`3m20s`, `2d4h`).
+pub fn human_secs(s: u64) -> String {
     match s {
         0..=59 => format!("{s}s"),
         60..=3599 => format!("{}m{}s", s / 60, s % 60),
         3600..=86399 => format!("{}h{}m", s / 3600, (s % 3600) / 60),
         _ => format!("{}d{}h", s / 86400, (s % 86400) / 3600),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_take_no_room() {
+        assert_eq!(visible_len("\x1b[32mup\x1b[0m"), 2);
+        assert_eq!(visible_len("down"), 4);
+    }
+
+    #[test]
+    fn human_units() {
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_secs(59), "59s");
+        assert_eq!(human_secs(3700), "1h1m");
     }
 }

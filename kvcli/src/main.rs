@@ -1,15 +1,29 @@
 //! kvcli: the command-line client of the store. One-shot commands for scripts, script mode
 //! (commands from standard input, one per line), and an interactive REPL on a terminal.
 //!
+//! Modules: `client` speaks the node's WebSocket protocol (and plain HTTP for `/metrics`);
+//! `commands` runs and prints each command; `repl` reads lines (script mode and the REPL with
+//! completion, hints and history); `words` splits a line like a shell; `bench` and `workload`
+//! are the load generator; `import` loads JSON lines; `metrics` summarizes `/metrics`;
+//! `style` and `progress` decide what a terminal gets (colour, progress bars).
+//!
 //! Exit status: 0 on success (a get of an absent key succeeds); 1 when the node answered with
-//! an error (quorum not met, too large, bad request, timeout); 2 for bad usage; 3 when the node
-//! is unreachable or the token is refused.
+//! an error (quorum not met, too large, bad request, timeout) or a command failed (an import
+//! line, a bench where every operation failed); 2 for bad usage; 3 when the node is
+//! unreachable or the token is refused.
+
+#![deny(clippy::unwrap_used)]
 
 mod bench;
 mod client;
 mod commands;
+mod import;
+mod metrics;
+mod progress;
 mod repl;
+mod style;
 mod words;
+mod workload;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -18,10 +32,15 @@ use std::time::Duration;
 use clap::Parser;
 
 use client::{Client, ClientError};
-use commands::Command;
+use commands::{Command, Env};
+use style::{error_line, Style};
 
 #[derive(Parser, Debug)]
-#[command(name = "kvcli", version, about = "Client of the kv key-value store")]
+#[command(
+    name = "kvcli",
+    version,
+    about = "Client of the kv key-value store: commands, a REPL (run without a command), admin and bench"
+)]
 struct Cli {
     /// Node to talk to.
     #[arg(
@@ -46,7 +65,12 @@ struct Cli {
 
 /// A line of script mode or the REPL: a command without the global options.
 #[derive(Parser, Debug)]
-#[command(name = "", no_binary_name = true, disable_version_flag = true)]
+#[command(
+    name = "",
+    no_binary_name = true,
+    disable_version_flag = true,
+    disable_help_subcommand = true
+)]
 pub struct Line {
     #[command(subcommand)]
     command: Command,
@@ -57,14 +81,47 @@ pub fn exit_code(e: &ClientError) -> u8 {
     match e {
         ClientError::Unreachable(_) => 3,
         ClientError::Refused { code, .. } if code == "unauthorized" => 3,
+        ClientError::Usage(_) => 2,
         _ => 1,
     }
 }
 
+/// One line for a usage error of clap: its first line, with the list that follows a colon
+/// (the missing arguments) folded in.
+pub fn usage_error_line(e: &clap::Error) -> String {
+    let text = e.render().to_string();
+    let mut lines = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("Usage:") && !l.starts_with("For more"));
+    let first = lines
+        .next()
+        .unwrap_or("bad usage")
+        .trim_start_matches("error: ")
+        .to_string();
+    if first.ends_with(':') {
+        let rest: Vec<&str> = lines.take_while(|l| !l.starts_with("tip:")).collect();
+        format!("{first} {}", rest.join(", "))
+    } else {
+        first
+    }
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) if e.use_stderr() => {
+            error_line(&usage_error_line(&e));
+            return ExitCode::from(2);
+        }
+        Err(e) => {
+            // --help and --version.
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+    };
     if !(cli.timeout > 0.0 && cli.timeout.is_finite()) {
-        eprintln!("kvcli: --timeout must be a positive number of seconds");
+        error_line("--timeout must be a positive number of seconds");
         return ExitCode::from(2);
     }
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -73,7 +130,7 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("kvcli: cannot start the async runtime: {e}");
+            error_line(&format!("cannot start the async runtime: {e}"));
             return ExitCode::FAILURE;
         }
     };
@@ -82,56 +139,37 @@ fn main() -> ExitCode {
 
 async fn async_main(cli: Cli) -> u8 {
     let timeout = Duration::from_secs_f64(cli.timeout);
-    let connect = || Client::connect(&cli.node, cli.token.as_deref(), timeout);
+    let interactive = cli.command.is_none() && std::io::stdin().is_terminal();
+    let env = Env {
+        json: cli.json,
+        out: Style::stdout(cli.json),
+        node: cli.node.clone(),
+        token: cli.token.clone(),
+        timeout,
+        memory: interactive.then(Default::default),
+    };
+    let client = match Client::connect(&cli.node, cli.token.as_deref(), timeout).await {
+        Ok(c) => c,
+        Err(e) => {
+            error_line(&e.to_string());
+            return exit_code(&e);
+        }
+    };
     match cli.command {
-        Some(cmd) => {
-            let client = match connect().await {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("kvcli: {e}");
-                    return exit_code(&e);
-                }
-            };
-            let cmd = with_bench_target(cmd, &cli.node, cli.token.as_deref());
-            match commands::run(&client, cmd, cli.json).await {
-                Ok(()) => 0,
-                Err(e) => {
-                    eprintln!("kvcli: {e}");
-                    exit_code(&e)
-                }
+        Some(cmd) => match commands::run(&client, cmd, &env).await {
+            Ok(()) => 0,
+            Err(e) => {
+                error_line(&e.to_string());
+                exit_code(&e)
             }
-        }
+        },
         None => {
-            let client = match connect().await {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("kvcli: {e}");
-                    return exit_code(&e);
-                }
-            };
-            let ctx = repl::Session {
-                client,
-                json: cli.json,
-                node: cli.node.clone(),
-                token: cli.token.clone(),
-            };
-            if std::io::stdin().is_terminal() {
-                repl::interactive(ctx).await
+            let session = repl::Session { client, env };
+            if interactive {
+                repl::interactive(session).await
             } else {
-                repl::script(ctx).await
+                repl::script(session).await
             }
         }
-    }
-}
-
-/// Bench clients open their own connections to the same node with the same token.
-pub fn with_bench_target(cmd: Command, node: &str, token: Option<&str>) -> Command {
-    match cmd {
-        Command::Bench(mut args) => {
-            args.url = node.to_string();
-            args.token = token.map(str::to_string);
-            Command::Bench(args)
-        }
-        other => other,
     }
 }

@@ -1,0 +1,169 @@
+//! `kvcli import FILE`: JSON lines `{"key": "...", "value": "..."}` (or `"value_b64"` for
+//! bytes, or `"value": {"value_b64": ...}` as `get --json` prints them) written as blind puts,
+//! with a bounded number in flight on one connection and a progress bar over the file's bytes.
+
+use std::io::BufRead;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use kv_core::wire::{value_from_json, ClientOp};
+use serde_json::{json, Value};
+use tokio::sync::Semaphore;
+
+use crate::client::{Client, ClientError};
+use crate::commands::Env;
+
+/// Failed lines reported one by one on stderr; beyond this only the count.
+const REPORTED_FAILURES: u64 = 10;
+
+/// The key and value of one line, or why the line is malformed.
+pub fn parse_line(line: &str) -> Result<(String, Vec<u8>), String> {
+    let v: Value = serde_json::from_str(line).map_err(|e| format!("not JSON: {e}"))?;
+    let key = v["key"].as_str().ok_or("no \"key\" string")?.to_string();
+    let value = match (v.get("value"), v.get("value_b64")) {
+        (Some(x), _) => value_from_json(x).map_err(|e| format!("bad \"value\": {e}"))?,
+        (None, Some(b)) => value_from_json(&json!({ "value_b64": b }))
+            .map_err(|e| format!("bad \"value_b64\": {e}"))?,
+        (None, None) => return Err("no \"value\" or \"value_b64\"".into()),
+    };
+    Ok((key, value))
+}
+
+/// Imports `path` (`-` for standard input) with at most `concurrency` puts in flight.
+///
+/// Errors: [`ClientError::Failed`] when the file cannot be read or any line failed (after all
+/// lines were tried; the counts are printed first).
+pub async fn run(
+    client: &Client,
+    path: &str,
+    concurrency: usize,
+    w: Option<usize>,
+    env: &Env,
+) -> Result<(), ClientError> {
+    let concurrency = concurrency.max(1);
+    let (reader, size): (Box<dyn BufRead + Send>, u64) = if path == "-" {
+        (Box::new(std::io::BufReader::new(std::io::stdin())), 0)
+    } else {
+        let f = std::fs::File::open(path)
+            .map_err(|e| ClientError::Failed(format!("import: cannot open {path}: {e}")))?;
+        let size = f.metadata().map(|m| m.len()).unwrap_or(0);
+        (Box::new(std::io::BufReader::new(f)), size)
+    };
+    let pb = crate::progress::bar(size.max(1), "import");
+    let started = Instant::now();
+    let slots = Arc::new(Semaphore::new(concurrency));
+    let imported = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let report = |lineno: u64, what: &str, errors: &AtomicU64| {
+        let n = errors.fetch_add(1, Ordering::Relaxed) + 1;
+        if n <= REPORTED_FAILURES {
+            crate::style::error_line(&format!("import: {path} line {lineno}: {what}"));
+        }
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut lineno = 0u64;
+    for line in reader.lines() {
+        lineno += 1;
+        let line = match line {
+            Ok(l) => l,
+            Err(e) => {
+                pb.finish_and_clear();
+                return Err(ClientError::Failed(format!(
+                    "import: cannot read {path} at line {lineno}: {e}"
+                )));
+            }
+        };
+        pb.inc(line.len() as u64 + 1);
+        if line.trim().is_empty() {
+            continue;
+        }
+        let (key, value) = match parse_line(&line) {
+            Ok(kv) => kv,
+            Err(e) => {
+                report(lineno, &e, &errors);
+                continue;
+            }
+        };
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            break;
+        };
+        let (client, imported, errors) = (client.clone(), imported.clone(), errors.clone());
+        let path = path.to_string();
+        tasks.spawn(async move {
+            let op = ClientOp::Put {
+                key: key.clone(),
+                value,
+                context: String::new(),
+                w,
+            };
+            match client.request(&op).await {
+                Ok(_) => {
+                    imported.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    let n = errors.fetch_add(1, Ordering::Relaxed) + 1;
+                    if n <= REPORTED_FAILURES {
+                        crate::style::error_line(&format!(
+                            "import: {path} line {lineno} (key {key}): {e}"
+                        ));
+                    }
+                }
+            }
+            drop(permit);
+        });
+        // Reap finished puts so the set stays as small as the window.
+        while tasks.try_join_next().is_some() {}
+    }
+    while tasks.join_next().await.is_some() {}
+    pb.finish_and_clear();
+    let imported = imported.load(Ordering::Relaxed);
+    let errors = errors.load(Ordering::Relaxed);
+    if env.json {
+        println!("{}", json!({ "imported": imported, "errors": errors }));
+    } else {
+        println!(
+            "imported {imported} keys from {path} in {:.2} s, {errors} errors",
+            started.elapsed().as_secs_f64()
+        );
+    }
+    if errors > REPORTED_FAILURES {
+        crate::style::error_line(&format!(
+            "import: {} more failed lines not shown",
+            errors - REPORTED_FAILURES
+        ));
+    }
+    if errors > 0 {
+        return Err(ClientError::Failed(format!(
+            "import: {errors} of {} lines failed",
+            imported + errors
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_line;
+
+    #[test]
+    fn lines_in_every_value_form() {
+        assert_eq!(
+            parse_line(r#"{"key":"a","value":"x y"}"#).unwrap(),
+            ("a".to_string(), b"x y".to_vec())
+        );
+        assert_eq!(
+            parse_line(r#"{"key":"b","value_b64":"AAE="}"#).unwrap().1,
+            vec![0, 1]
+        );
+        assert_eq!(
+            parse_line(r#"{"key":"c","value":{"value_b64":"/w=="}}"#)
+                .unwrap()
+                .1,
+            vec![255]
+        );
+        assert!(parse_line(r#"{"value":"x"}"#).unwrap_err().contains("key"));
+        assert!(parse_line(r#"{"key":"x"}"#).unwrap_err().contains("value"));
+        assert!(parse_line("nope").unwrap_err().contains("JSON"));
+    }
+}
