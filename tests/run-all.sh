@@ -21,3 +21,17 @@ cargo build -p kv-core --target wasm32-unknown-unknown
 cargo build -p kvd -p kvcli
 cargo test --workspace --doc --quiet
 cargo nextest run --workspace --no-fail-fast
+
+# --- kv-wasm: SDK build and node tests ---
+# The wasm-bindgen CLI must be the exact version of the wasm-bindgen crate in Cargo.lock.
+wb_version="$(awk '/^name = "wasm-bindgen"$/ { getline; gsub(/version = |"/, ""); print; exit }' Cargo.lock)"
+if [ "$(wasm-bindgen --version 2>/dev/null || true)" != "wasm-bindgen $wb_version" ]; then
+  cargo install wasm-bindgen-cli --version "$wb_version"
+fi
+if ! have node || ! have npm; then
+  apt-get update && apt-get install -y nodejs npm
+fi
+# Builds pkg/web and pkg/node (npm ci only when kv-wasm/node_modules is missing or stale).
+kv-wasm/build.sh
+# Node tests of pkg/node and pkg/web against real kvd clusters (the debug kvd built above).
+node --test kv-wasm/test/*.test.mjs

@@ -1,0 +1,353 @@
+// The JavaScript client of the kv SDK: one WebSocket to one node, many requests in flight
+// matched by id, reconnection with backoff, and `update` (read, reconcile, write back).
+//
+// Every protocol decision (frames, answers, contexts, reconciliation) is made by the
+// WebAssembly module compiled from kv-core; this file only moves frames and keeps promises.
+// It is shared by the web and Node.js packages, which inject the wasm module and the
+// WebSocket constructor (see index.js / index.mjs).
+
+/** The states of WebSocket.readyState, the same in browsers, Node.js and `ws`. */
+const OPEN = 1;
+
+/**
+ * Builds the client API around an initialized wasm module.
+ * @param {object} wasm the wasm-bindgen exports (encodeGet, decodeResponse, reconcile, ...)
+ * @param {(options: object) => Promise<Function>} resolveWebSocket finds a WebSocket class
+ */
+export function createSdk(wasm, resolveWebSocket) {
+  /** An error with the protocol's code (`unavailable`, `timeout`, `bad_request`, ...). */
+  class KvError extends Error {
+    constructor(code, message, options) {
+      super(message, options);
+      this.name = 'KvError';
+      this.code = code;
+    }
+  }
+
+  /** Errors thrown by the wasm module carry a code; anything else becomes `internal`. */
+  function toKvError(e) {
+    if (e instanceof KvError) return e;
+    if (e && typeof e.code === 'string') return new KvError(e.code, e.message);
+    return new KvError('internal', String(e && e.message ? e.message : e), { cause: e });
+  }
+
+  /** Calls into the wasm module, turning its thrown errors into KvErrors. */
+  function call(f) {
+    try {
+      return f();
+    } catch (e) {
+      throw toKvError(e);
+    }
+  }
+
+  function withToken(url, token) {
+    if (!token) return url;
+    const u = new URL(url);
+    u.searchParams.set('token', token);
+    return u.toString();
+  }
+
+  const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+  class KvClient {
+    #url;
+    #WebSocket;
+    #timeoutMs;
+    #reconnect;
+    #minBackoffMs;
+    #maxBackoffMs;
+    #maxRetries;
+    /** The current socket, null while disconnected. */
+    #ws = null;
+    /** Ids are never reused on one client, across reconnects too. */
+    #nextId = 1;
+    /** id -> {frame, resolve, reject, timer}: every request not yet answered. */
+    #pending = new Map();
+    /** Ids of pending requests not yet sent (waiting for a connection). */
+    #unsent = [];
+    #closed = false;
+    #attempt = 0;
+    #reconnectTimer = null;
+
+    /** Use `KvClient.connect`. */
+    constructor(url, options, WebSocketImpl) {
+      this.#url = withToken(url, options.token);
+      this.#WebSocket = WebSocketImpl;
+      this.#timeoutMs = options.timeoutMs ?? 10_000;
+      this.#reconnect = options.reconnect ?? true;
+      this.#minBackoffMs = options.minBackoffMs ?? 100;
+      this.#maxBackoffMs = options.maxBackoffMs ?? 5_000;
+      this.#maxRetries = options.maxRetries ?? 5;
+    }
+
+    /**
+     * Opens a connection to one node (`ws://host:port`). Rejects with a KvError
+     * (`unavailable`, or `unauthorized` when the node refuses the token) when the first
+     * connection fails; later drops are retried with backoff.
+     */
+    static async connect(url, options = {}) {
+      const WebSocketImpl = await resolveWebSocket(options);
+      const client = new KvClient(url, options, WebSocketImpl);
+      await client.#open();
+      return client;
+    }
+
+    /** Opens one socket; resolves once it is open, rejects when it fails first. */
+    #open() {
+      return new Promise((resolve, reject) => {
+        let settled = false;
+        let ws;
+        try {
+          ws = new this.#WebSocket(this.#url);
+        } catch (e) {
+          reject(new KvError('bad_request', `cannot open ${this.#url}: ${e.message}`));
+          return;
+        }
+        const timer = setTimeout(() => {
+          if (settled) return;
+          settled = true;
+          ws.onopen = ws.onerror = ws.onclose = ws.onmessage = null;
+          try { ws.close(); } catch { /* already failing */ }
+          reject(new KvError('timeout', `no connection to ${this.#url} within ${this.#timeoutMs} ms`));
+        }, this.#timeoutMs);
+        let failure = '';
+        ws.onerror = (ev) => {
+          failure = ev && (ev.message || (ev.error && ev.error.message)) || failure;
+        };
+        ws.onopen = () => {
+          if (settled) return;
+          settled = true;
+          clearTimeout(timer);
+          this.#attach(ws);
+          resolve();
+        };
+        ws.onclose = (ev) => {
+          if (settled) return;
+          settled = true;
+          clearTimeout(timer);
+          const code = /\b401\b/.test(failure) ? 'unauthorized' : 'unavailable';
+          const why = failure || `closed with code ${ev && ev.code}`;
+          reject(new KvError(code, `cannot connect to ${this.#url}: ${why}`));
+        };
+      });
+    }
+
+    /** Makes `ws` the live socket and sends what waited for it. */
+    #attach(ws) {
+      if (this.#closed) {
+        ws.close();
+        return;
+      }
+      this.#ws = ws;
+      this.#attempt = 0;
+      ws.onmessage = (ev) => this.#onMessage(ev.data);
+      ws.onerror = () => {};
+      ws.onclose = () => this.#onDrop(ws);
+      this.#flush();
+    }
+
+    #flush() {
+      const ws = this.#ws;
+      if (!ws || ws.readyState !== OPEN) return;
+      const ids = this.#unsent;
+      this.#unsent = [];
+      for (const id of ids) {
+        const entry = this.#pending.get(id);
+        if (!entry) continue; // timed out while waiting
+        ws.send(entry.frame);
+        entry.sent = true;
+      }
+    }
+
+    #onMessage(data) {
+      if (typeof data !== 'string') return; // the protocol speaks text frames only
+      let answer;
+      try {
+        answer = wasm.decodeResponse(data);
+      } catch {
+        return; // a frame we cannot read answers nothing we could match
+      }
+      const entry = answer.id == null ? undefined : this.#pending.get(answer.id);
+      if (!entry) return;
+      this.#pending.delete(answer.id);
+      clearTimeout(entry.timer);
+      if (answer.ok) {
+        delete answer.id;
+        delete answer.ok;
+        entry.resolve(answer);
+      } else {
+        entry.reject(new KvError(answer.error.code, answer.error.message));
+      }
+    }
+
+    /** The socket dropped: fail what was sent (its fate is unknown), keep the rest queued. */
+    #onDrop(ws) {
+      if (this.#ws !== ws) return;
+      this.#ws = null;
+      for (const [id, entry] of this.#pending) {
+        if (!entry.sent) continue;
+        this.#pending.delete(id);
+        clearTimeout(entry.timer);
+        entry.reject(new KvError('unavailable',
+          `the connection to ${this.#url} closed before the answer to request ${id} ` +
+          '(a write may or may not have been applied)'));
+      }
+      if (this.#closed) return;
+      if (!this.#reconnect) {
+        this.#failUnsent(`the connection to ${this.#url} closed`);
+        return;
+      }
+      this.#scheduleReconnect();
+    }
+
+    #failUnsent(why) {
+      for (const id of this.#unsent) {
+        const entry = this.#pending.get(id);
+        if (!entry) continue;
+        this.#pending.delete(id);
+        clearTimeout(entry.timer);
+        entry.reject(new KvError('unavailable', why));
+      }
+      this.#unsent = [];
+    }
+
+    /** Exponential backoff with jitter: min * 2^attempt, capped, times 0.5..1. */
+    #scheduleReconnect() {
+      const base = Math.min(this.#maxBackoffMs, this.#minBackoffMs * 2 ** this.#attempt);
+      const delay = base * (0.5 + Math.random() / 2);
+      this.#attempt += 1;
+      this.#reconnectTimer = setTimeout(() => {
+        this.#reconnectTimer = null;
+        if (this.#closed) return;
+        this.#open().catch(() => {
+          if (!this.#closed) this.#scheduleReconnect();
+        });
+      }, delay);
+    }
+
+    /** Sends a request built by `build(id)`; resolves with the answer's fields. */
+    #request(build) {
+      if (this.#closed) return Promise.reject(new KvError('unavailable', 'the client is closed'));
+      const id = this.#nextId++;
+      let frame;
+      try {
+        frame = build(id);
+      } catch (e) {
+        return Promise.reject(toKvError(e));
+      }
+      return new Promise((resolve, reject) => {
+        const timer = setTimeout(() => {
+          this.#pending.delete(id);
+          reject(new KvError('timeout', `no answer to request ${id} from ${this.#url} within ${this.#timeoutMs} ms`));
+        }, this.#timeoutMs);
+        this.#pending.set(id, { frame, resolve, reject, timer, sent: false });
+        this.#unsent.push(id);
+        this.#flush();
+      });
+    }
+
+    /** Reads a key: `{found, values, siblings, context}`. */
+    async get(key, options = {}) {
+      const answer = await this.#request((id) => wasm.encodeGet(id, key, options.r, options.local));
+      if (options.binary) {
+        const enc = new TextEncoder();
+        const bytes = (v) => (typeof v === 'string' ? enc.encode(v) : v);
+        answer.values = answer.values.map(bytes);
+        for (const s of answer.siblings) s.value = bytes(s.value);
+      }
+      return answer;
+    }
+
+    /** Writes a value (string or Uint8Array); with the context of a get it replaces what that get saw. */
+    put(key, value, options = {}) {
+      return this.#request((id) => wasm.encodePut(id, key, value, options.context, options.w));
+    }
+
+    /** Writes a versioned tombstone. */
+    delete(key, options = {}) {
+      return this.#request((id) => wasm.encodeDelete(id, key, options.context, options.w));
+    }
+
+    /** A liveness probe through the node. */
+    ping() {
+      return this.#request((id) => wasm.encodeOp(id, 'ping'));
+    }
+
+    /** The members of the cluster as the connected node sees them. */
+    status() {
+      return this.#request((id) => wasm.encodeOp(id, 'status'));
+    }
+
+    /**
+     * Read, reconcile, write back with the read's context, and retry while someone else's
+     * write left siblings beside ours. `resolver` is "lww" | "union" | "merge" or
+     * `(values, read) => value` (may be async; return null to delete). It may run more than
+     * once, so it should merge rather than count. Resolves with `{value, context}`.
+     */
+    async update(key, resolver, options = {}) {
+      const maxRetries = options.maxRetries ?? this.#maxRetries;
+      let read = await this.get(key, options);
+      for (let attempt = 0; ; attempt++) {
+        const value = typeof resolver === 'function'
+          ? await resolver(read.values, read)
+          : call(() => wasm.reconcile(read, resolver));
+        if (value === undefined) {
+          throw new KvError('bad_request', 'the update resolver returned undefined (return null to delete)');
+        }
+        const options2 = { context: read.context, w: options.w };
+        if (value === null) await this.delete(key, options2);
+        else await this.put(key, value, options2);
+        const check = await this.get(key, options);
+        if (check.siblings.length <= 1) {
+          return { value: check.values.length ? check.values[0] : null, context: check.context };
+        }
+        if (attempt >= maxRetries) {
+          throw new KvError('conflict',
+            `update of ${JSON.stringify(key)} still sees ${check.siblings.length} siblings after ${attempt + 1} writes`);
+        }
+        read = check;
+        await sleep(Math.min(this.#maxBackoffMs, this.#minBackoffMs * 2 ** attempt) * Math.random());
+      }
+    }
+
+    /** Closes the connection; requests still waiting fail with `unavailable`. */
+    close() {
+      if (this.#closed) return;
+      this.#closed = true;
+      if (this.#reconnectTimer) clearTimeout(this.#reconnectTimer);
+      this.#failUnsent('the client was closed');
+      const ws = this.#ws;
+      this.#ws = null;
+      for (const [id, entry] of this.#pending) {
+        this.#pending.delete(id);
+        clearTimeout(entry.timer);
+        entry.reject(new KvError('unavailable', 'the client was closed before the answer'));
+      }
+      if (ws) ws.close();
+    }
+
+    /** Whether a socket is open right now. */
+    get connected() {
+      return this.#ws !== null && this.#ws.readyState === OPEN;
+    }
+  }
+
+  /** reconcile with KvError-wrapped failures (a resolver function's own errors pass through). */
+  function reconcile(values, strategy) {
+    if (typeof strategy === 'function') return wasm.reconcile(values, strategy);
+    return call(() => wasm.reconcile(values, strategy));
+  }
+
+  return {
+    KvClient,
+    KvError,
+    reconcile,
+    compareContexts: (a, b) => call(() => wasm.compareContexts(a, b)),
+    mergeContexts: (contexts) => call(() => wasm.mergeContexts(contexts)),
+    checkContext: (context) => call(() => wasm.checkContext(context)),
+    encodeGet: (id, key, r, local) => call(() => wasm.encodeGet(id, key, r, local)),
+    encodePut: (id, key, value, context, w) => call(() => wasm.encodePut(id, key, value, context, w)),
+    encodeDelete: (id, key, context, w) => call(() => wasm.encodeDelete(id, key, context, w)),
+    decodeResponse: (text) => call(() => wasm.decodeResponse(text)),
+  };
+}

@@ -1,0 +1,408 @@
+//! The wire protocol as the SDK speaks it: request frames built by kv-core's encoder, and
+//! answers decoded into ids, errors and siblings.
+
+use kv_core::wire::{encode_request, value_from_json, ClientOp};
+use serde_json::{Map, Value as Json};
+
+use crate::context::check_context;
+use crate::error::{Result, SdkError};
+
+/// The largest request id the SDK uses: ids travel as JS numbers, exact up to 2^53.
+pub const MAX_ID: u64 = (1 << 53) - 1;
+
+/// A value as the server returned it: text when it is UTF-8, bytes otherwise.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Value {
+    /// A UTF-8 value (`"value"` on the wire).
+    Text(String),
+    /// Any other bytes (`{"value_b64"}` on the wire).
+    Bytes(Vec<u8>),
+}
+
+impl Value {
+    /// The value's bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            Value::Text(s) => s.as_bytes(),
+            Value::Bytes(b) => b,
+        }
+    }
+
+    /// Decodes one value of an answer (a string or `{"value_b64"}`).
+    ///
+    /// Errors: `bad_response` when it is neither.
+    pub fn from_json(v: &Json) -> Result<Value> {
+        match v {
+            Json::String(s) => Ok(Value::Text(s.clone())),
+            other => value_from_json(other).map(Value::Bytes).map_err(|e| {
+                SdkError::bad_response(format!("a value in the answer: {}", e.message))
+            }),
+        }
+    }
+}
+
+/// One sibling of a get answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sibling {
+    /// Its value.
+    pub value: Value,
+    /// The replica's timestamp of the write, when the answer carried it.
+    pub timestamp_ms: Option<u64>,
+}
+
+/// A decoded get answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GetAnswer {
+    /// Whether a live value exists (false for absent and deleted keys).
+    pub found: bool,
+    /// Every live sibling, in the server's (dot) order.
+    pub siblings: Vec<Sibling>,
+    /// The context to write back with (empty for a key never written).
+    pub context: String,
+}
+
+/// A decoded answer frame.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Response {
+    /// The id of the request it answers; `None` when the server could not read one.
+    pub id: Option<u64>,
+    /// The answer's fields (without `id` and `ok`), or the error it carried.
+    pub outcome: std::result::Result<Map<String, Json>, SdkError>,
+}
+
+/// Decodes one text frame from the server.
+///
+/// Errors: `bad_response` when the frame is not a JSON object with a boolean `ok`, or an
+/// error answer lacks its code.
+pub fn decode_response(text: &str) -> Result<Response> {
+    let parsed: Json = serde_json::from_str(text).map_err(|e| {
+        SdkError::bad_response(format!("the server sent a frame that is not JSON: {e}"))
+    })?;
+    let Json::Object(mut obj) = parsed else {
+        return Err(SdkError::bad_response(
+            "the server sent a frame that is not a JSON object",
+        ));
+    };
+    let id = match obj.remove("id") {
+        None | Some(Json::Null) => None,
+        Some(Json::Number(n)) => Some(n.as_u64().ok_or_else(|| {
+            SdkError::bad_response(format!("the answer's id {n} is not a request id"))
+        })?),
+        Some(other) => {
+            return Err(SdkError::bad_response(format!(
+                "the answer's id {other} is not a number"
+            )))
+        }
+    };
+    let outcome = match obj.remove("ok") {
+        Some(Json::Bool(true)) => Ok(obj),
+        Some(Json::Bool(false)) => {
+            let err = obj.get("error");
+            let field = |name: &str| err.and_then(|e| e.get(name)).and_then(Json::as_str);
+            let code = field("code")
+                .ok_or_else(|| SdkError::bad_response("an error answer without error.code"))?;
+            Err(SdkError::new(
+                code,
+                field("message").unwrap_or("(no message)"),
+            ))
+        }
+        _ => return Err(SdkError::bad_response("an answer without a boolean \"ok\"")),
+    };
+    Ok(Response { id, outcome })
+}
+
+/// Reads the siblings out of a get answer's fields. Uses `siblings` (values with
+/// timestamps) when present, else the bare `values`.
+///
+/// Errors: `bad_response` when neither is an array of values or a field has the wrong type.
+pub fn decode_get_answer(fields: &Map<String, Json>) -> Result<GetAnswer> {
+    let context = match fields.get("context") {
+        None | Some(Json::Null) => String::new(),
+        Some(Json::String(s)) => s.clone(),
+        Some(_) => {
+            return Err(SdkError::bad_response(
+                "the answer's context is not a string",
+            ))
+        }
+    };
+    let siblings = if let Some(list) = fields.get("siblings") {
+        let list = list
+            .as_array()
+            .ok_or_else(|| SdkError::bad_response("the answer's siblings is not an array"))?;
+        list.iter()
+            .map(|s| {
+                let value = s
+                    .get("value")
+                    .ok_or_else(|| SdkError::bad_response("a sibling without a value"))?;
+                Ok(Sibling {
+                    value: Value::from_json(value)?,
+                    timestamp_ms: s.get("timestamp_ms").and_then(Json::as_u64),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?
+    } else {
+        let list = match fields.get("values") {
+            None | Some(Json::Null) => &Vec::new(),
+            Some(Json::Array(a)) => a,
+            Some(_) => {
+                return Err(SdkError::bad_response(
+                    "the answer's values is not an array",
+                ))
+            }
+        };
+        list.iter()
+            .map(|v| {
+                Ok(Sibling {
+                    value: Value::from_json(v)?,
+                    timestamp_ms: None,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?
+    };
+    let found = match fields.get("found") {
+        Some(Json::Bool(b)) => *b,
+        _ => !siblings.is_empty(),
+    };
+    Ok(GetAnswer {
+        found,
+        siblings,
+        context,
+    })
+}
+
+/// Checks that a request id is one the SDK can round-trip through a JS number.
+fn check_id(id: u64) -> Result<u64> {
+    if id == 0 || id > MAX_ID {
+        return Err(SdkError::bad_request(format!(
+            "request id {id} is outside 1..=2^53-1"
+        )));
+    }
+    Ok(id)
+}
+
+/// Checks an optional context, giving the empty (blind) context for `None`.
+fn context_arg(context: Option<&str>) -> Result<String> {
+    let c = context.unwrap_or("");
+    check_context(c)?;
+    Ok(c.to_owned())
+}
+
+/// A get frame.
+///
+/// Errors: `bad_request` for an id out of range.
+pub fn encode_get(id: u64, key: &str, r: Option<usize>, local: bool) -> Result<String> {
+    let op = ClientOp::Get {
+        key: key.to_owned(),
+        r,
+        local,
+    };
+    Ok(encode_request(check_id(id)?, &op))
+}
+
+/// A put frame. UTF-8 values travel as `"value"`, others as `"value_b64"`.
+///
+/// Errors: `bad_request` for an id out of range or a corrupt context (caught here, before it
+/// travels).
+pub fn encode_put(
+    id: u64,
+    key: &str,
+    value: &[u8],
+    context: Option<&str>,
+    w: Option<usize>,
+) -> Result<String> {
+    let op = ClientOp::Put {
+        key: key.to_owned(),
+        value: value.to_vec(),
+        context: context_arg(context)?,
+        w,
+    };
+    Ok(encode_request(check_id(id)?, &op))
+}
+
+/// A delete frame (a versioned tombstone).
+///
+/// Errors: as [`encode_put`].
+pub fn encode_delete(
+    id: u64,
+    key: &str,
+    context: Option<&str>,
+    w: Option<usize>,
+) -> Result<String> {
+    let op = ClientOp::Delete {
+        key: key.to_owned(),
+        context: context_arg(context)?,
+        w,
+    };
+    Ok(encode_request(check_id(id)?, &op))
+}
+
+/// A frame for one of the argument-less ops (`ping`, `status`, `hints`).
+///
+/// Errors: `bad_request` for another op name or an id out of range.
+pub fn encode_simple(id: u64, op: &str) -> Result<String> {
+    let op = match op {
+        "ping" => ClientOp::Ping,
+        "status" => ClientOp::Status,
+        "hints" => ClientOp::Hints,
+        other => {
+            return Err(SdkError::bad_request(format!(
+                "{other:?} is not an op without arguments (ping, status, hints)"
+            )))
+        }
+    };
+    Ok(encode_request(check_id(id)?, &op))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kv_core::version::VersionVector;
+    use kv_core::wire::{decode_request, Limits};
+
+    #[test]
+    fn requests_round_trip_through_the_server_decoder() {
+        let ctx = VersionVector::from_entries([("n1", 3)]).encode_context();
+        let frame = encode_put(7, "k", &[0xff, 0, 1], Some(&ctx), Some(2)).unwrap();
+        let req = decode_request(&frame, &Limits::default()).unwrap();
+        assert_eq!(req.id, 7);
+        assert_eq!(
+            req.op,
+            ClientOp::Put {
+                key: "k".into(),
+                value: vec![0xff, 0, 1],
+                context: ctx.clone(),
+                w: Some(2)
+            }
+        );
+        assert!(frame.contains("value_b64"), "{frame}");
+        let frame = encode_put(8, "k", "héllo".as_bytes(), None, None).unwrap();
+        assert!(frame.contains(r#""value":"héllo""#), "{frame}");
+        let req = decode_request(
+            &encode_get(9, "k", Some(3), true).unwrap(),
+            &Limits::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            req.op,
+            ClientOp::Get {
+                key: "k".into(),
+                r: Some(3),
+                local: true
+            }
+        );
+        let req = decode_request(
+            &encode_delete(10, "k", Some(&ctx), None).unwrap(),
+            &Limits::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            req.op,
+            ClientOp::Delete {
+                key: "k".into(),
+                context: ctx,
+                w: None
+            }
+        );
+        let req = decode_request(&encode_simple(11, "ping").unwrap(), &Limits::default()).unwrap();
+        assert_eq!(req.op, ClientOp::Ping);
+    }
+
+    #[test]
+    fn bad_arguments_fail_before_sending() {
+        let err = encode_put(1, "k", b"v", Some("garbage!"), None).unwrap_err();
+        assert_eq!(err.code, "bad_request");
+        assert!(err.message.contains("corrupt"), "{}", err.message);
+        assert!(encode_delete(1, "k", Some("AQ"), None).is_err());
+        assert!(encode_get(0, "k", None, false).is_err());
+        assert!(encode_get(MAX_ID + 1, "k", None, false).is_err());
+        assert!(encode_simple(1, "put").is_err());
+    }
+
+    #[test]
+    fn decodes_a_get_answer_into_siblings() {
+        let text = r#"{"id":4,"ok":true,"key":"k","found":true,"values":["a",{"value_b64":"/wA="}],
+            "siblings":[{"value":"a","timestamp_ms":5},{"value":{"value_b64":"/wA="},"timestamp_ms":9}],
+            "context":"AQEEbjEBAQ"}"#;
+        let resp = decode_response(text).unwrap();
+        assert_eq!(resp.id, Some(4));
+        let fields = resp.outcome.unwrap();
+        assert_eq!(fields["key"], "k");
+        let ans = decode_get_answer(&fields).unwrap();
+        assert!(ans.found);
+        assert_eq!(ans.context, "AQEEbjEBAQ");
+        assert_eq!(
+            ans.siblings,
+            vec![
+                Sibling {
+                    value: Value::Text("a".into()),
+                    timestamp_ms: Some(5)
+                },
+                Sibling {
+                    value: Value::Bytes(vec![0xff, 0]),
+                    timestamp_ms: Some(9)
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn decodes_values_without_siblings_and_absent_keys() {
+        let fields = decode_response(r#"{"id":1,"ok":true,"values":["x"],"context":""}"#)
+            .unwrap()
+            .outcome
+            .unwrap();
+        let ans = decode_get_answer(&fields).unwrap();
+        assert!(ans.found);
+        assert_eq!(ans.siblings[0].timestamp_ms, None);
+        let fields =
+            decode_response(r#"{"id":1,"ok":true,"found":false,"values":[],"siblings":[]}"#)
+                .unwrap()
+                .outcome
+                .unwrap();
+        let ans = decode_get_answer(&fields).unwrap();
+        assert!(!ans.found);
+        assert!(ans.siblings.is_empty());
+        assert_eq!(ans.context, "");
+    }
+
+    #[test]
+    fn decodes_error_answers_with_their_code() {
+        let resp = decode_response(
+            r#"{"id":3,"ok":false,"error":{"code":"unavailable","message":"n2: down"}}"#,
+        )
+        .unwrap();
+        assert_eq!(resp.id, Some(3));
+        assert_eq!(
+            resp.outcome.unwrap_err(),
+            SdkError::new("unavailable", "n2: down")
+        );
+        let resp = decode_response(
+            r#"{"id":null,"ok":false,"error":{"code":"bad_request","message":"m"}}"#,
+        )
+        .unwrap();
+        assert_eq!(resp.id, None);
+    }
+
+    #[test]
+    fn malformed_frames_are_bad_responses() {
+        for text in [
+            "not json",
+            "[1]",
+            r#"{"id":1}"#,
+            r#"{"id":"x","ok":true}"#,
+            r#"{"id":-1,"ok":true}"#,
+            r#"{"id":1,"ok":false}"#,
+        ] {
+            assert_eq!(
+                decode_response(text).unwrap_err().code,
+                "bad_response",
+                "{text}"
+            );
+        }
+        let fields = decode_response(r#"{"id":1,"ok":true,"values":[3]}"#)
+            .unwrap()
+            .outcome
+            .unwrap();
+        assert_eq!(decode_get_answer(&fields).unwrap_err().code, "bad_response");
+    }
+}
