@@ -247,7 +247,8 @@ pub async fn run(probe: &Client, args: BenchArgs, env: &Env) -> Result<(), Clien
     report(&args, dist, &shared, &total, elapsed, env)
 }
 
-/// Writes records `0..records` with every client, before the measured phase.
+/// Writes records `0..records` with every client, before the measured phase: each a get and
+/// a put with its context.
 async fn load(
     clients: &[Client],
     shared: &Arc<Shared>,
@@ -273,10 +274,21 @@ async fn load(
                 if i >= records {
                     break;
                 }
+                // Read first: a record left by an earlier run is replaced, not given one more
+                // sibling, so runs can repeat on the same cluster.
+                let read = ClientOp::Get {
+                    key: key_name(i),
+                    r: shared.r,
+                    local: false,
+                };
+                let context = match client.request(&read).await {
+                    Ok(v) => v["context"].as_str().unwrap_or("").to_string(),
+                    Err(_) => String::new(),
+                };
                 let op = ClientOp::Put {
                     key: key_name(i),
                     value: value.clone(),
-                    context: shared.context(i),
+                    context,
                     w: shared.w,
                 };
                 match client.request(&op).await {

@@ -86,9 +86,10 @@ pub enum Command {
     /// A summary of a node's /metrics: requests, errors, latency percentiles, storage
     Metrics {
         /// A member id or HOST:PORT (default: the node kvcli talks to).
-        node: Option<String>,
+        #[arg(value_name = "NODE")]
+        member: Option<String>,
         /// Every member of the cluster, one after the other.
-        #[arg(long, conflicts_with = "node")]
+        #[arg(long, conflicts_with = "member")]
         all: bool,
     },
     /// Load generator: put, get, or a YCSB mix (a, b, c, d, f).
@@ -319,7 +320,7 @@ pub async fn run(client: &Client, cmd: Command, env: &Env) -> Outcome {
             let v = client.request(&ClientOp::Ring { key }).await?;
             print_ring(&v, has_key, env);
         }
-        Command::Metrics { node, all } => metrics(client, node, all, env).await?,
+        Command::Metrics { member, all } => metrics(client, member, all, env).await?,
         Command::Bench(args) => crate::bench::run(client, args, env).await?,
         Command::Import {
             file,

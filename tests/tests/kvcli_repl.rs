@@ -323,3 +323,110 @@ fn repl_siblings_contexts_completion_and_history() {
     t.keys("\x04"); // Ctrl-D leaves
     assert_eq!(t.wait_exit(), 0);
 }
+
+/// Script mode (standard input not a terminal) with --json: one document per line for every
+/// command, in order, no colour, and the session goes on after a failure.
+#[test]
+fn script_mode_json_for_every_command() {
+    let cluster = Cluster::start(3, ClusterOpts::default());
+    let node = cluster.nodes[0].url();
+    for v in ["x", "y"] {
+        assert_eq!(kvcli(&["--node", &node, "put", "s", v]).0, 0);
+    }
+    let script = "\
+get s
+resolve s merged
+get s
+delete s --blind
+status --sample 0.2
+ring
+ring --key s
+metrics
+metrics n2
+metrics --all
+put s
+get s
+";
+    let (code, out, err) = kv_tests::kvcli_with_stdin(&["--node", &node, "--json"], Some(script));
+    assert_eq!(code, 2, "the usage error of `put s` sets the status: {err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("<VALUE>"), "{err}");
+    assert!(!out.contains('\x1b'), "no colour when piped");
+    let docs: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert_eq!(docs.len(), 11, "{out}");
+
+    assert_eq!(
+        docs[0]["values"].as_array().unwrap().len(),
+        2,
+        "{}",
+        docs[0]
+    );
+    assert_eq!(docs[1]["ok"], true);
+    assert_eq!(docs[1]["replaced"], 2, "{}", docs[1]);
+    assert!(docs[1]["context"].as_str().is_some_and(|c| !c.is_empty()));
+    assert_eq!(docs[2]["values"], serde_json::json!(["merged"]));
+    assert_eq!(docs[3]["ok"], true);
+
+    let nodes = docs[4]["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 3);
+    for n in nodes {
+        for f in [
+            "id",
+            "addr",
+            "dc",
+            "rack",
+            "state",
+            "keys",
+            "hints_pending",
+            "disk_bytes",
+            "uptime_s",
+        ] {
+            assert!(n.get(f).is_some(), "status lacks {f}: {n}");
+        }
+        assert!(n["ops_per_sec"].as_f64().is_some(), "ops/s measured: {n}");
+    }
+
+    let ring = docs[5]["nodes"].as_array().unwrap();
+    let owned: f64 = ring.iter().map(|n| n["ownership"].as_f64().unwrap()).sum();
+    assert!(
+        (owned - 3.0).abs() < 0.01,
+        "3 replicas: ownership sums to 3: {}",
+        docs[5]
+    );
+    assert_eq!(docs[6]["preference_list"].as_array().unwrap().len(), 3);
+
+    // metrics: this node's requests, latency estimated from the buckets, storage figures.
+    let m = &docs[7];
+    assert!(m["ops"]["get"]["requests"].as_u64().unwrap() >= 2, "{m}");
+    assert!(m["ops"]["put"]["requests"].as_u64().unwrap() >= 1, "{m}");
+    let l = &m["ops"]["get"]["latency_us"];
+    assert!(
+        l["p50"].as_u64().unwrap() <= l["p99"].as_u64().unwrap(),
+        "{m}"
+    );
+    assert!(m["storage"]["keys"].as_u64().is_some(), "{m}");
+    assert!(m["members"]["up"].as_u64() == Some(3), "{m}");
+    assert!(
+        docs[8]["node"].as_str().unwrap().starts_with("n2 ("),
+        "{}",
+        docs[8]
+    );
+    assert_eq!(docs[9]["nodes"].as_array().unwrap().len(), 3);
+
+    // After the failed line the script went on. The delete was blind (script mode keeps no
+    // contexts): concurrent with "merged", it leaves that value live.
+    assert_eq!(
+        docs[10]["values"],
+        serde_json::json!(["merged"]),
+        "{}",
+        docs[10]
+    );
+
+    // A member id that does not exist is a usage error.
+    let (code, _, err) = kvcli(&["--node", &node, "metrics", "nosuch"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("no member named nosuch"), "{err}");
+}
