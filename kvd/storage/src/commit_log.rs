@@ -18,6 +18,12 @@ use crate::batch::WriteBatch;
 use crate::coding::get_u32;
 use crate::error::{Error, Result};
 
+#[cfg(test)]
+thread_local! {
+    /// Makes `SegmentWriter::sync` fail on this thread (tests of fsync-failure handling).
+    pub(crate) static FAIL_SYNC: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 /// Bytes of a frame header.
 pub(crate) const FRAME_HEADER: usize = 8;
 
@@ -88,6 +94,13 @@ impl SegmentWriter {
 
     /// Makes everything appended so far durable.
     pub(crate) fn sync(&self) -> Result<()> {
+        #[cfg(test)]
+        if FAIL_SYNC.with(std::cell::Cell::get) {
+            return Err(Error::io(
+                &self.path,
+                std::io::Error::other("injected fsync failure"),
+            ));
+        }
         self.file.sync_data().map_err(|e| Error::io(&self.path, e))
     }
 }

@@ -1157,3 +1157,37 @@ impl Inner {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::commit_log::FAIL_SYNC;
+
+    #[test]
+    fn a_failed_fsync_poisons_the_engine_and_no_later_write_is_acknowledged() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = Options {
+            background_work: false,
+            ..Options::default()
+        };
+        let e = Engine::open(dir.path(), opts.clone()).unwrap();
+        e.put(b"a", b"1").unwrap();
+        FAIL_SYNC.with(|f| f.set(true));
+        let err = e.put(b"b", b"2").unwrap_err();
+        FAIL_SYNC.with(|f| f.set(false));
+        assert!(matches!(err, Error::Io { .. }), "{err}");
+        assert!(err.to_string().contains("injected fsync failure"));
+        // The unacknowledged write is not visible, and every later write is refused.
+        assert_eq!(e.get(b"b").unwrap(), None);
+        let err = e.put(b"c", b"3").unwrap_err();
+        assert!(matches!(err, Error::Poisoned(_)), "{err}");
+        assert!(err.to_string().contains("fsync"), "{err}");
+        assert!(matches!(e.flush(), Err(Error::Poisoned(_))));
+        assert_eq!(e.get(b"a").unwrap(), Some(b"1".to_vec()));
+        drop(e);
+        // Reopening recovers the acknowledged write.
+        let e = Engine::open(dir.path(), opts).unwrap();
+        assert_eq!(e.get(b"a").unwrap(), Some(b"1".to_vec()));
+        assert_eq!(e.get(b"c").unwrap(), None);
+    }
+}
