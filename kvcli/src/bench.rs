@@ -191,11 +191,12 @@ pub async fn run(probe: &Client, args: BenchArgs, env: &Env) -> Result<(), Clien
         None => crate::progress::bar(limit, "bench"),
     };
     let started = Instant::now();
-    let mut tasks = Vec::new();
+    // A JoinSet aborts its tasks when dropped: an interrupted bench stops its clients.
+    let mut tasks = tokio::task::JoinSet::new();
     for (c, client) in clients.into_iter().enumerate() {
         let shared = shared.clone();
         let value = random_value(c as u64, args.value_size);
-        tasks.push(tokio::spawn(async move {
+        tasks.spawn(async move {
             let mut rng = Rng::new(0x5eed ^ (c as u64 + 1));
             let mut tally = Tally::new();
             while !shared.expired() && shared.next_op.fetch_add(1, Ordering::Relaxed) < shared.limit
@@ -215,12 +216,13 @@ pub async fn run(probe: &Client, args: BenchArgs, env: &Env) -> Result<(), Clien
                 shared.done.fetch_add(1, Ordering::Relaxed);
             }
             tally
-        }));
+        });
     }
-    let ticker = {
+    let mut ticker = tokio::task::JoinSet::new();
+    {
         let (shared, pb) = (shared.clone(), pb.clone());
         let duration_mode = args.duration.is_some();
-        tokio::spawn(async move {
+        ticker.spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 let done = shared.done.load(Ordering::Relaxed);
@@ -232,17 +234,17 @@ pub async fn run(probe: &Client, args: BenchArgs, env: &Env) -> Result<(), Clien
                 }
                 pb.set_message(format!("{done} ops, {:.0} ops/s", done as f64 / secs));
             }
-        })
-    };
+        });
+    }
     let mut total = Tally::new();
-    for t in tasks {
-        match t.await {
+    while let Some(t) = tasks.join_next().await {
+        match t {
             Ok(tally) => total.add(&tally),
             Err(e) => return Err(ClientError::Failed(format!("bench: a client failed: {e}"))),
         }
     }
     let elapsed = started.elapsed().as_secs_f64();
-    ticker.abort();
+    ticker.abort_all();
     pb.finish_and_clear();
     report(&args, dist, &shared, &total, elapsed, env)
 }
@@ -257,7 +259,7 @@ async fn load(
     let pb = crate::progress::bar(args.records, "load");
     let next = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
-    let mut tasks = Vec::new();
+    let mut tasks = tokio::task::JoinSet::new();
     for (c, client) in clients.iter().enumerate() {
         let (client, shared, next, failed, pb) = (
             client.clone(),
@@ -268,7 +270,7 @@ async fn load(
         );
         let value = random_value(c as u64 + 1_000_003, args.value_size);
         let records = args.records;
-        tasks.push(tokio::spawn(async move {
+        tasks.spawn(async move {
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if i >= records {
@@ -300,11 +302,9 @@ async fn load(
                 }
                 pb.inc(1);
             }
-        }));
+        });
     }
-    for t in tasks {
-        let _ = t.await;
-    }
+    while tasks.join_next().await.is_some() {}
     pb.finish_and_clear();
     let failed = failed.load(Ordering::Relaxed);
     if failed == args.records {

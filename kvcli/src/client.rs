@@ -83,11 +83,25 @@ impl Client {
                     .map(|b| String::from_utf8_lossy(b).into_owned())
                     .unwrap_or_default();
                 let v: Value = serde_json::from_str(&body).unwrap_or_default();
-                let code = v["error"]["code"].as_str().unwrap_or("refused").to_string();
+                // The body may not reach us: the status alone says what kind of refusal.
+                let by_status = match status.as_u16() {
+                    401 | 403 => "unauthorized",
+                    503 => "overloaded",
+                    _ => "refused",
+                };
+                let code = v["error"]["code"].as_str().unwrap_or(by_status).to_string();
                 let message = v["error"]["message"]
                     .as_str()
                     .map(str::to_string)
-                    .unwrap_or_else(|| format!("the node answered HTTP {status}"));
+                    .unwrap_or_else(|| match by_status {
+                        "unauthorized" if token.is_some() => {
+                            format!("{url} refused the token (HTTP {status})")
+                        }
+                        "unauthorized" => format!(
+                            "{url} requires a token (HTTP {status}); give --token or KV_TOKEN"
+                        ),
+                        _ => format!("{url} answered HTTP {status}"),
+                    });
                 return Err(ClientError::Refused { code, message });
             }
             Ok(Err(e)) => return Err(ClientError::Unreachable(format!("{url}: {e}"))),

@@ -238,11 +238,9 @@ pub async fn run(client: &Client, cmd: Command, env: &Env) -> Outcome {
                 );
             } else {
                 println!("{}", env.out.green("OK"));
-                println!(
-                    "{}",
-                    env.out
-                        .dim(&format!("context: {}", v["context"].as_str().unwrap_or("")))
-                );
+                if let Some(c) = v["context"].as_str().filter(|c| !c.is_empty()) {
+                    println!("{}", env.out.dim(&format!("context: {c}")));
+                }
             }
         }
         Command::Delete {

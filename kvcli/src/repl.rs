@@ -249,7 +249,16 @@ pub async fn interactive(s: Session) -> u8 {
                         }
                     }
                 }
-                match run_line(&s, trimmed).await {
+                // Ctrl-C while a command runs cancels it (a bench stops its clients), not the
+                // session.
+                let result = tokio::select! {
+                    r = run_line(&s, trimmed) => r,
+                    _ = tokio::signal::ctrl_c() => {
+                        error_line("interrupted");
+                        LineResult::Failed(130)
+                    }
+                };
+                match result {
                     LineResult::Quit => break,
                     _ if trimmed.starts_with("status") => refresh_ids(&s.client, &ids).await,
                     _ => {}

@@ -297,7 +297,21 @@ fn repl_siblings_contexts_completion_and_history() {
     t.expect("k2");
     t.keys("\x15");
 
-    let _ = t.run("get k2");
+    // A long command shows a progress bar on the terminal; Ctrl-C (SIGINT) cancels it and
+    // the session goes on.
+    t.mark = t.screen.lock().unwrap().len();
+    t.keys("bench --workload put --records 10 --clients 1 --duration 60\r");
+    t.expect("ops/s");
+    let pid = t.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap()
+        .success());
+    t.expect("interrupted");
+    t.expect("kv> ");
+    let shown = t.run("get k2");
+    assert!(shown.contains("v2"), "{shown}");
     t.keys("quit\r");
     assert_eq!(t.wait_exit(), 0);
 
@@ -429,4 +443,69 @@ get s
     let (code, _, err) = kvcli(&["--node", &node, "metrics", "nosuch"]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("no member named nosuch"), "{err}");
+}
+
+/// Each failure is one line on stderr naming what failed, with the documented exit status:
+/// a refused token (3), a quorum not met naming the replicas that failed (1), in one-shot use
+/// and in script mode alike.
+#[test]
+fn errors_name_what_failed() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, "s3cret\n").unwrap();
+    let mut cluster = Cluster::start(
+        3,
+        ClusterOpts {
+            extra: vec![
+                "--gossip-interval-ms".into(),
+                "300".into(),
+                "--token-file".into(),
+                tokens.display().to_string(),
+            ],
+            ..ClusterOpts::default()
+        },
+    );
+    let node = cluster.nodes[0].url();
+
+    let (code, _, err) = kvcli(&["--node", &node, "get", "k"]);
+    assert_eq!(code, 3, "no token: {err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("unauthorized"), "{err}");
+    let (code, _, err) = kvcli(&["--node", &node, "--token", "wrong", "get", "k"]);
+    assert_eq!(code, 3, "{err}");
+    let (code, _, err) = kvcli(&["--node", &node, "--token", "s3cret", "put", "k", "v"]);
+    assert_eq!(code, 0, "{err}");
+
+    // Two of three replicas gone: W=2 cannot be met, and the error says which failed.
+    cluster.kill(1);
+    cluster.kill(2);
+    let (code, _, err) = kvcli(&[
+        "--node",
+        &node,
+        "--token",
+        "s3cret",
+        "--timeout",
+        "5",
+        "put",
+        "k",
+        "v2",
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("quorum not met"), "{err}");
+    assert!(
+        err.contains("n2") && err.contains("n3"),
+        "names the replicas: {err}"
+    );
+
+    // Script mode: the same line for the failed command, the next command still runs.
+    let (code, out, err) = kv_tests::kvcli_with_stdin(
+        &["--node", &node, "--token", "s3cret", "--json"],
+        Some("get k --r 3\nget k --r 1\n"),
+    );
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("R=3"), "{err}");
+    let doc: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(doc["found"], true, "{doc}");
 }
