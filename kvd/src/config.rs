@@ -70,6 +70,10 @@ pub struct NodeArgs {
     /// Hinted-handoff bytes kept per down node before further hints are refused.
     #[arg(long)]
     pub hint_max_mb: Option<u64>,
+    /// Seconds between anti-entropy rounds (0 disables the periodic rounds; `repair` still
+    /// runs on demand).
+    #[arg(long)]
+    pub anti_entropy_interval_s: Option<u64>,
 }
 
 /// `--sync` as parsed from the command line or the file.
@@ -115,6 +119,7 @@ struct FileConfig {
     gossip_interval_ms: Option<u64>,
     sloppy: Option<bool>,
     hint_max_mb: Option<u64>,
+    anti_entropy_interval_s: Option<u64>,
 }
 
 /// Everything a node runs with, resolved.
@@ -160,6 +165,8 @@ pub struct NodeConfig {
     pub sloppy: bool,
     /// Hint bytes kept per down node.
     pub hint_max_bytes: u64,
+    /// Time between anti-entropy rounds (zero: only on demand).
+    pub anti_entropy_interval: Duration,
 }
 
 impl NodeConfig {
@@ -228,6 +235,11 @@ impl NodeConfig {
             max_in_flight: 1024,
             sloppy: args.sloppy.or(file.sloppy).unwrap_or(true),
             hint_max_bytes: args.hint_max_mb.or(file.hint_max_mb).unwrap_or(256) << 20,
+            anti_entropy_interval: Duration::from_secs(
+                args.anti_entropy_interval_s
+                    .or(file.anti_entropy_interval_s)
+                    .unwrap_or(60),
+            ),
         };
         config.check()?;
         Ok(config)

@@ -192,8 +192,39 @@ async fn run(node: &Arc<Node>, op: ClientOp, sloppy: Option<bool>) -> Result<Val
         ClientOp::Ring { key } => Ok(ring_answer(node, key.as_deref())),
         ClientOp::Ping => Ok(json!({ "node": node.id })),
         ClientOp::Hints => Ok(crate::http::hints_json(node).await),
-        ClientOp::Repair { .. } | ClientOp::Decommission { .. } => Err(WireError::bad_request(
-            "repair and decommission are not available on this version of kvd",
+        ClientOp::Repair { node: target } => {
+            let stats = match target {
+                Some(t) if t != node.id => {
+                    let addr = node
+                        .addr_of(&t)
+                        .ok_or_else(|| WireError::bad_request(format!("{t} is not a member")))?;
+                    match node
+                        .peers
+                        .call(
+                            &addr,
+                            &crate::peer::PeerRequest::RunRepair,
+                            std::time::Duration::from_secs(3600),
+                        )
+                        .await
+                    {
+                        Ok(crate::peer::PeerResponse::Repaired { stats }) => stats,
+                        Ok(other) => {
+                            return Err(WireError::new(
+                                ErrorCode::Internal,
+                                format!("unexpected answer from {t}: {other:?}"),
+                            ))
+                        }
+                        Err(e) => {
+                            return Err(WireError::new(ErrorCode::Unavailable, format!("{t}: {e}")))
+                        }
+                    }
+                }
+                _ => crate::anti_entropy::repair_now(node).await,
+            };
+            Ok(serde_json::to_value(stats).unwrap_or_default())
+        }
+        ClientOp::Decommission { .. } => Err(WireError::bad_request(
+            "decommission is not available on this version of kvd",
         )),
     }
 }

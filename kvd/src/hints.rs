@@ -30,8 +30,8 @@ use crate::storage::{Engine, WriteBatch};
 pub const HINT_PREFIX: u8 = b'h';
 const STRIPES: usize = 256;
 
-/// Hints read for delivery: (user key, stored sibling-set bytes).
-pub type HintBatch = Vec<(Vec<u8>, Vec<u8>)>;
+/// (user key, stored sibling-set bytes) pairs: hints read for delivery, or a range's data.
+pub type KeyStates = Vec<(Vec<u8>, Vec<u8>)>;
 
 /// Per-target figures.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -184,7 +184,7 @@ impl HintStore {
     }
 
     /// Up to `limit` hints for `target`: (user key, stored bytes).
-    pub fn batch_for(&self, target: &str, limit: usize) -> Result<HintBatch, String> {
+    pub fn batch_for(&self, target: &str, limit: usize) -> Result<KeyStates, String> {
         let start = [HINT_PREFIX];
         let end = [HINT_PREFIX + 1];
         let mut out = Vec::new();

@@ -266,6 +266,22 @@ fn metrics_text(node: &Node) -> String {
             .dropped
             .load(std::sync::atomic::Ordering::Relaxed)
     );
+    let ae = &node.anti_entropy;
+    let ae_counters: [(&str, &std::sync::atomic::AtomicU64); 6] = [
+        ("kv_anti_entropy_sessions_total", &ae.sessions),
+        ("kv_anti_entropy_keys_repaired_total", &ae.keys_repaired),
+        ("kv_anti_entropy_bytes_total", &ae.bytes),
+        ("kv_anti_entropy_rounds_total", &ae.rounds),
+        ("kv_repair_pairs_done", &ae.repair_done),
+        ("kv_repair_pairs_total", &ae.repair_total),
+    ];
+    for (name, v) in ae_counters {
+        let _ = writeln!(
+            out,
+            "{name} {}",
+            v.load(std::sync::atomic::Ordering::Relaxed)
+        );
+    }
     let gauges: [(&str, f64); 12] = [
         ("kv_storage_tables", s.table_count as f64),
         ("kv_storage_memtable_bytes", s.memtable_bytes as f64),

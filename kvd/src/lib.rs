@@ -10,6 +10,7 @@
 #![deny(clippy::unwrap_used)]
 
 pub use kvd_storage as storage;
+pub mod anti_entropy;
 pub mod bench;
 pub mod config;
 pub mod connection;
@@ -20,6 +21,7 @@ pub mod hints;
 pub mod http;
 pub mod identity;
 pub mod log;
+pub mod merkle_index;
 pub mod metrics;
 pub mod node;
 pub mod peer;

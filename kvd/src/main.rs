@@ -67,6 +67,7 @@ async fn run_node(config: NodeConfig) -> Result<()> {
     let server = tokio::spawn(kvd::server::serve(node.clone(), listener));
     let gossip = tokio::spawn(kvd::gossip::run(node.clone()));
     let handoff = tokio::spawn(kvd::hints::run_delivery(node.clone()));
+    let anti_entropy = tokio::spawn(kvd::anti_entropy::run(node.clone()));
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| Error::Io(format!("cannot watch SIGTERM: {e}")))?;
@@ -79,6 +80,7 @@ async fn run_node(config: NodeConfig) -> Result<()> {
     let _ = server.await;
     let _ = gossip.await;
     let _ = handoff.await;
+    let _ = anti_entropy.await;
     node.close();
     kvd::info!("stopped cleanly");
     Ok(())

@@ -4,7 +4,9 @@
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use kv_core::membership::{DetectorConfig, Member, MemberStatus, Membership, MembershipEvent};
+use kv_core::membership::{
+    DetectorConfig, Member, MemberStatus, Membership, MembershipEvent, NodeState,
+};
 use kv_core::ring::{NodeInfo, Placement, Ring};
 use kv_core::version::{decode_context, SiblingSet};
 use tokio::sync::watch;
@@ -36,6 +38,10 @@ pub struct Node {
     pub peers: PeerPool,
     /// Counters for /metrics.
     pub metrics: Metrics,
+    /// Anti-entropy totals and the progress of a running repair.
+    pub anti_entropy: crate::anti_entropy::AntiEntropyCounters,
+    /// One repair (or periodic round) at a time.
+    pub repair_lock: tokio::sync::Mutex<()>,
     /// When the node started (uptime).
     pub started: Instant,
     /// Flipped to true once to stop every task.
@@ -100,6 +106,8 @@ impl Node {
             ring: RwLock::new(Arc::new(Ring::new())),
             peers,
             metrics: Metrics::default(),
+            anti_entropy: Default::default(),
+            repair_lock: tokio::sync::Mutex::new(()),
             started: Instant::now(),
             shutdown,
             config,
@@ -136,7 +144,31 @@ impl Node {
         // lookup on the request path is a binary search and a copy.
         let placement = self.placement(&ring);
         ring.prepare(&placement);
-        *self.ring.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(ring);
+        let ring = Arc::new(ring);
+        *self.ring.write().unwrap_or_else(|p| p.into_inner()) = ring.clone();
+        self.reindex(ring, placement);
+    }
+
+    /// Brings the Merkle index to the ranges this node replicates on `ring` (a scan of the
+    /// engine only when those ranges changed), off the async threads when there are any.
+    fn reindex(&self, ring: Arc<Ring>, placement: Placement) {
+        let run = |engine: &Engine, index: &crate::merkle_index::MerkleIndex, id: &str| match index
+            .rebuild(engine, ring.clone(), &placement, id)
+        {
+            Ok(true) => crate::info!("merkle trees rebuilt for {} ranges", index.ranges().len()),
+            Ok(false) => {}
+            Err(e) => crate::error!("cannot rebuild the merkle trees: {e}"),
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle)
+                if handle.runtime_flavor() != tokio::runtime::RuntimeFlavor::CurrentThread =>
+            {
+                tokio::task::block_in_place(|| {
+                    run(self.replica.engine(), &self.replica.merkle, &self.id)
+                })
+            }
+            _ => run(self.replica.engine(), &self.replica.merkle, &self.id),
+        }
     }
 
     /// The membership, locked.
@@ -156,6 +188,11 @@ impl Node {
                 }
                 MembershipEvent::StateChanged { id, from, to } => {
                     crate::info!("member {id}: {from:?} -> {to:?}");
+                    if *to == NodeState::Up {
+                        if let Some(addr) = self.addr_of(id) {
+                            self.peers.clear_failure(&addr);
+                        }
+                    }
                     placement_changed = true;
                 }
                 MembershipEvent::TokensChanged(_) | MembershipEvent::AddressChanged(_) => {
@@ -302,6 +339,19 @@ impl Node {
             PeerRequest::Stats => PeerResponse::Stats {
                 stats: crate::http::local_stats(self),
             },
+            PeerRequest::RunRepair => PeerResponse::Repaired {
+                stats: crate::anti_entropy::repair_now(self).await,
+            },
+            req @ (PeerRequest::MerkleHashes { .. }
+            | PeerRequest::BucketDigests { .. }
+            | PeerRequest::FetchStates { .. }) => {
+                let node = self.clone();
+                tokio::task::spawn_blocking(move || crate::anti_entropy::serve(&node, req))
+                    .await
+                    .unwrap_or_else(|e| PeerResponse::Error {
+                        message: format!("anti-entropy task failed: {e}"),
+                    })
+            }
             PeerRequest::Read { key, with_hints } => {
                 let node = self.clone();
                 let result = tokio::task::spawn_blocking(move || {
@@ -385,7 +435,7 @@ async fn choose_tokens(
     if !config.seeds.is_empty() {
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut last_error = String::new();
-        let mut answered = false;
+        let mut answered: Option<Vec<Member>> = None;
         'outer: while Instant::now() < deadline {
             for seed in &config.seeds {
                 let req = PeerRequest::Gossip {
@@ -394,7 +444,7 @@ async fn choose_tokens(
                 match peers.call(seed, &req, Duration::from_secs(2)).await {
                     Ok(PeerResponse::Gossip { members }) => {
                         membership.merge(&members, crate::now_ms());
-                        answered = true;
+                        answered = Some(members);
                         break 'outer;
                     }
                     Ok(other) => last_error = format!("{seed}: unexpected answer {other:?}"),
@@ -403,13 +453,11 @@ async fn choose_tokens(
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
-        if !answered {
+        let Some(cluster) = answered else {
             return Err(Error::Join(format!("no seed answered: {last_error}")));
-        }
-        if let Some(old) = membership
-            .members()
-            .find(|m| m.id == id && !m.tokens.is_empty())
-        {
+        };
+        // The seed's own record of this id (my membership never takes over a record of me).
+        if let Some(old) = cluster.iter().find(|m| m.id == id && !m.tokens.is_empty()) {
             crate::info!(
                 "the cluster knows {id}: taking back its {} tokens",
                 old.tokens.len()

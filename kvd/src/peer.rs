@@ -63,6 +63,29 @@ pub enum PeerRequest {
     },
     /// This node's own figures for `status`.
     Stats,
+    /// Anti-entropy: this node's Merkle hashes of `indices` at `depth` of `range`'s tree.
+    MerkleHashes {
+        /// The range.
+        range: kv_core::ring::TokenRange,
+        /// Tree level (0 = root).
+        depth: usize,
+        /// Node indices within the level.
+        indices: Vec<usize>,
+    },
+    /// Anti-entropy: (key, digest) of every key of `range` in one of `buckets`.
+    BucketDigests {
+        /// The range.
+        range: kv_core::ring::TokenRange,
+        /// Leaf buckets.
+        buckets: Vec<usize>,
+    },
+    /// Anti-entropy: the stored states of `keys`.
+    FetchStates {
+        /// User keys.
+        keys: Vec<String>,
+    },
+    /// Run a repair on this node now (`repair --node`).
+    RunRepair,
 }
 
 /// The answer to a [`PeerRequest`].
@@ -96,6 +119,26 @@ pub enum PeerResponse {
     Stats {
         /// The figures.
         stats: crate::http::NodeStats,
+    },
+    /// Merkle hashes, in the order asked.
+    Hashes {
+        /// The hashes.
+        hashes: Vec<u64>,
+    },
+    /// (key, digest) pairs.
+    Digests {
+        /// The pairs.
+        entries: Vec<(String, u64)>,
+    },
+    /// Stored states (keys absent here are left out).
+    States {
+        /// The states.
+        entries: Vec<crate::anti_entropy::KeyState>,
+    },
+    /// What a repair did.
+    Repaired {
+        /// Its figures.
+        stats: crate::anti_entropy::RepairStats,
     },
     /// The request failed; the message says why.
     Error {
@@ -210,9 +253,10 @@ impl PeerPool {
         }
     }
 
-    /// Drops the connection to `addr` (used when a peer is known to have restarted).
-    pub async fn forget(&self, addr: &str) {
-        self.conns.lock().await.remove(addr);
+    /// Forgets a recent connect failure to `addr`, so the next call tries at once (gossip
+    /// has seen the peer come back).
+    pub fn clear_failure(&self, addr: &str) {
+        lock(&self.failed_at).remove(addr);
     }
 
     async fn conn(&self, addr: &str) -> Result<Arc<Conn>, PeerError> {

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use kv_core::hash::key_token;
 use kv_core::version::{SiblingSet, VersionVector};
 
+use crate::merkle_index::MerkleIndex;
 use crate::storage::{Engine, WriteBatch};
 
 /// Prefix of user data in the engine. The token follows, big-endian, so one token range is one
@@ -64,6 +65,8 @@ pub struct Replica {
     stripes: Vec<Mutex<()>>,
     /// Keys held (tombstones included): counted once at start, then kept up to date.
     keys: AtomicU64,
+    /// Merkle trees of the ranges this node replicates, updated by every write.
+    pub merkle: MerkleIndex,
 }
 
 /// The engine key of a user key: prefix, token, key.
@@ -95,6 +98,7 @@ impl Replica {
             actor,
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             keys: AtomicU64::new(keys),
+            merkle: MerkleIndex::default(),
         })
     }
 
@@ -114,15 +118,25 @@ impl Replica {
         self.stripes[i].lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The stored bytes (encoded sibling set) of `key`, if any.
+    pub fn read_raw_key(&self, key: &[u8]) -> Result<Option<Vec<u8>>, ReplicaError> {
+        Ok(self.engine.get(&data_key(key))?)
+    }
+
     /// The stored state of `key`, if any.
     pub fn read(&self, key: &[u8]) -> Result<Option<SiblingSet>, ReplicaError> {
         self.read_engine_key(&data_key(key))
     }
 
     fn read_engine_key(&self, ek: &[u8]) -> Result<Option<SiblingSet>, ReplicaError> {
+        Ok(self.read_raw(ek)?.map(|(_, s)| s))
+    }
+
+    /// The stored bytes of an engine key and their decoding.
+    fn read_raw(&self, ek: &[u8]) -> Result<Option<(Vec<u8>, SiblingSet)>, ReplicaError> {
         match self.engine.get(ek)? {
             Some(bytes) => SiblingSet::decode(&bytes)
-                .map(Some)
+                .map(|s| Some((bytes, s)))
                 .map_err(|e| ReplicaError::Corrupt(e.to_string())),
             None => Ok(None),
         }
@@ -138,12 +152,15 @@ impl Replica {
     ) -> Result<Minted, ReplicaError> {
         let ek = data_key(key);
         let _guard = self.lock(key);
-        let current = self.read_engine_key(&ek)?;
-        let is_new = current.is_none();
-        let mut state = current.unwrap_or_default();
+        let tree = self.merkle.write_guard();
+        let current = self.read_raw(&ek)?;
+        let old_bytes = current.as_ref().map(|(b, _)| b.clone());
+        let mut state = current.map(|(_, s)| s).unwrap_or_default();
         let outcome = state.update(ctx, &self.actor, value, now_ms);
-        self.engine.put(&ek, &state.encode())?;
-        if is_new {
+        let new_bytes = state.encode();
+        self.engine.put(&ek, &new_bytes)?;
+        tree.update(key, old_bytes.as_deref(), Some(&new_bytes));
+        if old_bytes.is_none() {
             self.keys.fetch_add(1, Relaxed);
         }
         // The writer saw `ctx` and wrote `dot`. A version vector can say exactly that only when
@@ -167,17 +184,24 @@ impl Replica {
     pub fn merge(&self, key: &[u8], incoming: &SiblingSet) -> Result<bool, ReplicaError> {
         let ek = data_key(key);
         let _guard = self.lock(key);
-        let current = self.read_engine_key(&ek)?;
+        let tree = self.merkle.write_guard();
+        let current = self.read_raw(&ek)?;
         let merged = match &current {
-            Some(cur) => cur.synced(incoming),
+            Some((_, cur)) => cur.synced(incoming),
             None => incoming.clone(),
         };
-        if current.as_ref() == Some(&merged) {
+        if current.as_ref().map(|(_, s)| s) == Some(&merged) {
             return Ok(false);
         }
+        let new_bytes = merged.encode();
         let mut batch = WriteBatch::new();
-        batch.put(ek, merged.encode());
+        batch.put(ek, new_bytes.clone());
         self.engine.write(batch)?;
+        tree.update(
+            key,
+            current.as_ref().map(|(b, _)| b.as_slice()),
+            Some(&new_bytes),
+        );
         if current.is_none() {
             self.keys.fetch_add(1, Relaxed);
         }

@@ -1,0 +1,222 @@
+//! The Merkle trees of the token ranges this node replicates, kept current on every write.
+//!
+//! One kv-core `MerkleTree` per range. A write XORs the key's old digest out of its bucket and
+//! the new one in (O(1)); inner hashes are recomputed lazily when a peer asks. Trees are built
+//! from the engine once at start and again only when the ranges this node replicates change
+//! (a join, a leave, a weight change): never by a periodic rescan.
+//!
+//! Consistency with the engine: a replica write holds the index's read lock from before it
+//! reads the key's old bytes until after it updated the tree, and a rebuild holds the write
+//! lock while it scans, so a rebuild never sees a write half applied.
+
+use std::collections::HashMap;
+use std::ops::Bound;
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
+
+use kv_core::hash::key_token;
+use kv_core::merkle::MerkleTree;
+use kv_core::ring::{Placement, Ring, TokenRange};
+
+use crate::replica::{user_key, DATA_PREFIX};
+use crate::storage::Engine;
+
+/// Leaf buckets per range tree.
+pub const LEAF_BUCKETS: usize = 1024;
+
+struct IndexState {
+    /// The ring the ranges were computed from (to map a token to its range).
+    ring: Arc<Ring>,
+    /// The ranges this node replicates, with their trees.
+    trees: HashMap<TokenRange, Mutex<MerkleTree>>,
+    /// Sorted list of the same ranges (to tell whether a new ring changes anything).
+    ranges: Vec<TokenRange>,
+}
+
+/// Per-range Merkle trees of this node's data.
+#[derive(Default)]
+pub struct MerkleIndex {
+    state: RwLock<Option<IndexState>>,
+}
+
+/// Held by a replica write across its read-modify-write (see the module doc).
+pub struct WriteGuard<'a>(RwLockReadGuard<'a, Option<IndexState>>);
+
+impl WriteGuard<'_> {
+    /// Records that `key` changed from `old` to `new` encoded states.
+    pub fn update(&self, key: &[u8], old: Option<&[u8]>, new: Option<&[u8]>) {
+        let Some(state) = self.0.as_ref() else { return };
+        let Some(range) = state.ring.range_for_token(key_token(key)) else {
+            return;
+        };
+        if let Some(tree) = state.trees.get(&range) {
+            let mut t = tree.lock().unwrap_or_else(|p| p.into_inner());
+            t.update(
+                key,
+                old.map(|o| MerkleTree::key_digest(key, o)),
+                new.map(|n| MerkleTree::key_digest(key, n)),
+            );
+        }
+    }
+}
+
+fn token_key(t: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(9);
+    k.push(DATA_PREFIX);
+    k.extend_from_slice(&t.to_be_bytes());
+    k
+}
+
+/// Every (user key, stored bytes) of the data in `range`, in token order.
+pub fn scan_range(
+    engine: &Engine,
+    range: TokenRange,
+) -> Result<crate::hints::KeyStates, crate::storage::Error> {
+    // Inclusive token pieces of (start, end]; a wrapping range is two.
+    let mut pieces: Vec<(u64, u64)> = Vec::with_capacity(2);
+    if range.start < range.end {
+        pieces.push((range.start + 1, range.end));
+    } else {
+        if range.start < u64::MAX {
+            pieces.push((range.start + 1, u64::MAX));
+        }
+        pieces.push((0, range.end));
+    }
+    let mut out = Vec::new();
+    for (lo, hi) in pieces {
+        let lo = token_key(lo);
+        let hi = match hi.checked_add(1) {
+            Some(h) => token_key(h),
+            None => vec![DATA_PREFIX + 1],
+        };
+        for item in engine.scan(Bound::Included(&lo[..]), Bound::Excluded(&hi[..]))? {
+            let (k, v) = item?;
+            if let Some(uk) = user_key(&k) {
+                out.push((uk.to_vec(), v));
+            }
+        }
+    }
+    Ok(out)
+}
+
+impl MerkleIndex {
+    /// Takes the read side for one replica write.
+    pub fn write_guard(&self) -> WriteGuard<'_> {
+        WriteGuard(self.state.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Rebuilds the trees for the ranges `me` replicates on `ring`, scanning the engine once,
+    /// unless those ranges are the ones already indexed (only the ring snapshot is swapped).
+    /// Returns whether a rebuild happened.
+    pub fn rebuild(
+        &self,
+        engine: &Engine,
+        ring: Arc<Ring>,
+        placement: &Placement,
+        me: &str,
+    ) -> Result<bool, crate::storage::Error> {
+        let mut ranges = ring.replicated_ranges(me, placement);
+        ranges.sort();
+        let mut guard = self.state.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(state) = guard.as_mut() {
+            if state.ranges == ranges {
+                state.ring = ring;
+                return Ok(false);
+            }
+        }
+        let mut trees: HashMap<TokenRange, MerkleTree> = ranges
+            .iter()
+            .map(|r| (*r, MerkleTree::new(LEAF_BUCKETS)))
+            .collect();
+        let start = [DATA_PREFIX];
+        let end = [DATA_PREFIX + 1];
+        for item in engine.scan(Bound::Included(&start[..]), Bound::Excluded(&end[..]))? {
+            let (k, v) = item?;
+            let Some(uk) = user_key(&k) else { continue };
+            let Some(range) = ring.range_for_token(key_token(uk)) else {
+                continue;
+            };
+            if let Some(t) = trees.get_mut(&range) {
+                t.update(uk, None, Some(MerkleTree::key_digest(uk, &v)));
+            }
+        }
+        *guard = Some(IndexState {
+            ring,
+            trees: trees.into_iter().map(|(r, t)| (r, Mutex::new(t))).collect(),
+            ranges,
+        });
+        Ok(true)
+    }
+
+    /// The ranges indexed now.
+    pub fn ranges(&self) -> Vec<TokenRange> {
+        self.state
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|s| s.ranges.clone())
+            .unwrap_or_default()
+    }
+
+    /// Runs `f` on the tree of `range`, if this node indexes it.
+    pub fn with_tree<T>(
+        &self,
+        range: &TokenRange,
+        f: impl FnOnce(&mut MerkleTree) -> T,
+    ) -> Option<T> {
+        let guard = self.state.read().unwrap_or_else(|p| p.into_inner());
+        let tree = guard.as_ref()?.trees.get(range)?;
+        let mut t = tree.lock().unwrap_or_else(|p| p.into_inner());
+        Some(f(&mut t))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::replica::data_key;
+    use crate::storage::Options;
+    use kv_core::ring::NodeInfo;
+
+    #[test]
+    fn range_scans_cover_exactly_the_range_including_wrapping_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(dir.path(), Options::default()).unwrap();
+        let keys: Vec<String> = (0..500).map(|i| format!("key{i}")).collect();
+        for k in &keys {
+            engine.put(&data_key(k.as_bytes()), b"v").unwrap();
+        }
+        let mut ring = Ring::new();
+        for id in ["a", "b", "c"] {
+            let tokens = ring.allocate_tokens(1, id.len() as u64 + 7);
+            ring.insert(
+                NodeInfo {
+                    id: id.into(),
+                    addr: String::new(),
+                    dc: "dc1".into(),
+                    rack: "r1".into(),
+                    weight: 1,
+                },
+                tokens,
+            );
+        }
+        let placement = Placement::Simple { n: 1 };
+        let mut seen = 0;
+        for (range, _) in ring.ranges(&placement) {
+            let got = scan_range(&engine, range).unwrap();
+            for (k, _) in &got {
+                assert!(
+                    range.contains(key_token(k)),
+                    "{range:?} returned a key outside it"
+                );
+            }
+            let expected = keys
+                .iter()
+                .filter(|k| range.contains(key_token(k.as_bytes())))
+                .count();
+            assert_eq!(got.len(), expected, "{range:?}");
+            seen += got.len();
+        }
+        assert_eq!(seen, keys.len(), "the ranges partition the keys");
+        assert!(ring.ranges(&placement).iter().any(|(r, _)| r.wraps()));
+    }
+}
