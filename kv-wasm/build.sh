@@ -38,6 +38,14 @@ CARGO_PROFILE_RELEASE_DEBUG=0 \
 target_dir="${CARGO_TARGET_DIR:-$root/target}"
 wasm="$target_dir/wasm32-unknown-unknown/release/kv_wasm.wasm"
 
+# Skip the packaging when nothing it reads changed since the last build.
+inputs="$( (cat "$wasm" js/* test/types.check.ts test/tsconfig.json "$here/build.sh"; wasm-bindgen --version) | sha256sum | cut -d' ' -f1)"
+if [ -f pkg/.inputs ] && [ "$(cat pkg/.inputs)" = "$inputs" ] && [ -f pkg/web/index.js ] && [ -f pkg/node/index.mjs ]; then
+  cat pkg/.sizes
+  exit 0
+fi
+rm -f pkg/.inputs
+
 version="$(awk -F'"' '/^version = / { print $2; exit }' "$root/Cargo.toml")"
 
 build_pkg() { # $1 = web|node, $2 = wasm-bindgen target
@@ -52,9 +60,11 @@ build_pkg() { # $1 = web|node, $2 = wasm-bindgen target
     echo "build.sh: wasm-opt not found, $bg left unoptimized" >&2
   fi
   after=$(wc -c < "$bg")
-  echo "kv-wasm: $out/kv_wasm_bg.wasm $before bytes from wasm-bindgen, $after bytes after wasm-opt -Oz"
+  echo "kv-wasm: $out/kv_wasm_bg.wasm $before bytes from wasm-bindgen, $after bytes after wasm-opt -Oz" | tee -a pkg/.sizes
 }
 
+mkdir -p pkg
+: > pkg/.sizes
 build_pkg web web
 cp js/client.js pkg/web/client.js
 cp js/index.web.js pkg/web/index.js
@@ -95,3 +105,4 @@ JSON
 
 # The declarations must compile, and agree with what a caller writes.
 node_modules/.bin/tsc -p test/tsconfig.json
+echo "$inputs" > pkg/.inputs
