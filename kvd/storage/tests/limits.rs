@@ -133,3 +133,19 @@ fn concurrent_writers_share_fsyncs_and_lose_nothing() {
         threads * per
     );
 }
+
+#[test]
+fn engine_is_shareable_and_scans_can_move_between_threads() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    fn assert_send<T: Send>() {}
+    assert_send_sync::<Engine>();
+    assert_send::<kvd_storage::Scan>();
+    let dir = tempfile::tempdir().unwrap();
+    let e = Engine::open(dir.path(), Options::default()).unwrap();
+    e.put(b"k", b"v").unwrap();
+    let scan = e.scan(Bound::Unbounded, Bound::Unbounded).unwrap();
+    let got: Vec<_> = std::thread::spawn(move || scan.map(|r| r.unwrap()).collect())
+        .join()
+        .unwrap();
+    assert_eq!(got, vec![(b"k".to_vec(), b"v".to_vec())]);
+}
