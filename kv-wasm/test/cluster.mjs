@@ -50,16 +50,22 @@ async function waitFor(what, check, logs, limitMs = 30_000) {
 }
 
 export class Cluster {
-  constructor(dir) {
+  constructor(dir, extraArgs) {
     this.dir = dir;
+    /** Flags given to every node after the standard ones. */
+    this.extraArgs = extraArgs;
     /** {id, port, args, child, log} per node, in start order. */
     this.nodes = [];
   }
 
-  /** Starts `n` nodes, the first the seed of the others, and waits until all see all. */
-  static async start(n) {
+  /**
+   * Starts `n` nodes, the first the seed of the others, and waits until all see all.
+   * `extraArgs(dir)` may add flags (given the cluster's temporary directory).
+   */
+  static async start(n, extraArgs = () => []) {
     if (!existsSync(kvdBin)) throw new Error(`no kvd binary at ${kvdBin}: run cargo build -p kvd`);
-    const cluster = new Cluster(mkdtempSync(path.join(tmpdir(), 'kv-wasm-test-')));
+    const dir = mkdtempSync(path.join(tmpdir(), 'kv-wasm-test-'));
+    const cluster = new Cluster(dir, extraArgs(dir));
     try {
       for (let i = 0; i < n; i++) await cluster.#add();
       await cluster.waitConverged();
@@ -87,6 +93,7 @@ export class Cluster {
       '--sync', 'none', '--gossip-interval-ms', '300',
     ];
     if (i > 0) args.push('--seed', `127.0.0.1:${this.nodes[0].port}`);
+    args.push(...this.extraArgs);
     const node = { id, port, args, child: null, log: '' };
     this.nodes.push(node);
     this.#spawn(node);

@@ -100,6 +100,27 @@ describe('kv-wasm SDK against a 3-node cluster', () => {
     assert.equal(compareContexts(got.context, first.context), 'after');
   });
 
+  test('update retries when someone else wrote in between', async () => {
+    const a = await connect(0);
+    const b = await connect(1);
+    await a.put('race', JSON.stringify(['a']));
+    let calls = 0;
+    const done = await a.update('race', async (values, read) => {
+      calls += 1;
+      if (calls === 1) {
+        // Another writer saw the same version and writes before our write-back.
+        await b.put('race', JSON.stringify(['a', 'x']), { context: read.context });
+      }
+      const set = JSON.parse(reconcile(values, 'union'));
+      return JSON.stringify([...set, 'b'].filter((v, i, all) => all.indexOf(v) === i));
+    });
+    assert.equal(calls, 2, 'the resolver ran again on the siblings the race left');
+    const got = await b.get('race');
+    assert.equal(got.siblings.length, 1, JSON.stringify(got));
+    assert.deepEqual(JSON.parse(got.values[0]).sort(), ['a', 'b', 'x']);
+    assert.equal(done.value, got.values[0]);
+  });
+
   test('update with a function resolver (shopping-cart merge) on a new key', async () => {
     const c = await connect(1);
     const add = (item) => (values) => {
