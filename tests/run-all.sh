@@ -31,7 +31,12 @@ fi
 if ! have node || ! have npm; then
   apt-get update && apt-get install -y nodejs npm
 fi
+# The browser test drives the web package in headless Chromium (Debian's, about 30 s to install).
+if ! have chromium; then
+  apt-get update && apt-get install -y chromium
+fi
 # Builds pkg/web and pkg/node (npm ci only when kv-wasm/node_modules is missing or stale).
 kv-wasm/build.sh
-# Node tests of pkg/node and pkg/web against real kvd clusters (the debug kvd built above).
+# Node tests of pkg/node and pkg/web (the latter also in Chromium) against real kvd clusters
+# (the debug kvd built above).
 node --test kv-wasm/test/*.test.mjs
