@@ -223,9 +223,52 @@ async fn run(node: &Arc<Node>, op: ClientOp, sloppy: Option<bool>) -> Result<Val
             };
             Ok(serde_json::to_value(stats).unwrap_or_default())
         }
-        ClientOp::Decommission { .. } => Err(WireError::bad_request(
-            "decommission is not available on this version of kvd",
-        )),
+        ClientOp::Decommission { node: target } => {
+            if !node.ring().nodes().any(|n| n.id == target) {
+                return Err(WireError::bad_request(format!(
+                    "{target} is not a node of the ring"
+                )));
+            }
+            if !node.is_up(&target) {
+                return Err(WireError::new(
+                    ErrorCode::Unavailable,
+                    format!("{target} is down: start it so that it can hand its data over"),
+                ));
+            }
+            let moved = if target == node.id {
+                crate::rebalance::run_decommission(node)
+                    .await
+                    .map_err(|e| WireError::new(ErrorCode::Internal, e))?
+            } else {
+                let addr = node
+                    .addr_of(&target)
+                    .ok_or_else(|| WireError::bad_request(format!("{target} is not a member")))?;
+                match node
+                    .peers
+                    .call(
+                        &addr,
+                        &crate::peer::PeerRequest::Decommission,
+                        std::time::Duration::from_secs(24 * 3600),
+                    )
+                    .await
+                {
+                    Ok(crate::peer::PeerResponse::Decommissioned { moved_keys }) => moved_keys,
+                    Ok(other) => {
+                        return Err(WireError::new(
+                            ErrorCode::Internal,
+                            format!("unexpected answer from {target}: {other:?}"),
+                        ))
+                    }
+                    Err(e) => {
+                        return Err(WireError::new(
+                            ErrorCode::Unavailable,
+                            format!("{target}: {e}"),
+                        ))
+                    }
+                }
+            };
+            Ok(json!({ "node": target, "moved_keys": moved }))
+        }
     }
 }
 

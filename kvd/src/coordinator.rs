@@ -110,6 +110,8 @@ struct WritePlan {
     /// Healthy nodes further clockwise not yet used, for replacing failed targets (empty
     /// under a strict quorum).
     fallbacks: std::collections::VecDeque<String>,
+    /// Owners-to-be of the key while membership changes: sent the write, not counted.
+    extras: Vec<String>,
 }
 
 impl WritePlan {
@@ -158,7 +160,18 @@ pub async fn write(
     } else {
         Default::default()
     };
+    // While nodes join or leave, the owners-to-be also get every write (not counted in W:
+    // the current owners answer for it; the newcomers stream the rest).
+    let extras: Vec<String> = match node.pending_ring() {
+        Some(pending) => pending
+            .preference_list(key.as_bytes(), &node.placement(&pending))
+            .into_iter()
+            .filter(|id| !targets.iter().any(|t| t.node == *id))
+            .collect(),
+        None => Vec::new(),
+    };
     let mut plan = WritePlan {
+        extras,
         tracker: WriteTracker::new(targets.iter().map(|t| t.node.clone()).collect(), w),
         roles: targets
             .iter()
@@ -290,6 +303,12 @@ async fn fan_out(
             let _ = tx.send((target, outcome));
         });
     };
+    for extra in std::mem::take(&mut plan.extras) {
+        let (node, key, state) = (node.clone(), key.clone(), state.clone());
+        tokio::spawn(async move {
+            let _ = replicate(&node, &extra, key, state, None, deadline).await;
+        });
+    }
     for target in plan.tracker.pending() {
         if target == minter {
             continue;

@@ -86,6 +86,7 @@ pub fn local_stats(node: &Node) -> NodeStats {
         uptime_s: node.started.elapsed().as_secs(),
         hints_pending: hints.values().map(|t| t.count).sum(),
         hints_by_target: hints.into_iter().map(|(t, h)| (t, h.count)).collect(),
+        transfer: node.transfers.progress(),
     }
 }
 
@@ -103,6 +104,9 @@ pub struct NodeStats {
     /// The same, per target node.
     #[serde(default)]
     pub hints_by_target: std::collections::BTreeMap<String, u64>,
+    /// A join or decommission in progress.
+    #[serde(default)]
+    pub transfer: Option<crate::rebalance::TransferProgress>,
 }
 
 /// One member as seen from this node, with its own figures when it answered in time.
@@ -186,6 +190,7 @@ pub async fn status_json(node: &Arc<Node>) -> Value {
                 "disk_bytes": s.map(|s| s.disk_bytes),
                 "uptime_s": s.map(|s| s.uptime_s),
                 "hints_pending": s.map(|s| s.hints_pending),
+                "transfer": s.and_then(|s| s.transfer.clone()),
             })
         })
         .collect();

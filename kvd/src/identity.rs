@@ -24,6 +24,10 @@ pub struct Identity {
     pub tokens: Vec<u64>,
     /// Incremented at every start.
     pub generation: u64,
+    /// True from choosing tokens in an existing cluster until the node has streamed in the
+    /// data of its ranges (a restart resumes the join).
+    #[serde(default)]
+    pub joining: bool,
 }
 
 impl Identity {
@@ -35,6 +39,7 @@ impl Identity {
             actor: format!("{id}~{incarnation:x}"),
             tokens: Vec::new(),
             generation: 0,
+            joining: false,
         }
     }
 

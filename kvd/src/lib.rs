@@ -25,6 +25,7 @@ pub mod merkle_index;
 pub mod metrics;
 pub mod node;
 pub mod peer;
+pub mod rebalance;
 pub mod replica;
 pub mod server;
 

@@ -68,6 +68,9 @@ async fn run_node(config: NodeConfig) -> Result<()> {
     let gossip = tokio::spawn(kvd::gossip::run(node.clone()));
     let handoff = tokio::spawn(kvd::hints::run_delivery(node.clone()));
     let anti_entropy = tokio::spawn(kvd::anti_entropy::run(node.clone()));
+    if node.is_joining() {
+        tokio::spawn(kvd::rebalance::run_join(node.clone()));
+    }
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| Error::Io(format!("cannot watch SIGTERM: {e}")))?;

@@ -34,14 +34,20 @@ pub struct Node {
     /// The ring built from the members that own tokens; swapped whole when membership changes
     /// so that readers take a cheap snapshot.
     ring: RwLock<Arc<Ring>>,
+    /// While nodes join or leave: the ring with the joiners and without the leavers.
+    pending_ring: RwLock<Option<Arc<Ring>>>,
     /// Outgoing peer connections.
     pub peers: PeerPool,
     /// Counters for /metrics.
     pub metrics: Metrics,
     /// Anti-entropy totals and the progress of a running repair.
     pub anti_entropy: crate::anti_entropy::AntiEntropyCounters,
-    /// One repair (or periodic round) at a time.
+    /// One repair (or periodic round, or decommission) at a time.
     pub repair_lock: tokio::sync::Mutex<()>,
+    /// Streaming in (join) or out (decommission).
+    pub transfers: crate::rebalance::Transfers,
+    /// Who this node is (kept in the data dir).
+    identity: Mutex<Identity>,
     /// When the node started (uptime).
     pub started: Instant,
     /// Flipped to true once to stop every task.
@@ -83,14 +89,23 @@ impl Node {
         let peers = PeerPool::new(max_state_bytes(&config));
 
         if identity.tokens.is_empty() {
-            identity.tokens = choose_tokens(&config, &id, &mut membership, &peers).await?;
+            let (tokens, known) = choose_tokens(&config, &id, &mut membership, &peers).await?;
+            identity.tokens = tokens;
+            // A newcomer to a cluster with data streams its ranges in before serving them; a
+            // known id (wiped data dir) takes its place back and is refilled by repair.
+            identity.joining = !config.seeds.is_empty() && !known;
         }
         identity.generation += 1;
         identity.save(&config.data_dir)?;
         let tokens = identity.tokens.clone();
+        let status = if identity.joining {
+            MemberStatus::Joining
+        } else {
+            MemberStatus::Normal
+        };
         membership.update_me(|m| {
             m.tokens = tokens;
-            m.status = MemberStatus::Normal;
+            m.status = status;
         });
 
         let (shutdown, _) = watch::channel(false);
@@ -104,16 +119,36 @@ impl Node {
             id,
             membership: Mutex::new(membership),
             ring: RwLock::new(Arc::new(Ring::new())),
+            pending_ring: RwLock::new(None),
             peers,
             metrics: Metrics::default(),
             anti_entropy: Default::default(),
             repair_lock: tokio::sync::Mutex::new(()),
+            transfers: Default::default(),
+            identity: Mutex::new(identity.clone()),
             started: Instant::now(),
             shutdown,
             config,
         });
         node.rebuild_ring();
         Ok(node)
+    }
+
+    /// Whether this node still has to stream in its ranges.
+    pub fn is_joining(&self) -> bool {
+        self.identity.lock().unwrap_or_else(|p| p.into_inner()).joining
+    }
+
+    /// Ends a join: records it in the data dir and announces `Normal`.
+    pub fn finish_join(&self) {
+        let mut id = self.identity.lock().unwrap_or_else(|p| p.into_inner());
+        id.joining = false;
+        if let Err(e) = id.save(&self.config.data_dir) {
+            crate::error!("cannot record the end of the join: {e}");
+        }
+        drop(id);
+        let events = self.membership().update_me(|m| m.status = MemberStatus::Normal);
+        self.on_membership_events(&events);
     }
 
     /// A snapshot of the ring.
@@ -123,30 +158,62 @@ impl Node {
 
     /// Rebuilds the ring from the members that hold tokens and are not gone.
     pub fn rebuild_ring(&self) {
-        let mut ring = Ring::new();
-        for m in self.membership().members() {
-            let status = m.effective_status();
-            if m.tokens.is_empty() || matches!(status, MemberStatus::Left | MemberStatus::Joining) {
-                continue;
-            }
-            ring.insert(
-                NodeInfo {
-                    id: m.id.clone(),
-                    addr: m.addr.clone(),
-                    dc: m.dc.clone(),
-                    rack: m.rack.clone(),
-                    weight: m.weight,
-                },
-                m.tokens.clone(),
-            );
-        }
+        let (mut ring, pending) = {
+            let m = self.membership();
+            let build = |include: &dyn Fn(MemberStatus) -> bool| {
+                let mut ring = Ring::new();
+                for x in m.members() {
+                    if x.tokens.is_empty() || !include(x.effective_status()) {
+                        continue;
+                    }
+                    ring.insert(
+                        NodeInfo {
+                            id: x.id.clone(),
+                            addr: x.addr.clone(),
+                            dc: x.dc.clone(),
+                            rack: x.rack.clone(),
+                            weight: x.weight,
+                        },
+                        x.tokens.clone(),
+                    );
+                }
+                ring
+            };
+            // Requests are served by the members that own data now: Normal and Leaving. While
+            // a node joins or leaves, writes also go to the owners-to-be: Normal and Joining.
+            let current = build(&|s| matches!(s, MemberStatus::Normal | MemberStatus::Leaving));
+            let moving = m.members().any(|x| {
+                !x.tokens.is_empty()
+                    && matches!(
+                        x.effective_status(),
+                        MemberStatus::Joining | MemberStatus::Leaving
+                    )
+            });
+            let pending =
+                moving.then(|| build(&|s| matches!(s, MemberStatus::Normal | MemberStatus::Joining)));
+            (current, pending)
+        };
         // Precompute every vnode's preference list for the placement requests will use, so a
         // lookup on the request path is a binary search and a copy.
         let placement = self.placement(&ring);
         ring.prepare(&placement);
         let ring = Arc::new(ring);
+        let pending = pending.map(|mut p| {
+            let placement = self.placement(&p);
+            p.prepare(&placement);
+            Arc::new(p)
+        });
         *self.ring.write().unwrap_or_else(|p| p.into_inner()) = ring.clone();
+        *self.pending_ring.write().unwrap_or_else(|p| p.into_inner()) = pending;
         self.reindex(ring, placement);
+    }
+
+    /// The ring the cluster is moving to while a node joins or leaves (None when none does).
+    pub fn pending_ring(&self) -> Option<Arc<Ring>> {
+        self.pending_ring
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Brings the Merkle index to the ranges this node replicates on `ring` (a scan of the
@@ -342,6 +409,49 @@ impl Node {
             PeerRequest::RunRepair => PeerResponse::Repaired {
                 stats: crate::anti_entropy::repair_now(self).await,
             },
+            PeerRequest::Decommission => match crate::rebalance::run_decommission(self).await {
+                Ok(moved_keys) => PeerResponse::Decommissioned { moved_keys },
+                Err(message) => PeerResponse::Error { message },
+            },
+            PeerRequest::StreamRange {
+                range,
+                after,
+                max_bytes,
+            } => {
+                let node = self.clone();
+                let max = max_bytes.clamp(1024, 8 << 20);
+                match tokio::task::spawn_blocking(move || {
+                    crate::rebalance::read_chunk(&node, range, after.as_deref(), max)
+                })
+                .await
+                {
+                    Ok(Ok((entries, next))) => PeerResponse::Chunk { entries, next },
+                    Ok(Err(message)) => PeerResponse::Error { message },
+                    Err(e) => PeerResponse::Error {
+                        message: format!("stream task failed: {e}"),
+                    },
+                }
+            }
+            PeerRequest::MergeBatch { entries } => {
+                let node = self.clone();
+                let result = tokio::task::spawn_blocking(move || {
+                    for e in entries {
+                        let set = SiblingSet::decode(&e.state).map_err(|err| err.to_string())?;
+                        node.replica
+                            .merge(e.key.as_bytes(), &set)
+                            .map_err(|err| err.to_string())?;
+                    }
+                    Ok::<(), String>(())
+                })
+                .await;
+                match result {
+                    Ok(Ok(())) => PeerResponse::Ack,
+                    Ok(Err(message)) => PeerResponse::Error { message },
+                    Err(e) => PeerResponse::Error {
+                        message: format!("merge task failed: {e}"),
+                    },
+                }
+            }
             req @ (PeerRequest::MerkleHashes { .. }
             | PeerRequest::BucketDigests { .. }
             | PeerRequest::FetchStates { .. }) => {
@@ -431,7 +541,7 @@ async fn choose_tokens(
     id: &str,
     membership: &mut Membership,
     peers: &PeerPool,
-) -> Result<Vec<u64>> {
+) -> Result<(Vec<u64>, bool)> {
     if !config.seeds.is_empty() {
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut last_error = String::new();
@@ -462,7 +572,7 @@ async fn choose_tokens(
                 "the cluster knows {id}: taking back its {} tokens",
                 old.tokens.len()
             );
-            return Ok(old.tokens.clone());
+            return Ok((old.tokens.clone(), true));
         }
     }
     let mut ring = Ring::new();
@@ -480,5 +590,5 @@ async fn choose_tokens(
             );
         }
     }
-    Ok(ring.allocate_tokens(config.weight, crate::random_u64()))
+    Ok((ring.allocate_tokens(config.weight, crate::random_u64()), false))
 }

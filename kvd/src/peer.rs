@@ -86,6 +86,23 @@ pub enum PeerRequest {
     },
     /// Run a repair on this node now (`repair --node`).
     RunRepair,
+    /// Rebalancing: a page of this node's data of `range` after engine key `after`.
+    StreamRange {
+        /// The range.
+        range: kv_core::ring::TokenRange,
+        /// Where the previous page ended (engine key).
+        #[serde(with = "b64::option", default)]
+        after: Option<Vec<u8>>,
+        /// About how many bytes to return.
+        max_bytes: usize,
+    },
+    /// Rebalancing: merge these states into the local replica.
+    MergeBatch {
+        /// The states.
+        entries: Vec<crate::anti_entropy::KeyState>,
+    },
+    /// Drain this node and leave the ring (`decommission`).
+    Decommission,
 }
 
 /// The answer to a [`PeerRequest`].
@@ -139,6 +156,19 @@ pub enum PeerResponse {
     Repaired {
         /// Its figures.
         stats: crate::anti_entropy::RepairStats,
+    },
+    /// A page of a range.
+    Chunk {
+        /// The states.
+        entries: Vec<crate::anti_entropy::KeyState>,
+        /// Where to continue; none when the range is done.
+        #[serde(with = "b64::option", default)]
+        next: Option<Vec<u8>>,
+    },
+    /// A decommission finished.
+    Decommissioned {
+        /// Keys handed over.
+        moved_keys: u64,
     },
     /// The request failed; the message says why.
     Error {

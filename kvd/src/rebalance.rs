@@ -1,0 +1,387 @@
+//! Moving data when membership changes, under traffic.
+//!
+//! Join: a new node is gossiped as `Joining` with its tokens; coordinators keep serving from
+//! the current owners but also send every write to the owners-to-be (`Node::pending_ring`).
+//! The newcomer streams each range it gains from a current owner (kv-core's `move_plan`),
+//! merging every key, remembers each finished range in its data dir (a restart resumes), and
+//! only then announces itself `Normal`: it answers reads for a range only once it holds it.
+//!
+//! Leave (`decommission`): the node announces `Leaving` (it keeps serving; writes also go to
+//! the owners-to-be), pushes every range it holds to the node that takes it over, then
+//! announces `Left` and drops out of every ring.
+//!
+//! Transfers are throttled (`STREAM_BYTES_PER_SEC`) and their progress is in `status`.
+
+use std::collections::BTreeSet;
+use std::ops::Bound;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use kv_core::membership::MemberStatus;
+use kv_core::ring::{Ring, TokenRange, Transfer};
+use kv_core::version::SiblingSet;
+use serde::{Deserialize, Serialize};
+
+use crate::anti_entropy::KeyState;
+use crate::node::Node;
+use crate::peer::{PeerRequest, PeerResponse};
+use crate::replica::{user_key, DATA_PREFIX};
+
+/// Transfer rate limit per node.
+pub const STREAM_BYTES_PER_SEC: u64 = 64 << 20;
+/// Bytes per streamed chunk.
+const CHUNK_BYTES: usize = 512 << 10;
+const PROGRESS_FILE: &str = "join-progress.json";
+
+/// A transfer in progress, for `status`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TransferProgress {
+    /// `joining` or `leaving`.
+    pub kind: String,
+    /// Ranges finished.
+    pub ranges_done: u64,
+    /// Ranges to move.
+    pub ranges_total: u64,
+    /// Keys moved so far.
+    pub keys: u64,
+    /// Bytes moved so far.
+    pub bytes: u64,
+}
+
+/// The node's current transfer, if any.
+#[derive(Default)]
+pub struct Transfers {
+    current: Mutex<Option<TransferProgress>>,
+    /// Keys streamed in or out since start.
+    pub keys_moved: AtomicU64,
+}
+
+impl Transfers {
+    /// A snapshot of the running transfer.
+    pub fn progress(&self) -> Option<TransferProgress> {
+        self.current.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn update(&self, f: impl FnOnce(&mut TransferProgress)) {
+        if let Some(p) = self.current.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            f(p);
+        }
+    }
+
+    fn set(&self, p: Option<TransferProgress>) {
+        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = p;
+    }
+}
+
+/// Keeps a transfer under the rate limit.
+struct Throttle {
+    started: Instant,
+    bytes: u64,
+}
+
+impl Throttle {
+    fn new() -> Throttle {
+        Throttle {
+            started: Instant::now(),
+            bytes: 0,
+        }
+    }
+
+    async fn account(&mut self, bytes: u64) {
+        self.bytes += bytes;
+        let due = Duration::from_secs_f64(self.bytes as f64 / STREAM_BYTES_PER_SEC as f64);
+        let elapsed = self.started.elapsed();
+        if due > elapsed {
+            tokio::time::sleep(due - elapsed).await;
+        }
+    }
+}
+
+/// One page of the data of `range` after engine key `after`: up to about `max_bytes`.
+pub fn read_chunk(
+    node: &Node,
+    range: TokenRange,
+    after: Option<&[u8]>,
+    max_bytes: usize,
+) -> Result<(Vec<KeyState>, Option<Vec<u8>>), String> {
+    let mut pieces: Vec<(u64, u64)> = Vec::with_capacity(2);
+    if range.start < range.end {
+        pieces.push((range.start + 1, range.end));
+    } else {
+        if range.start < u64::MAX {
+            pieces.push((range.start + 1, u64::MAX));
+        }
+        pieces.push((0, range.end));
+    }
+    let token_key = |t: u64| [&[DATA_PREFIX][..], &t.to_be_bytes()].concat();
+    let mut out = Vec::new();
+    let mut size = 0;
+    for (lo, hi) in pieces {
+        let lo_key = token_key(lo);
+        let hi_key = match hi.checked_add(1) {
+            Some(h) => token_key(h),
+            None => vec![DATA_PREFIX + 1],
+        };
+        if after.is_some_and(|a| a >= hi_key.as_slice()) {
+            continue;
+        }
+        let start = match after {
+            Some(a) if a >= lo_key.as_slice() => Bound::Excluded(a),
+            _ => Bound::Included(&lo_key[..]),
+        };
+        let scan = node
+            .replica
+            .engine()
+            .scan(start, Bound::Excluded(&hi_key[..]))
+            .map_err(|e| e.to_string())?;
+        for item in scan {
+            let (k, v) = item.map_err(|e| e.to_string())?;
+            let Some(uk) = user_key(&k) else { continue };
+            let Ok(key) = String::from_utf8(uk.to_vec()) else {
+                continue;
+            };
+            size += k.len() + v.len();
+            out.push(KeyState { key, state: v });
+            if size >= max_bytes {
+                return Ok((out, Some(k)));
+            }
+        }
+    }
+    Ok((out, None))
+}
+
+/// Merges streamed states into the local replica; returns their byte size.
+async fn merge_all(node: &Arc<Node>, entries: Vec<KeyState>) -> Result<u64, String> {
+    let n = node.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut bytes = 0;
+        for e in entries {
+            bytes += e.state.len() as u64 + e.key.len() as u64;
+            let set = SiblingSet::decode(&e.state).map_err(|err| err.to_string())?;
+            n.replica
+                .merge(e.key.as_bytes(), &set)
+                .map_err(|err| err.to_string())?;
+        }
+        Ok(bytes)
+    })
+    .await
+    .map_err(|e| e.to_string())?
+}
+
+fn load_done(node: &Node) -> BTreeSet<TokenRange> {
+    std::fs::read(node.config.data_dir.join(PROGRESS_FILE))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+fn save_done(node: &Node, done: &BTreeSet<TokenRange>) {
+    let bytes = serde_json::to_vec(done).unwrap_or_default();
+    if let Err(e) = crate::identity::write_atomically(&node.config.data_dir, PROGRESS_FILE, &bytes) {
+        crate::warn!("cannot record join progress: {e}");
+    }
+}
+
+/// Streams one range in from every live owner (a write acknowledged by W owners is on at
+/// least one of them whichever they are; merging is idempotent); returns the keys received.
+async fn stream_in(node: &Arc<Node>, t: &Transfer, throttle: &mut Throttle) -> Result<u64, String> {
+    let sources: Vec<&String> = t
+        .from
+        .iter()
+        .filter(|s| **s != node.id && node.is_up(s))
+        .collect();
+    if sources.is_empty() {
+        return Err(format!("no live owner of {} to stream from", t.range));
+    }
+    let mut keys = 0;
+    for source in sources {
+        keys += stream_from(node, t.range, source, throttle).await?;
+    }
+    Ok(keys)
+}
+
+async fn stream_from(
+    node: &Arc<Node>,
+    range: TokenRange,
+    source: &str,
+    throttle: &mut Throttle,
+) -> Result<u64, String> {
+    let addr = node
+        .addr_of(source)
+        .ok_or_else(|| format!("{source} is not a member"))?;
+    let mut after: Option<Vec<u8>> = None;
+    let mut keys = 0;
+    loop {
+        let req = PeerRequest::StreamRange {
+            range,
+            after: after.clone(),
+            max_bytes: CHUNK_BYTES,
+        };
+        let resp = node
+            .peers
+            .call(&addr, &req, Duration::from_secs(60))
+            .await
+            .map_err(|e| format!("{source}: {e}"))?;
+        let PeerResponse::Chunk { entries, next } = resp else {
+            return Err(format!("{source}: unexpected answer {resp:?}"));
+        };
+        let n = entries.len() as u64;
+        let bytes = merge_all(node, entries).await?;
+        keys += n;
+        node.transfers.keys_moved.fetch_add(n, Relaxed);
+        node.transfers.update(|p| {
+            p.keys += n;
+            p.bytes += bytes;
+        });
+        throttle.account(bytes).await;
+        match next {
+            Some(cursor) => after = Some(cursor),
+            None => return Ok(keys),
+        }
+    }
+}
+
+/// The join: stream in every range this node gains, then announce `Normal`. Retries until it
+/// is done (a range whose owners are all down waits for one of them).
+pub async fn run_join(node: Arc<Node>) {
+    let mut done = load_done(&node);
+    let mut throttle = Throttle::new();
+    let started = Instant::now();
+    // Let gossip spread the Joining record first, so writes start reaching this node.
+    tokio::time::sleep(node.config.gossip_interval * 2).await;
+    let mut shutdown = node.shutdown_signal();
+    loop {
+        let current = node.ring();
+        let Some(pending) = node.pending_ring() else {
+            tokio::time::sleep(node.config.gossip_interval).await;
+            continue;
+        };
+        let plan: Vec<Transfer> = current
+            .move_plan(&pending, &node.placement(&pending))
+            .into_iter()
+            .filter(|t| t.to == node.id)
+            .collect();
+        node.transfers.set(Some(TransferProgress {
+            kind: "joining".into(),
+            ranges_done: plan.iter().filter(|t| done.contains(&t.range)).count() as u64,
+            ranges_total: plan.len() as u64,
+            ..node.transfers.progress().unwrap_or_default()
+        }));
+        let mut failed = false;
+        let todo: Vec<&Transfer> = plan.iter().filter(|t| !done.contains(&t.range)).collect();
+        for t in todo {
+            if *shutdown.borrow() {
+                return;
+            }
+            match stream_in(&node, t, &mut throttle).await {
+                Ok(_) => {
+                    done.insert(t.range);
+                    save_done(&node, &done);
+                    node.transfers.update(|p| p.ranges_done += 1);
+                }
+                Err(e) => {
+                    crate::warn!("join: streaming {} failed: {e}; will retry", t.range);
+                    failed = true;
+                }
+            }
+        }
+        if !failed {
+            break;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+    let moved = node.transfers.progress().map(|p| p.keys).unwrap_or(0);
+    node.finish_join();
+    let _ = std::fs::remove_file(node.config.data_dir.join(PROGRESS_FILE));
+    node.transfers.set(None);
+    crate::info!(
+        "joined: streamed {moved} keys in {:.1}s; now serving",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+/// The ring without `me`: where the data goes when it leaves.
+fn ring_without(ring: &Ring, me: &str) -> Ring {
+    let mut after = ring.clone();
+    after.remove(me);
+    after
+}
+
+/// Decommission of this node: announce `Leaving`, push every range it holds to its next
+/// owner, announce `Left`. Returns the keys moved.
+pub async fn run_decommission(node: &Arc<Node>) -> Result<u64, String> {
+    let _one = node.repair_lock.lock().await;
+    if node.ring().len() <= 1 {
+        return Err("the last node of the ring cannot leave it".into());
+    }
+    let events = node.membership().update_me(|m| m.status = MemberStatus::Leaving);
+    node.on_membership_events(&events);
+    crate::info!("decommission: leaving; handing my ranges over");
+    // Let gossip tell the coordinators, so that writes reach the new owners too.
+    tokio::time::sleep(node.config.gossip_interval * 3).await;
+
+    let current = node.ring();
+    let after = ring_without(&current, &node.id);
+    let plan: Vec<Transfer> = current
+        .move_plan(&after, &node.placement(&after))
+        .into_iter()
+        .filter(|t| t.from.contains(&node.id))
+        .collect();
+    node.transfers.set(Some(TransferProgress {
+        kind: "leaving".into(),
+        ranges_total: plan.len() as u64,
+        ..TransferProgress::default()
+    }));
+    let mut throttle = Throttle::new();
+    let mut moved = 0;
+    for t in &plan {
+        let addr = node
+            .addr_of(&t.to)
+            .ok_or_else(|| format!("{} is not a member", t.to))?;
+        let mut after_key: Option<Vec<u8>> = None;
+        loop {
+            let n = node.clone();
+            let (range, cursor) = (t.range, after_key.clone());
+            let (entries, next) = tokio::task::spawn_blocking(move || {
+                read_chunk(&n, range, cursor.as_deref(), CHUNK_BYTES)
+            })
+            .await
+            .map_err(|e| e.to_string())??;
+            let count = entries.len() as u64;
+            let bytes: u64 = entries.iter().map(|e| (e.key.len() + e.state.len()) as u64).sum();
+            if count > 0 {
+                let resp = node
+                    .peers
+                    .call(&addr, &PeerRequest::MergeBatch { entries }, Duration::from_secs(60))
+                    .await
+                    .map_err(|e| format!("{}: {e}", t.to))?;
+                if !matches!(resp, PeerResponse::Ack) {
+                    return Err(format!("{}: unexpected answer {resp:?}", t.to));
+                }
+            }
+            moved += count;
+            node.transfers.keys_moved.fetch_add(count, Relaxed);
+            node.transfers.update(|p| {
+                p.keys += count;
+                p.bytes += bytes;
+            });
+            throttle.account(bytes).await;
+            match next {
+                Some(k) => after_key = Some(k),
+                None => break,
+            }
+        }
+        node.transfers.update(|p| p.ranges_done += 1);
+    }
+    let events = node.membership().update_me(|m| m.status = MemberStatus::Left);
+    node.on_membership_events(&events);
+    node.transfers.set(None);
+    // Make sure the Left record reaches the others before the operator stops this node.
+    tokio::time::sleep(node.config.gossip_interval * 3).await;
+    crate::info!("decommission: done, {moved} keys handed over; this node has left the ring");
+    Ok(moved)
+}

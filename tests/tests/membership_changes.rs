@@ -1,0 +1,116 @@
+//! Join and leave under traffic: a 6th node joins while clients write and another node is
+//! decommissioned; no acknowledged write is lost, preference lists no longer name the departed
+//! node, and the newcomer holds locally the keys it serves.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use kv_tests::{Cluster, ClusterOpts, Ws};
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_joins_and_another_leaves_under_load_without_losing_writes() {
+    let mut cluster = Cluster::start(5, ClusterOpts::default());
+    let mut seed = Ws::connect(&cluster.nodes[0].url()).await;
+    for i in 0..500 {
+        let r = seed
+            .request(json!({"op": "put", "key": format!("pre{i}"), "value": format!("pre{i}")}))
+            .await;
+        assert_eq!(r["ok"], true, "{r}");
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for c in 0..2 {
+        let (url, stop) = (cluster.nodes[c].url(), stop.clone());
+        writers.push(tokio::spawn(async move {
+            let mut ws = Ws::connect(&url).await;
+            let mut acked = Vec::new();
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let key = format!("live{c}-{i}");
+                let r = ws
+                    .request(json!({"op": "put", "key": key, "value": key}))
+                    .await;
+                if r["ok"] == true {
+                    acked.push(key);
+                }
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            acked
+        }));
+    }
+
+    // A sixth node joins: it streams its ranges in and only then enters the ring.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let newcomer = tokio::task::block_in_place(|| cluster.add_node(false));
+    let new_id = cluster.nodes[newcomer].id.clone();
+
+    // n5 leaves: it hands its ranges over, then drops out of the ring.
+    let d = seed
+        .request(json!({"op": "decommission", "node": "n5"}))
+        .await;
+    assert_eq!(d["ok"], true, "{d}");
+    assert!(d["moved_keys"].as_u64().unwrap() > 0, "{d}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut acked: Vec<String> = (0..500).map(|i| format!("pre{i}")).collect();
+    for w in writers {
+        acked.extend(w.await.unwrap());
+    }
+
+    // Every node still serving agrees n5 is gone from the ring.
+    for idx in [0usize, 1, 2, 3, newcomer] {
+        let mut ws = Ws::connect(&cluster.nodes[idx].url()).await;
+        let ring = ws.request(json!({"op": "ring"})).await;
+        let ids: Vec<&str> = ring["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["id"].as_str().unwrap())
+            .collect();
+        assert!(
+            !ids.contains(&"n5"),
+            "{} still has n5 in its ring: {ring}",
+            cluster.nodes[idx].id
+        );
+        assert!(ids.contains(&new_id.as_str()), "{ring}");
+    }
+
+    let mut local = Ws::connect(&cluster.nodes[newcomer].url()).await;
+    let mut served = 0;
+    for key in &acked {
+        let r = seed.request(json!({"op": "get", "key": key})).await;
+        assert_eq!(
+            r["values"],
+            json!([key]),
+            "acknowledged write {key} lost: {r}"
+        );
+        let pl = seed.request(json!({"op": "ring", "key": key})).await;
+        let prefs: Vec<&str> = pl["preference_list"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n.as_str().unwrap())
+            .collect();
+        assert!(!prefs.contains(&"n5"), "{key} still names n5: {pl}");
+        if prefs.contains(&new_id.as_str()) {
+            served += 1;
+            let r = local
+                .request(json!({"op": "get", "key": key, "local": true}))
+                .await;
+            assert_eq!(
+                r["values"],
+                json!([key]),
+                "{new_id} serves {key} but does not hold it: {r}"
+            );
+        }
+    }
+    assert!(served > 0, "the newcomer serves some keys");
+    println!(
+        "{} acknowledged writes checked; the newcomer serves {served} of them",
+        acked.len()
+    );
+}
