@@ -517,14 +517,34 @@ impl Completer for KvHelper {
     }
 }
 
-impl Hinter for KvHelper {
-    type Hint = String;
+/// An inline hint: the rest of a command name (Right arrow accepts it) or the arguments still
+/// to type (shown only: accepting placeholders would insert `KEY` into the line).
+struct KvHint {
+    display: String,
+    accept: bool,
+}
 
-    fn hint(&self, line: &str, pos: usize, _ctx: &Context<'_>) -> Option<String> {
+impl rustyline::hint::Hint for KvHint {
+    fn display(&self) -> &str {
+        &self.display
+    }
+
+    fn completion(&self) -> Option<&str> {
+        self.accept.then_some(self.display.as_str())
+    }
+}
+
+impl Hinter for KvHelper {
+    type Hint = KvHint;
+
+    fn hint(&self, line: &str, pos: usize, _ctx: &Context<'_>) -> Option<KvHint> {
         if pos < line.len() || line.trim().is_empty() {
             return None;
         }
-        self.hint_for(line)
+        let display = self.hint_for(line)?;
+        // Only the rest of a command name is text to accept.
+        let accept = !line.contains(char::is_whitespace);
+        Some(KvHint { display, accept })
     }
 }
 
@@ -592,6 +612,13 @@ mod tests {
         let put = h.hint_for("put k v --blind ").unwrap();
         assert!(!put.contains("VALUE") && !put.contains("--blind"), "{put}");
         assert_eq!(h.hint_for("frob"), None);
+        // Right arrow may accept the rest of a command name, never the placeholders.
+        let history = DefaultHistory::new();
+        let ctx = Context::new(&history);
+        let hint = h.hint("res", 3, &ctx).unwrap();
+        assert_eq!(rustyline::hint::Hint::completion(&hint), Some("olve"));
+        let hint = h.hint("put ", 4, &ctx).unwrap();
+        assert_eq!(rustyline::hint::Hint::completion(&hint), None);
     }
 
     #[test]
