@@ -64,3 +64,48 @@ pub use error::{Error, Result};
 pub use iter::Scan;
 pub use options::{Options, PurgePredicate, SyncMode};
 pub use stats::Stats;
+
+/// Decoders fed arbitrary bytes must return errors, never panic or loop.
+#[cfg(test)]
+mod decoder_fuzz {
+    use std::sync::Arc;
+
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        #[test]
+        fn batch_decode_survives_garbage(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let _ = crate::batch::WriteBatch::decode(&bytes);
+        }
+
+        #[test]
+        fn manifest_decode_survives_garbage(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let _ = crate::manifest::ManifestData::decode(std::path::Path::new("MANIFEST"), &bytes);
+        }
+
+        #[test]
+        fn block_iteration_survives_garbage(bytes in proptest::collection::vec(any::<u8>(), 0..600), target in proptest::collection::vec(any::<u8>(), 0..12)) {
+            if let Ok(block) = crate::block::Block::new(bytes) {
+                let block = Arc::new(block);
+                let mut it = block.iter();
+                let mut n = 0;
+                while let Ok(true) = it.advance() {
+                    n += 1;
+                    prop_assert!(n < 10_000);
+                }
+                let _ = block.iter().seek(&target);
+            }
+        }
+
+        #[test]
+        fn commit_log_replay_survives_garbage(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
+            let dir = tempfile::tempdir().unwrap();
+            let p = dir.path().join("000001.log");
+            std::fs::write(&p, &bytes).unwrap();
+            let r = crate::commit_log::replay_segment(&p, |_| {}).unwrap();
+            prop_assert!(r.records == 0 || r.cut.is_none() || r.cut.as_ref().is_some_and(|(o, _)| *o > 0));
+        }
+    }
+}
