@@ -137,7 +137,17 @@ fn main() -> ExitCode {
     ExitCode::from(rt.block_on(async_main(cli)))
 }
 
-async fn async_main(cli: Cli) -> u8 {
+/// `HOST:PORT` is taken as `ws://HOST:PORT`.
+fn node_url(node: &str) -> String {
+    if node.contains("://") {
+        node.to_string()
+    } else {
+        format!("ws://{node}")
+    }
+}
+
+async fn async_main(mut cli: Cli) -> u8 {
+    cli.node = node_url(&cli.node);
     let timeout = Duration::from_secs_f64(cli.timeout);
     let interactive = cli.command.is_none() && std::io::stdin().is_terminal();
     let env = Env {
