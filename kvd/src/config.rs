@@ -74,6 +74,17 @@ pub struct NodeArgs {
     /// runs on demand).
     #[arg(long)]
     pub anti_entropy_interval_s: Option<u64>,
+    /// Directory of the web console served at `/` (default: the source tree's `www/` when it
+    /// exists).
+    #[arg(long)]
+    pub www_dir: Option<PathBuf>,
+    /// Directory of the browser SDK the console loads, served under `/sdk/` (default: the
+    /// source tree's `kv-wasm/pkg/web/` when it exists).
+    #[arg(long)]
+    pub sdk_dir: Option<PathBuf>,
+    /// Replicas per data center, e.g. `dc1:2,dc2:1` (instead of `--n`).
+    #[arg(long)]
+    pub replication: Option<String>,
 }
 
 /// `--sync` as parsed from the command line or the file.
@@ -120,6 +131,9 @@ struct FileConfig {
     sloppy: Option<bool>,
     hint_max_mb: Option<u64>,
     anti_entropy_interval_s: Option<u64>,
+    www_dir: Option<PathBuf>,
+    sdk_dir: Option<PathBuf>,
+    replication: Option<String>,
 }
 
 /// Everything a node runs with, resolved.
@@ -167,6 +181,12 @@ pub struct NodeConfig {
     pub hint_max_bytes: u64,
     /// Time between anti-entropy rounds (zero: only on demand).
     pub anti_entropy_interval: Duration,
+    /// Where the console's files are.
+    pub www_dir: Option<PathBuf>,
+    /// Where the browser SDK's files are.
+    pub sdk_dir: Option<PathBuf>,
+    /// Replicas per data center, when set (N is their sum).
+    pub per_dc: Option<std::collections::BTreeMap<String, usize>>,
 }
 
 impl NodeConfig {
@@ -240,7 +260,27 @@ impl NodeConfig {
                     .or(file.anti_entropy_interval_s)
                     .unwrap_or(60),
             ),
+            www_dir: args
+                .www_dir
+                .or(file.www_dir)
+                .or_else(|| source_dir("www", "index.html")),
+            sdk_dir: args
+                .sdk_dir
+                .or(file.sdk_dir)
+                .or_else(|| source_dir("kv-wasm/pkg/web", "package.json")),
+            per_dc: None,
         };
+        let mut config = config;
+        if let Some(spec) = args.replication.or(file.replication) {
+            match Placement::parse(&spec) {
+                Ok(Placement::PerDc(per_dc)) => {
+                    config.n = per_dc.values().sum();
+                    config.per_dc = Some(per_dc);
+                }
+                Ok(Placement::Simple { n }) => config.n = n,
+                Err(e) => return Err(Error::Config(format!("--replication {spec}: {e}"))),
+            }
+        }
         config.check()?;
         Ok(config)
     }
@@ -279,11 +319,15 @@ impl NodeConfig {
         }
         Ok(())
     }
+}
 
-    /// The replica placement the ring uses: N replicas over the distinct DCs and racks there are.
-    pub fn placement(&self) -> Placement {
-        Placement::Simple { n: self.n }
-    }
+/// A directory of the source tree this binary was built from, if it is still there and holds
+/// `marker` (so `cargo run` and `kvd dev` serve the console without flags).
+fn source_dir(rel: &str, marker: &str) -> Option<PathBuf> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()?
+        .join(rel);
+    dir.join(marker).exists().then_some(dir)
 }
 
 /// A node id is short, printable and has no spaces (it appears in contexts, logs and tables).

@@ -320,7 +320,23 @@ fn ring_answer(node: &Node, key: Option<&str>) -> Value {
                     })
                 })
                 .collect();
-            json!({ "replicas": placement.replicas(), "nodes": nodes })
+            // Every vnode, in ring order, for drawing the ring. Tokens are strings: a u64 does
+            // not fit a JavaScript number.
+            let mut vnodes: Vec<(u64, String)> = ring
+                .nodes()
+                .flat_map(|n| {
+                    ring.tokens_of(&n.id)
+                        .into_iter()
+                        .map(|t| (t, n.id.clone()))
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            vnodes.sort();
+            let vnodes: Vec<Value> = vnodes
+                .into_iter()
+                .map(|(t, id)| json!({ "token": t.to_string(), "node": id }))
+                .collect();
+            json!({ "replicas": placement.replicas(), "nodes": nodes, "vnodes": vnodes })
         }
     }
 }

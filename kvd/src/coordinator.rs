@@ -470,6 +470,14 @@ pub async fn read(
         }
         match tokio::time::timeout_at(deadline.into(), rx.recv()).await {
             Ok(Some((from, reply))) => {
+                // A stand-in that holds nothing for the key knows nothing about it: its
+                // "not found" must not count as an answer (it would hide the real value).
+                let reply = match reply {
+                    ReadReply::NotFound if stand_ins.contains(&from) => {
+                        ReadReply::Failed("stand-in holds no hint for the key".into())
+                    }
+                    other => other,
+                };
                 tracker.record(&from, reply);
             }
             Ok(None) => return Err(unavailable("R", r, tracker.answers(), &tracker.failures())),

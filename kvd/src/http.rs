@@ -45,19 +45,59 @@ pub async fn respond(
             )
             .await
         }
-        "/" | "/index.html" => {
-            let body = console_page(node);
-            write_response(
-                stream,
-                200,
-                "OK",
-                "text/html; charset=utf-8",
-                body.as_bytes(),
-            )
-            .await
-        }
-        _ => write_response(stream, 404, "Not Found", "text/plain", b"not found\n").await,
+        path => match static_file(node, path) {
+            Some((content_type, body)) => {
+                write_response(stream, 200, "OK", content_type, &body).await
+            }
+            None if path == "/" || path == "/index.html" => {
+                let body = console_page(node);
+                write_response(
+                    stream,
+                    200,
+                    "OK",
+                    "text/html; charset=utf-8",
+                    body.as_bytes(),
+                )
+                .await
+            }
+            None => write_response(stream, 404, "Not Found", "text/plain", b"not found\n").await,
+        },
     }
+}
+
+/// A file of the web console (`--www-dir`, `/`) or of the browser SDK it loads
+/// (`--sdk-dir`, under `/sdk/`). Paths with `..` or hidden parts are refused.
+fn static_file(node: &Node, path: &str) -> Option<(&'static str, Vec<u8>)> {
+    let (dir, rel) = match path.strip_prefix("/sdk/") {
+        Some(rel) => (node.config.sdk_dir.as_ref()?, rel),
+        None => (
+            node.config.www_dir.as_ref()?,
+            match path.trim_start_matches('/') {
+                "" => "index.html",
+                rel => rel,
+            },
+        ),
+    };
+    if rel
+        .split('/')
+        .any(|part| part.is_empty() || part.starts_with('.'))
+    {
+        return None;
+    }
+    let file = dir.join(rel);
+    let body = std::fs::read(&file).ok()?;
+    let content_type = match file.extension().and_then(|e| e.to_str()).unwrap_or("") {
+        "html" => "text/html; charset=utf-8",
+        "js" | "mjs" => "text/javascript; charset=utf-8",
+        "css" => "text/css; charset=utf-8",
+        "wasm" => "application/wasm",
+        "json" => "application/json",
+        "svg" => "image/svg+xml",
+        "png" => "image/png",
+        "ts" => "text/plain; charset=utf-8",
+        _ => "application/octet-stream",
+    };
+    Some((content_type, body))
 }
 
 fn health_json(node: &Node) -> Value {

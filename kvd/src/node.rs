@@ -136,7 +136,10 @@ impl Node {
 
     /// Whether this node still has to stream in its ranges.
     pub fn is_joining(&self) -> bool {
-        self.identity.lock().unwrap_or_else(|p| p.into_inner()).joining
+        self.identity
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .joining
     }
 
     /// Ends a join: records it in the data dir and announces `Normal`.
@@ -147,7 +150,9 @@ impl Node {
             crate::error!("cannot record the end of the join: {e}");
         }
         drop(id);
-        let events = self.membership().update_me(|m| m.status = MemberStatus::Normal);
+        let events = self
+            .membership()
+            .update_me(|m| m.status = MemberStatus::Normal);
         self.on_membership_events(&events);
     }
 
@@ -189,8 +194,8 @@ impl Node {
                         MemberStatus::Joining | MemberStatus::Leaving
                     )
             });
-            let pending =
-                moving.then(|| build(&|s| matches!(s, MemberStatus::Normal | MemberStatus::Joining)));
+            let pending = moving
+                .then(|| build(&|s| matches!(s, MemberStatus::Normal | MemberStatus::Joining)));
             (current, pending)
         };
         // Precompute every vnode's preference list for the placement requests will use, so a
@@ -275,10 +280,14 @@ impl Node {
         }
     }
 
-    /// The replica placement, with N capped at the number of nodes in the ring.
+    /// The replica placement: `--replication` counts per DC (the ring takes at most the nodes
+    /// each DC has), or N spread over DCs and racks, capped at the number of nodes.
     pub fn placement(&self, ring: &Ring) -> Placement {
-        Placement::Simple {
-            n: self.config.n.min(ring.len().max(1)),
+        match &self.config.per_dc {
+            Some(per_dc) => Placement::PerDc(per_dc.clone()),
+            None => Placement::Simple {
+                n: self.config.n.min(ring.len().max(1)),
+            },
         }
     }
 
@@ -590,5 +599,8 @@ async fn choose_tokens(
             );
         }
     }
-    Ok((ring.allocate_tokens(config.weight, crate::random_u64()), false))
+    Ok((
+        ring.allocate_tokens(config.weight, crate::random_u64()),
+        false,
+    ))
 }

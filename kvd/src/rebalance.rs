@@ -60,11 +60,19 @@ pub struct Transfers {
 impl Transfers {
     /// A snapshot of the running transfer.
     pub fn progress(&self) -> Option<TransferProgress> {
-        self.current.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     fn update(&self, f: impl FnOnce(&mut TransferProgress)) {
-        if let Some(p) = self.current.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+        if let Some(p) = self
+            .current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_mut()
+        {
             f(p);
         }
     }
@@ -178,7 +186,8 @@ fn load_done(node: &Node) -> BTreeSet<TokenRange> {
 
 fn save_done(node: &Node, done: &BTreeSet<TokenRange>) {
     let bytes = serde_json::to_vec(done).unwrap_or_default();
-    if let Err(e) = crate::identity::write_atomically(&node.config.data_dir, PROGRESS_FILE, &bytes) {
+    if let Err(e) = crate::identity::write_atomically(&node.config.data_dir, PROGRESS_FILE, &bytes)
+    {
         crate::warn!("cannot record join progress: {e}");
     }
 }
@@ -318,7 +327,9 @@ pub async fn run_decommission(node: &Arc<Node>) -> Result<u64, String> {
     if node.ring().len() <= 1 {
         return Err("the last node of the ring cannot leave it".into());
     }
-    let events = node.membership().update_me(|m| m.status = MemberStatus::Leaving);
+    let events = node
+        .membership()
+        .update_me(|m| m.status = MemberStatus::Leaving);
     node.on_membership_events(&events);
     crate::info!("decommission: leaving; handing my ranges over");
     // Let gossip tell the coordinators, so that writes reach the new owners too.
@@ -352,11 +363,18 @@ pub async fn run_decommission(node: &Arc<Node>) -> Result<u64, String> {
             .await
             .map_err(|e| e.to_string())??;
             let count = entries.len() as u64;
-            let bytes: u64 = entries.iter().map(|e| (e.key.len() + e.state.len()) as u64).sum();
+            let bytes: u64 = entries
+                .iter()
+                .map(|e| (e.key.len() + e.state.len()) as u64)
+                .sum();
             if count > 0 {
                 let resp = node
                     .peers
-                    .call(&addr, &PeerRequest::MergeBatch { entries }, Duration::from_secs(60))
+                    .call(
+                        &addr,
+                        &PeerRequest::MergeBatch { entries },
+                        Duration::from_secs(60),
+                    )
                     .await
                     .map_err(|e| format!("{}: {e}", t.to))?;
                 if !matches!(resp, PeerResponse::Ack) {
@@ -377,7 +395,9 @@ pub async fn run_decommission(node: &Arc<Node>) -> Result<u64, String> {
         }
         node.transfers.update(|p| p.ranges_done += 1);
     }
-    let events = node.membership().update_me(|m| m.status = MemberStatus::Left);
+    let events = node
+        .membership()
+        .update_me(|m| m.status = MemberStatus::Left);
     node.on_membership_events(&events);
     node.transfers.set(None);
     // Make sure the Left record reaches the others before the operator stops this node.

@@ -61,6 +61,8 @@ pub struct ClusterOpts {
     pub sync: &'static str,
     /// Extra flags for every node.
     pub extra: Vec<String>,
+    /// `--dc` of node i (nodes past the list keep the default `dc1`).
+    pub dcs: Vec<&'static str>,
 }
 
 impl Default for ClusterOpts {
@@ -71,6 +73,7 @@ impl Default for ClusterOpts {
             r: 2,
             sync: "interval",
             extra: vec!["--gossip-interval-ms".into(), "300".into()],
+            dcs: Vec::new(),
         }
     }
 }
@@ -165,6 +168,10 @@ impl Cluster {
         if !first {
             args.push("--seed".into());
             args.push(self.nodes[0].addr.clone());
+        }
+        if let Some(dc) = self.opts.dcs.get(i) {
+            args.push("--dc".into());
+            args.push(dc.to_string());
         }
         args.extend(self.opts.extra.iter().cloned());
         let mut node = NodeProc {
