@@ -108,6 +108,14 @@ pub fn usage_error_line(e: &clap::Error) -> String {
 }
 
 fn main() -> ExitCode {
+    // `kvcli metrics | head` should end quietly when head closes the pipe, as Unix tools do,
+    // instead of failing on the next print: restore the default SIGPIPE action that the Rust
+    // runtime sets to ignore.
+    #[cfg(unix)]
+    // SAFETY: called first thing in main, before any thread exists; SIG_DFL is a valid action.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) if e.use_stderr() => {
