@@ -2,7 +2,7 @@
 //! answers matched by id.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -54,6 +54,8 @@ pub struct Client {
     pending: Pending,
     next_id: Arc<AtomicU64>,
     timeout: Duration,
+    /// Set when the connection ended (the node closed it, went away, or restarted).
+    closed: Arc<AtomicBool>,
 }
 
 impl Client {
@@ -123,6 +125,8 @@ impl Client {
         });
         let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
         let p = pending.clone();
+        let closed = Arc::new(AtomicBool::new(false));
+        let c = closed.clone();
         tokio::spawn(async move {
             while let Some(Ok(msg)) = stream.next().await {
                 let Message::Text(text) = msg else { continue };
@@ -135,6 +139,7 @@ impl Client {
                     }
                 }
             }
+            c.store(true, Ordering::Relaxed);
             lock(&p).clear();
         });
         Ok(Client {
@@ -142,7 +147,13 @@ impl Client {
             pending,
             next_id: Arc::new(AtomicU64::new(1)),
             timeout,
+            closed,
         })
+    }
+
+    /// Whether the connection has ended; requests on it fail as unreachable.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Relaxed) || self.tx.is_closed()
     }
 
     /// Sends one request and returns the answer's fields (`ok: true`), or the error.

@@ -182,7 +182,10 @@ async fn async_main(mut cli: Cli) -> u8 {
             }
         },
         None => {
-            let session = repl::Session { client, env };
+            let session = repl::Session {
+                client: std::sync::Mutex::new(client),
+                env,
+            };
             if interactive {
                 repl::interactive(session).await
             } else {

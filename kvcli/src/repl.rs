@@ -30,10 +30,37 @@ use crate::{exit_code, usage_error_line, words, Line};
 
 /// What every line runs with.
 pub struct Session {
-    /// The connection to the node.
-    pub client: Client,
+    /// The connection to the node; replaced when it ends (see [`Session::client`]).
+    pub client: Mutex<Client>,
     /// Output settings and, in the REPL, the memory of contexts.
     pub env: Env,
+}
+
+impl Session {
+    /// The connection, opened again first if the node closed it (a restarted node), so a
+    /// long session outlives the connection it started with. A command is never retried: a
+    /// write that may have been applied is not sent twice.
+    async fn client(&self) -> Client {
+        let current = lock(&self.client).clone();
+        if !current.is_closed() {
+            return current;
+        }
+        match Client::connect(&self.env.node, self.env.token.as_deref(), self.env.timeout).await {
+            Ok(fresh) => {
+                eprintln!(
+                    "{}",
+                    Style::stderr().yellow(&format!(
+                        "kvcli: the connection had closed; reconnected to {}",
+                        self.env.node
+                    ))
+                );
+                *lock(&self.client) = fresh.clone();
+                fresh
+            }
+            // The command will fail on the closed connection and say the node is unreachable.
+            Err(_) => current,
+        }
+    }
 }
 
 enum LineResult {
@@ -93,7 +120,8 @@ async fn run_line(s: &Session, line: &str) -> LineResult {
             return LineResult::Ok;
         }
     };
-    match commands::run(&s.client, parsed.command, &s.env).await {
+    let client = s.client().await;
+    match commands::run(&client, parsed.command, &s.env).await {
         Ok(()) => LineResult::Ok,
         Err(e) => {
             error_line(&e.to_string());
@@ -218,11 +246,12 @@ pub async fn interactive(s: Session) -> u8 {
         }
         let _ = editor.load_history(h);
     }
-    let who = match s.client.request(&ClientOp::Ping).await {
+    let client = s.client().await;
+    let who = match client.request(&ClientOp::Ping).await {
         Ok(v) => format!(" (node {})", v["node"].as_str().unwrap_or("?")),
         Err(_) => String::new(),
     };
-    refresh_ids(&s.client, &ids).await;
+    refresh_ids(&client, &ids).await;
     println!(
         "connected to {}{who}; help lists the commands, Tab completes, quit or Ctrl-D leaves",
         s.env.node
@@ -260,7 +289,9 @@ pub async fn interactive(s: Session) -> u8 {
                 };
                 match result {
                     LineResult::Quit => break,
-                    _ if trimmed.starts_with("status") => refresh_ids(&s.client, &ids).await,
+                    _ if trimmed.starts_with("status") => {
+                        refresh_ids(&s.client().await, &ids).await
+                    }
                     _ => {}
                 }
             }

@@ -214,7 +214,7 @@ fn sorted_values(v: &Value) -> Vec<String> {
 
 #[test]
 fn repl_siblings_contexts_completion_and_history() {
-    let cluster = Cluster::start(
+    let mut cluster = Cluster::start(
         1,
         ClusterOpts {
             n: 1,
@@ -311,6 +311,13 @@ fn repl_siblings_contexts_completion_and_history() {
     t.expect("interrupted");
     t.expect("kv> ");
     let shown = t.run("get k2");
+    assert!(shown.contains("v2"), "{shown}");
+
+    // The node restarts under the session: the next command reconnects (and says so).
+    assert_eq!(cluster.stop(0), Some(0));
+    cluster.restart(0);
+    let shown = t.run("get k2");
+    assert!(shown.contains("reconnected to"), "{shown}");
     assert!(shown.contains("v2"), "{shown}");
     t.keys("quit\r");
     assert_eq!(t.wait_exit(), 0);
