@@ -11,7 +11,7 @@
 //! Dynamo store keeps concurrent writes) and measure sibling growth instead of the store.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -75,6 +75,8 @@ struct Shared {
     done: AtomicU64,
     /// The first error seen, for the report.
     first_error: Mutex<Option<String>>,
+    /// Ctrl-C: clients stop after the operation they have in flight.
+    stop: AtomicBool,
     /// The latest context known per record, sharded by record number.
     contexts: Vec<Mutex<HashMap<u64, String>>>,
 }
@@ -101,7 +103,7 @@ impl Shared {
     }
 
     fn expired(&self) -> bool {
-        self.deadline.is_some_and(|d| Instant::now() >= d)
+        self.stop.load(Ordering::Relaxed) || self.deadline.is_some_and(|d| Instant::now() >= d)
     }
 }
 
@@ -146,6 +148,8 @@ pub async fn run(probe: &Client, args: BenchArgs, env: &Env) -> Result<(), Clien
         ));
     }
     probe.request(&ClientOp::Ping).await?;
+    // Ctrl-C ends the run early: the report covers what was done (while loading, it aborts).
+    let mut interrupt = Box::pin(tokio::signal::ctrl_c());
     let dist = args
         .distribution
         .unwrap_or(args.workload.default_distribution());
@@ -165,6 +169,7 @@ pub async fn run(probe: &Client, args: BenchArgs, env: &Env) -> Result<(), Clien
         records: AtomicU64::new(args.records),
         done: AtomicU64::new(0),
         first_error: Mutex::new(None),
+        stop: AtomicBool::new(false),
         contexts: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
     });
     let mut clients = Vec::with_capacity(args.clients);
@@ -173,7 +178,7 @@ pub async fn run(probe: &Client, args: BenchArgs, env: &Env) -> Result<(), Clien
     }
 
     if args.workload.needs_load() {
-        load(&clients, &shared, &args).await?;
+        load(&clients, &shared, &args, &mut interrupt).await?;
     }
 
     let shared = Arc::new(Shared {
@@ -237,25 +242,44 @@ pub async fn run(probe: &Client, args: BenchArgs, env: &Env) -> Result<(), Clien
         });
     }
     let mut total = Tally::new();
-    while let Some(t) = tasks.join_next().await {
-        match t {
-            Ok(tally) => total.add(&tally),
-            Err(e) => return Err(ClientError::Failed(format!("bench: a client failed: {e}"))),
+    let mut interrupted = false;
+    loop {
+        tokio::select! {
+            t = tasks.join_next() => match t {
+                None => break,
+                Some(Ok(tally)) => total.add(&tally),
+                Some(Err(e)) => {
+                    return Err(ClientError::Failed(format!("bench: a client failed: {e}")))
+                }
+            },
+            _ = &mut interrupt, if !interrupted => {
+                interrupted = true;
+                shared.stop.store(true, Ordering::Relaxed);
+            }
         }
     }
     let elapsed = started.elapsed().as_secs_f64();
     ticker.abort_all();
     pb.finish_and_clear();
+    if interrupted {
+        crate::style::error_line(&format!(
+            "bench interrupted after {elapsed:.1} s; the report covers the operations done"
+        ));
+    }
     report(&args, dist, &shared, &total, elapsed, env)
 }
 
 /// Writes records `0..records` with every client, before the measured phase: each a get and
 /// a put with its context.
-async fn load(
+async fn load<F>(
     clients: &[Client],
     shared: &Arc<Shared>,
     args: &BenchArgs,
-) -> Result<(), ClientError> {
+    interrupt: &mut std::pin::Pin<Box<F>>,
+) -> Result<(), ClientError>
+where
+    F: std::future::Future,
+{
     let pb = crate::progress::bar(args.records, "load");
     let next = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
@@ -304,7 +328,19 @@ async fn load(
             }
         });
     }
-    while tasks.join_next().await.is_some() {}
+    loop {
+        tokio::select! {
+            t = tasks.join_next() => if t.is_none() { break },
+            _ = interrupt.as_mut() => {
+                pb.finish_and_clear();
+                return Err(ClientError::Failed(format!(
+                    "bench interrupted while loading records ({} of {} written)",
+                    next.load(Ordering::Relaxed).min(args.records),
+                    args.records
+                )));
+            }
+        }
+    }
     pb.finish_and_clear();
     let failed = failed.load(Ordering::Relaxed);
     if failed == args.records {

@@ -278,13 +278,17 @@ pub async fn interactive(s: Session) -> u8 {
                         }
                     }
                 }
-                // Ctrl-C while a command runs cancels it (a bench stops its clients), not the
-                // session.
-                let result = tokio::select! {
-                    r = run_line(&s, trimmed) => r,
-                    _ = tokio::signal::ctrl_c() => {
-                        error_line("interrupted");
-                        LineResult::Failed(130)
+                // Ctrl-C while a command runs cancels it, not the session.
+                // bench handles Ctrl-C itself, to report what it measured.
+                let result = if trimmed.split_whitespace().next() == Some("bench") {
+                    run_line(&s, trimmed).await
+                } else {
+                    tokio::select! {
+                        r = run_line(&s, trimmed) => r,
+                        _ = tokio::signal::ctrl_c() => {
+                            error_line("interrupted");
+                            LineResult::Failed(130)
+                        }
                     }
                 };
                 match result {

@@ -196,3 +196,61 @@ fn duration_mode_report_and_failures() {
     assert_eq!(code, 3, "{err}");
     assert!(err.contains("unreachable"), "{err}");
 }
+
+/// Ctrl-C (SIGINT) ends a long run early with the summary of what was done.
+#[test]
+fn interrupted_run_still_reports() {
+    let cluster = one_node();
+    let node = cluster.nodes[0].url();
+    let child = std::process::Command::new(kv_tests::kvcli_bin())
+        .args([
+            "--node",
+            &node,
+            "--json",
+            "bench",
+            "--workload",
+            "c",
+            "--records",
+            "10",
+            "--clients",
+            "2",
+            "--duration",
+            "120",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the measured phase runs (the node has served more gets than the 10 of the
+    // load), then interrupt it.
+    let addr = cluster.nodes[0].addr.clone();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let gets = kv_tests::http_get(&addr, "/metrics")
+            .and_then(|m| {
+                m.lines()
+                    .find(|l| l.starts_with("kv_requests_total{op=\"get\"}"))
+                    .and_then(|l| l.split_whitespace().last()?.parse::<u64>().ok())
+            })
+            .unwrap_or(0);
+        if gets > 100 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the bench never ran");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let pid = child.id().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("bench interrupted after"), "{stderr}");
+    let doc: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert!(doc["ops"].as_u64().unwrap() > 0, "{doc}");
+    assert!(doc["seconds"].as_f64().unwrap() < 60.0, "{doc}");
+}

@@ -297,8 +297,8 @@ fn repl_siblings_contexts_completion_and_history() {
     t.expect("k2");
     t.keys("\x15");
 
-    // A long command shows a progress bar on the terminal; Ctrl-C (SIGINT) cancels it and
-    // the session goes on.
+    // A long bench shows a progress bar on the terminal; Ctrl-C (SIGINT) stops it early with
+    // the report of what it did, and the session goes on.
     t.mark = t.screen.lock().unwrap().len();
     t.keys("bench --workload put --records 10 --clients 1 --duration 60\r");
     t.expect("ops/s");
@@ -308,7 +308,8 @@ fn repl_siblings_contexts_completion_and_history() {
         .status()
         .unwrap()
         .success());
-    t.expect("interrupted");
+    t.expect("bench interrupted after");
+    t.expect("throughput:");
     t.expect("kv> ");
     let shown = t.run("get k2");
     assert!(shown.contains("v2"), "{shown}");
