@@ -40,3 +40,14 @@ kv-wasm/build.sh
 # Node tests of pkg/node and pkg/web (the latter also in Chromium) against real kvd clusters
 # (the debug kvd built above).
 node --test kv-wasm/test/*.test.mjs
+
+# --- www: the web console in headless Chromium against a real 3-node cluster ---
+# Needs Debian's chromium (/usr/bin/chromium) and playwright-core (npm, in www/node_modules);
+# installs them when missing. The screenshot lands in test-artifacts/console.png.
+if [ ! -x /usr/bin/chromium ]; then
+  apt-get update && apt-get install -y chromium
+fi
+if [ ! -d www/node_modules/playwright-core ]; then
+  (cd www && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund)
+fi
+node --test www/test/*.test.mjs
