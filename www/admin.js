@@ -79,6 +79,8 @@ export class Admin {
    */
   async request(op, fields = {}, timeoutMs = 10_000) {
     await this.#open();
+    const ws = this.#ws;
+    if (!ws) throw new AdminError('unavailable', `the connection to ${this.#url} closed`);
     const id = this.#nextId++;
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
@@ -86,7 +88,7 @@ export class Admin {
         reject(new AdminError('timeout', `no answer to ${op} within ${timeoutMs / 1000} s`));
       }, timeoutMs);
       this.#pending.set(id, { resolve, reject, timer });
-      this.#ws.send(JSON.stringify({ id, op, ...fields }));
+      ws.send(JSON.stringify({ id, op, ...fields }));
     });
   }
 }
