@@ -143,6 +143,12 @@ pub enum ClientOp {
     Decommission { node: String },
     /// A liveness probe: answers `{"ok":true}`.
     Ping,
+    /// One page of every key of the cluster in token order (export): up to `limit` keys
+    /// after `cursor` (absent: from the start); the answer carries the next cursor.
+    Scan {
+        cursor: Option<String>,
+        limit: Option<usize>,
+    },
 }
 
 impl ClientOp {
@@ -158,6 +164,7 @@ impl ClientOp {
             ClientOp::Repair { .. } => "repair",
             ClientOp::Decommission { .. } => "decommission",
             ClientOp::Ping => "ping",
+            ClientOp::Scan { .. } => "scan",
         }
     }
 }
@@ -185,6 +192,10 @@ struct RawRequest {
     node: Option<String>,
     #[serde(default)]
     sloppy: Option<bool>,
+    #[serde(default)]
+    cursor: Option<String>,
+    #[serde(default)]
+    limit: Option<usize>,
 }
 
 /// Used to recover the id of a request whose other fields did not decode.
@@ -283,6 +294,10 @@ fn validate(raw: RawRequest, limits: &Limits) -> Result<Request, WireError> {
                 .ok_or_else(|| WireError::bad_request("'decommission' needs a node"))?,
         },
         "ping" => ClientOp::Ping,
+        "scan" => ClientOp::Scan {
+            cursor: raw.cursor,
+            limit: raw.limit,
+        },
         other => return Err(WireError::bad_request(format!("unknown op '{other}'"))),
     };
     Ok(Request {
@@ -381,6 +396,14 @@ pub fn encode_request(id: u64, op: &ClientOp) -> String {
             }
         }
         ClientOp::Decommission { node } => set("node", node.as_str().into()),
+        ClientOp::Scan { cursor, limit } => {
+            if let Some(c) = cursor {
+                set("cursor", c.as_str().into());
+            }
+            if let Some(l) = limit {
+                set("limit", (*l).into());
+            }
+        }
         ClientOp::Status | ClientOp::Hints | ClientOp::Ping => {}
     }
     serde_json::Value::Object(obj).to_string()
@@ -557,6 +580,14 @@ mod tests {
             },
             ClientOp::Decommission { node: "n2".into() },
             ClientOp::Ping,
+            ClientOp::Scan {
+                cursor: Some("c".into()),
+                limit: Some(10),
+            },
+            ClientOp::Scan {
+                cursor: None,
+                limit: None,
+            },
         ];
         for (i, op) in ops.into_iter().enumerate() {
             let text = encode_request(i as u64, &op);

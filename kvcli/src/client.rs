@@ -158,13 +158,22 @@ impl Client {
 
     /// Sends one request and returns the answer's fields (`ok: true`), or the error.
     pub async fn request(&self, op: &ClientOp) -> Result<Value, ClientError> {
+        self.request_within(op, self.timeout).await
+    }
+
+    /// [`request`](Self::request) with its own time limit (long admin operations).
+    pub async fn request_within(
+        &self,
+        op: &ClientOp,
+        limit: Duration,
+    ) -> Result<Value, ClientError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         lock(&self.pending).insert(id, tx);
         if self.tx.send(Message::text(encode_request(id, op))).is_err() {
             return Err(ClientError::Unreachable("the connection is closed".into()));
         }
-        match tokio::time::timeout(self.timeout, rx).await {
+        match tokio::time::timeout(limit, rx).await {
             Ok(Ok(v)) => {
                 if v["ok"].as_bool() == Some(true) {
                     Ok(v)

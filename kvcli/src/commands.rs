@@ -94,6 +94,28 @@ pub enum Command {
     },
     /// Load generator: put, get, or a YCSB mix (a, b, c, d, f).
     Bench(crate::bench::BenchArgs),
+    /// Pending hinted-handoff writes, by target node.
+    Hints,
+    /// Run anti-entropy now on the connected node: compare Merkle trees with every other
+    /// replica and sync what differs. `repair --node NODE` runs it on NODE: a URL or
+    /// HOST:PORT connects there; a node id (no port) asks the default node to run it on NODE.
+    Repair {
+        /// Set from `--node` when it names a node id rather than an address.
+        #[arg(skip)]
+        node: Option<String>,
+    },
+    /// Drain NODE: its data moves to the new owners, then it leaves the ring.
+    Decommission {
+        /// The node's id.
+        #[arg(id = "decommission_node", value_name = "NODE")]
+        node: String,
+    },
+    /// Every live value as {"key":...,"value":...} JSON lines (one line per sibling).
+    Export {
+        /// Write to this file instead of standard output.
+        #[arg(long)]
+        out: Option<String>,
+    },
     /// Write every {"key":...,"value":...} line of a file (- for standard input)
     Import {
         /// JSON lines file, or - for standard input.
@@ -319,6 +341,10 @@ pub async fn run(client: &Client, cmd: Command, env: &Env) -> Outcome {
             print_ring(&v, has_key, env);
         }
         Command::Metrics { member, all } => metrics(client, member, all, env).await?,
+        Command::Hints => crate::admin::hints(client, env).await?,
+        Command::Repair { node } => crate::admin::repair(client, node, env).await?,
+        Command::Decommission { node } => crate::admin::decommission(client, node, env).await?,
+        Command::Export { out } => crate::admin::export(client, out, env).await?,
         Command::Bench(args) => crate::bench::run(client, args, env).await?,
         Command::Import {
             file,

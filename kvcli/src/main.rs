@@ -14,6 +14,7 @@
 
 #![deny(clippy::unwrap_used)]
 
+mod admin;
 mod bench;
 mod client;
 mod commands;
@@ -46,7 +47,7 @@ struct Cli {
     #[arg(
         long,
         env = "KV_NODE",
-        default_value = "ws://127.0.0.1:7070",
+        default_value = DEFAULT_NODE,
         global = true
     )]
     node: String,
@@ -107,6 +108,9 @@ pub fn usage_error_line(e: &clap::Error) -> String {
     }
 }
 
+/// The node kvcli talks to when neither --node nor KV_NODE says otherwise.
+const DEFAULT_NODE: &str = "ws://127.0.0.1:7070";
+
 fn main() -> ExitCode {
     // `kvcli metrics | head` should end quietly when head closes the pipe, as Unix tools do,
     // instead of failing on the next print: restore the default SIGPIPE action that the Rust
@@ -155,6 +159,14 @@ fn node_url(node: &str) -> String {
 }
 
 async fn async_main(mut cli: Cli) -> u8 {
+    // `repair --node NODE` (INTERFACE.md) shares the global flag: a value without a port is a
+    // node id to run the repair on, through the node of KV_NODE or the default.
+    if let Some(commands::Command::Repair { node }) = &mut cli.command {
+        if !cli.node.contains(':') {
+            *node = Some(cli.node.clone());
+            cli.node = std::env::var("KV_NODE").unwrap_or_else(|_| DEFAULT_NODE.to_string());
+        }
+    }
     cli.node = node_url(&cli.node);
     let timeout = Duration::from_secs_f64(cli.timeout);
     let interactive = cli.command.is_none() && std::io::stdin().is_terminal();

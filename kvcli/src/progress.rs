@@ -25,3 +25,13 @@ fn target() -> ProgressDrawTarget {
         ProgressDrawTarget::hidden()
     }
 }
+
+/// A spinner with a message, for operations of unknown length (export).
+pub fn spinner(what: &str) -> ProgressBar {
+    let pb = ProgressBar::with_draw_target(None, target());
+    let style = ProgressStyle::with_template("{prefix:>8} [{elapsed_precise}] {spinner} {msg}")
+        .unwrap_or_else(|_| ProgressStyle::default_spinner());
+    pb.set_style(style);
+    pb.set_prefix(what.to_string());
+    pb
+}

@@ -191,6 +191,9 @@ async fn run(node: &Arc<Node>, op: ClientOp, sloppy: Option<bool>) -> Result<Val
         ClientOp::Status => Ok(crate::http::status_json(node).await),
         ClientOp::Ring { key } => Ok(ring_answer(node, key.as_deref())),
         ClientOp::Ping => Ok(json!({ "node": node.id })),
+        ClientOp::Scan { cursor, limit } => {
+            crate::scan::scan(node, cursor, limit.unwrap_or(1000)).await
+        }
         ClientOp::Hints => Ok(crate::http::hints_json(node).await),
         ClientOp::Repair { node: target } => {
             let stats = match target {

@@ -27,6 +27,7 @@ pub mod node;
 pub mod peer;
 pub mod rebalance;
 pub mod replica;
+pub mod scan;
 pub mod server;
 
 /// Everything that can stop a node from starting or serving.

@@ -441,6 +441,26 @@ impl Node {
                     },
                 }
             }
+            PeerRequest::ScanTokens {
+                lo,
+                hi,
+                after,
+                max_bytes,
+            } => {
+                let node = self.clone();
+                let max = max_bytes.clamp(1024, 8 << 20);
+                match tokio::task::spawn_blocking(move || {
+                    crate::rebalance::read_tokens(&node, (lo, hi), after.as_deref(), max)
+                })
+                .await
+                {
+                    Ok(Ok((entries, next))) => PeerResponse::Chunk { entries, next },
+                    Ok(Err(message)) => PeerResponse::Error { message },
+                    Err(e) => PeerResponse::Error {
+                        message: format!("scan task failed: {e}"),
+                    },
+                }
+            }
             PeerRequest::MergeBatch { entries } => {
                 let node = self.clone();
                 let result = tokio::task::spawn_blocking(move || {

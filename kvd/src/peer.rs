@@ -103,6 +103,18 @@ pub enum PeerRequest {
     },
     /// Drain this node and leave the ring (`decommission`).
     Decommission,
+    /// `scan`: a page of this node's data with tokens in `lo..=hi` after engine key `after`.
+    ScanTokens {
+        /// First token.
+        lo: u64,
+        /// Last token.
+        hi: u64,
+        /// Where the previous page ended (engine key).
+        #[serde(with = "b64::option", default)]
+        after: Option<Vec<u8>>,
+        /// About how many bytes to return.
+        max_bytes: usize,
+    },
 }
 
 /// The answer to a [`PeerRequest`].

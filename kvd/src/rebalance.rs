@@ -106,14 +106,10 @@ impl Throttle {
     }
 }
 
-/// One page of the data of `range` after engine key `after`: up to about `max_bytes`.
-pub fn read_chunk(
-    node: &Node,
-    range: TokenRange,
-    after: Option<&[u8]>,
-    max_bytes: usize,
-) -> Result<(Vec<KeyState>, Option<Vec<u8>>), String> {
-    let mut pieces: Vec<(u64, u64)> = Vec::with_capacity(2);
+/// The inclusive, non-wrapping token intervals of `range` (a wrapping range is two), in the
+/// order a scan of the range visits them.
+pub fn token_pieces(range: TokenRange) -> Vec<(u64, u64)> {
+    let mut pieces = Vec::with_capacity(2);
     if range.start < range.end {
         pieces.push((range.start + 1, range.end));
     } else {
@@ -122,38 +118,85 @@ pub fn read_chunk(
         }
         pieces.push((0, range.end));
     }
-    let token_key = |t: u64| [&[DATA_PREFIX][..], &t.to_be_bytes()].concat();
+    pieces
+}
+
+/// The engine key where the data of token `t` begins.
+pub fn token_key(t: u64) -> Vec<u8> {
+    [&[DATA_PREFIX][..], &t.to_be_bytes()].concat()
+}
+
+/// One page of the data with tokens in `lo..=hi` after engine key `after`: up to about
+/// `max_bytes`, and the engine key to continue after when there is more.
+pub fn read_tokens(
+    node: &Node,
+    (lo, hi): (u64, u64),
+    after: Option<&[u8]>,
+    max_bytes: usize,
+) -> Result<(Vec<KeyState>, Option<Vec<u8>>), String> {
+    let lo_key = token_key(lo);
+    let hi_key = match hi.checked_add(1) {
+        Some(h) => token_key(h),
+        None => vec![DATA_PREFIX + 1],
+    };
+    if after.is_some_and(|a| a >= hi_key.as_slice()) {
+        return Ok((Vec::new(), None));
+    }
+    let start = match after {
+        Some(a) if a >= lo_key.as_slice() => Bound::Excluded(a),
+        _ => Bound::Included(&lo_key[..]),
+    };
+    let scan = node
+        .replica
+        .engine()
+        .scan(start, Bound::Excluded(&hi_key[..]))
+        .map_err(|e| e.to_string())?;
     let mut out = Vec::new();
     let mut size = 0;
-    for (lo, hi) in pieces {
-        let lo_key = token_key(lo);
-        let hi_key = match hi.checked_add(1) {
-            Some(h) => token_key(h),
-            None => vec![DATA_PREFIX + 1],
-        };
-        if after.is_some_and(|a| a >= hi_key.as_slice()) {
+    for item in scan {
+        let (k, v) = item.map_err(|e| e.to_string())?;
+        let Some(uk) = user_key(&k) else { continue };
+        let Ok(key) = String::from_utf8(uk.to_vec()) else {
             continue;
-        }
-        let start = match after {
-            Some(a) if a >= lo_key.as_slice() => Bound::Excluded(a),
-            _ => Bound::Included(&lo_key[..]),
         };
-        let scan = node
-            .replica
-            .engine()
-            .scan(start, Bound::Excluded(&hi_key[..]))
-            .map_err(|e| e.to_string())?;
-        for item in scan {
-            let (k, v) = item.map_err(|e| e.to_string())?;
-            let Some(uk) = user_key(&k) else { continue };
-            let Ok(key) = String::from_utf8(uk.to_vec()) else {
-                continue;
-            };
-            size += k.len() + v.len();
-            out.push(KeyState { key, state: v });
-            if size >= max_bytes {
-                return Ok((out, Some(k)));
-            }
+        size += k.len() + v.len();
+        out.push(KeyState { key, state: v });
+        if size >= max_bytes {
+            return Ok((out, Some(k)));
+        }
+    }
+    Ok((out, None))
+}
+
+/// One page of the data of `range` after engine key `after` (a cursor returned by an earlier
+/// page of the same range): up to about `max_bytes`.
+pub fn read_chunk(
+    node: &Node,
+    range: TokenRange,
+    after: Option<&[u8]>,
+    max_bytes: usize,
+) -> Result<(Vec<KeyState>, Option<Vec<u8>>), String> {
+    let pieces = token_pieces(range);
+    // A cursor belongs to the piece whose tokens contain it; earlier pieces are done.
+    let cursor_token = after.and_then(|a| a.get(1..9)).map(|t| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(t);
+        u64::from_be_bytes(b)
+    });
+    let first = match cursor_token {
+        Some(t) => pieces
+            .iter()
+            .position(|(lo, hi)| *lo <= t && t <= *hi)
+            .unwrap_or(pieces.len()),
+        None => 0,
+    };
+    let mut out = Vec::new();
+    for (i, piece) in pieces.iter().enumerate().skip(first) {
+        let cursor = if i == first { after } else { None };
+        let (mut entries, next) = read_tokens(node, *piece, cursor, max_bytes)?;
+        out.append(&mut entries);
+        if next.is_some() {
+            return Ok((out, next));
         }
     }
     Ok((out, None))

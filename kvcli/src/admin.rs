@@ -1,0 +1,221 @@
+//! Admin commands for the cluster's background work: `hints`, `repair`, `decommission` and
+//! `export`. Long ones show a progress bar (on a terminal) fed by what the node reports while
+//! the operation runs: its `/metrics` for a repair, `status` for a decommission.
+
+use std::io::Write;
+use std::time::Duration;
+
+use kv_core::wire::ClientOp;
+use serde_json::{json, Value};
+
+use crate::client::{host_port, Client, ClientError};
+use crate::commands::{print_table, Env};
+
+/// Long operations may take this long before kvcli gives up waiting.
+const LONG: Duration = Duration::from_secs(24 * 3600);
+
+/// `hints`: pending hinted-handoff writes by target.
+pub async fn hints(client: &Client, env: &Env) -> Result<(), ClientError> {
+    let v = client.request(&ClientOp::Hints).await?;
+    if env.json {
+        println!("{}", json!({"hints": v["hints"], "holders": v["holders"]}));
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = v["hints"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|h| {
+            vec![
+                h["target"].as_str().unwrap_or("").to_string(),
+                h["count"].to_string(),
+            ]
+        })
+        .collect();
+    if rows.is_empty() {
+        println!("no pending hints");
+    } else {
+        print_table(&["TARGET", "PENDING"], &rows);
+    }
+    let silent: Vec<&str> = v["holders"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|h| h.get("unreachable").is_some())
+                .filter_map(|h| h["node"].as_str())
+                .collect()
+        })
+        .unwrap_or_default();
+    if !silent.is_empty() {
+        println!("(not counted: {} did not answer)", silent.join(", "));
+    }
+    Ok(())
+}
+
+/// The `HOST:PORT` of member `id` (from `status`), for reading its `/metrics`.
+async fn member_addr(client: &Client, id: &str) -> Result<Option<String>, ClientError> {
+    let status = client.request(&ClientOp::Status).await?;
+    Ok(status["nodes"].as_array().and_then(|a| {
+        a.iter()
+            .find(|n| n["id"] == id)
+            .and_then(|n| n["addr"].as_str().map(str::to_string))
+    }))
+}
+
+fn metric(samples: &[crate::metrics::Sample], name: &str) -> Option<f64> {
+    samples.iter().find(|s| s.name == name).map(|s| s.value)
+}
+
+/// `repair [--node NODE]`: anti-entropy now, with a progress bar over the (range, peer) pairs.
+pub async fn repair(client: &Client, node: Option<String>, env: &Env) -> Result<(), ClientError> {
+    let addr = match &node {
+        Some(id) => member_addr(client, id).await?,
+        None => host_port(&env.node).ok(),
+    };
+    let pb = crate::progress::bar(0, "repair");
+    let op = ClientOp::Repair { node: node.clone() };
+    let request = client.request_within(&op, LONG);
+    tokio::pin!(request);
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let v = loop {
+        tokio::select! {
+            r = &mut request => break r,
+            _ = tick.tick() => {
+                if let Some(a) = &addr {
+                    if let Ok(s) = crate::metrics::fetch(a, Duration::from_secs(2)).await {
+                        let total = metric(&s, "kv_repair_pairs_total").unwrap_or(0.0) as u64;
+                        let done = metric(&s, "kv_repair_pairs_done").unwrap_or(0.0) as u64;
+                        pb.set_length(total);
+                        pb.set_position(done.min(total));
+                        pb.set_message("range pairs compared");
+                    }
+                }
+            }
+        }
+    };
+    pb.finish_and_clear();
+    let v = v?;
+    let fields = [
+        "ranges_compared",
+        "ranges_in_sync",
+        "keys_repaired",
+        "bytes_exchanged",
+        "pairs_skipped",
+    ];
+    if env.json {
+        let mut out = serde_json::Map::new();
+        for f in fields {
+            out.insert(f.into(), v[f].clone());
+        }
+        println!("{}", Value::Object(out));
+    } else {
+        println!(
+            "repair: {} range pairs compared ({} already in sync), {} keys repaired, {} bytes exchanged{}",
+            v["ranges_compared"],
+            v["ranges_in_sync"],
+            v["keys_repaired"],
+            v["bytes_exchanged"],
+            match v["pairs_skipped"].as_u64() {
+                Some(0) | None => String::new(),
+                Some(n) => format!(", {n} pairs skipped (peer down or silent)"),
+            }
+        );
+    }
+    Ok(())
+}
+
+/// `decommission NODE`: the node hands its ranges over and leaves the ring; the bar follows
+/// the transfer it reports in `status`.
+pub async fn decommission(client: &Client, node: String, env: &Env) -> Result<(), ClientError> {
+    let pb = crate::progress::bar(0, "draining");
+    let op = ClientOp::Decommission { node: node.clone() };
+    let request = client.request_within(&op, LONG);
+    tokio::pin!(request);
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let v = loop {
+        tokio::select! {
+            r = &mut request => break r,
+            _ = tick.tick() => {
+                if let Ok(status) = client.request(&ClientOp::Status).await {
+                    let t = status["nodes"].as_array().and_then(|a| {
+                        a.iter().find(|n| n["id"] == node.as_str()).map(|n| n["transfer"].clone())
+                    });
+                    if let Some(t) = t.filter(|t| !t.is_null()) {
+                        pb.set_length(t["ranges_total"].as_u64().unwrap_or(0));
+                        pb.set_position(t["ranges_done"].as_u64().unwrap_or(0));
+                        pb.set_message(format!("{} keys moved", t["keys"]));
+                    }
+                }
+            }
+        }
+    };
+    pb.finish_and_clear();
+    let v = v?;
+    if env.json {
+        println!(
+            "{}",
+            json!({"ok": true, "node": node, "moved_keys": v["moved_keys"]})
+        );
+    } else {
+        println!(
+            "{node} handed {} keys over and left the ring; it can be stopped now",
+            v["moved_keys"]
+        );
+    }
+    Ok(())
+}
+
+/// `export [--out FILE]`: every live value of the cluster as JSON lines
+/// `{"key":...,"value":...}` (one line per sibling), walking the ring with `scan`.
+pub async fn export(client: &Client, out: Option<String>, env: &Env) -> Result<(), ClientError> {
+    let mut sink: Box<dyn Write> = match &out {
+        Some(path) if path != "-" => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(path)
+                .map_err(|e| ClientError::Failed(format!("cannot create {path}: {e}")))?,
+        )),
+        _ => Box::new(std::io::BufWriter::new(std::io::stdout())),
+    };
+    let to_stdout = out.as_deref().is_none_or(|p| p == "-");
+    let pb = crate::progress::spinner("export");
+    let (mut keys, mut lines) = (0u64, 0u64);
+    let mut cursor: Option<String> = None;
+    loop {
+        let page = client
+            .request_within(
+                &ClientOp::Scan {
+                    cursor: cursor.clone(),
+                    limit: Some(1000),
+                },
+                Duration::from_secs(120),
+            )
+            .await?;
+        for e in page["entries"].as_array().cloned().unwrap_or_default() {
+            keys += 1;
+            for value in e["values"].as_array().cloned().unwrap_or_default() {
+                let line = json!({"key": e["key"], "value": value});
+                writeln!(sink, "{line}").map_err(|err| {
+                    ClientError::Failed(format!("cannot write the export: {err}"))
+                })?;
+                lines += 1;
+            }
+        }
+        pb.set_message(format!("{keys} keys"));
+        pb.tick();
+        match page["cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => break,
+        }
+    }
+    sink.flush()
+        .map_err(|err| ClientError::Failed(format!("cannot write the export: {err}")))?;
+    pb.finish_and_clear();
+    if !to_stdout {
+        if env.json {
+            println!("{}", json!({"exported": lines, "keys": keys}));
+        } else {
+            println!("exported {lines} values of {keys} keys");
+        }
+    }
+    Ok(())
+}
