@@ -424,7 +424,14 @@ async fn call(
         .ok_or_else(|| "not a known member".to_string())?;
     node.metrics.peer_requests.fetch_add(1, Relaxed);
     let left = deadline.saturating_duration_since(Instant::now());
-    let result = node.peers.call(&addr, req, left).await;
+    let mut result = node.peers.call(&addr, req, left).await;
+    if matches!(result, Err(crate::peer::PeerError::Unreachable(_))) && node.is_up(target) {
+        // Gossip heard from it since the failure this answer remembers (it restarted): try
+        // again now instead of failing on a stale memory.
+        node.peers.clear_failure(&addr);
+        let left = deadline.saturating_duration_since(Instant::now());
+        result = node.peers.call(&addr, req, left).await;
+    }
     if result.is_err() {
         node.metrics.peer_failures.fetch_add(1, Relaxed);
     }

@@ -231,17 +231,27 @@ struct Conn {
     alive: Arc<AtomicBool>,
 }
 
+/// The connection state of one peer address.
+#[derive(Default)]
+struct Slot {
+    /// The open connection; the lock is per address and held while connecting, so a burst of
+    /// requests to a new peer opens one connection, and a slow connect to one peer never
+    /// delays requests to the others.
+    conn: tokio::sync::Mutex<Option<Arc<Conn>>>,
+    /// The last failed connect: when, and why.
+    failed: Mutex<Option<(Instant, String)>>,
+}
+
 /// Outgoing connections to peers, one per address, opened on first use and reopened after a
 /// failure (at most once per `RETRY_AFTER`, so a dead peer costs a fast failure, not a connect
 /// attempt per request).
 pub struct PeerPool {
-    conns: tokio::sync::Mutex<HashMap<String, Arc<Conn>>>,
-    failed_at: Mutex<HashMap<String, (Instant, String)>>,
+    slots: Mutex<HashMap<String, Arc<Slot>>>,
     next_id: AtomicU64,
     max_state_bytes: usize,
 }
 
-const RETRY_AFTER: Duration = Duration::from_millis(500);
+const RETRY_AFTER: Duration = Duration::from_millis(250);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// WebSocket settings for peer links: peers exchange whole sibling sets, so allow a frame of
@@ -257,8 +267,7 @@ impl PeerPool {
     /// An empty pool.
     pub fn new(max_state_bytes: usize) -> PeerPool {
         PeerPool {
-            conns: tokio::sync::Mutex::new(HashMap::new()),
-            failed_at: Mutex::new(HashMap::new()),
+            slots: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             max_state_bytes,
         }
@@ -298,33 +307,39 @@ impl PeerPool {
     /// Forgets a recent connect failure to `addr`, so the next call tries at once (gossip
     /// has seen the peer come back).
     pub fn clear_failure(&self, addr: &str) {
-        lock(&self.failed_at).remove(addr);
+        *lock(&self.slot(addr).failed) = None;
+    }
+
+    fn slot(&self, addr: &str) -> Arc<Slot> {
+        lock(&self.slots)
+            .entry(addr.to_string())
+            .or_default()
+            .clone()
     }
 
     async fn conn(&self, addr: &str) -> Result<Arc<Conn>, PeerError> {
-        let mut conns = self.conns.lock().await;
-        if let Some(c) = conns.get(addr) {
+        let slot = self.slot(addr);
+        let mut conn = slot.conn.lock().await;
+        if let Some(c) = conn.as_ref() {
             if c.alive.load(Ordering::Acquire) {
                 return Ok(c.clone());
             }
-            conns.remove(addr);
+            *conn = None;
         }
-        if let Some((at, why)) = lock(&self.failed_at).get(addr) {
+        if let Some((at, why)) = lock(&slot.failed).as_ref() {
             if at.elapsed() < RETRY_AFTER {
                 return Err(PeerError::Unreachable(why.clone()));
             }
         }
-        // Connecting while holding the map lock serializes connects, which is what we want: a
-        // burst of requests to a new peer opens one connection, not one each.
         match self.connect(addr).await {
             Ok(c) => {
-                lock(&self.failed_at).remove(addr);
+                *lock(&slot.failed) = None;
                 let c = Arc::new(c);
-                conns.insert(addr.to_string(), c.clone());
+                *conn = Some(c.clone());
                 Ok(c)
             }
             Err(why) => {
-                lock(&self.failed_at).insert(addr.to_string(), (Instant::now(), why.clone()));
+                *lock(&slot.failed) = Some((Instant::now(), why.clone()));
                 Err(PeerError::Unreachable(why))
             }
         }
