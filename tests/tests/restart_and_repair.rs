@@ -117,11 +117,20 @@ async fn a_paused_node_misses_a_write_and_a_read_repairs_it() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(repaired, "read repair brought the paused node up to date");
-    let metrics = kv_tests::http_get(&cluster.nodes[0].addr, "/metrics").unwrap();
-    let repairs: u64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("kv_read_repairs_total "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap();
+    // The coordinator counts the repair once the replica acknowledged it, a moment after the
+    // replica applied it.
+    let mut repairs = 0;
+    for _ in 0..50 {
+        let metrics = kv_tests::http_get(&cluster.nodes[0].addr, "/metrics").unwrap();
+        repairs = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("kv_read_repairs_total "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap();
+        if repairs >= 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert!(repairs >= 1, "read repairs are counted in /metrics");
 }
