@@ -12,9 +12,11 @@ import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 
 import { chromium } from 'playwright-core';
-import { Cluster, repoRoot } from './cluster.mjs';
+// The same real-cluster helper as the SDK's tests.
+import { Cluster } from '../../kv-wasm/test/cluster.mjs';
 
 const run = promisify(execFile);
+const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
 const kvcliBin = process.env.KVCLI_BIN ?? path.join(repoRoot, 'target', 'debug', 'kvcli');
 const chromiumBin = process.env.CHROMIUM_BIN ?? '/usr/bin/chromium';
 const artifacts = path.join(repoRoot, 'test-artifacts');
@@ -34,7 +36,7 @@ async function kvcli(i, ...args) {
 }
 
 before(async () => {
-  cluster = await Cluster.start(3, ['--www-dir', wwwDir, '--sdk-dir', path.join(repoRoot, 'kv-wasm', 'pkg', 'web')]);
+  cluster = await Cluster.start(3, () => ['--www-dir', wwwDir, '--sdk-dir', path.join(repoRoot, 'kv-wasm', 'pkg', 'web')]);
   profile = mkdtempSync(path.join(tmpdir(), 'kv-console-chromium-'));
   context = await chromium.launchPersistentContext(profile, {
     executablePath: chromiumBin,
