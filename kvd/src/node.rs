@@ -311,8 +311,9 @@ impl Node {
         let _ = self.shutdown.send(true);
     }
 
-    /// Answers one peer request.
+    /// Answers one peer request. Work on the engine runs on the blocking pool.
     pub async fn handle_peer(self: &Arc<Self>, req: PeerRequest) -> PeerResponse {
+        let node = self.clone();
         match req {
             PeerRequest::Gossip { members } => {
                 let (events, digest) = {
@@ -328,89 +329,61 @@ impl Node {
                 value,
                 context,
             } => {
-                let ctx = match decode_context(&context) {
-                    Ok(c) => c,
-                    Err(e) => {
-                        return PeerResponse::Error {
-                            message: format!("bad context: {e}"),
-                        }
-                    }
-                };
-                let node = self.clone();
-                let result = tokio::task::spawn_blocking(move || {
-                    node.replica
+                blocking(move || {
+                    let ctx = decode_context(&context).map_err(|e| format!("bad context: {e}"))?;
+                    let minted = node
+                        .replica
                         .mint(key.as_bytes(), value, &ctx, crate::now_ms())
+                        .map_err(|e| e.to_string())?;
+                    node.count_capped(minted.capped);
+                    Ok(PeerResponse::Minted {
+                        state: minted.state.encode(),
+                        write_context: minted.write_context.encode_context(),
+                        capped: minted.capped,
+                    })
                 })
-                .await;
-                match result {
-                    Ok(Ok(minted)) => {
-                        self.count_capped(minted.capped);
-                        PeerResponse::Minted {
-                            state: minted.state.encode(),
-                            write_context: minted.write_context.encode_context(),
-                            capped: minted.capped,
-                        }
-                    }
-                    Ok(Err(e)) => PeerResponse::Error {
-                        message: e.to_string(),
-                    },
-                    Err(e) => PeerResponse::Error {
-                        message: format!("write task failed: {e}"),
-                    },
-                }
+                .await
             }
             PeerRequest::Replicate {
                 key,
                 state,
-                hint_for: Some(target),
+                hint_for,
             } => {
-                let state = match SiblingSet::decode(&state) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        return PeerResponse::Error {
-                            message: format!("bad state: {e}"),
+                blocking(move || {
+                    let state =
+                        SiblingSet::decode(&state).map_err(|e| format!("bad state: {e}"))?;
+                    match hint_for {
+                        Some(target) => node.hints.store(&target, key.as_bytes(), &state)?,
+                        None => {
+                            node.replica
+                                .merge(key.as_bytes(), &state)
+                                .map_err(|e| e.to_string())?;
                         }
                     }
-                };
-                let node = self.clone();
-                let result = tokio::task::spawn_blocking(move || {
-                    node.hints.store(&target, key.as_bytes(), &state)
+                    Ok(PeerResponse::Ack)
                 })
-                .await;
-                match result {
-                    Ok(Ok(())) => PeerResponse::Ack,
-                    Ok(Err(message)) => PeerResponse::Error { message },
-                    Err(e) => PeerResponse::Error {
-                        message: format!("hint task failed: {e}"),
-                    },
-                }
+                .await
             }
-            PeerRequest::Replicate {
-                key,
-                state,
-                hint_for: None,
-            } => {
-                let state = match SiblingSet::decode(&state) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        return PeerResponse::Error {
-                            message: format!("bad state: {e}"),
-                        }
-                    }
-                };
-                let node = self.clone();
-                let result =
-                    tokio::task::spawn_blocking(move || node.replica.merge(key.as_bytes(), &state))
-                        .await;
-                match result {
-                    Ok(Ok(_)) => PeerResponse::Ack,
-                    Ok(Err(e)) => PeerResponse::Error {
-                        message: e.to_string(),
-                    },
-                    Err(e) => PeerResponse::Error {
-                        message: format!("merge task failed: {e}"),
-                    },
-                }
+            PeerRequest::Read { key, with_hints } => {
+                blocking(move || {
+                    let data = node
+                        .replica
+                        .read(key.as_bytes())
+                        .map_err(|e| e.to_string())?;
+                    let hinted = if with_hints {
+                        node.hints.for_key(key.as_bytes())?
+                    } else {
+                        None
+                    };
+                    let state = match (data, hinted) {
+                        (Some(d), Some(h)) => Some(d.synced(&h)),
+                        (d, h) => d.or(h),
+                    };
+                    Ok(PeerResponse::State {
+                        state: state.map(|s| s.encode()),
+                    })
+                })
+                .await
             }
             PeerRequest::Stats => PeerResponse::Stats {
                 stats: crate::http::local_stats(self),
@@ -427,19 +400,13 @@ impl Node {
                 after,
                 max_bytes,
             } => {
-                let node = self.clone();
-                let max = max_bytes.clamp(1024, 8 << 20);
-                match tokio::task::spawn_blocking(move || {
-                    crate::rebalance::read_chunk(&node, range, after.as_deref(), max)
+                blocking(move || {
+                    let max = max_bytes.clamp(1024, 8 << 20);
+                    let (entries, next) =
+                        crate::rebalance::read_chunk(&node, range, after.as_deref(), max)?;
+                    Ok(PeerResponse::Chunk { entries, next })
                 })
                 .await
-                {
-                    Ok(Ok((entries, next))) => PeerResponse::Chunk { entries, next },
-                    Ok(Err(message)) => PeerResponse::Error { message },
-                    Err(e) => PeerResponse::Error {
-                        message: format!("stream task failed: {e}"),
-                    },
-                }
             }
             PeerRequest::ScanTokens {
                 lo,
@@ -447,78 +414,30 @@ impl Node {
                 after,
                 max_bytes,
             } => {
-                let node = self.clone();
-                let max = max_bytes.clamp(1024, 8 << 20);
-                match tokio::task::spawn_blocking(move || {
-                    crate::rebalance::read_tokens(&node, (lo, hi), after.as_deref(), max)
+                blocking(move || {
+                    let max = max_bytes.clamp(1024, 8 << 20);
+                    let (entries, next) =
+                        crate::rebalance::read_tokens(&node, (lo, hi), after.as_deref(), max)?;
+                    Ok(PeerResponse::Chunk { entries, next })
                 })
                 .await
-                {
-                    Ok(Ok((entries, next))) => PeerResponse::Chunk { entries, next },
-                    Ok(Err(message)) => PeerResponse::Error { message },
-                    Err(e) => PeerResponse::Error {
-                        message: format!("scan task failed: {e}"),
-                    },
-                }
             }
             PeerRequest::MergeBatch { entries } => {
-                let node = self.clone();
-                let result = tokio::task::spawn_blocking(move || {
+                blocking(move || {
                     for e in entries {
                         let set = SiblingSet::decode(&e.state).map_err(|err| err.to_string())?;
                         node.replica
                             .merge(e.key.as_bytes(), &set)
                             .map_err(|err| err.to_string())?;
                     }
-                    Ok::<(), String>(())
+                    Ok(PeerResponse::Ack)
                 })
-                .await;
-                match result {
-                    Ok(Ok(())) => PeerResponse::Ack,
-                    Ok(Err(message)) => PeerResponse::Error { message },
-                    Err(e) => PeerResponse::Error {
-                        message: format!("merge task failed: {e}"),
-                    },
-                }
+                .await
             }
             req @ (PeerRequest::MerkleHashes { .. }
             | PeerRequest::BucketDigests { .. }
             | PeerRequest::FetchStates { .. }) => {
-                let node = self.clone();
-                tokio::task::spawn_blocking(move || crate::anti_entropy::serve(&node, req))
-                    .await
-                    .unwrap_or_else(|e| PeerResponse::Error {
-                        message: format!("anti-entropy task failed: {e}"),
-                    })
-            }
-            PeerRequest::Read { key, with_hints } => {
-                let node = self.clone();
-                let result = tokio::task::spawn_blocking(move || {
-                    let data: Option<SiblingSet> = node.replica.read(key.as_bytes())?;
-                    if !with_hints {
-                        return Ok::<_, crate::replica::ReplicaError>(data);
-                    }
-                    let hinted = node
-                        .hints
-                        .for_key(key.as_bytes())
-                        .map_err(crate::replica::ReplicaError::Corrupt)?;
-                    Ok::<_, crate::replica::ReplicaError>(match (data, hinted) {
-                        (Some(d), Some(h)) => Some(d.synced(&h)),
-                        (d, h) => d.or(h),
-                    })
-                })
-                .await;
-                match result {
-                    Ok(Ok(state)) => PeerResponse::State {
-                        state: state.map(|s| s.encode()),
-                    },
-                    Ok(Err(e)) => PeerResponse::Error {
-                        message: e.to_string(),
-                    },
-                    Err(e) => PeerResponse::Error {
-                        message: format!("read task failed: {e}"),
-                    },
-                }
+                blocking(move || Ok(crate::anti_entropy::serve(&node, req))).await
             }
         }
     }
@@ -538,6 +457,19 @@ impl Node {
         if let Err(e) = self.replica.engine().flush() {
             crate::error!("flush at shutdown failed: {e}");
         }
+    }
+}
+
+/// Runs `f` on the blocking pool (engine work) and turns a failure into an error answer.
+async fn blocking(
+    f: impl FnOnce() -> std::result::Result<PeerResponse, String> + Send + 'static,
+) -> PeerResponse {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(Ok(resp)) => resp,
+        Ok(Err(message)) => PeerResponse::Error { message },
+        Err(e) => PeerResponse::Error {
+            message: format!("task failed: {e}"),
+        },
     }
 }
 
