@@ -256,10 +256,33 @@ pub async fn sync_range(
             let k = key.clone();
             let remote = fetched.get(key).cloned();
             let merged = tokio::task::spawn_blocking(move || -> Result<Option<Vec<u8>>, String> {
-                if let Some(bytes) = remote {
-                    let set = SiblingSet::decode(&bytes).map_err(|e| e.to_string())?;
+                let local = n
+                    .replica
+                    .read_raw_key(k.as_bytes())
+                    .map_err(|e| e.to_string())?;
+                let mut union = match &local {
+                    Some(b) => SiblingSet::decode(b).map_err(|e| e.to_string())?,
+                    None => SiblingSet::new(),
+                };
+                if let Some(bytes) = &remote {
+                    union.sync(&SiblingSet::decode(bytes).map_err(|e| e.to_string())?);
+                }
+                // A tombstone every replica is known to hold is being purged: carrying it back
+                // to a replica that already dropped it would only undo the purge.
+                if crate::tombstones::purgeable_here(&n, range, &union) {
+                    if let Some(b) = &local {
+                        if n.replica
+                            .remove_if_unchanged(k.as_bytes(), b)
+                            .map_err(|e| e.to_string())?
+                        {
+                            n.agreements.purged.fetch_add(1, Relaxed);
+                        }
+                    }
+                    return Ok(None);
+                }
+                if remote.is_some() {
                     n.replica
-                        .merge(k.as_bytes(), &set)
+                        .merge(k.as_bytes(), &union)
                         .map_err(|e| e.to_string())?;
                 }
                 n.replica
@@ -320,8 +343,19 @@ async fn run_pairs(node: &Arc<Node>, pairs: Vec<(TokenRange, String)>) -> Repair
         if !node.is_up(&peer) {
             total.pairs_skipped += 1;
         } else {
+            let started = crate::now_ms();
             match sync_range(node, range, &peer).await {
                 Ok(s) => {
+                    // Both sides now hold everything either held when the session started.
+                    node.agreements.record(range, &peer, started);
+                    if let Some(addr) = node.addr_of(&peer) {
+                        let req = PeerRequest::RangeSynced {
+                            range,
+                            peer: node.id.clone(),
+                            at_ms: started,
+                        };
+                        let _ = node.peers.call(&addr, &req, Duration::from_secs(5)).await;
+                    }
                     total.add(&s);
                     node.anti_entropy.sessions.fetch_add(1, Relaxed);
                     node.anti_entropy
@@ -342,11 +376,22 @@ async fn run_pairs(node: &Arc<Node>, pairs: Vec<(TokenRange, String)>) -> Repair
     total
 }
 
+/// Purges the tombstones every replica is known to hold (see `tombstones`).
+async fn purge_tombstones(node: &Arc<Node>) {
+    let n = node.clone();
+    match tokio::task::spawn_blocking(move || crate::tombstones::purge(&n)).await {
+        Ok(0) => {}
+        Ok(purged) => crate::info!("purged {purged} tombstones every replica holds"),
+        Err(e) => crate::warn!("tombstone purge failed: {e}"),
+    }
+}
+
 /// `repair`: compares every range this node replicates with every other replica, now.
 pub async fn repair_now(node: &Arc<Node>) -> RepairStats {
     let _running = node.repair_lock.lock().await;
     let started = Instant::now();
     let stats = run_pairs(node, pairs(node, false)).await;
+    purge_tombstones(node).await;
     crate::info!(
         "repair: {} ranges compared ({} in sync), {} keys repaired, {} bytes, {} skipped, {:.1}s",
         stats.ranges_compared,
@@ -376,6 +421,7 @@ pub async fn run(node: Arc<Node>) {
         }
         let _running = node.repair_lock.lock().await;
         let stats = run_pairs(&node, pairs(&node, true)).await;
+        purge_tombstones(&node).await;
         node.anti_entropy.rounds.fetch_add(1, Relaxed);
         if stats.keys_repaired > 0 {
             crate::info!(

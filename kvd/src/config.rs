@@ -85,6 +85,13 @@ pub struct NodeArgs {
     /// Replicas per data center, e.g. `dc1:2,dc2:1` (instead of `--n`).
     #[arg(long)]
     pub replication: Option<String>,
+    /// Seconds a tombstone is kept at least, even once every replica holds it.
+    #[arg(long)]
+    pub tombstone_grace_s: Option<u64>,
+    /// Seconds after which an undelivered hint is dropped (anti-entropy covers it); a tombstone
+    /// is never purged before this age, so a late hint cannot bring a deleted value back.
+    #[arg(long)]
+    pub hint_expiry_s: Option<u64>,
 }
 
 /// `--sync` as parsed from the command line or the file.
@@ -134,6 +141,8 @@ struct FileConfig {
     www_dir: Option<PathBuf>,
     sdk_dir: Option<PathBuf>,
     replication: Option<String>,
+    tombstone_grace_s: Option<u64>,
+    hint_expiry_s: Option<u64>,
 }
 
 /// Everything a node runs with, resolved.
@@ -187,6 +196,10 @@ pub struct NodeConfig {
     pub sdk_dir: Option<PathBuf>,
     /// Replicas per data center, when set (N is their sum).
     pub per_dc: Option<std::collections::BTreeMap<String, usize>>,
+    /// Minimum age of a tombstone before it may be purged.
+    pub tombstone_grace: Duration,
+    /// Age at which undelivered hints are dropped.
+    pub hint_expiry: Duration,
 }
 
 impl NodeConfig {
@@ -269,6 +282,16 @@ impl NodeConfig {
                 .or(file.sdk_dir)
                 .or_else(|| source_dir("kv-wasm/pkg/web", "package.json")),
             per_dc: None,
+            tombstone_grace: Duration::from_secs(
+                args.tombstone_grace_s
+                    .or(file.tombstone_grace_s)
+                    .unwrap_or(86_400),
+            ),
+            hint_expiry: Duration::from_secs(
+                args.hint_expiry_s
+                    .or(file.hint_expiry_s)
+                    .unwrap_or(3 * 3600),
+            ),
         };
         let mut config = config;
         if let Some(spec) = args.replication.or(file.replication) {

@@ -52,6 +52,8 @@ pub struct HintStore {
     pub dropped: AtomicU64,
     /// Hints delivered and acknowledged.
     pub delivered: AtomicU64,
+    /// Hints dropped undelivered because they outlived the hint expiry.
+    pub expired: AtomicU64,
 }
 
 fn hint_prefix(key: &[u8]) -> Vec<u8> {
@@ -101,6 +103,7 @@ impl HintStore {
             max_bytes_per_target,
             dropped: AtomicU64::new(0),
             delivered: AtomicU64::new(0),
+            expired: AtomicU64::new(0),
         })
     }
 
@@ -227,7 +230,6 @@ impl HintStore {
                         p.remove(target);
                     }
                 }
-                self.delivered.fetch_add(1, Relaxed);
                 Ok(true)
             }
             _ => Ok(false),
@@ -270,10 +272,29 @@ async fn deliver_some(node: &Arc<Node>, target: &str, limit: usize) -> Result<()
     let batch = tokio::task::spawn_blocking(move || n.hints.batch_for(&t, limit))
         .await
         .map_err(|e| e.to_string())??;
+    let expiry_ms = node.config.hint_expiry.as_millis() as u64;
     for (key, bytes) in batch {
         let Ok(key_text) = String::from_utf8(key.clone()) else {
             continue;
         };
+        // Too old to hand back: anti-entropy covers it, and a tombstone purged meanwhile must
+        // not be undone by a stale value.
+        let newest = SiblingSet::decode(&bytes)
+            .ok()
+            .and_then(|s| s.newest_timestamp())
+            .unwrap_or(0);
+        if newest.saturating_add(expiry_ms) < crate::now_ms() {
+            let n = node.clone();
+            let t = target.to_string();
+            let removed =
+                tokio::task::spawn_blocking(move || n.hints.remove_if_unchanged(&t, &key, &bytes))
+                    .await
+                    .map_err(|e| e.to_string())??;
+            if removed {
+                node.hints.expired.fetch_add(1, Relaxed);
+            }
+            continue;
+        }
         let req = PeerRequest::Replicate {
             key: key_text,
             state: bytes.clone(),
@@ -286,6 +307,7 @@ async fn deliver_some(node: &Arc<Node>, target: &str, limit: usize) -> Result<()
                 tokio::task::spawn_blocking(move || n.hints.remove_if_unchanged(&t, &key, &bytes))
                     .await
                     .map_err(|e| e.to_string())??;
+                node.hints.delivered.fetch_add(1, Relaxed);
             }
             Ok(other) => return Err(format!("unexpected answer {other:?}")),
             Err(e) => return Err(e.to_string()),

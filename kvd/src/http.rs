@@ -312,7 +312,9 @@ fn metrics_text(node: &Node) -> String {
             .load(std::sync::atomic::Ordering::Relaxed)
     );
     let ae = &node.anti_entropy;
-    let ae_counters: [(&str, &std::sync::atomic::AtomicU64); 6] = [
+    let ae_counters: [(&str, &std::sync::atomic::AtomicU64); 8] = [
+        ("kv_hints_expired_total", &node.hints.expired),
+        ("kv_tombstones_purged_total", &node.agreements.purged),
         ("kv_anti_entropy_sessions_total", &ae.sessions),
         ("kv_anti_entropy_keys_repaired_total", &ae.keys_repaired),
         ("kv_anti_entropy_bytes_total", &ae.bytes),

@@ -29,6 +29,7 @@ pub mod rebalance;
 pub mod replica;
 pub mod scan;
 pub mod server;
+pub mod tombstones;
 
 /// Everything that can stop a node from starting or serving.
 #[derive(Debug)]

@@ -46,6 +46,8 @@ pub struct Node {
     pub repair_lock: tokio::sync::Mutex<()>,
     /// Streaming in (join) or out (decommission).
     pub transfers: crate::rebalance::Transfers,
+    /// Completed anti-entropy sessions per (range, peer): when tombstones may be purged.
+    pub agreements: crate::tombstones::Agreements,
     /// Who this node is (kept in the data dir).
     identity: Mutex<Identity>,
     /// When the node started (uptime).
@@ -125,6 +127,7 @@ impl Node {
             anti_entropy: Default::default(),
             repair_lock: tokio::sync::Mutex::new(()),
             transfers: Default::default(),
+            agreements: Default::default(),
             identity: Mutex::new(identity.clone()),
             started: Instant::now(),
             shutdown,
@@ -384,6 +387,10 @@ impl Node {
                     })
                 })
                 .await
+            }
+            PeerRequest::RangeSynced { range, peer, at_ms } => {
+                self.agreements.record(range, &peer, at_ms);
+                PeerResponse::Ack
             }
             PeerRequest::Stats => PeerResponse::Stats {
                 stats: crate::http::local_stats(self),

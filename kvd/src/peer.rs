@@ -86,6 +86,15 @@ pub enum PeerRequest {
     },
     /// Run a repair on this node now (`repair --node`).
     RunRepair,
+    /// Anti-entropy: `peer` completed a session with this node for `range`, started at `at_ms`.
+    RangeSynced {
+        /// The range.
+        range: kv_core::ring::TokenRange,
+        /// The node that ran the session.
+        peer: String,
+        /// When the session started (its clock).
+        at_ms: u64,
+    },
     /// Rebalancing: a page of this node's data of `range` after engine key `after`.
     StreamRange {
         /// The range.

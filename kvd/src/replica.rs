@@ -180,6 +180,23 @@ impl Replica {
         })
     }
 
+    /// Removes `key` if its stored bytes are still `expected` (a purged tombstone); returns
+    /// whether it did.
+    pub fn remove_if_unchanged(&self, key: &[u8], expected: &[u8]) -> Result<bool, ReplicaError> {
+        let ek = data_key(key);
+        let _guard = self.lock(key);
+        let tree = self.merkle.write_guard();
+        match self.engine.get(&ek)? {
+            Some(now) if now == expected => {
+                self.engine.delete(&ek)?;
+                tree.update(key, Some(expected), None);
+                self.keys.fetch_sub(1, Relaxed);
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
     /// Merges another replica's state of `key` into ours; returns whether ours changed.
     pub fn merge(&self, key: &[u8], incoming: &SiblingSet) -> Result<bool, ReplicaError> {
         let ek = data_key(key);

@@ -165,3 +165,91 @@ async fn repair_traffic_follows_the_differences_not_the_data() {
         "repair sent {bytes} bytes for 10 keys of {data_bytes} bytes of data"
     );
 }
+
+fn metric(addr: &str, name: &str) -> u64 {
+    kv_tests::http_get(addr, "/metrics")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tombstone_is_purged_only_once_every_replica_holds_it() {
+    let mut o = opts();
+    o.extra
+        .extend(["--tombstone-grace-s", "0", "--hint-expiry-s", "1"].map(String::from));
+    let mut cluster = Cluster::start(3, o);
+    let mut ws = Ws::connect(&cluster.nodes[0].url()).await;
+    assert_eq!(
+        ws.request(json!({"op": "put", "key": "gone", "value": "v", "w": 3}))
+            .await["ok"],
+        true
+    );
+    let read = ws.request(json!({"op": "get", "key": "gone"})).await;
+
+    cluster.kill(2);
+    cluster.wait_state(0, 2, "down", Duration::from_secs(20));
+    let d = ws
+        .request(json!({"op": "delete", "key": "gone", "context": read["context"], "w": 2, "sloppy": false}))
+        .await;
+    assert_eq!(d["ok"], true, "{d}");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+
+    // n3 missed the delete: no replica may purge the tombstone yet.
+    repair(&cluster.nodes[0].url()).await;
+    let held = ws
+        .request(json!({"op": "get", "key": "gone", "local": true}))
+        .await;
+    assert_eq!(held["found"], false);
+    assert_ne!(
+        held["context"], "",
+        "the tombstone is kept while a replica lacks it: {held}"
+    );
+    assert_eq!(
+        metric(&cluster.nodes[0].addr, "kv_tombstones_purged_total"),
+        0
+    );
+
+    cluster.restart(2);
+    cluster.wait_converged(Duration::from_secs(30));
+    // Every pair of replicas syncs; then each purges.
+    for i in 0..3 {
+        repair(&cluster.nodes[i].url()).await;
+    }
+    for i in 0..3 {
+        repair(&cluster.nodes[i].url()).await;
+    }
+    let mut purged = 0;
+    for node in &cluster.nodes {
+        let mut c = Ws::connect(&node.url()).await;
+        let local = c
+            .request(json!({"op": "get", "key": "gone", "local": true}))
+            .await;
+        assert_eq!(
+            local["found"], false,
+            "{} brought the value back: {local}",
+            node.id
+        );
+        assert_eq!(
+            local["context"], "",
+            "{} still holds the tombstone: {local}",
+            node.id
+        );
+        purged += metric(&node.addr, "kv_tombstones_purged_total");
+    }
+    // At least once each: a replica that could not purge yet may carry the tombstone back once
+    // to one that already had, which then purges it again.
+    assert!(purged >= 3, "each replica purged the tombstone: {purged}");
+    // The key can be written again, and reads back.
+    assert_eq!(
+        ws.request(json!({"op": "put", "key": "gone", "value": "back", "w": 3}))
+            .await["ok"],
+        true
+    );
+    let r = ws
+        .request(json!({"op": "get", "key": "gone", "r": 3}))
+        .await;
+    assert_eq!(r["values"], json!(["back"]), "{r}");
+}
