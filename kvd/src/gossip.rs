@@ -90,7 +90,12 @@ async fn round(node: &Arc<Node>, remembered: &BTreeSet<String>) {
 }
 
 fn load_peers(node: &Node) -> BTreeSet<String> {
-    std::fs::read(node.config.data_dir.join(PEERS_FILE))
+    remembered_peers(&node.config.data_dir)
+}
+
+/// The peer addresses a node remembered in its data dir.
+pub fn remembered_peers(data_dir: &std::path::Path) -> BTreeSet<String> {
+    std::fs::read(data_dir.join(PEERS_FILE))
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or_default()

@@ -28,6 +28,12 @@ pub struct Identity {
     /// data of its ranges (a restart resumes the join).
     #[serde(default)]
     pub joining: bool,
+    /// The `--weight` the tokens were chosen for (absent in files of older versions).
+    #[serde(default)]
+    pub weight: Option<u32>,
+    /// Set by a weight change until its data move is done: the weight and tokens before it.
+    #[serde(default)]
+    pub moving_from: Option<(u32, Vec<u64>)>,
 }
 
 impl Identity {
@@ -40,6 +46,8 @@ impl Identity {
             tokens: Vec::new(),
             generation: 0,
             joining: false,
+            weight: None,
+            moving_from: None,
         }
     }
 

@@ -71,6 +71,9 @@ async fn run_node(config: NodeConfig) -> Result<()> {
     if node.is_joining() {
         tokio::spawn(kvd::rebalance::run_join(node.clone()));
     }
+    if node.moving_from().is_some() {
+        tokio::spawn(kvd::rebalance::run_reweigh(node.clone()));
+    }
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| Error::Io(format!("cannot watch SIGTERM: {e}")))?;

@@ -96,7 +96,17 @@ impl Node {
             // A newcomer to a cluster with data streams its ranges in before serving them; a
             // known id (wiped data dir) takes its place back and is refilled by repair.
             identity.joining = !config.seeds.is_empty() && !known;
+        } else if let Some(old) = identity.weight.filter(|w| *w != config.weight) {
+            let tokens = reweigh_tokens(&config, &identity, old, &mut membership, &peers).await?;
+            crate::info!(
+                "weight {old} -> {}: {} tokens -> {}; moving the ranges that change hands",
+                config.weight,
+                identity.tokens.len(),
+                tokens.len()
+            );
+            identity.moving_from = Some((old, std::mem::replace(&mut identity.tokens, tokens)));
         }
+        identity.weight = Some(config.weight);
         identity.generation += 1;
         identity.save(&config.data_dir)?;
         let tokens = identity.tokens.clone();
@@ -135,6 +145,25 @@ impl Node {
         });
         node.rebuild_ring();
         Ok(node)
+    }
+
+    /// The weight and tokens this node had before a weight change whose data move is not
+    /// finished.
+    pub fn moving_from(&self) -> Option<(u32, Vec<u64>)> {
+        self.identity
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .moving_from
+            .clone()
+    }
+
+    /// Records that the data move of a weight change is done.
+    pub fn finish_reweigh(&self) {
+        let mut id = self.identity.lock().unwrap_or_else(|p| p.into_inner());
+        id.moving_from = None;
+        if let Err(e) = id.save(&self.config.data_dir) {
+            crate::error!("cannot record the end of the rebalance: {e}");
+        }
     }
 
     /// Whether this node still has to stream in its ranges.
@@ -504,6 +533,90 @@ fn open_engine(config: &NodeConfig) -> Result<Engine> {
 /// membership first: if the cluster already knows this id (its data dir was wiped), it takes
 /// back its old tokens, its old place in the ring; otherwise it takes tokens that keep the ring
 /// balanced given the members already there.
+/// Asks the first of `addrs` that answers (retrying for up to 30 s) for the cluster's
+/// membership, merges it, and returns the answer as received.
+async fn ask_cluster(
+    addrs: &[String],
+    membership: &mut Membership,
+    peers: &PeerPool,
+) -> Result<Vec<Member>> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last_error = String::from("no address to ask");
+    while Instant::now() < deadline {
+        for addr in addrs {
+            let req = PeerRequest::Gossip {
+                members: membership.digest(),
+            };
+            match peers.call(addr, &req, Duration::from_secs(2)).await {
+                Ok(PeerResponse::Gossip { members }) => {
+                    membership.merge(&members, crate::now_ms());
+                    return Ok(members);
+                }
+                Ok(other) => last_error = format!("{addr}: unexpected answer {other:?}"),
+                Err(e) => last_error = format!("{addr}: {e}"),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Err(Error::Join(format!("no seed answered: {last_error}")))
+}
+
+/// A ring of the members that own data, from gossip records.
+fn ring_of(members: &[Member]) -> Ring {
+    let mut ring = Ring::new();
+    for m in members {
+        if !m.tokens.is_empty()
+            && matches!(
+                m.effective_status(),
+                MemberStatus::Normal | MemberStatus::Leaving
+            )
+        {
+            ring.insert(
+                NodeInfo {
+                    id: m.id.clone(),
+                    addr: m.addr.clone(),
+                    dc: m.dc.clone(),
+                    rack: m.rack.clone(),
+                    weight: m.weight,
+                },
+                m.tokens.clone(),
+            );
+        }
+    }
+    ring
+}
+
+/// A node restarted with another `--weight`: its new token list (kept tokens plus new ones
+/// when it grows, fewer when it shrinks), computed on the cluster's ring as the seeds or the
+/// remembered peers describe it.
+async fn reweigh_tokens(
+    config: &NodeConfig,
+    identity: &Identity,
+    old_weight: u32,
+    membership: &mut Membership,
+    peers: &PeerPool,
+) -> Result<Vec<u64>> {
+    let mut addrs = config.seeds.clone();
+    addrs.extend(crate::gossip::remembered_peers(&config.data_dir));
+    addrs.retain(|a| *a != config.listen);
+    let mut members = if addrs.is_empty() {
+        Vec::new()
+    } else {
+        ask_cluster(&addrs, membership, peers).await?
+    };
+    members.retain(|m| m.id != identity.id);
+    let mut me = Member::new(&identity.id, &config.listen, 0);
+    me.dc = config.dc.clone();
+    me.rack = config.rack.clone();
+    me.weight = old_weight;
+    me.tokens = identity.tokens.clone();
+    me.status = MemberStatus::Normal;
+    members.push(me);
+    ring_of(&members)
+        .reallocate_tokens(&identity.id, config.weight, crate::random_u64())
+        .map_err(|e| Error::Join(format!("cannot rebalance for the new weight: {e}")))
+}
+
 async fn choose_tokens(
     config: &NodeConfig,
     id: &str,
@@ -511,29 +624,7 @@ async fn choose_tokens(
     peers: &PeerPool,
 ) -> Result<(Vec<u64>, bool)> {
     if !config.seeds.is_empty() {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let mut last_error = String::new();
-        let mut answered: Option<Vec<Member>> = None;
-        'outer: while Instant::now() < deadline {
-            for seed in &config.seeds {
-                let req = PeerRequest::Gossip {
-                    members: membership.digest(),
-                };
-                match peers.call(seed, &req, Duration::from_secs(2)).await {
-                    Ok(PeerResponse::Gossip { members }) => {
-                        membership.merge(&members, crate::now_ms());
-                        answered = Some(members);
-                        break 'outer;
-                    }
-                    Ok(other) => last_error = format!("{seed}: unexpected answer {other:?}"),
-                    Err(e) => last_error = format!("{seed}: {e}"),
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-        let Some(cluster) = answered else {
-            return Err(Error::Join(format!("no seed answered: {last_error}")));
-        };
+        let cluster = ask_cluster(&config.seeds, membership, peers).await?;
         // The seed's own record of this id (my membership never takes over a record of me).
         if let Some(old) = cluster.iter().find(|m| m.id == id && !m.tokens.is_empty()) {
             crate::info!(

@@ -356,6 +356,127 @@ pub async fn run_join(node: Arc<Node>) {
     );
 }
 
+/// Pushes this node's data of `range` to node `to`; returns the keys sent.
+async fn push_range(
+    node: &Arc<Node>,
+    range: TokenRange,
+    to: &str,
+    throttle: &mut Throttle,
+) -> Result<u64, String> {
+    let addr = node
+        .addr_of(to)
+        .ok_or_else(|| format!("{to} is not a member"))?;
+    let mut moved = 0;
+    let mut after_key: Option<Vec<u8>> = None;
+    loop {
+        let n = node.clone();
+        let cursor = after_key.clone();
+        let (entries, next) = tokio::task::spawn_blocking(move || {
+            read_chunk(&n, range, cursor.as_deref(), CHUNK_BYTES)
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+        let count = entries.len() as u64;
+        let bytes: u64 = entries
+            .iter()
+            .map(|e| (e.key.len() + e.state.len()) as u64)
+            .sum();
+        if count > 0 {
+            let resp = node
+                .peers
+                .call(
+                    &addr,
+                    &PeerRequest::MergeBatch { entries },
+                    Duration::from_secs(60),
+                )
+                .await
+                .map_err(|e| format!("{to}: {e}"))?;
+            if !matches!(resp, PeerResponse::Ack) {
+                return Err(format!("{to}: unexpected answer {resp:?}"));
+            }
+        }
+        moved += count;
+        node.transfers.keys_moved.fetch_add(count, Relaxed);
+        node.transfers.update(|p| {
+            p.keys += count;
+            p.bytes += bytes;
+        });
+        throttle.account(bytes).await;
+        match next {
+            Some(k) => after_key = Some(k),
+            None => return Ok(moved),
+        }
+    }
+}
+
+/// After a restart with another `--weight`: moves the ranges that changed hands between the
+/// ring with the old tokens and the ring with the new ones — pulling in what this node gains
+/// from the old owners and pushing what it gives up to the new ones — then records the move
+/// as done (a restart before that resumes it). Reads meanwhile are served by the quorum: the
+/// other replicas of a range hold its data.
+pub async fn run_reweigh(node: Arc<Node>) {
+    let Some((old_weight, old_tokens)) = node.moving_from() else {
+        return;
+    };
+    // Let gossip spread the new tokens, so writes go to the new owners.
+    tokio::time::sleep(node.config.gossip_interval * 3).await;
+    let started = Instant::now();
+    let mut throttle = Throttle::new();
+    let shutdown = node.shutdown_signal();
+    loop {
+        let new_ring = node.ring();
+        let Some(me) = new_ring.node(&node.id).cloned() else {
+            tokio::time::sleep(node.config.gossip_interval).await;
+            continue;
+        };
+        let mut old_ring = (*new_ring).clone();
+        old_ring.insert(
+            kv_core::ring::NodeInfo {
+                weight: old_weight,
+                ..me
+            },
+            old_tokens.clone(),
+        );
+        let plan = old_ring.move_plan(&new_ring, &node.placement(&new_ring));
+        node.transfers.set(Some(TransferProgress {
+            kind: "rebalancing".into(),
+            ranges_total: plan.len() as u64,
+            ..TransferProgress::default()
+        }));
+        let mut failed = false;
+        for t in &plan {
+            if *shutdown.borrow() {
+                return;
+            }
+            let result = if t.to == node.id {
+                stream_in(&node, t, &mut throttle).await
+            } else if t.from.contains(&node.id) {
+                push_range(&node, t.range, &t.to, &mut throttle).await
+            } else {
+                Ok(0)
+            };
+            match result {
+                Ok(_) => node.transfers.update(|p| p.ranges_done += 1),
+                Err(e) => {
+                    crate::warn!("rebalance: moving {} failed: {e}; will retry", t.range);
+                    failed = true;
+                }
+            }
+        }
+        if !failed {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let moved = node.transfers.progress().map(|p| p.keys).unwrap_or(0);
+    node.finish_reweigh();
+    node.transfers.set(None);
+    crate::info!(
+        "rebalanced for the new weight: {moved} keys moved in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+}
+
 /// The ring without `me`: where the data goes when it leaves.
 fn ring_without(ring: &Ring, me: &str) -> Ring {
     let mut after = ring.clone();
@@ -393,49 +514,7 @@ pub async fn run_decommission(node: &Arc<Node>) -> Result<u64, String> {
     let mut throttle = Throttle::new();
     let mut moved = 0;
     for t in &plan {
-        let addr = node
-            .addr_of(&t.to)
-            .ok_or_else(|| format!("{} is not a member", t.to))?;
-        let mut after_key: Option<Vec<u8>> = None;
-        loop {
-            let n = node.clone();
-            let (range, cursor) = (t.range, after_key.clone());
-            let (entries, next) = tokio::task::spawn_blocking(move || {
-                read_chunk(&n, range, cursor.as_deref(), CHUNK_BYTES)
-            })
-            .await
-            .map_err(|e| e.to_string())??;
-            let count = entries.len() as u64;
-            let bytes: u64 = entries
-                .iter()
-                .map(|e| (e.key.len() + e.state.len()) as u64)
-                .sum();
-            if count > 0 {
-                let resp = node
-                    .peers
-                    .call(
-                        &addr,
-                        &PeerRequest::MergeBatch { entries },
-                        Duration::from_secs(60),
-                    )
-                    .await
-                    .map_err(|e| format!("{}: {e}", t.to))?;
-                if !matches!(resp, PeerResponse::Ack) {
-                    return Err(format!("{}: unexpected answer {resp:?}", t.to));
-                }
-            }
-            moved += count;
-            node.transfers.keys_moved.fetch_add(count, Relaxed);
-            node.transfers.update(|p| {
-                p.keys += count;
-                p.bytes += bytes;
-            });
-            throttle.account(bytes).await;
-            match next {
-                Some(k) => after_key = Some(k),
-                None => break,
-            }
-        }
+        moved += push_range(node, t.range, &t.to, &mut throttle).await?;
         node.transfers.update(|p| p.ranges_done += 1);
     }
     let events = node

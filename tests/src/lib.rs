@@ -300,6 +300,18 @@ impl Cluster {
         );
     }
 
+    /// Sets `flag` to `value` in node `i`'s command line for its next (re)start.
+    pub fn set_flag(&mut self, i: usize, flag: &str, value: &str) {
+        let args = &mut self.nodes[i].args;
+        match args.iter().position(|a| a == flag) {
+            Some(p) if p + 1 < args.len() => args[p + 1] = value.to_string(),
+            _ => {
+                args.push(flag.to_string());
+                args.push(value.to_string());
+            }
+        }
+    }
+
     /// SIGSTOPs node `i` (a hung node).
     pub fn pause(&self, i: usize) {
         if let Some(pid) = self.nodes[i].pid() {
