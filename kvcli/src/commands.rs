@@ -591,6 +591,21 @@ fn print_status(v: &Value, env: &Env) {
         ],
         &rows,
     );
+    // Data moving because of a join, a decommission or a weight change.
+    for n in &nodes {
+        let t = &n["transfer"];
+        if t.is_object() {
+            println!(
+                "{} {}: {}/{} ranges, {} keys, {} moved",
+                cell(&n["id"]),
+                cell(&t["kind"]),
+                t["ranges_done"],
+                t["ranges_total"],
+                t["keys"],
+                t["bytes"].as_u64().map(human_bytes).unwrap_or("-".into())
+            );
+        }
+    }
 }
 
 fn print_ring(v: &Value, has_key: bool, env: &Env) {

@@ -34,6 +34,12 @@ pub struct Identity {
     /// Set by a weight change until its data move is done: the weight and tokens before it.
     #[serde(default)]
     pub moving_from: Option<(u32, Vec<u64>)>,
+    /// A decommission was started and has not finished (a restart resumes it).
+    #[serde(default)]
+    pub leaving: bool,
+    /// The node was decommissioned: it stays out of the ring if started again.
+    #[serde(default)]
+    pub left: bool,
 }
 
 impl Identity {
@@ -48,6 +54,8 @@ impl Identity {
             joining: false,
             weight: None,
             moving_from: None,
+            leaving: false,
+            left: false,
         }
     }
 

@@ -71,6 +71,19 @@ async fn run_node(config: NodeConfig) -> Result<()> {
     if node.is_joining() {
         tokio::spawn(kvd::rebalance::run_join(node.clone()));
     }
+    if node.is_leaving() {
+        let n = node.clone();
+        tokio::spawn(async move {
+            // A restarted node knows only itself until gossip brings the others back.
+            while n.ring().len() <= 1 {
+                tokio::time::sleep(n.config.gossip_interval).await;
+            }
+            match kvd::rebalance::run_decommission(&n).await {
+                Ok(moved) => kvd::info!("resumed decommission finished: {moved} keys handed over"),
+                Err(e) => kvd::error!("resumed decommission failed: {e}"),
+            }
+        });
+    }
     if node.moving_from().is_some() {
         tokio::spawn(kvd::rebalance::run_reweigh(node.clone()));
     }

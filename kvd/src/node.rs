@@ -110,7 +110,11 @@ impl Node {
         identity.generation += 1;
         identity.save(&config.data_dir)?;
         let tokens = identity.tokens.clone();
-        let status = if identity.joining {
+        let status = if identity.left {
+            MemberStatus::Left
+        } else if identity.leaving {
+            MemberStatus::Leaving
+        } else if identity.joining {
             MemberStatus::Joining
         } else {
             MemberStatus::Normal
@@ -163,6 +167,24 @@ impl Node {
         id.moving_from = None;
         if let Err(e) = id.save(&self.config.data_dir) {
             crate::error!("cannot record the end of the rebalance: {e}");
+        }
+    }
+
+    /// Whether a decommission of this node was started and has not finished.
+    pub fn is_leaving(&self) -> bool {
+        self.identity
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .leaving
+    }
+
+    /// Records the decommission's progress in the data dir: started (`left` false) or done.
+    pub fn record_leave(&self, left: bool) {
+        let mut id = self.identity.lock().unwrap_or_else(|p| p.into_inner());
+        id.leaving = !left;
+        id.left = left;
+        if let Err(e) = id.save(&self.config.data_dir) {
+            crate::error!("cannot record the decommission: {e}");
         }
     }
 

@@ -418,8 +418,13 @@ pub async fn run_reweigh(node: Arc<Node>) {
     let Some((old_weight, old_tokens)) = node.moving_from() else {
         return;
     };
-    // Let gossip spread the new tokens, so writes go to the new owners.
+    // Let gossip spread the new tokens, so writes go to the new owners (and, after a restart,
+    // bring back the other members: alone, the plan would be empty).
     tokio::time::sleep(node.config.gossip_interval * 3).await;
+    let patience = Instant::now() + Duration::from_secs(30);
+    while node.ring().len() <= 1 && Instant::now() < patience {
+        tokio::time::sleep(node.config.gossip_interval).await;
+    }
     let started = Instant::now();
     let mut throttle = Throttle::new();
     let shutdown = node.shutdown_signal();
@@ -485,12 +490,15 @@ fn ring_without(ring: &Ring, me: &str) -> Ring {
 }
 
 /// Decommission of this node: announce `Leaving`, push every range it holds to its next
-/// owner, announce `Left`. Returns the keys moved.
+/// owner, announce `Left`. Returns the keys moved. Recorded in the data dir, so a node
+/// restarted while leaving resumes (pushing a range twice is harmless: merges are idempotent)
+/// and a node that left stays out of the ring.
 pub async fn run_decommission(node: &Arc<Node>) -> Result<u64, String> {
     let _one = node.repair_lock.lock().await;
     if node.ring().len() <= 1 {
         return Err("the last node of the ring cannot leave it".into());
     }
+    node.record_leave(false);
     let events = node
         .membership()
         .update_me(|m| m.status = MemberStatus::Leaving);
@@ -517,6 +525,7 @@ pub async fn run_decommission(node: &Arc<Node>) -> Result<u64, String> {
         moved += push_range(node, t.range, &t.to, &mut throttle).await?;
         node.transfers.update(|p| p.ranges_done += 1);
     }
+    node.record_leave(true);
     let events = node
         .membership()
         .update_me(|m| m.status = MemberStatus::Left);

@@ -114,3 +114,69 @@ async fn a_node_joins_and_another_leaves_under_load_without_losing_writes() {
         acked.len()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decommission_interrupted_by_a_crash_resumes_after_restart() {
+    let mut cluster = Cluster::start(4, ClusterOpts::default());
+    let mut ws = Ws::connect(&cluster.nodes[0].url()).await;
+    for i in 0..300 {
+        let r = ws
+            .request(json!({"op": "put", "key": format!("r{i}"), "value": format!("r{i}"), "w": 3}))
+            .await;
+        assert_eq!(r["ok"], true, "{r}");
+    }
+    // Start the decommission of n4 and crash n4 while it is leaving.
+    let url = cluster.nodes[0].url();
+    let pending = tokio::spawn(async move {
+        let mut c = Ws::connect(&url).await;
+        c.request(json!({"op": "decommission", "node": "n4"})).await
+    });
+    let identity = cluster.nodes[3].data_dir.join("node-identity.json");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(&identity)
+        .unwrap()
+        .contains("\"leaving\": true")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "n4 never started leaving"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cluster.kill(3);
+    let answer = pending.await.unwrap();
+    assert_eq!(
+        answer["ok"], false,
+        "the interrupted decommission is not reported done: {answer}"
+    );
+
+    // Restarted, n4 finishes leaving by itself.
+    cluster.restart(3);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let ring = ws.request(json!({"op": "ring"})).await;
+        let gone = !ring["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["id"] == "n4");
+        if gone
+            && std::fs::read_to_string(&identity)
+                .unwrap()
+                .contains("\"left\": true")
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "n4 did not finish leaving: {ring}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for i in 0..300 {
+        let r = ws
+            .request(json!({"op": "get", "key": format!("r{i}"), "r": 3}))
+            .await;
+        assert_eq!(r["values"], json!([format!("r{i}")]), "{r}");
+    }
+}
