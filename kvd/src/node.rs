@@ -151,59 +151,52 @@ impl Node {
         Ok(node)
     }
 
+    fn identity(&self) -> std::sync::MutexGuard<'_, Identity> {
+        self.identity.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Changes the identity kept in the data dir (a failure to save is logged: the node keeps
+    /// serving, and the change is redone after a restart).
+    fn record(&self, what: &str, change: impl FnOnce(&mut Identity)) {
+        let mut id = self.identity();
+        change(&mut id);
+        if let Err(e) = id.save(&self.config.data_dir) {
+            crate::error!("cannot record {what}: {e}");
+        }
+    }
+
     /// The weight and tokens this node had before a weight change whose data move is not
     /// finished.
     pub fn moving_from(&self) -> Option<(u32, Vec<u64>)> {
-        self.identity
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .moving_from
-            .clone()
+        self.identity().moving_from.clone()
     }
 
     /// Records that the data move of a weight change is done.
     pub fn finish_reweigh(&self) {
-        let mut id = self.identity.lock().unwrap_or_else(|p| p.into_inner());
-        id.moving_from = None;
-        if let Err(e) = id.save(&self.config.data_dir) {
-            crate::error!("cannot record the end of the rebalance: {e}");
-        }
+        self.record("the end of the rebalance", |id| id.moving_from = None);
     }
 
     /// Whether a decommission of this node was started and has not finished.
     pub fn is_leaving(&self) -> bool {
-        self.identity
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .leaving
+        self.identity().leaving
     }
 
     /// Records the decommission's progress in the data dir: started (`left` false) or done.
     pub fn record_leave(&self, left: bool) {
-        let mut id = self.identity.lock().unwrap_or_else(|p| p.into_inner());
-        id.leaving = !left;
-        id.left = left;
-        if let Err(e) = id.save(&self.config.data_dir) {
-            crate::error!("cannot record the decommission: {e}");
-        }
+        self.record("the decommission", |id| {
+            id.leaving = !left;
+            id.left = left;
+        });
     }
 
     /// Whether this node still has to stream in its ranges.
     pub fn is_joining(&self) -> bool {
-        self.identity
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .joining
+        self.identity().joining
     }
 
     /// Ends a join: records it in the data dir and announces `Normal`.
     pub fn finish_join(&self) {
-        let mut id = self.identity.lock().unwrap_or_else(|p| p.into_inner());
-        id.joining = false;
-        if let Err(e) = id.save(&self.config.data_dir) {
-            crate::error!("cannot record the end of the join: {e}");
-        }
-        drop(id);
+        self.record("the end of the join", |id| id.joining = false);
         let events = self
             .membership()
             .update_me(|m| m.status = MemberStatus::Normal);
