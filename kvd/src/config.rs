@@ -333,13 +333,6 @@ impl NodeConfig {
         if let Some(id) = &self.id {
             check_node_id(id)?;
         }
-        if self.cluster_secret.is_some() {
-            // Refuse rather than run an open cluster the operator believes is closed.
-            return Err(Error::Config(
-                "--cluster-secret-file: peer authentication is not available in this version of kvd"
-                    .into(),
-            ));
-        }
         Ok(())
     }
 }

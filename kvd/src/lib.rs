@@ -11,6 +11,7 @@
 
 pub use kvd_storage as storage;
 pub mod anti_entropy;
+pub mod auth;
 pub mod bench;
 pub mod config;
 pub mod connection;

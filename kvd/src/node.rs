@@ -88,7 +88,7 @@ impl Node {
         me.rack = config.rack.clone();
         me.weight = config.weight;
         let mut membership = Membership::new(me, DetectorConfig::default(), crate::now_ms());
-        let peers = PeerPool::new(max_state_bytes(&config));
+        let peers = PeerPool::new(max_state_bytes(&config), config.cluster_secret.clone());
 
         if identity.tokens.is_empty() {
             let (tokens, known) = choose_tokens(&config, &id, &mut membership, &peers).await?;
@@ -568,6 +568,10 @@ async fn ask_cluster(
                     return Ok(members);
                 }
                 Ok(other) => last_error = format!("{addr}: unexpected answer {other:?}"),
+                // A refusal will not change by retrying: say so at once.
+                Err(e) if e.to_string().contains("cluster secret") => {
+                    return Err(Error::Join(format!("{addr} refused this node: {e}")))
+                }
                 Err(e) => last_error = format!("{addr}: {e}"),
             }
         }

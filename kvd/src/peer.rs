@@ -258,6 +258,8 @@ pub struct PeerPool {
     slots: Mutex<HashMap<String, Arc<Slot>>>,
     next_id: AtomicU64,
     max_state_bytes: usize,
+    /// The cluster secret peers prove they know (`--cluster-secret-file`), if any.
+    secret: Option<String>,
 }
 
 const RETRY_AFTER: Duration = Duration::from_millis(250);
@@ -273,12 +275,13 @@ pub fn peer_ws_config(max_state_bytes: usize) -> WebSocketConfig {
 }
 
 impl PeerPool {
-    /// An empty pool.
-    pub fn new(max_state_bytes: usize) -> PeerPool {
+    /// An empty pool; with `secret`, every connection first authenticates (see `auth`).
+    pub fn new(max_state_bytes: usize, secret: Option<String>) -> PeerPool {
         PeerPool {
             slots: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             max_state_bytes,
+            secret,
         }
     }
 
@@ -361,11 +364,14 @@ impl PeerPool {
             Some(peer_ws_config(self.max_state_bytes)),
             true,
         );
-        let (ws, _) = match tokio::time::timeout(CONNECT_TIMEOUT, fut).await {
+        let (mut ws, _) = match tokio::time::timeout(CONNECT_TIMEOUT, fut).await {
             Ok(Ok(ok)) => ok,
             Ok(Err(e)) => return Err(e.to_string()),
             Err(_) => return Err("connect timed out".into()),
         };
+        if let Some(secret) = &self.secret {
+            crate::auth::client_handshake(&mut ws, secret).await?;
+        }
         let (mut sink, mut stream) = ws.split();
         let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
         let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
@@ -408,7 +414,14 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// Serves one incoming peer connection: every request runs in its own task, answers go back
 /// through one writer as they complete.
-pub async fn serve(node: Arc<Node>, ws: WebSocketStream<TcpStream>) {
+pub async fn serve(node: Arc<Node>, mut ws: WebSocketStream<TcpStream>) {
+    if let Some(secret) = &node.config.cluster_secret {
+        if let Err(e) = crate::auth::serve_handshake(&mut ws, secret).await {
+            crate::warn!("refused a peer connection: {e}");
+            let _ = ws.close(None).await;
+            return;
+        }
+    }
     let (mut sink, mut stream) = ws.split();
     let (tx, mut rx) = mpsc::unbounded_channel::<String>();
     let writer = tokio::spawn(async move {
