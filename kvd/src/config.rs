@@ -173,7 +173,7 @@ pub struct NodeConfig {
     /// Shared peer secret, when peers must authenticate.
     pub cluster_secret: Option<String>,
     /// Client tokens, when clients must authenticate.
-    pub tokens: Option<Vec<String>>,
+    pub tokens: Option<Vec<ClientToken>>,
     /// Protocol size limits.
     pub limits: Limits,
     /// How long a coordinator waits for its quorum.
@@ -379,15 +379,42 @@ fn read_secret(path: &std::path::Path) -> Result<String> {
     Ok(secret)
 }
 
-fn read_tokens(path: &std::path::Path) -> Result<Vec<String>> {
+/// A client token and what it allows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientToken {
+    /// The secret string the client presents.
+    pub token: String,
+    /// Reads only (`get`, `status`, `ring`, `hints`, `scan`, `ping`); writes and admin
+    /// operations are refused with `unauthorized`.
+    pub read_only: bool,
+}
+
+/// Reads a token file: one token per line, optionally followed by `rw` (the default) or `ro`
+/// (read-only); `#` starts a comment.
+fn read_tokens(path: &std::path::Path) -> Result<Vec<ClientToken>> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| Error::Config(format!("cannot read token file {}: {e}", path.display())))?;
-    let tokens: Vec<String> = text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(str::to_string)
-        .collect();
+    let mut tokens = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let mut words = line.split_whitespace();
+        let token = words.next().unwrap_or_default().to_string();
+        let read_only = match words.next() {
+            None | Some("rw") => false,
+            Some("ro") => true,
+            Some(other) => {
+                return Err(Error::Config(format!(
+                    "token file {} line {}: '{other}' is not rw or ro",
+                    path.display(),
+                    n + 1
+                )))
+            }
+        };
+        tokens.push(ClientToken { token, read_only });
+    }
     if tokens.is_empty() {
         return Err(Error::Config(format!(
             "token file {} holds no token",

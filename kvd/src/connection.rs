@@ -32,7 +32,9 @@ const ANSWER_QUEUE: usize = 1024;
 const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Serves one client connection until it closes or the node shuts down.
-pub async fn serve(node: Arc<Node>, ws: WebSocketStream<TcpStream>) {
+/// With `read_only` (the client's token allows reads only), writes and admin operations are
+/// answered `unauthorized`.
+pub async fn serve(node: Arc<Node>, ws: WebSocketStream<TcpStream>, read_only: bool) {
     let (mut sink, mut stream) = ws.split();
     let (tx, mut rx) = mpsc::channel::<Message>(ANSWER_QUEUE);
     let writer = tokio::spawn(async move {
@@ -127,6 +129,20 @@ pub async fn serve(node: Arc<Node>, ws: WebSocketStream<TcpStream>) {
             }
             continue;
         };
+        if read_only && !allowed_read_only(&req.op) {
+            let err = WireError::new(
+                ErrorCode::Unauthorized,
+                format!("this token is read-only: '{}' is refused", req.op.name()),
+            );
+            if tx
+                .send(Message::text(error_response(Some(req.id), &err)))
+                .await
+                .is_err()
+            {
+                break;
+            }
+            continue;
+        }
         let node = node.clone();
         let tx = tx.clone();
         tokio::spawn(async move {
@@ -137,6 +153,19 @@ pub async fn serve(node: Arc<Node>, ws: WebSocketStream<TcpStream>) {
     }
     drop(tx);
     let _ = writer.await;
+}
+
+/// The operations a read-only token may run.
+fn allowed_read_only(op: &ClientOp) -> bool {
+    matches!(
+        op,
+        ClientOp::Get { .. }
+            | ClientOp::Status
+            | ClientOp::Ring { .. }
+            | ClientOp::Hints
+            | ClientOp::Scan { .. }
+            | ClientOp::Ping
+    )
 }
 
 /// Runs one request and returns its answer frame.

@@ -301,6 +301,12 @@ impl PeerPool {
             .map_err(|e| PeerError::Remote(format!("cannot encode request: {e}")))?;
         let (tx, rx) = oneshot::channel();
         lock(&conn.pending).insert(id, tx);
+        // The reader marks the connection dead before it fails every waiting call; a call
+        // registered just after that would otherwise wait for its deadline.
+        if !conn.alive.load(Ordering::Acquire) {
+            lock(&conn.pending).remove(&id);
+            return Err(PeerError::ConnectionLost);
+        }
         if conn.tx.send(Message::text(text)).is_err() {
             lock(&conn.pending).remove(&id);
             return Err(PeerError::ConnectionLost);

@@ -136,18 +136,20 @@ async fn handle(
         }
         return Ok(());
     }
+    let mut read_only = false;
     if let Some(tokens) = &node.config.tokens {
         let presented = head.query_param("token").or_else(|| {
             head.header("authorization")
                 .and_then(|v| v.strip_prefix("Bearer "))
                 .map(str::to_string)
         });
-        let ok = presented.is_some_and(|t| tokens.iter().any(|k| constant_time_eq(k, &t)));
-        if !ok {
+        let found = presented.and_then(|t| tokens.iter().find(|k| constant_time_eq(&k.token, &t)));
+        let Some(token) = found else {
             let body = br#"{"ok":false,"error":{"code":"unauthorized","message":"a valid token is required"}}"#;
             return write_response(&mut stream, 401, "Unauthorized", "application/json", body)
                 .await;
-        }
+        };
+        read_only = token.read_only;
     }
     let Ok(permit) = clients.clone().try_acquire_owned() else {
         node.metrics.connections_refused.fetch_add(1, Relaxed);
@@ -164,7 +166,7 @@ async fn handle(
     let ws = upgrade(stream, &head, rest, client_config(&node)).await?;
     if let Some(ws) = ws {
         node.metrics.connections.fetch_add(1, Relaxed);
-        crate::connection::serve(node.clone(), ws).await;
+        crate::connection::serve(node.clone(), ws, read_only).await;
         node.metrics.connections.fetch_sub(1, Relaxed);
     }
     drop(permit);

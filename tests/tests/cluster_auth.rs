@@ -122,3 +122,52 @@ async fn only_peers_that_know_the_secret_get_in() {
         "the intruder is not a member: {status}"
     );
 }
+
+#[test]
+fn client_tokens_are_checked_and_read_only_ones_cannot_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens");
+    std::fs::write(
+        &tokens,
+        "# operators\nwrite-token-123 rw\nread-token-456 ro\n",
+    )
+    .unwrap();
+    let mut extra = ClusterOpts::default().extra;
+    extra.extend(["--token-file".to_string(), tokens.display().to_string()]);
+    let cluster = Cluster::start(
+        1,
+        ClusterOpts {
+            n: 1,
+            w: 1,
+            r: 1,
+            extra,
+            ..ClusterOpts::default()
+        },
+    );
+    let node = cluster.nodes[0].url();
+    let kv = |args: &[&str]| {
+        let mut all = vec!["--node", node.as_str()];
+        all.extend_from_slice(args);
+        kv_tests::kvcli(&all)
+    };
+
+    let (code, _, err) = kv(&["get", "k"]);
+    assert_eq!(code, 3, "no token: {err}");
+    assert!(err.contains("unauthorized"), "{err}");
+    let (code, _, err) = kv(&["--token", "guess", "get", "k"]);
+    assert_eq!(code, 3, "a wrong token: {err}");
+
+    let (code, _, err) = kv(&["--token", "write-token-123", "put", "k", "v"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = kv(&["--token", "read-token-456", "get", "k"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("v\n"), "{out}");
+    let (code, _, err) = kv(&["--token", "read-token-456", "put", "k", "w"]);
+    assert_eq!(code, 3, "a read-only token cannot write: {err}");
+    assert!(err.contains("read-only"), "{err}");
+    let (code, _, err) = kv(&["--token", "read-token-456", "delete", "k"]);
+    assert_eq!(code, 3, "{err}");
+    let (code, out, _) = kv(&["--token", "write-token-123", "get", "k"]);
+    assert_eq!(code, 0);
+    assert!(out.starts_with("v\n"), "nothing changed: {out}");
+}
