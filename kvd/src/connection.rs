@@ -25,6 +25,7 @@ use tokio_tungstenite::WebSocketStream;
 use crate::coordinator;
 use crate::metrics::op_index;
 use crate::node::Node;
+use crate::peer::{PeerRequest, PeerResponse};
 
 /// Answers waiting to be written; when full, the reader waits (back-pressure).
 const ANSWER_QUEUE: usize = 1024;
@@ -155,6 +156,29 @@ pub async fn serve(node: Arc<Node>, ws: WebSocketStream<TcpStream>, read_only: b
     let _ = writer.await;
 }
 
+/// Runs an admin request on member `target` (a peer call that may take `limit`).
+async fn forward(
+    node: &Node,
+    target: &str,
+    req: PeerRequest,
+    limit: Duration,
+) -> Result<PeerResponse, WireError> {
+    let addr = node
+        .addr_of(target)
+        .ok_or_else(|| WireError::bad_request(format!("{target} is not a member")))?;
+    node.peers
+        .call(&addr, &req, limit)
+        .await
+        .map_err(|e| WireError::new(ErrorCode::Unavailable, format!("{target}: {e}")))
+}
+
+fn unexpected(target: &str, answer: &PeerResponse) -> WireError {
+    WireError::new(
+        ErrorCode::Internal,
+        format!("unexpected answer from {target}: {answer:?}"),
+    )
+}
+
 /// The operations a read-only token may run.
 fn allowed_read_only(op: &ClientOp) -> bool {
     matches!(
@@ -227,28 +251,11 @@ async fn run(node: &Arc<Node>, op: ClientOp, sloppy: Option<bool>) -> Result<Val
         ClientOp::Repair { node: target } => {
             let stats = match target {
                 Some(t) if t != node.id => {
-                    let addr = node
-                        .addr_of(&t)
-                        .ok_or_else(|| WireError::bad_request(format!("{t} is not a member")))?;
-                    match node
-                        .peers
-                        .call(
-                            &addr,
-                            &crate::peer::PeerRequest::RunRepair,
-                            std::time::Duration::from_secs(3600),
-                        )
-                        .await
+                    match forward(node, &t, PeerRequest::RunRepair, Duration::from_secs(3600))
+                        .await?
                     {
-                        Ok(crate::peer::PeerResponse::Repaired { stats }) => stats,
-                        Ok(other) => {
-                            return Err(WireError::new(
-                                ErrorCode::Internal,
-                                format!("unexpected answer from {t}: {other:?}"),
-                            ))
-                        }
-                        Err(e) => {
-                            return Err(WireError::new(ErrorCode::Unavailable, format!("{t}: {e}")))
-                        }
+                        PeerResponse::Repaired { stats } => stats,
+                        other => return Err(unexpected(&t, &other)),
                     }
                 }
                 _ => crate::anti_entropy::repair_now(node).await,
@@ -272,31 +279,10 @@ async fn run(node: &Arc<Node>, op: ClientOp, sloppy: Option<bool>) -> Result<Val
                     .await
                     .map_err(|e| WireError::new(ErrorCode::Internal, e))?
             } else {
-                let addr = node
-                    .addr_of(&target)
-                    .ok_or_else(|| WireError::bad_request(format!("{target} is not a member")))?;
-                match node
-                    .peers
-                    .call(
-                        &addr,
-                        &crate::peer::PeerRequest::Decommission,
-                        std::time::Duration::from_secs(24 * 3600),
-                    )
-                    .await
-                {
-                    Ok(crate::peer::PeerResponse::Decommissioned { moved_keys }) => moved_keys,
-                    Ok(other) => {
-                        return Err(WireError::new(
-                            ErrorCode::Internal,
-                            format!("unexpected answer from {target}: {other:?}"),
-                        ))
-                    }
-                    Err(e) => {
-                        return Err(WireError::new(
-                            ErrorCode::Unavailable,
-                            format!("{target}: {e}"),
-                        ))
-                    }
+                let day = Duration::from_secs(24 * 3600);
+                match forward(node, &target, PeerRequest::Decommission, day).await? {
+                    PeerResponse::Decommissioned { moved_keys } => moved_keys,
+                    other => return Err(unexpected(&target, &other)),
                 }
             };
             Ok(json!({ "node": target, "moved_keys": moved }))

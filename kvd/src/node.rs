@@ -212,28 +212,9 @@ impl Node {
     pub fn rebuild_ring(&self) {
         let (mut ring, pending) = {
             let m = self.membership();
-            let build = |include: &dyn Fn(MemberStatus) -> bool| {
-                let mut ring = Ring::new();
-                for x in m.members() {
-                    if x.tokens.is_empty() || !include(x.effective_status()) {
-                        continue;
-                    }
-                    ring.insert(
-                        NodeInfo {
-                            id: x.id.clone(),
-                            addr: x.addr.clone(),
-                            dc: x.dc.clone(),
-                            rack: x.rack.clone(),
-                            weight: x.weight,
-                        },
-                        x.tokens.clone(),
-                    );
-                }
-                ring
-            };
             // Requests are served by the members that own data now: Normal and Leaving. While
             // a node joins or leaves, writes also go to the owners-to-be: Normal and Joining.
-            let current = build(&|s| matches!(s, MemberStatus::Normal | MemberStatus::Leaving));
+            let current = ring_of(m.members(), owns_data);
             let moving = m.members().any(|x| {
                 !x.tokens.is_empty()
                     && matches!(
@@ -241,8 +222,11 @@ impl Node {
                         MemberStatus::Joining | MemberStatus::Leaving
                     )
             });
-            let pending = moving
-                .then(|| build(&|s| matches!(s, MemberStatus::Normal | MemberStatus::Joining)));
+            let pending = moving.then(|| {
+                ring_of(m.members(), |s| {
+                    matches!(s, MemberStatus::Normal | MemberStatus::Joining)
+                })
+            });
             (current, pending)
         };
         // Precompute every vnode's preference list for the placement requests will use, so a
@@ -580,29 +564,33 @@ async fn ask_cluster(
     Err(Error::Join(format!("no seed answered: {last_error}")))
 }
 
-/// A ring of the members that own data, from gossip records.
-fn ring_of(members: &[Member]) -> Ring {
+/// The ring of the `members` with tokens whose status `include` accepts.
+fn ring_of<'a>(
+    members: impl IntoIterator<Item = &'a Member>,
+    include: impl Fn(MemberStatus) -> bool,
+) -> Ring {
     let mut ring = Ring::new();
     for m in members {
-        if !m.tokens.is_empty()
-            && matches!(
-                m.effective_status(),
-                MemberStatus::Normal | MemberStatus::Leaving
-            )
-        {
-            ring.insert(
-                NodeInfo {
-                    id: m.id.clone(),
-                    addr: m.addr.clone(),
-                    dc: m.dc.clone(),
-                    rack: m.rack.clone(),
-                    weight: m.weight,
-                },
-                m.tokens.clone(),
-            );
+        if m.tokens.is_empty() || !include(m.effective_status()) {
+            continue;
         }
+        ring.insert(
+            NodeInfo {
+                id: m.id.clone(),
+                addr: m.addr.clone(),
+                dc: m.dc.clone(),
+                rack: m.rack.clone(),
+                weight: m.weight,
+            },
+            m.tokens.clone(),
+        );
     }
     ring
+}
+
+/// Members that own data now.
+fn owns_data(s: MemberStatus) -> bool {
+    matches!(s, MemberStatus::Normal | MemberStatus::Leaving)
 }
 
 /// A node restarted with another `--weight`: its new token list (kept tokens plus new ones
@@ -631,7 +619,7 @@ async fn reweigh_tokens(
     me.tokens = identity.tokens.clone();
     me.status = MemberStatus::Normal;
     members.push(me);
-    ring_of(&members)
+    ring_of(&members, owns_data)
         .reallocate_tokens(&identity.id, config.weight, crate::random_u64())
         .map_err(|e| Error::Join(format!("cannot rebalance for the new weight: {e}")))
 }
@@ -653,21 +641,8 @@ async fn choose_tokens(
             return Ok((old.tokens.clone(), true));
         }
     }
-    let mut ring = Ring::new();
-    for m in membership.members() {
-        if !m.tokens.is_empty() && m.effective_status() != MemberStatus::Left {
-            ring.insert(
-                NodeInfo {
-                    id: m.id.clone(),
-                    addr: m.addr.clone(),
-                    dc: m.dc.clone(),
-                    rack: m.rack.clone(),
-                    weight: m.weight,
-                },
-                m.tokens.clone(),
-            );
-        }
-    }
+    // Joiners count too: their tokens are taken, whether or not they serve yet.
+    let ring = ring_of(membership.members(), |s| s != MemberStatus::Left);
     Ok((
         ring.allocate_tokens(config.weight, crate::random_u64()),
         false,
