@@ -904,3 +904,133 @@ pub fn describe(op: &Op) -> String {
         op.outcome
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(value: &str, supersedes: &[&str], outcome: Outcome) -> Op {
+        Op {
+            client: 0,
+            node: 0,
+            kind: OpKind::Write {
+                key: "k".into(),
+                value: value.into(),
+                supersedes: supersedes.iter().map(|s| s.to_string()).collect(),
+                blind: supersedes.is_empty(),
+            },
+            invoked: Duration::ZERO,
+            completed: Some(Duration::ZERO),
+            outcome: Some(outcome),
+        }
+    }
+
+    fn check(ops: &[Op], present: &[&str]) -> Report {
+        let refs: Vec<&Op> = ops.iter().collect();
+        let present: BTreeSet<String> = present.iter().map(|s| s.to_string()).collect();
+        let mut report = Report::default();
+        check_key("k", &refs, &HashMap::new(), &present, &mut report);
+        report
+    }
+
+    fn unknown() -> Outcome {
+        Outcome::Unknown("timeout".into())
+    }
+
+    #[test]
+    fn acknowledged_siblings_must_all_be_present() {
+        let ops = [write("a", &[], Outcome::Ok), write("b", &[], Outcome::Ok)];
+        let r = check(&ops, &["a", "b"]);
+        assert!(r.violations.is_empty(), "{:?}", r.violations);
+        assert_eq!(r.acknowledged_present, 2);
+        let r = check(&ops, &["a"]);
+        assert_eq!(r.lost(), 1, "{:?}", r.violations);
+        assert!(matches!(&r.violations[0], Violation::Lost { value, .. } if value == "b"));
+    }
+
+    #[test]
+    fn a_descendant_covers_what_its_context_replaced_recursively() {
+        // a <- b (read a) <- c (read b, unknown outcome): c present covers a and b.
+        let ops = [
+            write("a", &[], Outcome::Ok),
+            write("b", &["a"], Outcome::Ok),
+            write("c", &["b"], unknown()),
+        ];
+        let r = check(&ops, &["c"]);
+        assert!(r.violations.is_empty(), "{:?}", r.violations);
+        assert_eq!((r.acknowledged_present, r.unknown_present), (2, 1));
+        // If c never landed and b is gone, b is lost; a is still lost too (nothing covers it).
+        let r = check(&ops, &[]);
+        assert_eq!(r.lost(), 2, "{:?}", r.violations);
+    }
+
+    #[test]
+    fn a_value_never_written_is_a_phantom_and_an_unknown_write_may_be_absent() {
+        let ops = [write("a", &[], Outcome::Ok), write("u", &[], unknown())];
+        let r = check(&ops, &["a", "zzz"]);
+        assert_eq!(r.violations.len(), 1, "{:?}", r.violations);
+        assert!(matches!(&r.violations[0], Violation::Phantom { value, .. } if value == "zzz"));
+        let refused = write("f", &[], Outcome::Failed("bad_request".into()));
+        let mut refused_map = HashMap::new();
+        refused_map.insert("f".to_string(), &refused);
+        let refs: Vec<&Op> = ops.iter().collect();
+        let present: BTreeSet<String> = ["a", "f"].iter().map(|s| s.to_string()).collect();
+        let mut report = Report::default();
+        check_key("k", &refs, &refused_map, &present, &mut report);
+        assert!(
+            matches!(
+                &report.violations[..],
+                [Violation::Phantom {
+                    refused_write: Some(_),
+                    ..
+                }]
+            ),
+            "{:?}",
+            report.violations
+        );
+    }
+
+    #[test]
+    fn an_overwritten_value_next_to_its_descendant_is_reported() {
+        let ops = [
+            write("a", &[], Outcome::Ok),
+            write("b", &["a"], Outcome::Ok),
+            write("c", &["b"], Outcome::Ok),
+        ];
+        let r = check(&ops, &["a", "c"]);
+        assert!(
+            r.violations.iter().any(|v| matches!(v,
+                Violation::Resurrected { value, descendant, .. } if value == "a" && descendant == "c")),
+            "{:?}",
+            r.violations
+        );
+    }
+
+    #[test]
+    fn history_counts_unfinished_writes_as_unknown() {
+        let h = History::new();
+        let w = h.invoke(
+            0,
+            1,
+            OpKind::Write {
+                key: "k".into(),
+                value: "v".into(),
+                supersedes: vec![],
+                blind: true,
+            },
+        );
+        h.invoke(
+            1,
+            1,
+            OpKind::Write {
+                key: "k".into(),
+                value: "v2".into(),
+                supersedes: vec![],
+                blind: true,
+            },
+        );
+        h.complete(w, Outcome::Ok, None);
+        let c = h.counts();
+        assert_eq!((c.writes, c.writes_ok, c.writes_unknown), (2, 1, 1));
+    }
+}

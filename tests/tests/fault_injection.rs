@@ -213,3 +213,105 @@ async fn random_faults_lose_no_acknowledged_write() {
     }
     drop(cluster);
 }
+
+/// The harness itself: each fault has the effect it claims, a kill leaves no process behind in
+/// the node's namespace, and dropping the cluster removes its namespaces.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_fault_does_what_it_says() {
+    let opts = ClusterOpts {
+        extra: [
+            "--gossip-interval-ms",
+            "300",
+            "--request-timeout-ms",
+            "2000",
+        ]
+        .map(String::from)
+        .to_vec(),
+        ..ClusterOpts::default()
+    };
+    let mut cluster = tokio::task::spawn_blocking(move || FaultCluster::start(3, opts))
+        .await
+        .unwrap();
+    let namespaces: Vec<String> = (0..3).map(|i| cluster.net().ns(i).to_string()).collect();
+    let state_seen_by = |cluster: &FaultCluster, observer: usize, node: &str| -> String {
+        let s = kv_tests::ws_request_blocking(
+            &cluster.nodes[observer].url(),
+            serde_json::json!({"op": "status"}),
+        );
+        s["nodes"]
+            .as_array()
+            .and_then(|a| a.iter().find(|n| n["id"] == node))
+            .map(|n| n["state"].as_str().unwrap_or("").to_string())
+            .unwrap_or_default()
+    };
+    let wait_for = |cluster: &FaultCluster, observer: usize, node: &str, state: &str| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while state_seen_by(cluster, observer, node) != state {
+            assert!(
+                Instant::now() < deadline,
+                "n{} never saw {node} {state}",
+                observer + 1
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+
+    // Partition: n1 alone; the others see it down, while clients still reach it.
+    cluster.partition(&[vec![0], vec![1, 2]]);
+    wait_for(&cluster, 1, "n1", "down");
+    assert!(
+        kv_tests::http_get(&cluster.nodes[0].addr, "/health").is_some(),
+        "clients reach a partitioned node"
+    );
+    cluster.heal_partition();
+    wait_for(&cluster, 1, "n1", "up");
+
+    // SIGSTOP: the node answers nothing until SIGCONT.
+    cluster.pause(2);
+    assert!(kv_tests::http_get(&cluster.nodes[2].addr, "/health").is_none());
+    cluster.resume(2);
+    assert!(kv_tests::http_get(&cluster.nodes[2].addr, "/health").is_some());
+
+    // Slow link: 64 KiB through a 128 kbit/s link takes at least 4 s.
+    cluster.slow(1, 128);
+    let mut ws = kv_tests::Ws::connect(&cluster.nodes[1].url()).await;
+    let started = Instant::now();
+    let r = ws
+        .request(
+            serde_json::json!({"op": "put", "key": "big", "value": "x".repeat(64 * 1024), "w": 1}),
+        )
+        .await;
+    let took = started.elapsed();
+    assert_eq!(r["ok"], true, "{r}");
+    assert!(
+        took > Duration::from_secs(2),
+        "64 KiB over 128 kbit/s took {took:?}"
+    );
+    cluster.unslow(1);
+
+    // SIGKILL kills kvd itself: nothing is left in the namespace.
+    let pid = cluster.pid(0).unwrap();
+    cluster.kill(0);
+    assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists());
+    let left = std::process::Command::new("ip")
+        .args(["netns", "pids", &namespaces[0]])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&left.stdout).trim(),
+        "",
+        "processes left"
+    );
+    cluster.restart(0);
+    cluster.wait_converged(Duration::from_secs(30));
+
+    drop(cluster);
+    let list = std::process::Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .unwrap();
+    let list = String::from_utf8_lossy(&list.stdout);
+    for ns in &namespaces {
+        assert!(!list.contains(ns.as_str()), "{ns} outlived the cluster");
+    }
+}
