@@ -107,6 +107,10 @@ pub struct AutoscaleArgs {
     /// StatefulSet).
     #[arg(long)]
     pub scale_in_any: bool,
+    /// Only the member with the highest id (in natural order: `kvd-10` after `kvd-9`) may be
+    /// removed, as a StatefulSet always removes its last pod.
+    #[arg(long)]
+    pub scale_in_highest_only: bool,
     /// Seconds to wait for a change to finish (a node joining, or a launch command's nodes
     /// appearing) before giving up on it.
     #[arg(long, default_value_t = 600.0)]
@@ -492,6 +496,22 @@ impl Autoscaler {
         Ok(status_members(&v))
     }
 
+    /// Without --replication, the replica count the node reports: kvd caps it at the ring's
+    /// size while the cluster is smaller, so the largest count seen is kept (the floor only
+    /// rises).
+    async fn refresh_replicas(&mut self) {
+        if self.args.replication.is_some() {
+            return;
+        }
+        let Ok(c) = self.client().await else { return };
+        if let Ok(ring) = c.request(&ClientOp::Ring { key: None }).await {
+            let seen = ring["replicas"].as_u64().unwrap_or(0) as usize;
+            if seen > self.policy.placement.replicas() {
+                self.policy.placement = Placement::Simple { n: seen };
+            }
+        }
+    }
+
     /// One reading of every up member's `/metrics`, turned into samples.
     async fn read_load(&mut self, members: &[StatusMember]) {
         let now_ms = self.now_ms();
@@ -547,6 +567,10 @@ impl Autoscaler {
             .chain(self.launched.iter().map(String::as_str))
             .collect();
         let rank = |id: &str| ours.iter().position(|o| *o == id);
+        let highest = members
+            .iter()
+            .map(|m| m.id.as_str())
+            .max_by(|a, b| natural_cmp(a, b));
         let mut sorted: Vec<&StatusMember> = members.iter().collect();
         sorted.sort_by(|a, b| match (rank(&a.id), rank(&b.id)) {
             (Some(x), Some(y)) => y.cmp(&x),
@@ -566,7 +590,8 @@ impl Autoscaler {
                     _ => MemberState::Down,
                 },
                 moving: m.transfer.is_some(),
-                removable: self.args.scale_in_any || rank(&m.id).is_some(),
+                removable: (self.args.scale_in_any || rank(&m.id).is_some())
+                    && (!self.args.scale_in_highest_only || highest == Some(m.id.as_str())),
             })
             .collect()
     }
@@ -589,6 +614,7 @@ impl Autoscaler {
                 }
             };
             self.check_children();
+            self.refresh_replicas().await;
             self.read_load(&members).await;
             let view = self.policy_members(&members);
             let now = self.now_ms();
