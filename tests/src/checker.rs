@@ -156,6 +156,23 @@ impl History {
         self.lock().clone()
     }
 
+    /// Why writes failed or ended unknown: the reason's first words (an error code, or what
+    /// happened to the connection) and how often.
+    pub fn write_failure_reasons(&self) -> BTreeMap<String, u64> {
+        let mut out = BTreeMap::new();
+        for op in self.lock().iter() {
+            let why = match (&op.kind, &op.outcome) {
+                (OpKind::Write { .. }, Some(Outcome::Failed(w))) => format!("failed {w}"),
+                (OpKind::Write { .. }, Some(Outcome::Unknown(w))) => format!("unknown {w}"),
+                (OpKind::Write { .. }, None) => "unknown: in flight at the end".to_string(),
+                _ => continue,
+            };
+            let short: String = why.chars().take(60).collect();
+            *out.entry(short).or_insert(0) += 1;
+        }
+        out
+    }
+
     /// Counts by kind and outcome.
     pub fn counts(&self) -> Counts {
         let mut c = Counts::default();

@@ -580,6 +580,12 @@ impl FaultCluster {
 
     /// Starts node `i`'s process in its namespace and waits for `/health`.
     fn spawn(&mut self, i: usize) {
+        self.spawn_process(i);
+        self.wait_up(i, Duration::from_secs(30));
+    }
+
+    /// Starts node `i`'s process in its namespace.
+    fn spawn_process(&mut self, i: usize) {
         let node = &mut self.nodes[i];
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -596,10 +602,18 @@ impl FaultCluster {
             .stderr(Stdio::from(log))
             .spawn()
             .expect("start ip netns exec kvd");
-        let pid = child.id();
         node.child = Some(child);
         node.paused = false;
-        let deadline = Instant::now() + Duration::from_secs(30);
+    }
+
+    /// Waits until node `i` answers `/health`; panics with its log if it exits or does not
+    /// answer within `limit`.
+    fn wait_up(&mut self, i: usize, limit: Duration) {
+        let node = &mut self.nodes[i];
+        let Some(pid) = node.child.as_ref().map(Child::id) else {
+            panic!("{} is not running", node.id);
+        };
+        let deadline = Instant::now() + limit;
         while health(&node.addr).is_none() {
             if let Some(Ok(Some(status))) = node.child.as_mut().map(|c| c.try_wait()) {
                 panic!(
@@ -610,7 +624,7 @@ impl FaultCluster {
             }
             assert!(
                 Instant::now() < deadline,
-                "{} did not answer /health within 30 s; log:\n{}",
+                "{} did not answer /health within {limit:?}; log:\n{}",
                 node.id,
                 std::fs::read_to_string(&node.log).unwrap_or_default()
             );
@@ -674,6 +688,19 @@ impl FaultCluster {
     pub fn restart(&mut self, i: usize) {
         assert!(self.nodes[i].child.is_none(), "node {i} is still running");
         self.spawn(i);
+        self.counts.restarts += 1;
+    }
+
+    /// Starts node `i` again like [`restart`](Self::restart) but returns at once, without
+    /// waiting for it to serve; [`finish_restart`](Self::finish_restart) waits.
+    pub fn begin_restart(&mut self, i: usize) {
+        assert!(self.nodes[i].child.is_none(), "node {i} is still running");
+        self.spawn_process(i);
+    }
+
+    /// Waits until a node started by [`begin_restart`](Self::begin_restart) serves.
+    pub fn finish_restart(&mut self, i: usize) {
+        self.wait_up(i, Duration::from_secs(30));
         self.counts.restarts += 1;
     }
 

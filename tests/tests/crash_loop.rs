@@ -8,6 +8,8 @@
 //! - The suite runs 15 kills (about a minute).
 //! - Soak: `KV_CRASH_LOOP_KILLS=1000 cargo nextest run -p kv-tests --test crash_loop --no-capture`
 //! - Replay a schedule: `KV_CRASH_SEED=<seed printed>`.
+//! - `KV_CRASH_SYNC=interval` runs the same loop with `--sync interval` (for experiments; the
+//!   suite's contract is `always`).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -18,6 +20,15 @@ use kv_tests::faults::Rng;
 use kv_tests::{Cluster, ClusterOpts};
 
 const NODES: usize = 5;
+
+/// `--sync` of the nodes: `always` unless `KV_CRASH_SYNC` says otherwise.
+fn sync_mode() -> &'static str {
+    match std::env::var("KV_CRASH_SYNC").as_deref() {
+        Ok("interval") => "interval",
+        Ok("none") => "none",
+        _ => "always",
+    }
+}
 
 fn kills_wanted() -> u64 {
     std::env::var("KV_CRASH_LOOP_KILLS")
@@ -30,12 +41,15 @@ fn kills_wanted() -> u64 {
 async fn sigkill_under_load_with_sync_always_loses_no_acknowledged_write() {
     let seed = Rng::seed_from_env("KV_CRASH_SEED");
     let wanted = kills_wanted();
-    println!("crash loop: seed {seed} (replay with KV_CRASH_SEED={seed}), {wanted} kills");
+    let sync = sync_mode();
+    println!(
+        "crash loop: seed {seed} (replay with KV_CRASH_SEED={seed}), {wanted} kills, --sync {sync}"
+    );
     let opts = ClusterOpts {
         n: 3,
         w: 2,
         r: 2,
-        sync: "always",
+        sync,
         extra: [
             "--gossip-interval-ms",
             "300",
@@ -109,6 +123,9 @@ async fn sigkill_under_load_with_sync_always_loses_no_acknowledged_write() {
     load.await.unwrap();
 
     let report = verify(&history, &urls).await;
+    for (why, n) in history.write_failure_reasons() {
+        println!("  {n:6} writes {why}");
+    }
     println!(
         "crash loop (seed {seed}): {kills} SIGKILLs, {restarts} restarts (all came up); {}",
         report.summary()

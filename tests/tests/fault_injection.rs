@@ -176,6 +176,9 @@ async fn random_faults_lose_no_acknowledged_write() {
     .unwrap();
 
     let report = verify(&history, &urls).await;
+    for (why, n) in history.write_failure_reasons() {
+        println!("  {n:6} writes {why}");
+    }
     println!(
         "fault injection (seed {seed}): {} faults ({} kills, {} pauses, {} partitions, {} slow links, {} restarts); {}",
         counts.total(),
