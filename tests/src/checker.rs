@@ -287,6 +287,9 @@ pub struct Workload {
     pub rmw_share: f64,
     /// Write quorum asked for.
     pub w: usize,
+    /// Share of writes that leave W to the node's default (the harnesses start nodes with
+    /// `--w 2`), exercising the path where a node works out the quorum itself.
+    pub default_w_share: f64,
     /// Read quorum asked for.
     pub r: usize,
     /// How long a client waits for an answer before calling the outcome unknown.
@@ -306,6 +309,7 @@ impl Default for Workload {
             blind_per_key: 40,
             rmw_share: 0.5,
             w: 2,
+            default_w_share: 0.3,
             r: 2,
             timeout: Duration::from_secs(8),
             pace: Duration::from_millis(5),
@@ -362,14 +366,29 @@ pub async fn run_workload(
                 seq += 1;
                 on_conn += 1;
                 let value = format!("c{client}-{seq}");
+                let default_w = rng.chance(wl.default_w_share);
                 let healthy = if rng.chance(wl.rmw_share) {
                     let key = format!("r{}", rng.below(wl.rmw_keys as u64));
-                    rmw(c, client, node, &key, value, &wl, &history).await
+                    let a = Attempt {
+                        client,
+                        node,
+                        key: &key,
+                        value,
+                        default_w,
+                    };
+                    rmw(c, a, &wl, &history).await
                 } else {
                     let slot = rng.below(wl.blind_slots as u64) as usize;
                     let n = counters[slot].fetch_add(1, Ordering::Relaxed);
                     let key = format!("b{slot}.{}", n / wl.blind_per_key);
-                    blind(c, client, node, &key, value, &wl, &history).await
+                    let a = Attempt {
+                        client,
+                        node,
+                        key: &key,
+                        value,
+                        default_w,
+                    };
+                    blind(c, a, &wl, &history).await
                 };
                 if !healthy || on_conn >= wl.ops_per_connection {
                     conn = None;
@@ -383,27 +402,29 @@ pub async fn run_workload(
     }
 }
 
-/// A read followed by a write with the read's context. Returns false when the connection
-/// should be dropped (no answer).
-async fn rmw(
-    c: &mut Conn,
+/// One write a client is about to make.
+struct Attempt<'a> {
     client: usize,
     node: usize,
-    key: &str,
+    key: &'a str,
     value: String,
-    wl: &Workload,
-    history: &History,
-) -> bool {
+    /// Leave W to the node's default instead of sending `w`.
+    default_w: bool,
+}
+
+/// A read followed by a write with the read's context. Returns false when the connection
+/// should be dropped (no answer).
+async fn rmw(c: &mut Conn, a: Attempt<'_>, wl: &Workload, history: &History) -> bool {
     let read = history.invoke(
-        client,
-        node,
+        a.client,
+        a.node,
         OpKind::Read {
-            key: key.to_string(),
+            key: a.key.to_string(),
             values: Vec::new(),
         },
     );
     let answer = c
-        .request(json!({"op": "get", "key": key, "r": wl.r}), wl.timeout)
+        .request(json!({"op": "get", "key": a.key, "r": wl.r}), wl.timeout)
         .await;
     let (values, context) = match &answer {
         Ok(v) if v["ok"] == true => {
@@ -431,53 +452,41 @@ async fn rmw(
             return false;
         }
     };
-    let write = history.invoke(
-        client,
-        node,
-        OpKind::Write {
-            key: key.to_string(),
-            value: value.clone(),
-            supersedes: values,
-            blind: false,
-        },
-    );
-    let answer = c
-        .request(
-            json!({"op": "put", "key": key, "value": value, "context": context, "w": wl.w}),
-            wl.timeout,
-        )
-        .await;
-    let healthy = answer.is_ok();
-    history.complete(write, write_outcome(&answer), None);
-    healthy
+    put(c, a, values, Some(context), wl, history).await
 }
 
 /// A write without a context.
-async fn blind(
+async fn blind(c: &mut Conn, a: Attempt<'_>, wl: &Workload, history: &History) -> bool {
+    put(c, a, Vec::new(), None, wl, history).await
+}
+
+/// Records and sends a put; `supersedes` are the values the read behind `context` returned.
+async fn put(
     c: &mut Conn,
-    client: usize,
-    node: usize,
-    key: &str,
-    value: String,
+    a: Attempt<'_>,
+    supersedes: Vec<String>,
+    context: Option<String>,
     wl: &Workload,
     history: &History,
 ) -> bool {
     let write = history.invoke(
-        client,
-        node,
+        a.client,
+        a.node,
         OpKind::Write {
-            key: key.to_string(),
-            value: value.clone(),
-            supersedes: Vec::new(),
-            blind: true,
+            key: a.key.to_string(),
+            value: a.value.clone(),
+            supersedes,
+            blind: context.is_none(),
         },
     );
-    let answer = c
-        .request(
-            json!({"op": "put", "key": key, "value": value, "w": wl.w}),
-            wl.timeout,
-        )
-        .await;
+    let mut req = json!({"op": "put", "key": a.key, "value": a.value});
+    if let Some(ctx) = context {
+        req["context"] = json!(ctx);
+    }
+    if !a.default_w {
+        req["w"] = json!(wl.w);
+    }
+    let answer = c.request(req, wl.timeout).await;
     let healthy = answer.is_ok();
     history.complete(write, write_outcome(&answer), None);
     healthy
