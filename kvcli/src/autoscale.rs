@@ -912,7 +912,12 @@ impl Autoscaler {
         env: &[(&str, String)],
     ) -> Result<(), ClientError> {
         let mut c = std::process::Command::new("sh");
-        c.arg("-c").arg(cmd).stdin(Stdio::null());
+        // Its output goes to standard error: standard output carries only our own lines
+        // (JSON lines with --json).
+        c.arg("-c")
+            .arg(cmd)
+            .stdin(Stdio::null())
+            .stdout(std::io::stderr());
         for (k, v) in env {
             c.env(k, v);
         }
