@@ -175,6 +175,13 @@ struct Autoscaler {
 
 /// Runs the autoscaler until Ctrl-C or SIGTERM.
 pub async fn run(client: &Client, args: AutoscaleArgs, env: &Env) -> Result<(), ClientError> {
+    // The REPL cancels a command on Ctrl-C, which would skip the summary of the nodes left
+    // running: the autoscaler is a long-running process of its own.
+    if env.memory.is_some() {
+        return Err(ClientError::Usage(
+            "autoscale runs on its own: kvcli --node URL autoscale [FLAGS]".into(),
+        ));
+    }
     let mut a = Autoscaler::new(client, args, env).await?;
     a.adopt();
     a.say(
