@@ -5,7 +5,7 @@
 //! find every acknowledged write (itself or a descendant), nothing never written, and replicas
 //! in agreement.
 //!
-//! - The suite runs 15 kills (about a minute).
+//! - The suite runs 20 kills (about a minute).
 //! - Soak: `KV_CRASH_LOOP_KILLS=1000 cargo nextest run -p kv-tests --test crash_loop --no-capture`
 //! - Replay a schedule: `KV_CRASH_SEED=<seed printed>`.
 //! - `KV_CRASH_SYNC=interval` runs the same loop with `--sync interval` (for experiments; the
@@ -34,7 +34,7 @@ fn kills_wanted() -> u64 {
     std::env::var("KV_CRASH_LOOP_KILLS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(15)
+        .unwrap_or(20)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
