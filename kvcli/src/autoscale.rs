@@ -149,17 +149,25 @@ enum Scaler {
 
 /// Everything the loop keeps between readings.
 struct Autoscaler {
+    /// The flags, as given.
     args: AutoscaleArgs,
+    /// The policy the flags describe (its placement follows what `ring` reports).
     policy: Policy,
+    /// How nodes are added and removed.
     scaler: Scaler,
     /// `HOST:PORT` of the seed (the global --node).
     seed: String,
     /// The seed's URL.
     url: String,
+    /// Presented on every connection.
     token: Option<String>,
+    /// How long a request may take.
     timeout: Duration,
+    /// Print JSON lines.
     json: bool,
+    /// The connection to the seed; `None` after it broke, reopened on the next use.
     client: Option<Client>,
+    /// The nodes this autoscaler started (or adopted), oldest first.
     started: Vec<Started>,
     /// Nodes that joined after a launch command: removable like started ones.
     launched: Vec<String>,
@@ -167,9 +175,13 @@ struct Autoscaler {
     known_ids: HashSet<String>,
     /// The last decision line printed, so that an unchanged hold is not repeated.
     last_line: String,
+    /// The last reading of each node's counters.
     readings: HashMap<String, Reading>,
+    /// The samples the policy looks at.
     window: LoadWindow,
+    /// When the last change finished (the cooldown counts from there), in policy time.
     last_change_ms: Option<u64>,
+    /// The start of policy time.
     epoch: Instant,
 }
 
@@ -208,9 +220,7 @@ pub async fn run(client: &Client, args: AutoscaleArgs, env: &Env) -> Result<(), 
             _ = term.recv() => Ok(()),
         }
     };
-    if let Err(e) = &outcome {
-        crate::style::error_line(&format!("autoscale: {e}"));
-    }
+    // An error is printed by main, after the summary of what is left running.
     a.finish().await;
     outcome
 }
