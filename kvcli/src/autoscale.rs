@@ -294,6 +294,45 @@ fn natural_cmp(a: &str, b: &str) -> std::cmp::Ordering {
     parts(a).cmp(&parts(b))
 }
 
+/// The policy's view of the members, in order of preference for removal: the nodes this
+/// autoscaler added (`ours`, oldest first), newest first; then the others, highest id first.
+/// Removable: ours, or any with `any`; with `highest_only`, only the member of the highest id.
+fn removal_order(
+    members: &[StatusMember],
+    ours: &[&str],
+    any: bool,
+    highest_only: bool,
+) -> Vec<Member> {
+    let rank = |id: &str| ours.iter().position(|o| *o == id);
+    let highest = members
+        .iter()
+        .map(|m| m.id.as_str())
+        .max_by(|a, b| natural_cmp(a, b));
+    let mut sorted: Vec<&StatusMember> = members.iter().collect();
+    sorted.sort_by(|a, b| match (rank(&a.id), rank(&b.id)) {
+        (Some(x), Some(y)) => y.cmp(&x),
+        (Some(_), None) => std::cmp::Ordering::Less,
+        (None, Some(_)) => std::cmp::Ordering::Greater,
+        (None, None) => natural_cmp(&b.id, &a.id),
+    });
+    sorted
+        .into_iter()
+        .map(|m| Member {
+            id: m.id.clone(),
+            dc: m.dc.clone(),
+            state: match m.state.as_str() {
+                "up" => MemberState::Up,
+                "joining" => MemberState::Joining,
+                "leaving" => MemberState::Leaving,
+                _ => MemberState::Down,
+            },
+            moving: m.transfer.is_some(),
+            removable: (any || rank(&m.id).is_some())
+                && (!highest_only || highest == Some(m.id.as_str())),
+        })
+        .collect()
+}
+
 /// Sums the per-op latency buckets of `/metrics` by upper bound, sorted.
 fn latency_buckets(samples: &[Sample]) -> Vec<(f64, f64)> {
     let mut by_le: BTreeMap<u64, (f64, f64)> = BTreeMap::new();
@@ -574,8 +613,7 @@ impl Autoscaler {
         self.window.prune(now_ms, self.policy.window_ms, &keep);
     }
 
-    /// The policy's view of the members, in order of preference for removal: the nodes this
-    /// autoscaler added, newest first; then, with --scale-in-any, the others, highest id first.
+    /// The policy's view of the members (see [`removal_order`]).
     fn policy_members(&self, members: &[StatusMember]) -> Vec<Member> {
         let ours: Vec<&str> = self
             .started
@@ -583,34 +621,12 @@ impl Autoscaler {
             .map(|s| s.id.as_str())
             .chain(self.launched.iter().map(String::as_str))
             .collect();
-        let rank = |id: &str| ours.iter().position(|o| *o == id);
-        let highest = members
-            .iter()
-            .map(|m| m.id.as_str())
-            .max_by(|a, b| natural_cmp(a, b));
-        let mut sorted: Vec<&StatusMember> = members.iter().collect();
-        sorted.sort_by(|a, b| match (rank(&a.id), rank(&b.id)) {
-            (Some(x), Some(y)) => y.cmp(&x),
-            (Some(_), None) => std::cmp::Ordering::Less,
-            (None, Some(_)) => std::cmp::Ordering::Greater,
-            (None, None) => natural_cmp(&b.id, &a.id),
-        });
-        sorted
-            .into_iter()
-            .map(|m| Member {
-                id: m.id.clone(),
-                dc: m.dc.clone(),
-                state: match m.state.as_str() {
-                    "up" => MemberState::Up,
-                    "joining" => MemberState::Joining,
-                    "leaving" => MemberState::Leaving,
-                    _ => MemberState::Down,
-                },
-                moving: m.transfer.is_some(),
-                removable: (self.args.scale_in_any || rank(&m.id).is_some())
-                    && (!self.args.scale_in_highest_only || highest == Some(m.id.as_str())),
-            })
-            .collect()
+        removal_order(
+            members,
+            &ours,
+            self.args.scale_in_any,
+            self.args.scale_in_highest_only,
+        )
     }
 
     async fn run_loop(&mut self) -> Result<(), ClientError> {
@@ -1150,6 +1166,45 @@ fn find_kvd() -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn member(id: &str) -> StatusMember {
+        StatusMember {
+            id: id.into(),
+            addr: String::new(),
+            dc: "dc1".into(),
+            state: "up".into(),
+            transfer: None,
+        }
+    }
+
+    #[test]
+    fn removal_prefers_our_newest_node_and_keeps_the_others() {
+        let m: Vec<StatusMember> = ["n1", "auto1", "n2", "auto2"].map(member).into();
+        let view = removal_order(&m, &["auto1", "auto2"], false, false);
+        let ids: Vec<&str> = view.iter().map(|x| x.id.as_str()).collect();
+        assert_eq!(ids, ["auto2", "auto1", "n2", "n1"]);
+        let removable: Vec<bool> = view.iter().map(|x| x.removable).collect();
+        assert_eq!(removable, [true, true, false, false]);
+    }
+
+    #[test]
+    fn a_statefulset_loses_only_its_last_pod() {
+        let m: Vec<StatusMember> = ["kvd-0-a", "kvd-10-b", "kvd-9-c", "kvd-2-d"]
+            .map(member)
+            .into();
+        let view = removal_order(&m, &[], true, true);
+        let removable: Vec<&str> = view
+            .iter()
+            .filter(|x| x.removable)
+            .map(|x| x.id.as_str())
+            .collect();
+        assert_eq!(removable, ["kvd-10-b"]);
+        assert_eq!(view[1].id, "kvd-9-c");
+        // Without --scale-in-highest-only every member may go, highest first.
+        let view = removal_order(&m, &[], true, false);
+        assert!(view.iter().all(|x| x.removable));
+        assert_eq!(view[0].id, "kvd-10-b");
+    }
 
     #[test]
     fn natural_order_puts_ten_after_nine() {
