@@ -5,7 +5,8 @@
 //! the records before it. A flip in an older segment refuses the open with a corruption error
 //! naming that segment and the bad record's offset. SSTables: every flip is detected, by the
 //! open or by a read, as a corruption error naming the table and an offset at or before the
-//! flipped byte. In no round is a value served that differs from what was written.
+//! flipped byte. The manifest: every flip refuses the open with a corruption error naming it.
+//! In no round is a value served that differs from what was written.
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -403,4 +404,38 @@ fn flips_in_uncompressed_tables_are_always_detected_never_served() {
 #[test]
 fn flips_in_compressed_tables_are_always_detected_never_served() {
     table_flips(true, 0x5eed_0004);
+}
+
+#[test]
+fn flips_in_the_manifest_refuse_the_open_naming_it() {
+    let mut rng = Rng(0x5eed_0005);
+    let src = tempfile::tempdir().unwrap();
+    write_tables(src.path(), &mut rng, false);
+    let manifest = std::fs::read(src.path().join("MANIFEST")).unwrap();
+    for round in 0..100 {
+        let dir = tempfile::tempdir().unwrap();
+        copy_dir(src.path(), dir.path());
+        let path = dir.path().join("MANIFEST");
+        let mut data = manifest.clone();
+        let flips = 1 + rng.below(3);
+        let at = flip_bits(&mut rng, &mut data, flips);
+        std::fs::write(&path, &data).unwrap();
+        let what = format!("round {round}: flips at bytes {at:?}");
+        match Engine::open(dir.path(), opts()) {
+            Err(err @ Error::Corruption { .. }) => {
+                let msg = err.to_string();
+                let Error::Corruption { file, offset, .. } = &err else {
+                    unreachable!()
+                };
+                assert_eq!(file, &path, "{what}: {err}");
+                assert!((*offset as usize) < data.len(), "{what}: {err}");
+                assert!(
+                    msg.contains(&path.display().to_string()) && msg.contains("offset"),
+                    "{what}: message does not say where: {msg}"
+                );
+            }
+            Err(err) => panic!("{what}: unexpected error {err}"),
+            Ok(_) => panic!("{what}: opened over a damaged manifest"),
+        }
+    }
 }

@@ -67,3 +67,8 @@ fn sstable_table_inputs() {
 fn bloom_filter_inputs() {
     replay("bloom_filter", storage_checks::bloom_filter);
 }
+
+#[test]
+fn manifest_decode_inputs() {
+    replay("manifest_decode", storage_checks::manifest_decode);
+}

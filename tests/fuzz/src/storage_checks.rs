@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use kvd_storage::fuzzing::{
-    assemble_table, block_get, bloom_build, bloom_may_contain, build_block, decode_write_batch,
-    encode_meta, frame_batch, frame_payload, lz4_compress, read_block, read_table,
-    replay_commit_log, Entry, StoredBlock,
+    assemble_table, block_get, bloom_build, bloom_may_contain, build_block, decode_manifest,
+    decode_write_batch, encode_meta, frame_batch, frame_payload, lz4_compress, read_block,
+    read_table, replay_commit_log, seal_manifest, Entry, StoredBlock,
 };
 use kvd_storage::WriteBatch;
 
@@ -259,6 +259,27 @@ pub fn bloom_filter(data: &[u8]) {
                     bloom_may_contain(&filter, k),
                     "false negative at {bits} bits/key"
                 );
+            }
+        }
+    }
+}
+
+/// The manifest decoder, on raw bytes and on payloads sealed with a valid magic, version and
+/// checksum (so the payload decoder behind the checksum is reached).
+///
+/// Checked: no panic; a sealed payload that decodes lists at most as many tables as its bytes
+/// can hold.
+pub fn manifest_decode(data: &[u8]) {
+    let mut input = Input::new(data);
+    match input.byte() % 2 {
+        0 => {
+            let _ = decode_manifest(input.rest());
+        }
+        _ => {
+            let payload = input.rest();
+            if let Ok((_, _, tables)) = decode_manifest(&seal_manifest(payload)) {
+                // Each table takes at least six bytes (four varints, two lengths).
+                assert!(tables.len() * 6 <= payload.len(), "{} tables", tables.len());
             }
         }
     }
