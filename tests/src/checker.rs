@@ -841,37 +841,41 @@ fn check_key(
             }
         }
     }
-    // covered(v): v is present, or some write that replaced v is covered. The graph is acyclic
-    // (a write replaces only values read before it was sent); memoized.
-    let mut memo: HashMap<&str, bool> = HashMap::new();
-    fn covered<'a>(
-        v: &'a str,
-        present: &BTreeSet<String>,
-        children: &HashMap<&'a str, Vec<&'a str>>,
-        memo: &mut HashMap<&'a str, bool>,
-        depth: usize,
-    ) -> bool {
-        if let Some(&c) = memo.get(v) {
-            return c;
+    // covered(v): v is present, or some write that replaced v is covered. A write replaces
+    // only values its read returned, written by writes invoked before it, so one pass from the
+    // last write to the first settles almost everything; passes repeat until nothing changes
+    // (covered only ever turns true), so an out-of-order history cannot make a false loss.
+    // Iterative on purpose: read-modify-write chains are tens of thousands of writes long in a
+    // soak, too deep for recursion.
+    let mut covered: HashMap<&str, bool> = HashMap::new();
+    loop {
+        let mut changed = false;
+        for op in writes.iter().rev() {
+            let OpKind::Write { value, .. } = &op.kind else {
+                continue;
+            };
+            let v = value.as_str();
+            if covered.get(v).copied().unwrap_or(false) {
+                continue;
+            }
+            let c = present.contains(v)
+                || children
+                    .get(v)
+                    .is_some_and(|cs| cs.iter().any(|c| covered.get(c).copied().unwrap_or(false)));
+            if c {
+                changed = true;
+            }
+            covered.insert(v, c);
         }
-        // Guard against a cycle in a malformed history rather than overflow the stack.
-        if depth > 100_000 {
-            return false;
+        if !changed {
+            break;
         }
-        memo.insert(v, false);
-        let c = present.contains(v)
-            || children.get(v).is_some_and(|cs| {
-                cs.iter()
-                    .any(|c| covered(c, present, children, memo, depth + 1))
-            });
-        memo.insert(v, c);
-        c
     }
     for op in writes {
         let OpKind::Write { value, .. } = &op.kind else {
             continue;
         };
-        let is_covered = covered(value, present, &children, &mut memo, 0);
+        let is_covered = covered.get(value.as_str()).copied().unwrap_or(false);
         match &op.outcome {
             Some(Outcome::Ok) if is_covered => report.acknowledged_present += 1,
             Some(Outcome::Ok) => report.violations.push(Violation::Lost {
@@ -1030,6 +1034,26 @@ mod tests {
             "{:?}",
             r.violations
         );
+    }
+
+    #[test]
+    fn a_chain_of_a_hundred_thousand_read_modify_writes_is_checked_without_recursion() {
+        let values: Vec<String> = (0..100_000).map(|i| format!("v{i}")).collect();
+        let ops: Vec<Op> = values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                let before: Vec<&str> = if i == 0 {
+                    vec![]
+                } else {
+                    vec![values[i - 1].as_str()]
+                };
+                write(v, &before, Outcome::Ok)
+            })
+            .collect();
+        let r = check(&ops, &["v99999"]);
+        assert!(r.violations.is_empty(), "{:?}", &r.violations[..1]);
+        assert_eq!(r.acknowledged_present, 100_000);
     }
 
     #[test]
