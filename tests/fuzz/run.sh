@@ -3,6 +3,7 @@
 # each one made. Usage: tests/fuzz/run.sh [target...]   (default: all targets)
 #   FUZZ_SECS   seconds per target (default 60)
 #   FUZZ_JOBS   libFuzzer workers per target (default 1)
+# A target with a dicts/<target>.dict (JSON tokens for client frames) is run with it.
 # New inputs go to tests/fuzz/corpus/<target>/ (gitignored); the stored regression inputs in
 # tests/fuzz/regressions/<target>/ seed every run. A crash leaves its input in
 # tests/fuzz/artifacts/<target>/ and makes this script exit non-zero.
@@ -31,8 +32,6 @@ for t in "${targets[@]}"; do
     mkdir -p "corpus/$t" "regressions/$t"
     dict=()
     [ -f "dicts/$t.dict" ] && dict=("-dict=dicts/$t.dict")
-    [ "$t" = wire_decode ] && dict=("-dict=dicts/wire.dict")
-    [ "$t" = context_decode ] && dict=()
     par=()
     # With more than one job libFuzzer runs workers that log to fuzz-<n>.log; the script
     # appends those logs to the target's log below.
