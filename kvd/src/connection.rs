@@ -3,8 +3,8 @@
 //!
 //! A bad frame is answered with an error and the connection lives on. When a client has
 //! `max_in_flight` requests outstanding, further ones are answered `overloaded`; when it stops
-//! reading its answers, the bounded answer queue fills and the node stops reading its requests
-//! (TCP back-pressure), so an unread client cannot grow the node's memory.
+//! reading its answers, the socket and then the bounded write buffer fill, and the node stops
+//! reading its requests (TCP back-pressure), so an unread client cannot grow the node's memory.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -20,7 +20,6 @@ use kv_core::wire::{
 use serde::Serialize;
 use serde_json::{json, Value};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
@@ -29,8 +28,6 @@ use crate::metrics::op_index;
 use crate::node::Node;
 use crate::peer::{PeerRequest, PeerResponse};
 
-/// Answers waiting to be written; when full, the reader waits (back-pressure).
-const ANSWER_QUEUE: usize = 1024;
 /// A connection with nothing in flight and no frame for this long is closed.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 
@@ -38,118 +35,131 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 /// With `read_only` (the client's token allows reads only), writes and admin operations are
 /// answered `unauthorized`.
 ///
-/// The requests of one connection run concurrently inside this task (no task per request:
-/// spawning copies each request's future into a new task, which cost more than a memtable
-/// read); answers go out through one writer task that batches whatever is queued into one
-/// flush.
+/// One task does everything: it reads requests, runs them concurrently as futures (no task
+/// per request: spawning copies each request's future into a new task, which cost more than
+/// a memtable read), buffers their answers as they complete, and flushes only when it has
+/// nothing else to do — one write for every answer ready at that moment, as Redis writes its
+/// replies before waiting for more input. A client that stops reading fills the socket, the
+/// answer buffer stops accepting, and the task stops reading that client's requests.
 pub async fn serve(node: Arc<Node>, ws: WebSocketStream<TcpStream>, read_only: bool) {
     let (mut sink, mut stream) = ws.split();
-    let (tx, mut rx) = mpsc::channel::<Message>(ANSWER_QUEUE);
-    let writer = tokio::spawn(async move {
-        while let Some(msg) = rx.recv().await {
-            // Batch whatever is queued into one flush.
-            if sink.feed(msg).await.is_err() {
-                return;
-            }
-            while let Ok(more) = rx.try_recv() {
-                if sink.feed(more).await.is_err() {
-                    return;
-                }
-            }
-            if sink.flush().await.is_err() {
-                return;
-            }
-        }
-        let _ = sink.close().await;
-    });
     let max_in_flight = node.config.max_in_flight;
     let mut running = FuturesUnordered::new();
     let mut shutdown = node.shutdown_signal();
     let mut idle_check = tokio::time::interval(IDLE_TIMEOUT / 8);
     idle_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_frame = Instant::now();
+    let mut unflushed = false;
     loop {
-        let next = tokio::select! {
-            Some(answer) = running.next(), if !running.is_empty() => {
-                if tx.send(Message::text(answer)).await.is_err() {
+        let answer = tokio::select! {
+            biased;
+            _ = shutdown.changed() => break,
+            Some(answer) = running.next(), if !running.is_empty() => answer,
+            next = stream.next() => {
+                last_frame = Instant::now();
+                let msg = match next {
+                    Some(Ok(msg)) => msg,
+                    Some(Err(e)) => {
+                        // The socket layer refused a frame (e.g. far over the size limit) or
+                        // the connection broke: tell the client if we still can, then close.
+                        let err =
+                            WireError::new(ErrorCode::TooLarge, format!("connection closed: {e}"));
+                        let _ = sink.send(Message::text(error_response(None, &err))).await;
+                        break;
+                    }
+                    None => break,
+                };
+                match accept(&node, msg, read_only, running.len() >= max_in_flight) {
+                    Accepted::Run(req) => {
+                        let node = node.clone();
+                        running.push(async move { handle(&node, req).await });
+                        continue;
+                    }
+                    Accepted::Refused(answer) => answer,
+                    Accepted::Ignored => continue,
+                    Accepted::Close => break,
+                }
+            }
+            flushed = sink.flush(), if unflushed => {
+                if flushed.is_err() {
                     break;
                 }
+                unflushed = false;
                 continue;
             }
-            m = stream.next() => m,
             _ = idle_check.tick() => {
                 if running.is_empty() && last_frame.elapsed() >= IDLE_TIMEOUT {
                     break;
                 }
                 continue;
             }
-            _ = shutdown.changed() => break,
         };
-        last_frame = Instant::now();
-        let msg = match next {
-            Some(Ok(msg)) => msg,
-            Some(Err(e)) => {
-                // The socket layer refused a frame (e.g. far over the size limit) or the
-                // connection broke: tell the client if we still can, then close.
-                let err = WireError::new(ErrorCode::TooLarge, format!("connection closed: {e}"));
-                let _ = tx.send(Message::text(error_response(None, &err))).await;
-                break;
-            }
-            None => break,
-        };
-        let refusal = match msg {
-            Message::Text(text) => match decode_request(&text, &node.config.limits) {
-                Err((id, err)) => {
-                    node.metrics.bad_frames.fetch_add(1, Relaxed);
-                    Some(error_response(id, &err))
-                }
-                Ok(req) if running.len() >= max_in_flight => {
-                    node.metrics.overloaded.fetch_add(1, Relaxed);
-                    let err = WireError::new(
-                        ErrorCode::Overloaded,
-                        format!("more than {max_in_flight} requests in flight on this connection"),
-                    );
-                    Some(error_response(Some(req.id), &err))
-                }
-                Ok(req) if read_only && !allowed_read_only(&req.op) => {
-                    let err = WireError::new(
-                        ErrorCode::Unauthorized,
-                        format!("this token is read-only: '{}' is refused", req.op.name()),
-                    );
-                    Some(error_response(Some(req.id), &err))
-                }
-                Ok(req) => {
-                    let node = node.clone();
-                    running.push(async move { handle(&node, req).await });
-                    None
-                }
-            },
-            Message::Binary(_) => {
-                node.metrics.bad_frames.fetch_add(1, Relaxed);
-                let err = WireError::bad_request(
-                    "binary frames are not part of the client protocol: send JSON text frames",
-                );
-                Some(error_response(None, &err))
-            }
-            Message::Close(_) => break,
-            _ => None,
-        };
-        if let Some(answer) = refusal {
-            if tx.send(Message::text(answer)).await.is_err() {
-                break;
-            }
+        if sink.feed(Message::text(answer)).await.is_err() {
+            break;
         }
+        unflushed = true;
     }
     // The client is gone (or stopped sending): finish what it asked for (a write in flight
     // completes its replication), unless the node is shutting down.
     if !*shutdown.borrow() {
         while let Some(answer) = running.next().await {
-            let _ = tx.send(Message::text(answer)).await;
+            let _ = sink.feed(Message::text(answer)).await;
         }
     }
-    drop(running);
-    drop(tx);
-    let _ = writer.await;
+    let _ = sink.close().await;
+}
+
+/// What to do with one incoming frame.
+enum Accepted {
+    /// A valid request to run.
+    Run(Request),
+    /// An error answer instead (bad frame, overloaded, not allowed).
+    Refused(String),
+    /// Nothing (ping/pong frames).
+    Ignored,
+    /// The client closes.
+    Close,
+}
+
+fn accept(node: &Node, msg: Message, read_only: bool, full: bool) -> Accepted {
+    let text = match msg {
+        Message::Text(text) => text,
+        Message::Binary(_) => {
+            node.metrics.bad_frames.fetch_add(1, Relaxed);
+            let err = WireError::bad_request(
+                "binary frames are not part of the client protocol: send JSON text frames",
+            );
+            return Accepted::Refused(error_response(None, &err));
+        }
+        Message::Close(_) => return Accepted::Close,
+        _ => return Accepted::Ignored,
+    };
+    let req = match decode_request(&text, &node.config.limits) {
+        Ok(req) => req,
+        Err((id, err)) => {
+            node.metrics.bad_frames.fetch_add(1, Relaxed);
+            return Accepted::Refused(error_response(id, &err));
+        }
+    };
+    if full {
+        node.metrics.overloaded.fetch_add(1, Relaxed);
+        let err = WireError::new(
+            ErrorCode::Overloaded,
+            format!(
+                "more than {} requests in flight on this connection",
+                node.config.max_in_flight
+            ),
+        );
+        return Accepted::Refused(error_response(Some(req.id), &err));
+    }
+    if read_only && !allowed_read_only(&req.op) {
+        let err = WireError::new(
+            ErrorCode::Unauthorized,
+            format!("this token is read-only: '{}' is refused", req.op.name()),
+        );
+        return Accepted::Refused(error_response(Some(req.id), &err));
+    }
+    Accepted::Run(req)
 }
 
 /// Runs an admin request on member `target` (a peer call that may take `limit`).
