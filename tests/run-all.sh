@@ -14,6 +14,14 @@ fi
 if ! have cargo-nextest; then
   cargo install cargo-nextest --locked
 fi
+# The fault-injection tests (tests/tests/fault_injection.rs) put each node in a network
+# namespace (ip), partition them with iptables and slow links with tc.
+if ! have iptables; then
+  apt-get update && apt-get install -y iptables
+fi
+if ! have ip || ! have tc; then
+  apt-get update && apt-get install -y iproute2
+fi
 
 # kv-core must keep building for the browser.
 cargo build -p kv-core --target wasm32-unknown-unknown

@@ -2,6 +2,7 @@
 //! WebAssembly SDK. Nothing here does I/O or reads a clock: time is an argument.
 //!
 //! Map of the crate:
+//! - [`autoscale`]: the autoscaling policy (grow, shrink or hold from per-node load).
 //! - [`hash`]: keys onto the 64-bit ring (xxh3).
 //! - [`ring`]: physical nodes, virtual-node tokens, preference lists, move plans.
 //! - [`version`]: version vectors and the dotted sibling sets every key is stored as.
@@ -11,6 +12,7 @@
 //! - [`wire`]: the client and peer messages.
 #![deny(clippy::unwrap_used)]
 
+pub mod autoscale;
 pub mod hash;
 pub mod membership;
 pub mod merkle;

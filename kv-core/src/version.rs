@@ -337,6 +337,14 @@ pub fn decode_context(s: &str) -> Result<VersionVector, VersionError> {
     }
     let vv = VersionVector::decode_from(&mut r)?;
     r.finish()?;
+    // Law: one string per context (string equality is context equality). The empty vector
+    // is only ever the empty string, never a format byte with a zero count.
+    if vv.is_empty() {
+        return Err(VersionError::Malformed {
+            what: "the empty context is the empty string",
+            offset: 1,
+        });
+    }
     Ok(vv)
 }
 
@@ -1080,6 +1088,13 @@ mod tests {
         ));
         assert!(decode_context("AA").is_err());
         assert!(decode_context(&s[..s.len() - 2]).is_err());
+        // The empty vector has one string, "": format byte 1 with a zero count ("AQA") is not
+        // a second spelling of it.
+        assert_eq!(URL_SAFE_NO_PAD.encode([FORMAT_V1, 0]), "AQA");
+        assert!(matches!(
+            decode_context("AQA"),
+            Err(VersionError::Malformed { offset: 1, .. })
+        ));
     }
 
     #[test]

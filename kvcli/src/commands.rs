@@ -94,6 +94,9 @@ pub enum Command {
     },
     /// Load generator: put, get, or a YCSB mix (a, b, c, d, f).
     Bench(crate::bench::BenchArgs),
+    /// Grow and shrink the cluster with its load (starts and drains local kvd nodes, or runs
+    /// --launch / --retire commands); Ctrl-C stops it.
+    Autoscale(Box<crate::autoscale::AutoscaleArgs>),
     /// Pending hinted-handoff writes, by target node.
     Hints,
     /// Run anti-entropy now on the connected node: compare Merkle trees with every other
@@ -346,6 +349,7 @@ pub async fn run(client: &Client, cmd: Command, env: &Env) -> Outcome {
         Command::Decommission { node } => crate::admin::decommission(client, node, env).await?,
         Command::Export { out } => crate::admin::export(client, out, env).await?,
         Command::Bench(args) => crate::bench::run(client, args, env).await?,
+        Command::Autoscale(args) => crate::autoscale::run(client, *args, env).await?,
         Command::Import {
             file,
             concurrency,

@@ -4,7 +4,8 @@
 //! Modules: `client` speaks the node's WebSocket protocol (and plain HTTP for `/metrics`);
 //! `commands` runs and prints each command; `repl` reads lines (script mode and the REPL with
 //! completion, hints and history); `words` splits a line like a shell; `bench` and `workload`
-//! are the load generator; `import` loads JSON lines; `metrics` summarizes `/metrics`;
+//! are the load generator; `autoscale` grows and shrinks the cluster with its load; `import`
+//! loads JSON lines; `metrics` summarizes `/metrics`;
 //! `style` and `progress` decide what a terminal gets (colour, progress bars).
 //!
 //! Exit status: 0 on success (a get of an absent key succeeds); 1 when the node answered with
@@ -15,6 +16,7 @@
 #![deny(clippy::unwrap_used)]
 
 mod admin;
+mod autoscale;
 mod bench;
 mod client;
 mod commands;

@@ -54,6 +54,34 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .map_err(|e| Error::Io(format!("cannot start the async runtime: {e}")))
 }
 
+/// A node restarted into an existing cluster knows only itself until gossip brings the ring
+/// back, and a coordinator with a one-node ring takes every key as its own (N, and so the
+/// default W, capped at one): a write acknowledged then stays on a node that is not a replica
+/// of the key and is never read again. So such a node waits for its first gossip exchange
+/// (bounded: when the whole cluster restarts at once, nobody can answer until someone serves)
+/// before it takes requests.
+async fn wait_for_the_ring(node: &kvd::node::Node) {
+    // Peers are remembered once gossip has run; a newcomer still joining already got the
+    // cluster's ring from its seed.
+    let restarted_in_a_cluster =
+        !node.is_joining() && !kvd::gossip::remembered_peers(&node.config.data_dir).is_empty();
+    if !restarted_in_a_cluster || node.ring().len() > 1 {
+        return;
+    }
+    let limit = (node.config.gossip_interval * 10).clamp(
+        std::time::Duration::from_secs(2),
+        std::time::Duration::from_secs(10),
+    );
+    let deadline = tokio::time::Instant::now() + limit;
+    while node.ring().len() <= 1 {
+        if tokio::time::Instant::now() >= deadline {
+            kvd::warn!("no peer answered within {limit:?}: serving with a ring of this node alone");
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 async fn run_node(config: NodeConfig) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
@@ -64,8 +92,9 @@ async fn run_node(config: NodeConfig) -> Result<()> {
         node.config.listen,
         node.membership().members().count()
     );
-    let server = tokio::spawn(kvd::server::serve(node.clone(), listener));
     let gossip = tokio::spawn(kvd::gossip::run(node.clone()));
+    wait_for_the_ring(&node).await;
+    let server = tokio::spawn(kvd::server::serve(node.clone(), listener));
     let handoff = tokio::spawn(kvd::hints::run_delivery(node.clone()));
     let anti_entropy = tokio::spawn(kvd::anti_entropy::run(node.clone()));
     if node.is_joining() {

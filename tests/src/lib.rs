@@ -2,6 +2,9 @@
 //! picked at run time, talk to them over WebSockets and HTTP like a user, and stop every
 //! process when the test ends, also when it fails (the cluster kills its nodes on drop).
 
+pub mod checker;
+pub mod faults;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

@@ -115,16 +115,20 @@ pub(crate) struct SegmentReplay {
 }
 
 /// Replays the records of a segment in order, calling `apply` for each decoded batch.
-pub(crate) fn replay_segment(
-    path: &Path,
-    mut apply: impl FnMut(WriteBatch),
-) -> Result<SegmentReplay> {
+pub(crate) fn replay_segment(path: &Path, apply: impl FnMut(WriteBatch)) -> Result<SegmentReplay> {
     let data = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    Ok(replay_bytes(&data, apply))
+}
+
+/// Replays the records held in `data` (a whole segment's contents), stopping at the first
+/// frame that is incomplete, fails its checksum or does not decode. Never panics, whatever
+/// the bytes.
+pub(crate) fn replay_bytes(data: &[u8], mut apply: impl FnMut(WriteBatch)) -> SegmentReplay {
     let mut out = SegmentReplay::default();
     let mut pos = 0usize;
     while pos < data.len() {
         let bad = |why: &str| Some((pos as u64, why.to_string()));
-        let (Some(len), Some(crc)) = (get_u32(&data, pos), get_u32(&data, pos + 4)) else {
+        let (Some(len), Some(crc)) = (get_u32(data, pos), get_u32(data, pos + 4)) else {
             out.cut = bad("truncated record header");
             break;
         };
@@ -145,7 +149,7 @@ pub(crate) fn replay_segment(
         out.records += 1;
         pos = start + len as usize;
     }
-    Ok(out)
+    out
 }
 
 #[cfg(test)]

@@ -13,7 +13,8 @@
 //! - `manifest`, `version`: the durable, atomically replaced set of live tables per level;
 //! - `compaction`: leveled compaction;
 //! - `iter`: merging iterators and [`Scan`];
-//! - [`bench`]: db_bench-style workloads.
+//! - [`bench`]: db_bench-style workloads;
+//! - `fuzzing`: hidden entry points into the readers for the fuzz targets in `tests/fuzz`.
 //!
 //! ```
 //! use std::ops::Bound;
@@ -50,6 +51,8 @@ mod compaction;
 mod engine;
 mod error;
 mod fsutil;
+#[doc(hidden)]
+pub mod fuzzing;
 mod iter;
 mod manifest;
 mod memtable;

@@ -28,6 +28,10 @@ const FORMAT_VERSION: u32 = 1;
 const FOOTER: usize = 64;
 const RAW: u8 = 0;
 const LZ4: u8 = 1;
+/// Law of the LZ4 block format: one stored byte expands to at most 255 bytes (a match length
+/// grows by at most 255 per length byte), so no valid block decompresses to more than this
+/// many times its size after the 4-byte size prefix.
+const LZ4_MAX_EXPANSION: u64 = 255;
 
 /// Name of table `number` inside the data directory.
 pub(crate) fn table_path(dir: &Path, number: u64) -> PathBuf {
@@ -152,16 +156,11 @@ impl TableBuilder {
         } else {
             (contents, RAW)
         };
-        let mut h = crc32fast::Hasher::new();
-        h.update(stored);
-        h.update(&[kind]);
-        let crc = h.finalize();
         let off = self.offset;
         let p = &self.path;
         self.out.write_all(stored).map_err(|e| Error::io(p, e))?;
-        self.out.write_all(&[kind]).map_err(|e| Error::io(p, e))?;
         self.out
-            .write_all(&crc.to_le_bytes())
+            .write_all(&block_trailer(stored, kind))
             .map_err(|e| Error::io(p, e))?;
         self.offset += (stored.len() + TRAILER) as u64;
         Ok((off, stored.len() as u64))
@@ -191,14 +190,7 @@ impl TableBuilder {
         put_varint(&mut meta, self.entries);
         put_varint(&mut meta, self.tombstones);
         let (moff, mlen) = self.write_block(&meta, false)?;
-        let mut footer = Vec::with_capacity(FOOTER);
-        for v in [foff, flen, ioff, ilen, moff, mlen] {
-            footer.extend_from_slice(&v.to_le_bytes());
-        }
-        footer.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-        let crc = crc32fast::hash(&footer);
-        footer.extend_from_slice(&crc.to_le_bytes());
-        footer.extend_from_slice(&MAGIC.to_le_bytes());
+        let footer = encode_footer([foff, flen, ioff, ilen, moff, mlen]);
         let p = self.path.clone();
         self.out.write_all(&footer).map_err(|e| Error::io(&p, e))?;
         self.offset += FOOTER as u64;
@@ -222,6 +214,30 @@ impl TableBuilder {
         drop(self);
         let _ = std::fs::remove_file(p);
     }
+}
+
+/// The trailer stored after a block: the compression kind, then the crc32 of the stored bytes
+/// followed by that kind byte.
+pub(crate) fn block_trailer(stored: &[u8], kind: u8) -> [u8; TRAILER] {
+    let mut h = crc32fast::Hasher::new();
+    h.update(stored);
+    h.update(&[kind]);
+    let crc = h.finalize().to_le_bytes();
+    [kind, crc[0], crc[1], crc[2], crc[3]]
+}
+
+/// The footer pointing at the filter, index and meta blocks, given as (offset, stored length)
+/// pairs: the six handles, the format version, the crc32 of those 52 bytes, the magic.
+pub(crate) fn encode_footer(handles: [u64; 6]) -> Vec<u8> {
+    let mut footer = Vec::with_capacity(FOOTER);
+    for v in handles {
+        footer.extend_from_slice(&v.to_le_bytes());
+    }
+    footer.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    let crc = crc32fast::hash(&footer);
+    footer.extend_from_slice(&crc.to_le_bytes());
+    footer.extend_from_slice(&MAGIC.to_le_bytes());
+    footer
 }
 
 struct IndexEntry {
@@ -314,8 +330,26 @@ fn read_block(file: &File, path: &Path, off: u64, len: u64, file_size: u64) -> R
             buf.truncate(n);
             Ok(buf)
         }
-        LZ4 => lz4_flex::block::decompress_size_prepended(&buf[..n])
-            .map_err(|e| Error::corruption(path, off, format!("lz4 block does not decode: {e}"))),
+        LZ4 => {
+            // The size prefix is checked before it sizes an allocation: a damaged (or forged)
+            // block must not make a reader allocate gigabytes.
+            let size = get_u32(&buf[..n], 0)
+                .ok_or_else(|| Error::corruption(path, off, "lz4 block shorter than its size"))?;
+            let most = (n as u64 - 4).saturating_mul(LZ4_MAX_EXPANSION);
+            if u64::from(size) > most {
+                return Err(Error::corruption(
+                    path,
+                    off,
+                    format!(
+                        "lz4 block claims {size} bytes, more than its {} stored bytes can expand to",
+                        n - 4
+                    ),
+                ));
+            }
+            lz4_flex::block::decompress_size_prepended(&buf[..n]).map_err(|e| {
+                Error::corruption(path, off, format!("lz4 block does not decode: {e}"))
+            })
+        }
         k => Err(Error::corruption(
             path,
             off,
@@ -573,5 +607,58 @@ impl TableIter {
         Ok(self
             .next_entry()?
             .map(|(k, v)| (k.to_vec(), v.map(|v| v.to_vec()))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lz4_expansion_bound_holds_for_the_most_compressible_blocks() {
+        for size in [
+            0usize,
+            1,
+            15,
+            16,
+            19,
+            20,
+            300,
+            4096,
+            65_536,
+            1 << 20,
+            3 << 20,
+        ] {
+            for fill in [0u8, 0xab] {
+                let c = lz4_flex::block::compress_prepend_size(&vec![fill; size]);
+                let most = (c.len() as u64 - 4) * LZ4_MAX_EXPANSION;
+                assert!(
+                    size as u64 <= most,
+                    "{size} bytes stored in {}",
+                    c.len() - 4
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn lz4_block_claiming_more_than_it_can_hold_is_refused_before_decoding() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("000001.sst");
+        let mut stored = u32::MAX.to_le_bytes().to_vec();
+        stored.extend_from_slice(&[0x1f, 0, 0, 0]);
+        let mut file = stored.clone();
+        file.extend_from_slice(&block_trailer(&stored, LZ4));
+        std::fs::write(&path, &file).unwrap();
+        let f = File::open(&path).unwrap();
+        let n = stored.len() as u64;
+        match read_block(&f, &path, 0, n, file.len() as u64) {
+            Err(Error::Corruption { offset, what, .. }) => {
+                assert_eq!(offset, 0);
+                assert!(what.contains("claims 4294967295 bytes"), "{what}");
+            }
+            Err(e) => panic!("unexpected error {e}"),
+            Ok(_) => panic!("a forged lz4 block decoded"),
+        }
     }
 }
