@@ -417,6 +417,24 @@ pub fn value_to_json(value: &[u8]) -> serde_json::Value {
     }
 }
 
+/// A value as it appears in an answer, serialized without building a `serde_json::Value`: the
+/// same JSON as [`value_to_json`] (a string when UTF-8, else `{"value_b64": ...}`).
+pub struct WireValue<'a>(pub &'a [u8]);
+
+impl serde::Serialize for WireValue<'_> {
+    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        match std::str::from_utf8(self.0) {
+            Ok(text) => ser.serialize_str(text),
+            Err(_) => {
+                let mut map = ser.serialize_map(Some(1))?;
+                map.serialize_entry("value_b64", &B64.encode(self.0))?;
+                map.end()
+            }
+        }
+    }
+}
+
 /// The inverse of [`value_to_json`].
 pub fn value_from_json(v: &serde_json::Value) -> Result<Vec<u8>, WireError> {
     match v {
@@ -644,6 +662,10 @@ mod tests {
     fn values_round_trip_through_json() {
         for v in [b"plain".to_vec(), vec![0xff, 0x00, 0x80], Vec::new()] {
             assert_eq!(value_from_json(&value_to_json(&v)).unwrap(), v);
+            assert_eq!(
+                serde_json::to_value(WireValue(&v)).unwrap(),
+                value_to_json(&v)
+            );
         }
         assert!(value_from_json(&serde_json::json!(3)).is_err());
     }

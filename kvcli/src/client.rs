@@ -58,6 +58,9 @@ pub struct Client {
     closed: Arc<AtomicBool>,
 }
 
+/// Bytes read from the socket at a time (bigger answers take several reads).
+const READ_BUFFER: usize = 8 * 1024;
+
 impl Client {
     /// Connects to `url` (`ws://HOST:PORT`), presenting `token` when given.
     pub async fn connect(
@@ -74,7 +77,11 @@ impl Client {
             })?;
             request.headers_mut().insert("authorization", value);
         }
-        let connect = tokio_tungstenite::connect_async(request);
+        // A small read buffer: the socket layer zeroes the whole buffer before every read,
+        // which at its 128 KiB default costs more than a small answer itself.
+        let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+            .read_buffer_size(READ_BUFFER);
+        let connect = tokio_tungstenite::connect_async_with_config(request, Some(config), false);
         let (ws, _) = match tokio::time::timeout(timeout, connect).await {
             Ok(Ok(ok)) => ok,
             Ok(Err(tokio_tungstenite::tungstenite::Error::Http(resp))) => {

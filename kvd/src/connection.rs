@@ -3,22 +3,23 @@
 //!
 //! A bad frame is answered with an error and the connection lives on. When a client has
 //! `max_in_flight` requests outstanding, further ones are answered `overloaded`; when it stops
-//! reading its answers, the bounded answer queue fills and the node stops reading its requests
-//! (TCP back-pressure), so an unread client cannot grow the node's memory.
+//! reading its answers, the socket and then the bounded write buffer fill, and the node stops
+//! reading its requests (TCP back-pressure), so an unread client cannot grow the node's memory.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::stream::FuturesUnordered;
 use futures_util::{SinkExt, StreamExt};
 use kv_core::version::SiblingSet;
 use kv_core::wire::{
     decode_request, error_response, ok_response, value_to_json, ClientOp, ErrorCode, Request,
-    WireError,
+    WireError, WireValue,
 };
+use serde::Serialize;
 use serde_json::{json, Value};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, Semaphore};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
@@ -27,133 +28,138 @@ use crate::metrics::op_index;
 use crate::node::Node;
 use crate::peer::{PeerRequest, PeerResponse};
 
-/// Answers waiting to be written; when full, the reader waits (back-pressure).
-const ANSWER_QUEUE: usize = 1024;
 /// A connection with nothing in flight and no frame for this long is closed.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Serves one client connection until it closes or the node shuts down.
 /// With `read_only` (the client's token allows reads only), writes and admin operations are
 /// answered `unauthorized`.
+///
+/// One task does everything: it reads requests, runs them concurrently as futures (no task
+/// per request: spawning copies each request's future into a new task, which cost more than
+/// a memtable read), buffers their answers as they complete, and flushes only when it has
+/// nothing else to do — one write for every answer ready at that moment, as Redis writes its
+/// replies before waiting for more input. A client that stops reading fills the socket, the
+/// answer buffer stops accepting, and the task stops reading that client's requests.
 pub async fn serve(node: Arc<Node>, ws: WebSocketStream<TcpStream>, read_only: bool) {
     let (mut sink, mut stream) = ws.split();
-    let (tx, mut rx) = mpsc::channel::<Message>(ANSWER_QUEUE);
-    let writer = tokio::spawn(async move {
-        while let Some(msg) = rx.recv().await {
-            // Batch whatever is queued into one flush.
-            if sink.feed(msg).await.is_err() {
-                return;
-            }
-            while let Ok(more) = rx.try_recv() {
-                if sink.feed(more).await.is_err() {
-                    return;
-                }
-            }
-            if sink.flush().await.is_err() {
-                return;
-            }
-        }
-        let _ = sink.close().await;
-    });
-    let in_flight = Arc::new(Semaphore::new(node.config.max_in_flight));
+    let max_in_flight = node.config.max_in_flight;
+    let mut running = FuturesUnordered::new();
     let mut shutdown = node.shutdown_signal();
+    let mut idle_check = tokio::time::interval(IDLE_TIMEOUT / 8);
+    idle_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_frame = Instant::now();
+    let mut unflushed = false;
     loop {
-        let next = tokio::select! {
-            m = tokio::time::timeout(IDLE_TIMEOUT, stream.next()) => m,
+        let answer = tokio::select! {
+            biased;
             _ = shutdown.changed() => break,
-        };
-        let msg = match next {
-            Ok(Some(Ok(msg))) => msg,
-            Ok(Some(Err(e))) => {
-                // The socket layer refused a frame (e.g. far over the size limit) or the
-                // connection broke: tell the client if we still can, then close.
-                let err = WireError::new(ErrorCode::TooLarge, format!("connection closed: {e}"));
-                let _ = tx.send(Message::text(error_response(None, &err))).await;
-                break;
+            Some(answer) = running.next(), if !running.is_empty() => answer,
+            next = stream.next() => {
+                last_frame = Instant::now();
+                let msg = match next {
+                    Some(Ok(msg)) => msg,
+                    Some(Err(e)) => {
+                        // The socket layer refused a frame (e.g. far over the size limit) or
+                        // the connection broke: tell the client if we still can, then close.
+                        let err =
+                            WireError::new(ErrorCode::TooLarge, format!("connection closed: {e}"));
+                        let _ = sink.send(Message::text(error_response(None, &err))).await;
+                        break;
+                    }
+                    None => break,
+                };
+                match accept(&node, msg, read_only, running.len() >= max_in_flight) {
+                    Accepted::Run(req) => {
+                        let node = node.clone();
+                        running.push(async move { handle(&node, req).await });
+                        continue;
+                    }
+                    Accepted::Refused(answer) => answer,
+                    Accepted::Ignored => continue,
+                    Accepted::Close => break,
+                }
             }
-            Ok(None) => break,
-            Err(_) => {
-                if in_flight.available_permits() == node.config.max_in_flight {
+            flushed = sink.flush(), if unflushed => {
+                if flushed.is_err() {
+                    break;
+                }
+                unflushed = false;
+                continue;
+            }
+            _ = idle_check.tick() => {
+                if running.is_empty() && last_frame.elapsed() >= IDLE_TIMEOUT {
                     break;
                 }
                 continue;
             }
         };
-        let text = match msg {
-            Message::Text(t) => t,
-            Message::Binary(_) => {
-                node.metrics.bad_frames.fetch_add(1, Relaxed);
-                let err = WireError::bad_request(
-                    "binary frames are not part of the client protocol: send JSON text frames",
-                );
-                if tx
-                    .send(Message::text(error_response(None, &err)))
-                    .await
-                    .is_err()
-                {
-                    break;
-                }
-                continue;
-            }
-            Message::Close(_) => break,
-            _ => continue,
-        };
-        let req = match decode_request(&text, &node.config.limits) {
-            Ok(r) => r,
-            Err((id, err)) => {
-                node.metrics.bad_frames.fetch_add(1, Relaxed);
-                if tx
-                    .send(Message::text(error_response(id, &err)))
-                    .await
-                    .is_err()
-                {
-                    break;
-                }
-                continue;
-            }
-        };
-        let Ok(permit) = in_flight.clone().try_acquire_owned() else {
-            node.metrics.overloaded.fetch_add(1, Relaxed);
-            let err = WireError::new(
-                ErrorCode::Overloaded,
-                format!(
-                    "more than {} requests in flight on this connection",
-                    node.config.max_in_flight
-                ),
-            );
-            if tx
-                .send(Message::text(error_response(Some(req.id), &err)))
-                .await
-                .is_err()
-            {
-                break;
-            }
-            continue;
-        };
-        if read_only && !allowed_read_only(&req.op) {
-            let err = WireError::new(
-                ErrorCode::Unauthorized,
-                format!("this token is read-only: '{}' is refused", req.op.name()),
-            );
-            if tx
-                .send(Message::text(error_response(Some(req.id), &err)))
-                .await
-                .is_err()
-            {
-                break;
-            }
-            continue;
+        if sink.feed(Message::text(answer)).await.is_err() {
+            break;
         }
-        let node = node.clone();
-        let tx = tx.clone();
-        tokio::spawn(async move {
-            let answer = handle(&node, req).await;
-            let _ = tx.send(Message::text(answer)).await;
-            drop(permit);
-        });
+        unflushed = true;
     }
-    drop(tx);
-    let _ = writer.await;
+    // The client is gone (or stopped sending): finish what it asked for (a write in flight
+    // completes its replication), unless the node is shutting down.
+    if !*shutdown.borrow() {
+        while let Some(answer) = running.next().await {
+            let _ = sink.feed(Message::text(answer)).await;
+        }
+    }
+    let _ = sink.close().await;
+}
+
+/// What to do with one incoming frame.
+enum Accepted {
+    /// A valid request to run.
+    Run(Request),
+    /// An error answer instead (bad frame, overloaded, not allowed).
+    Refused(String),
+    /// Nothing (ping/pong frames).
+    Ignored,
+    /// The client closes.
+    Close,
+}
+
+fn accept(node: &Node, msg: Message, read_only: bool, full: bool) -> Accepted {
+    let text = match msg {
+        Message::Text(text) => text,
+        Message::Binary(_) => {
+            node.metrics.bad_frames.fetch_add(1, Relaxed);
+            let err = WireError::bad_request(
+                "binary frames are not part of the client protocol: send JSON text frames",
+            );
+            return Accepted::Refused(error_response(None, &err));
+        }
+        Message::Close(_) => return Accepted::Close,
+        _ => return Accepted::Ignored,
+    };
+    let req = match decode_request(&text, &node.config.limits) {
+        Ok(req) => req,
+        Err((id, err)) => {
+            node.metrics.bad_frames.fetch_add(1, Relaxed);
+            return Accepted::Refused(error_response(id, &err));
+        }
+    };
+    if full {
+        node.metrics.overloaded.fetch_add(1, Relaxed);
+        let err = WireError::new(
+            ErrorCode::Overloaded,
+            format!(
+                "more than {} requests in flight on this connection",
+                node.config.max_in_flight
+            ),
+        );
+        return Accepted::Refused(error_response(Some(req.id), &err));
+    }
+    if read_only && !allowed_read_only(&req.op) {
+        let err = WireError::new(
+            ErrorCode::Unauthorized,
+            format!("this token is read-only: '{}' is refused", req.op.name()),
+        );
+        return Accepted::Refused(error_response(Some(req.id), &err));
+    }
+    Accepted::Run(req)
 }
 
 /// Runs an admin request on member `target` (a peer call that may take `limit`).
@@ -205,7 +211,7 @@ pub async fn handle(node: &Arc<Node>, req: Request) -> String {
         }
     }
     match result {
-        Ok(v) => ok_response(req.id, v),
+        Ok(answer) => answer.frame(req.id),
         Err(e) => {
             if e.code == ErrorCode::Unavailable {
                 node.metrics.unavailable.fetch_add(1, Relaxed);
@@ -215,8 +221,86 @@ pub async fn handle(node: &Arc<Node>, req: Request) -> String {
     }
 }
 
-async fn run(node: &Arc<Node>, op: ClientOp, sloppy: Option<bool>) -> Result<Value, WireError> {
-    match op {
+/// A successful answer, before it becomes a frame. Gets and writes, the hot path, serialize
+/// straight from their data; the rest go through a JSON value.
+enum Answer {
+    Get { key: String, state: SiblingSet },
+    Written { key: String, context: String },
+    Other(Value),
+}
+
+/// `{"id", "ok": true, "key", "found", "values", "siblings", "context"}`.
+#[derive(Serialize)]
+struct GetFrame<'a> {
+    id: u64,
+    ok: bool,
+    key: &'a str,
+    found: bool,
+    values: Vec<WireValue<'a>>,
+    siblings: Vec<SiblingFrame<'a>>,
+    context: String,
+}
+
+#[derive(Serialize)]
+struct SiblingFrame<'a> {
+    value: WireValue<'a>,
+    timestamp_ms: u64,
+}
+
+/// `{"id", "ok": true, "key", "context"}`.
+#[derive(Serialize)]
+struct WrittenFrame<'a> {
+    id: u64,
+    ok: bool,
+    key: &'a str,
+    context: &'a str,
+}
+
+impl Answer {
+    fn frame(self, id: u64) -> String {
+        let framed = match &self {
+            Answer::Get { key, state } => {
+                let siblings: Vec<SiblingFrame> = state
+                    .siblings()
+                    .iter()
+                    .filter_map(|s| {
+                        s.value.as_deref().map(|v| SiblingFrame {
+                            value: WireValue(v),
+                            timestamp_ms: s.timestamp_ms,
+                        })
+                    })
+                    .collect();
+                serde_json::to_string(&GetFrame {
+                    id,
+                    ok: true,
+                    key,
+                    found: !siblings.is_empty(),
+                    values: state.values().into_iter().map(WireValue).collect(),
+                    siblings,
+                    context: state.context().encode_context(),
+                })
+            }
+            Answer::Written { key, context } => serde_json::to_string(&WrittenFrame {
+                id,
+                ok: true,
+                key,
+                context,
+            }),
+            Answer::Other(_) => Ok(String::new()),
+        };
+        match (self, framed) {
+            (Answer::Other(v), _) => ok_response(id, v),
+            (_, Ok(text)) => text,
+            (_, Err(e)) => error_response(
+                Some(id),
+                &WireError::new(ErrorCode::Internal, format!("answer: {e}")),
+            ),
+        }
+    }
+}
+
+async fn run(node: &Arc<Node>, op: ClientOp, sloppy: Option<bool>) -> Result<Answer, WireError> {
+    let other = match op {
         ClientOp::Get { key, r, local } => {
             let state = if local {
                 coordinator::read_local(node, key.clone())
@@ -225,7 +309,7 @@ async fn run(node: &Arc<Node>, op: ClientOp, sloppy: Option<bool>) -> Result<Val
             } else {
                 coordinator::read(node, key.clone(), r, sloppy).await?
             };
-            Ok(get_answer(&key, &state))
+            return Ok(Answer::Get { key, state });
         }
         ClientOp::Put {
             key,
@@ -235,11 +319,17 @@ async fn run(node: &Arc<Node>, op: ClientOp, sloppy: Option<bool>) -> Result<Val
         } => {
             let res =
                 coordinator::write(node, key.clone(), Some(value), context, w, sloppy).await?;
-            Ok(json!({ "key": key, "context": res.context }))
+            return Ok(Answer::Written {
+                key,
+                context: res.context,
+            });
         }
         ClientOp::Delete { key, context, w } => {
             let res = coordinator::write(node, key.clone(), None, context, w, sloppy).await?;
-            Ok(json!({ "key": key, "context": res.context }))
+            return Ok(Answer::Written {
+                key,
+                context: res.context,
+            });
         }
         ClientOp::Status => Ok(crate::http::status_json(node).await),
         ClientOp::Ring { key } => Ok(ring_answer(node, key.as_deref())),
@@ -287,7 +377,8 @@ async fn run(node: &Arc<Node>, op: ClientOp, sloppy: Option<bool>) -> Result<Val
             };
             Ok(json!({ "node": target, "moved_keys": moved }))
         }
-    }
+    };
+    other.map(Answer::Other)
 }
 
 /// The answer to a get: every live sibling (`values`, and `siblings` with their timestamps),

@@ -12,15 +12,17 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Instant;
 
+use futures_util::future::BoxFuture;
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use kv_core::hash::key_token;
 use kv_core::quorum::{Decision, ReadReply, ReadTracker, ReplicaOutcome, WriteTracker};
 use kv_core::ring::Target;
 use kv_core::version::{decode_context, SiblingSet};
 use kv_core::wire::{ErrorCode, WireError};
-use tokio::sync::mpsc;
 
 use crate::node::Node;
 use crate::peer::{PeerRequest, PeerResponse};
+use crate::replica::{Access, ReplicaError};
 
 /// What a write returns to the client.
 pub struct WriteResult {
@@ -218,24 +220,27 @@ pub async fn write(
         return Err(unavailable("W", w, plan.tracker.acks(), &failures));
     };
 
-    let (decided_tx, decided_rx) = tokio::sync::oneshot::channel();
-    tokio::spawn(fan_out(
-        node.clone(),
-        (key, state, minter),
-        plan,
-        w,
-        deadline,
-        decided_tx,
-    ));
-    match decided_rx.await {
-        Ok(Ok(())) => Ok(WriteResult {
-            context: write_context,
-        }),
-        Ok(Err(e)) => Err(e),
-        Err(_) => Err(internal(
-            "the write's fan-out task ended without a decision",
-        )),
+    let mut fan = FanOut::start(node, key, state, &minter, plan, deadline);
+    let decided = loop {
+        match fan.plan.tracker.decision() {
+            Decision::Succeeded => break Ok(()),
+            Decision::Failed(f) => break Err(unavailable("W", w, fan.plan.tracker.acks(), &f)),
+            Decision::Pending => {}
+        }
+        if !fan.next().await {
+            node.metrics.timeouts.fetch_add(1, Relaxed);
+            let tracker = &fan.plan.tracker;
+            break Err(timed_out("W", w, tracker.acks(), &tracker.pending()));
+        }
+    };
+    // The answer is known; the replicas still pending (and the owners-to-be) keep going in the
+    // background, late failures replaced by stand-ins.
+    if !fan.running.is_empty() {
+        tokio::spawn(async move { while fan.next().await {} });
     }
+    decided.map(|()| WriteResult {
+        context: write_context,
+    })
 }
 
 /// Applies the client's write on replica `cand` (locally or by a peer call): the new state and
@@ -253,19 +258,16 @@ async fn mint_on(
         return Err("down (gossip)".to_string());
     }
     if cand == node.id {
-        let n = node.clone();
-        let (k, v, c) = (key.to_string(), value.clone(), ctx.clone());
-        return match tokio::task::spawn_blocking(move || {
-            n.replica.mint(k.as_bytes(), v, &c, crate::now_ms())
-        })
-        .await
+        let (k, v, c, now) = (key.to_string(), value.clone(), ctx.clone(), crate::now_ms());
+        return match node
+            .on_replica(move |r, access| r.mint_with(access, k.as_bytes(), v.clone(), &c, now))
+            .await
         {
-            Ok(Ok(m)) => {
+            Ok(m) => {
                 node.count_capped(m.capped);
                 Ok((m.state.encode(), m.write_context.encode_context()))
             }
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(e) => Err(format!("write task failed: {e}")),
+            Err(e) => Err(e.to_string()),
         };
     }
     let req = PeerRequest::Mint {
@@ -284,80 +286,88 @@ async fn mint_on(
     }
 }
 
-/// Sends the minted state (`key`, encoded `state`, minted on `minter`) to every other target (stand-ins as hints), reports the decision on
-/// `decided` as soon as it is known, and keeps going until every target answered or the
-/// deadline passed, replacing late failures by stand-ins.
-async fn fan_out(
+/// The replication of one minted write: the minted state sent to every other target
+/// (stand-ins as hints) and to the owners-to-be, outcomes fed to the plan's tracker, failed
+/// targets replaced by fallbacks. The sends are futures polled by whoever drives `next` (the
+/// request until its decision, then one background task), not a task each.
+struct FanOut {
     node: Arc<Node>,
-    (key, state, minter): (String, Vec<u8>, String),
-    mut plan: WritePlan,
-    w: usize,
+    key: String,
+    state: Vec<u8>,
+    plan: WritePlan,
     deadline: Instant,
-    decided: tokio::sync::oneshot::Sender<Result<(), WireError>>,
-) {
-    let (tx, mut rx) = mpsc::unbounded_channel::<(String, ReplicaOutcome)>();
-    let send = |target: String, hint: Option<String>| {
-        let (node, tx, key, state) = (node.clone(), tx.clone(), key.clone(), state.clone());
-        tokio::spawn(async move {
+    running: FuturesUnordered<BoxFuture<'static, (String, ReplicaOutcome, bool)>>,
+}
+
+impl FanOut {
+    fn start(
+        node: &Arc<Node>,
+        key: String,
+        state: Vec<u8>,
+        minter: &str,
+        mut plan: WritePlan,
+        deadline: Instant,
+    ) -> FanOut {
+        let extras = std::mem::take(&mut plan.extras);
+        let mut fan = FanOut {
+            node: node.clone(),
+            key,
+            state,
+            plan,
+            deadline,
+            running: FuturesUnordered::new(),
+        };
+        for extra in extras {
+            fan.send(extra, None, false);
+        }
+        for target in fan.plan.tracker.pending() {
+            if target == minter {
+                continue;
+            }
+            let hint = fan.plan.hint_for(&target);
+            if hint.is_none() && !fan.node.is_up(&target) {
+                fan.outcome(target, ReplicaOutcome::Failed("down (gossip)".into()));
+            } else {
+                fan.send(target, hint, true);
+            }
+        }
+        fan
+    }
+
+    /// Starts sending the state to `target` (a hint for `hint`); `counted` outcomes go to the
+    /// tracker, the others (owners-to-be) are only attempted.
+    fn send(&mut self, target: String, hint: Option<String>, counted: bool) {
+        let (node, key, state) = (self.node.clone(), self.key.clone(), self.state.clone());
+        let deadline = self.deadline;
+        self.running.push(Box::pin(async move {
             let outcome = replicate(&node, &target, key, state, hint, deadline).await;
-            let _ = tx.send((target, outcome));
-        });
-    };
-    for extra in std::mem::take(&mut plan.extras) {
-        let (node, key, state) = (node.clone(), key.clone(), state.clone());
-        tokio::spawn(async move {
-            let _ = replicate(&node, &extra, key, state, None, deadline).await;
-        });
+            (target, outcome, counted)
+        }));
     }
-    for target in plan.tracker.pending() {
-        if target == minter {
-            continue;
+
+    fn outcome(&mut self, from: String, outcome: ReplicaOutcome) {
+        if matches!(outcome, ReplicaOutcome::Failed(_)) {
+            if let Some((fb, intended)) = self.plan.replace(&from) {
+                self.send(fb, Some(intended), true);
+            }
         }
-        let hint = plan.hint_for(&target);
-        if hint.is_none() && !node.is_up(&target) {
-            let _ = tx.send((target, ReplicaOutcome::Failed("down (gossip)".into())));
-        } else {
-            send(target, hint);
-        }
+        self.plan.tracker.record(&from, outcome);
     }
-    let mut decided = Some(decided);
-    loop {
-        if let Some(tx) = decided.take() {
-            match plan.tracker.decision() {
-                Decision::Succeeded => {
-                    let _ = tx.send(Ok(()));
-                }
-                Decision::Failed(f) => {
-                    let _ = tx.send(Err(unavailable("W", w, plan.tracker.acks(), &f)));
-                }
-                Decision::Pending => decided = Some(tx),
-            }
+
+    /// Waits for the next outcome; false when nothing is left to wait for or the deadline
+    /// passed.
+    async fn next(&mut self) -> bool {
+        if self.running.is_empty() {
+            return false;
         }
-        if plan.tracker.pending().is_empty() {
-            return;
-        }
-        match tokio::time::timeout_at(deadline.into(), rx.recv()).await {
-            Ok(Some((from, outcome))) => {
-                if matches!(outcome, ReplicaOutcome::Failed(_)) {
-                    if let Some((fb, intended)) = plan.replace(&from) {
-                        send(fb, Some(intended));
-                    }
+        match tokio::time::timeout_at(self.deadline.into(), self.running.next()).await {
+            Ok(Some((from, outcome, counted))) => {
+                if counted {
+                    self.outcome(from, outcome);
                 }
-                plan.tracker.record(&from, outcome);
+                true
             }
-            Ok(None) => return,
-            Err(_) => {
-                if let Some(tx) = decided.take() {
-                    node.metrics.timeouts.fetch_add(1, Relaxed);
-                    let _ = tx.send(Err(timed_out(
-                        "W",
-                        w,
-                        plan.tracker.acks(),
-                        &plan.tracker.pending(),
-                    )));
-                }
-                return;
-            }
+            Ok(None) | Err(_) => false,
         }
     }
 }
@@ -378,25 +388,31 @@ async fn replicate(
         },
         None => ReplicaOutcome::Ack,
     };
-    if target == node.id {
-        let n = node.clone();
-        let hint = hint_for.clone();
+    if target == node.id && hint_for.is_none() {
+        let merged = match SiblingSet::decode(&state) {
+            Ok(set) => {
+                node.on_replica(move |r, access| r.merge_with(access, key.as_bytes(), &set))
+                    .await
+            }
+            Err(e) => return ReplicaOutcome::Failed(e.to_string()),
+        };
+        return match merged {
+            Ok(_) => ReplicaOutcome::Ack,
+            Err(e) => ReplicaOutcome::Failed(e.to_string()),
+        };
+    }
+    if let (true, Some(intended)) = (target == node.id, &hint_for) {
+        // This node stands in for `intended`: keep the state as a hint (a durable write).
+        let (n, intended) = (node.clone(), intended.clone());
         let stored = tokio::task::spawn_blocking(move || {
             let set = SiblingSet::decode(&state).map_err(|e| e.to_string())?;
-            match hint {
-                Some(t) => n.hints.store(&t, key.as_bytes(), &set),
-                None => n
-                    .replica
-                    .merge(key.as_bytes(), &set)
-                    .map(|_| ())
-                    .map_err(|e| e.to_string()),
-            }
+            n.hints.store(&intended, key.as_bytes(), &set)
         })
         .await;
         return match stored {
             Ok(Ok(())) => ack(&hint_for),
             Ok(Err(e)) => ReplicaOutcome::Failed(e),
-            Err(e) => ReplicaOutcome::Failed(format!("merge task failed: {e}")),
+            Err(e) => ReplicaOutcome::Failed(format!("hint task failed: {e}")),
         };
     }
     let req = PeerRequest::Replicate {
@@ -454,37 +470,53 @@ pub async fn read(
         .filter(|t| t.hint_for.is_some())
         .map(|t| t.node.clone())
         .collect();
-    let (tx, mut rx) = mpsc::unbounded_channel::<(String, ReadReply)>();
+    // A stand-in that holds nothing for the key knows nothing about it: its "not found" must
+    // not count as an answer (it would hide the real value).
+    let settle = |from: &str, reply: ReadReply| match reply {
+        ReadReply::NotFound if stand_ins.iter().any(|s| s == from) => {
+            ReadReply::Failed("stand-in holds no hint for the key".into())
+        }
+        other => other,
+    };
+    let mut running: FuturesUnordered<BoxFuture<'static, (String, ReadReply)>> =
+        FuturesUnordered::new();
     for t in targets {
         let target = t.node;
         if !node.is_up(&target) {
-            let _ = tx.send((target, ReadReply::Failed("down (gossip)".into())));
+            tracker.record(&target, ReadReply::Failed("down (gossip)".into()));
             continue;
         }
-        let (node, tx, key) = (node.clone(), tx.clone(), key.clone());
         let with_hints = t.hint_for.is_some();
-        tokio::spawn(async move {
+        if target == node.id && !with_hints {
+            // This node's own replica, answered at once when it needs no disk.
+            match node.replica.read_with(Access::Now, key.as_bytes()) {
+                Err(ReplicaError::WouldBlock) => {}
+                read => {
+                    let reply = match read {
+                        Ok(Some(s)) => ReadReply::Found(s),
+                        Ok(None) => ReadReply::NotFound,
+                        Err(e) => ReadReply::Failed(e.to_string()),
+                    };
+                    tracker.record(&target, settle(&target, reply));
+                    continue;
+                }
+            }
+        }
+        let (node, key) = (node.clone(), key.clone());
+        running.push(Box::pin(async move {
             let reply = read_one(&node, &target, key, with_hints, deadline).await;
-            let _ = tx.send((target, reply));
-        });
+            (target, reply)
+        }));
     }
-    drop(tx);
     loop {
         match tracker.decision() {
             Decision::Succeeded => break,
             Decision::Failed(f) => return Err(unavailable("R", r, tracker.answers(), &f)),
             Decision::Pending => {}
         }
-        match tokio::time::timeout_at(deadline.into(), rx.recv()).await {
+        match tokio::time::timeout_at(deadline.into(), running.next()).await {
             Ok(Some((from, reply))) => {
-                // A stand-in that holds nothing for the key knows nothing about it: its
-                // "not found" must not count as an answer (it would hide the real value).
-                let reply = match reply {
-                    ReadReply::NotFound if stand_ins.contains(&from) => {
-                        ReadReply::Failed("stand-in holds no hint for the key".into())
-                    }
-                    other => other,
-                };
+                let reply = settle(&from, reply);
                 tracker.record(&from, reply);
             }
             Ok(None) => return Err(unavailable("R", r, tracker.answers(), &tracker.failures())),
@@ -495,12 +527,15 @@ pub async fn read(
         }
     }
     let merged = tracker.merged();
+    if running.is_empty() && tracker.stale_replicas().is_empty() {
+        return Ok(merged);
+    }
     // Read repair: wait for the remaining answers (until the deadline), then bring every
     // replica that answered something older than the merge up to date.
     let node = node.clone();
     tokio::spawn(async move {
         while let Ok(Some((from, reply))) =
-            tokio::time::timeout_at(deadline.into(), rx.recv()).await
+            tokio::time::timeout_at(deadline.into(), running.next()).await
         {
             tracker.record(&from, reply);
         }
@@ -582,9 +617,7 @@ async fn read_one(
 
 /// Reads only this node's replica of `key` (`get --local`).
 pub async fn read_local(node: &Arc<Node>, key: String) -> Result<Option<SiblingSet>, WireError> {
-    let n = node.clone();
-    tokio::task::spawn_blocking(move || n.replica.read(key.as_bytes()))
+    node.on_replica(move |r, access| r.read_with(access, key.as_bytes()))
         .await
-        .map_err(internal)?
         .map_err(internal)
 }

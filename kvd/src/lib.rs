@@ -26,6 +26,7 @@ pub mod merkle_index;
 pub mod metrics;
 pub mod node;
 pub mod peer;
+pub mod peer_codec;
 pub mod rebalance;
 pub mod replica;
 pub mod scan;

@@ -15,7 +15,7 @@ use crate::config::NodeConfig;
 use crate::identity::Identity;
 use crate::metrics::Metrics;
 use crate::peer::{PeerPool, PeerRequest, PeerResponse};
-use crate::replica::Replica;
+use crate::replica::{Access, Replica, ReplicaError};
 use crate::storage::{Engine, Options};
 use crate::{Error, Result};
 
@@ -360,21 +360,71 @@ impl Node {
                 value,
                 context,
             } => {
-                blocking(move || {
-                    let ctx = decode_context(&context).map_err(|e| format!("bad context: {e}"))?;
-                    let minted = node
-                        .replica
-                        .mint(key.as_bytes(), value, &ctx, crate::now_ms())
-                        .map_err(|e| e.to_string())?;
-                    node.count_capped(minted.capped);
-                    Ok(PeerResponse::Minted {
-                        state: minted.state.encode(),
-                        write_context: minted.write_context.encode_context(),
-                        capped: minted.capped,
+                let ctx = match decode_context(&context) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        return PeerResponse::Error {
+                            message: format!("bad context: {e}"),
+                        }
+                    }
+                };
+                let now = crate::now_ms();
+                let minted = node
+                    .on_replica(move |r, access| {
+                        r.mint_with(access, key.as_bytes(), value.clone(), &ctx, now)
                     })
-                })
-                .await
+                    .await;
+                match minted {
+                    Ok(minted) => {
+                        node.count_capped(minted.capped);
+                        PeerResponse::Minted {
+                            state: minted.state.encode(),
+                            write_context: minted.write_context.encode_context(),
+                            capped: minted.capped,
+                        }
+                    }
+                    Err(e) => PeerResponse::Error {
+                        message: e.to_string(),
+                    },
+                }
             }
+            PeerRequest::Replicate {
+                key,
+                state,
+                hint_for: None,
+            } => {
+                let state = match SiblingSet::decode(&state) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        return PeerResponse::Error {
+                            message: format!("bad state: {e}"),
+                        }
+                    }
+                };
+                match node
+                    .on_replica(move |r, access| r.merge_with(access, key.as_bytes(), &state))
+                    .await
+                {
+                    Ok(_) => PeerResponse::Ack,
+                    Err(e) => PeerResponse::Error {
+                        message: e.to_string(),
+                    },
+                }
+            }
+            PeerRequest::Read {
+                key,
+                with_hints: false,
+            } => match node
+                .on_replica(move |r, access| r.read_with(access, key.as_bytes()))
+                .await
+            {
+                Ok(state) => PeerResponse::State {
+                    state: state.map(|s| s.encode()),
+                },
+                Err(e) => PeerResponse::Error {
+                    message: e.to_string(),
+                },
+            },
             PeerRequest::Replicate {
                 key,
                 state,
@@ -491,6 +541,26 @@ impl Node {
     pub fn close(&self) {
         if let Err(e) = self.replica.engine().flush() {
             crate::error!("flush at shutdown failed: {e}");
+        }
+    }
+}
+
+impl Node {
+    /// Runs `op` on this node's replica: on the calling thread when it needs neither a disk
+    /// read nor an fsync (memtable and block-cache hits, buffered commit-log appends: the
+    /// common case), else on the blocking pool so the async workers never wait for the disk.
+    pub async fn on_replica<T: Send + 'static>(
+        self: &Arc<Self>,
+        op: impl Fn(&Replica, Access) -> std::result::Result<T, ReplicaError> + Send + 'static,
+    ) -> std::result::Result<T, ReplicaError> {
+        match op(&self.replica, Access::Now) {
+            Err(ReplicaError::WouldBlock) => {
+                let node = self.clone();
+                tokio::task::spawn_blocking(move || op(&node.replica, Access::Blocking))
+                    .await
+                    .map_err(|e| ReplicaError::Task(e.to_string()))?
+            }
+            other => other,
         }
     }
 }

@@ -1,14 +1,18 @@
 //! Node-to-node traffic: the peer messages, pooled outgoing WebSocket connections with many
 //! requests in flight matched by id, and the serving side of a peer connection.
 //!
-//! A peer connection is a WebSocket to `ws://ADDR/peer` carrying JSON text frames
-//! `{"id": N, "body": {...}}`; answers carry the id of their request.
+//! A peer connection is a WebSocket to `ws://ADDR/peer`. The messages of the request path
+//! (mint, replicate, read and their answers) travel as binary frames (`peer_codec`); the rest
+//! as JSON text frames `{"id": N, "body": {...}}`. Answers carry the id of their request.
+//! Both directions write through one task per connection that batches whatever is queued
+//! into one flush.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures_util::stream::FuturesUnordered;
 use futures_util::{SinkExt, StreamExt};
 use kv_core::membership::Member;
 use kv_core::wire::b64;
@@ -270,9 +274,15 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 pub fn peer_ws_config(max_state_bytes: usize) -> WebSocketConfig {
     let max = max_state_bytes / 3 * 4 + 64 * 1024;
     WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER)
         .max_frame_size(Some(max))
         .max_message_size(Some(max))
 }
+
+/// Bytes read from a socket at a time. The socket layer zeroes the whole read buffer before
+/// every read: at its 128 KiB default that memset cost more than a small request itself (and
+/// 128 KiB per connection). Bigger frames simply take several reads.
+pub const READ_BUFFER: usize = 8 * 1024;
 
 impl PeerPool {
     /// An empty pool; with `secret`, every connection first authenticates (see `auth`).
@@ -297,8 +307,13 @@ impl PeerPool {
             .await
             .map_err(|_| PeerError::Timeout)??;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let text = serde_json::to_string(&Frame { id, body: req })
-            .map_err(|e| PeerError::Remote(format!("cannot encode request: {e}")))?;
+        let msg = match crate::peer_codec::encode_request(id, req) {
+            Some(frame) => Message::binary(frame),
+            None => Message::text(
+                serde_json::to_string(&Frame { id, body: req })
+                    .map_err(|e| PeerError::Remote(format!("cannot encode request: {e}")))?,
+            ),
+        };
         let (tx, rx) = oneshot::channel();
         lock(&conn.pending).insert(id, tx);
         // The reader marks the connection dead before it fails every waiting call; a call
@@ -307,7 +322,7 @@ impl PeerPool {
             lock(&conn.pending).remove(&id);
             return Err(PeerError::ConnectionLost);
         }
-        if conn.tx.send(Message::text(text)).is_err() {
+        if conn.tx.send(msg).is_err() {
             lock(&conn.pending).remove(&id);
             return Err(PeerError::ConnectionLost);
         }
@@ -385,7 +400,7 @@ impl PeerPool {
         let alive_w = alive.clone();
         tokio::spawn(async move {
             while let Some(msg) = rx.recv().await {
-                if sink.send(msg).await.is_err() {
+                if write_batch(&mut sink, msg, &mut rx).await.is_err() {
                     break;
                 }
             }
@@ -396,11 +411,17 @@ impl PeerPool {
         let alive_r = alive.clone();
         tokio::spawn(async move {
             while let Some(Ok(msg)) = stream.next().await {
-                let Message::Text(text) = msg else { continue };
-                match serde_json::from_str::<Frame<PeerResponse>>(&text) {
-                    Ok(frame) => {
-                        if let Some(tx) = lock(&pending_r).remove(&frame.id) {
-                            let _ = tx.send(frame.body);
+                let answer = match msg {
+                    Message::Binary(frame) => crate::peer_codec::decode_response(&frame),
+                    Message::Text(text) => serde_json::from_str::<Frame<PeerResponse>>(&text)
+                        .map(|f| (f.id, f.body))
+                        .map_err(|e| e.to_string()),
+                    _ => continue,
+                };
+                match answer {
+                    Ok((id, body)) => {
+                        if let Some(tx) = lock(&pending_r).remove(&id) {
+                            let _ = tx.send(body);
                         }
                     }
                     Err(e) => crate::warn!("undecodable answer from a peer: {e}"),
@@ -418,8 +439,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Serves one incoming peer connection: every request runs in its own task, answers go back
-/// through one writer as they complete.
+/// Serves one incoming peer connection: requests run concurrently, answers go back through
+/// one writer as they complete.
 pub async fn serve(node: Arc<Node>, mut ws: WebSocketStream<TcpStream>) {
     if let Some(secret) = &node.config.cluster_secret {
         if let Err(e) = crate::auth::serve_handshake(&mut ws, secret).await {
@@ -429,42 +450,83 @@ pub async fn serve(node: Arc<Node>, mut ws: WebSocketStream<TcpStream>) {
         }
     }
     let (mut sink, mut stream) = ws.split();
-    let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+    let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
     let writer = tokio::spawn(async move {
-        while let Some(text) = rx.recv().await {
-            if sink.send(Message::text(text)).await.is_err() {
+        while let Some(msg) = rx.recv().await {
+            if write_batch(&mut sink, msg, &mut rx).await.is_err() {
                 break;
             }
         }
     });
+    // Requests run concurrently inside this task (a task each cost more than a memtable
+    // read); long ones (a repair, a decommission) simply stay in the set.
+    let mut running = FuturesUnordered::new();
     let mut shutdown = node.shutdown_signal();
     loop {
         let msg = tokio::select! {
+            Some(answer) = running.next(), if !running.is_empty() => {
+                if tx.send(answer).is_err() {
+                    break;
+                }
+                continue;
+            }
             m = stream.next() => m,
             _ = shutdown.changed() => break,
         };
         let Some(Ok(msg)) = msg else { break };
-        let text = match msg {
-            Message::Text(t) => t,
+        let request = match msg {
+            Message::Binary(frame) => crate::peer_codec::decode_request(&frame),
+            Message::Text(text) => serde_json::from_str::<Frame<PeerRequest>>(&text)
+                .map(|f| (f.id, f.body))
+                .map_err(|e| e.to_string()),
             Message::Close(_) => break,
             _ => continue,
         };
-        let frame: Frame<PeerRequest> = match serde_json::from_str(&text) {
-            Ok(f) => f,
+        let (id, body) = match request {
+            Ok(r) => r,
             Err(e) => {
                 crate::warn!("undecodable peer request: {e}");
                 continue;
             }
         };
         let node = node.clone();
-        let tx = tx.clone();
-        tokio::spawn(async move {
-            let body = node.handle_peer(frame.body).await;
-            if let Ok(text) = serde_json::to_string(&Frame { id: frame.id, body }) {
-                let _ = tx.send(text);
+        running.push(async move {
+            let body = node.handle_peer(body).await;
+            match crate::peer_codec::encode_response(id, &body) {
+                Some(frame) => Message::binary(frame),
+                None => Message::text(serde_json::to_string(&Frame { id, body }).unwrap_or_else(
+                    |e| {
+                        let error = PeerResponse::Error {
+                            message: format!("cannot encode the answer: {e}"),
+                        };
+                        serde_json::to_string(&Frame { id, body: error }).unwrap_or_default()
+                    },
+                )),
             }
         });
     }
+    // The peer closed: finish what it asked for (its answers are lost, the work is not).
+    if !*shutdown.borrow() {
+        while let Some(answer) = running.next().await {
+            let _ = tx.send(answer);
+        }
+    }
     drop(tx);
     let _ = writer.await;
+}
+
+/// Writes `first` and whatever else is already queued, then flushes once.
+async fn write_batch<S>(
+    sink: &mut S,
+    first: Message,
+    queue: &mut mpsc::UnboundedReceiver<Message>,
+) -> Result<(), tokio_tungstenite::tungstenite::Error>
+where
+    S: futures_util::Sink<Message, Error = tokio_tungstenite::tungstenite::Error> + Unpin,
+{
+    sink.feed(first).await?;
+    while let Ok(more) = queue.try_recv() {
+        sink.feed(more).await?;
+    }
+    sink.flush().await
 }

@@ -4,7 +4,9 @@
 //! read-merge-write of that set, so writes to one key on one replica are serialized by a
 //! striped lock: it keeps the dots this replica mints for a key contiguous, which is what makes
 //! the compact causal context correct (see kv-core's `version`). The methods are synchronous
-//! (the engine is); async callers run them on the blocking pool.
+//! (the engine is). Each takes an [`Access`]: `Now` answers only what needs no disk read and no
+//! fsync (else `WouldBlock`, having changed nothing), so async callers run the common case on
+//! their own thread and only the rest on the blocking pool (`Node::on_replica`).
 
 use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -30,6 +32,20 @@ pub enum ReplicaError {
     Storage(crate::storage::Error),
     /// The stored bytes of a key do not decode.
     Corrupt(String),
+    /// `Access::Now` was asked and the operation needs a disk read, an fsync or a stall; nothing
+    /// was changed.
+    WouldBlock,
+    /// The blocking-pool task running the operation failed.
+    Task(String),
+}
+
+/// How long a replica operation may take.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// Only from memory, with a write that is a buffered append: else `WouldBlock`.
+    Now,
+    /// Whatever it takes (disk reads, fsync, stalls): for the blocking pool.
+    Blocking,
 }
 
 impl std::fmt::Display for ReplicaError {
@@ -37,6 +53,8 @@ impl std::fmt::Display for ReplicaError {
         match self {
             ReplicaError::Storage(e) => write!(f, "storage: {e}"),
             ReplicaError::Corrupt(m) => write!(f, "stored version is corrupted: {m}"),
+            ReplicaError::WouldBlock => write!(f, "the operation needs to wait for the disk"),
+            ReplicaError::Task(m) => write!(f, "storage task failed: {m}"),
         }
     }
 }
@@ -125,21 +143,45 @@ impl Replica {
 
     /// The stored state of `key`, if any.
     pub fn read(&self, key: &[u8]) -> Result<Option<SiblingSet>, ReplicaError> {
-        self.read_engine_key(&data_key(key))
+        self.read_with(Access::Blocking, key)
     }
 
-    fn read_engine_key(&self, ek: &[u8]) -> Result<Option<SiblingSet>, ReplicaError> {
-        Ok(self.read_raw(ek)?.map(|(_, s)| s))
+    /// [`Replica::read`] with a choice of [`Access`].
+    pub fn read_with(
+        &self,
+        access: Access,
+        key: &[u8],
+    ) -> Result<Option<SiblingSet>, ReplicaError> {
+        Ok(self.read_raw(access, &data_key(key))?.map(|(_, s)| s))
     }
 
     /// The stored bytes of an engine key and their decoding.
-    fn read_raw(&self, ek: &[u8]) -> Result<Option<(Vec<u8>, SiblingSet)>, ReplicaError> {
-        match self.engine.get(ek)? {
+    fn read_raw(
+        &self,
+        access: Access,
+        ek: &[u8],
+    ) -> Result<Option<(Vec<u8>, SiblingSet)>, ReplicaError> {
+        let stored = match access {
+            Access::Blocking => self.engine.get(ek)?,
+            Access::Now => self
+                .engine
+                .get_cached(ek)?
+                .ok_or(ReplicaError::WouldBlock)?,
+        };
+        match stored {
             Some(bytes) => SiblingSet::decode(&bytes)
                 .map(|s| Some((bytes, s)))
                 .map_err(|e| ReplicaError::Corrupt(e.to_string())),
             None => Ok(None),
         }
+    }
+
+    /// `WouldBlock` when `access` is `Now` and a write could wait (fsync, stall).
+    fn check_write(&self, access: Access) -> Result<(), ReplicaError> {
+        if access == Access::Now && self.engine.write_may_block() {
+            return Err(ReplicaError::WouldBlock);
+        }
+        Ok(())
     }
 
     /// Applies a client write here, minting its dot: `value` `None` is a delete.
@@ -150,10 +192,23 @@ impl Replica {
         ctx: &VersionVector,
         now_ms: u64,
     ) -> Result<Minted, ReplicaError> {
+        self.mint_with(Access::Blocking, key, value, ctx, now_ms)
+    }
+
+    /// [`Replica::mint`] with a choice of [`Access`].
+    pub fn mint_with(
+        &self,
+        access: Access,
+        key: &[u8],
+        value: Option<Vec<u8>>,
+        ctx: &VersionVector,
+        now_ms: u64,
+    ) -> Result<Minted, ReplicaError> {
+        self.check_write(access)?;
         let ek = data_key(key);
         let _guard = self.lock(key);
         let tree = self.merkle.write_guard();
-        let current = self.read_raw(&ek)?;
+        let current = self.read_raw(access, &ek)?;
         let old_bytes = current.as_ref().map(|(b, _)| b.clone());
         let mut state = current.map(|(_, s)| s).unwrap_or_default();
         let outcome = state.update(ctx, &self.actor, value, now_ms);
@@ -199,10 +254,21 @@ impl Replica {
 
     /// Merges another replica's state of `key` into ours; returns whether ours changed.
     pub fn merge(&self, key: &[u8], incoming: &SiblingSet) -> Result<bool, ReplicaError> {
+        self.merge_with(Access::Blocking, key, incoming)
+    }
+
+    /// [`Replica::merge`] with a choice of [`Access`].
+    pub fn merge_with(
+        &self,
+        access: Access,
+        key: &[u8],
+        incoming: &SiblingSet,
+    ) -> Result<bool, ReplicaError> {
+        self.check_write(access)?;
         let ek = data_key(key);
         let _guard = self.lock(key);
         let tree = self.merkle.write_guard();
-        let current = self.read_raw(&ek)?;
+        let current = self.read_raw(access, &ek)?;
         let merged = match &current {
             Some((_, cur)) => cur.synced(incoming),
             None => incoming.clone(),

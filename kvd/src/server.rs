@@ -183,6 +183,7 @@ fn constant_time_eq(a: &str, b: &str) -> bool {
 fn client_config(node: &Node) -> WebSocketConfig {
     let max = node.config.limits.max_frame_bytes * 4;
     WebSocketConfig::default()
+        .read_buffer_size(crate::peer::READ_BUFFER)
         .max_frame_size(Some(max))
         .max_message_size(Some(max))
 }

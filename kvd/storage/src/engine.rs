@@ -438,7 +438,33 @@ impl Engine {
     /// The newest value of `key`. Errors: `Corruption` when a table block on the way fails its
     /// checks (never a damaged value), `Io`.
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        self.inner.get(key)
+        self.inner.get(key, false).map(|found| found.flatten())
+    }
+
+    /// Like [`Engine::get`], but only from memory (memtables, filters and the block cache):
+    /// `Ok(None)` when the answer needs a read from disk. Lets an async caller answer the
+    /// common case on its own thread and send only the rest to a blocking pool (RocksDB's
+    /// `kBlockCacheTier` read tier).
+    pub fn get_cached(&self, key: &[u8]) -> Result<Option<Option<Vec<u8>>>> {
+        self.inner.get(key, true)
+    }
+
+    /// True when a write now could wait for something slow: an fsync (`SyncMode::Always`) or a
+    /// stall while flushing and compaction catch up. When false, a write costs a memtable
+    /// insert and one buffered `write(2)` to the commit log, cheap enough for an async thread.
+    pub fn write_may_block(&self) -> bool {
+        /// Writes this close to a full memtable count as rotating.
+        const ROTATE_MARGIN: usize = 64 * 1024;
+        let o = &self.inner.opts;
+        if o.sync == SyncMode::Always {
+            return true;
+        }
+        let st = self.inner.state.read().unwrap_or_else(|e| e.into_inner());
+        // A full memtable rotates on the next write: a new segment, and the old one synced.
+        let rotates = st.mem.approximate_bytes() + ROTATE_MARGIN >= o.memtable_bytes;
+        rotates
+            || st.imm.len() + 1 >= o.max_immutable_memtables.max(1)
+            || st.version.levels[0].len() >= o.l0_slowdown_trigger
     }
 
     /// Keys in `[start, end)` (per the bounds) in order, from a consistent snapshot taken now.
@@ -737,56 +763,65 @@ impl Inner {
         }
     }
 
-    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        stats::add(&self.counters.gets, 1);
+    /// The newest value of `key`: `Ok(Some(found))`, or `Ok(None)` when `cache_only` and a
+    /// block it needs is not in the cache.
+    fn get(&self, key: &[u8], cache_only: bool) -> Result<Option<Option<Vec<u8>>>> {
         let (mem, imm, version) = self.snapshot();
         match mem.get(key) {
-            Lookup::Found(v) => return Ok(Some(v)),
-            Lookup::Deleted => return Ok(None),
+            Lookup::Found(v) => return Ok(Some(self.counted(Some(v)))),
+            Lookup::Deleted => return Ok(Some(self.counted(None))),
             Lookup::Absent => {}
         }
         for m in imm.iter() {
             match m.get(key) {
-                Lookup::Found(v) => return Ok(Some(v)),
-                Lookup::Deleted => return Ok(None),
+                Lookup::Found(v) => return Ok(Some(self.counted(Some(v)))),
+                Lookup::Deleted => return Ok(Some(self.counted(None))),
                 Lookup::Absent => {}
             }
         }
         let hash = bloom::hash_key(key);
         let c = &self.counters;
-        let probe = |t: &Table| -> Result<Lookup> {
+        let probe = |t: &Table| -> Result<Option<Lookup>> {
             if !t.covers(key) {
                 stats::add(&c.range_skips, 1);
-                return Ok(Lookup::Absent);
+                return Ok(Some(Lookup::Absent));
             }
             stats::add(&c.bloom_checks, 1);
             if !t.may_contain(hash) {
                 stats::add(&c.bloom_skips, 1);
-                return Ok(Lookup::Absent);
+                return Ok(Some(Lookup::Absent));
             }
-            let r = t.get(key, Some(&self.cache))?;
+            let Some(r) = t.get(key, Some(&self.cache), cache_only)? else {
+                return Ok(None);
+            };
             if r == Lookup::Absent {
                 stats::add(&c.bloom_false_positives, 1);
             }
-            Ok(r)
+            Ok(Some(r))
         };
-        for t in version.levels[0].iter().rev() {
+        let tables =
+            version.levels[0]
+                .iter()
+                .rev()
+                .chain(version.levels.iter().skip(1).filter_map(|level| {
+                    let i = level.partition_point(|t| t.meta.largest.as_slice() < key);
+                    level.get(i)
+                }));
+        for t in tables {
             match probe(t)? {
-                Lookup::Found(v) => return Ok(Some(v)),
-                Lookup::Deleted => return Ok(None),
-                Lookup::Absent => {}
+                None => return Ok(None),
+                Some(Lookup::Found(v)) => return Ok(Some(self.counted(Some(v)))),
+                Some(Lookup::Deleted) => return Ok(Some(self.counted(None))),
+                Some(Lookup::Absent) => {}
             }
         }
-        for level in version.levels.iter().skip(1) {
-            let i = level.partition_point(|t| t.meta.largest.as_slice() < key);
-            let Some(t) = level.get(i) else { continue };
-            match probe(t)? {
-                Lookup::Found(v) => return Ok(Some(v)),
-                Lookup::Deleted => return Ok(None),
-                Lookup::Absent => {}
-            }
-        }
-        Ok(None)
+        Ok(Some(self.counted(None)))
+    }
+
+    /// Counts a completed lookup (one that fell back to disk is counted once, by the retry).
+    fn counted(&self, found: Option<Vec<u8>>) -> Option<Vec<u8>> {
+        stats::add(&self.counters.gets, 1);
+        found
     }
 
     fn scan(&self, start: Bound<&[u8]>, end: Bound<&[u8]>) -> Result<Scan> {

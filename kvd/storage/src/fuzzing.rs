@@ -223,10 +223,11 @@ pub fn read_table(dir: &Path, file: &[u8], probes: &[&[u8]]) -> Result<TableRead
         if !table.covers(key) || !table.may_contain(crate::bloom::hash_key(key)) {
             continue;
         }
-        let got = match table.get(key, None)? {
-            crate::memtable::Lookup::Found(v) => Lookup::Found(v),
-            crate::memtable::Lookup::Deleted => Lookup::Deleted,
-            crate::memtable::Lookup::Absent => Lookup::Absent,
+        // Without a cache there is no cache-only answer: the lookup always reads the block.
+        let got = match table.get(key, None, false)? {
+            Some(crate::memtable::Lookup::Found(v)) => Lookup::Found(v),
+            Some(crate::memtable::Lookup::Deleted) => Lookup::Deleted,
+            Some(crate::memtable::Lookup::Absent) | None => Lookup::Absent,
         };
         out.gets.push((key.to_vec(), got));
     }

@@ -463,11 +463,15 @@ impl Table {
     /// Loads data block `i`, through the cache when one is given.
     fn block(&self, i: usize, cache: Option<&BlockCache>) -> Result<Arc<Block>> {
         let e = &self.index[i];
-        if let Some(c) = cache {
-            if let Some(b) = c.get(self.meta.number, e.offset) {
-                return Ok(b);
-            }
+        if let Some(b) = cache.and_then(|c| c.get(self.meta.number, e.offset)) {
+            return Ok(b);
         }
+        self.load_block(i, cache)
+    }
+
+    /// Reads data block `i` from the file (and caches it when a cache is given).
+    fn load_block(&self, i: usize, cache: Option<&BlockCache>) -> Result<Arc<Block>> {
+        let e = &self.index[i];
         let raw = read_block(&self.file, &self.path, e.offset, e.len, self.meta.size)?;
         let b = Arc::new(Block::new(raw).map_err(|w| Error::corruption(&self.path, e.offset, w))?);
         if let Some(c) = cache {
@@ -476,25 +480,36 @@ impl Table {
         Ok(b)
     }
 
-    /// Point lookup (the caller has checked range and filter).
-    pub(crate) fn get(&self, key: &[u8], cache: Option<&BlockCache>) -> Result<Lookup> {
+    /// Point lookup (the caller has checked range and filter). `Ok(None)` only when
+    /// `cache_only` and the block is not in the cache.
+    pub(crate) fn get(
+        &self,
+        key: &[u8],
+        cache: Option<&BlockCache>,
+        cache_only: bool,
+    ) -> Result<Option<Lookup>> {
         let i = self.index.find(key);
         if i == self.index.len() {
-            return Ok(Lookup::Absent);
+            return Ok(Some(Lookup::Absent));
         }
-        let block = self.block(i, cache)?;
+        let cached = cache.and_then(|c| c.get(self.meta.number, self.index[i].offset));
+        let block = match cached {
+            Some(b) => b,
+            None if cache_only => return Ok(None),
+            None => self.load_block(i, cache)?,
+        };
         let off = self.index[i].offset;
         let mut it = block.iter();
         let found = it
             .seek(key)
             .map_err(|w| Error::corruption(&self.path, off, w))?;
         if !found || it.key() != key {
-            return Ok(Lookup::Absent);
+            return Ok(Some(Lookup::Absent));
         }
-        Ok(match it.value() {
+        Ok(Some(match it.value() {
             Some(v) => Lookup::Found(v.to_vec()),
             None => Lookup::Deleted,
-        })
+        }))
     }
 }
 

@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Cost per request of one kvd node (`--n 1`, `--sync interval`), counted rather than timed, so
+# the figures hold on a busy machine:
+#   - CPU instructions per put and per get (valgrind callgrind, user space of kvd only; perf
+#     stat is not supported on these VMs), counters zeroed after the load phase;
+#   - heap allocations per put and per get (valgrind dhat: two runs, the difference / ops).
+#   kvd/bench/cost.sh            # OPS=5000 requests per phase by 10 clients
+# Needs valgrind; builds kvd and kvcli in release mode. Ports are picked at run time.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+OPS=${OPS:-5000}
+CLIENTS=${CLIENTS:-10}
+cargo build --release -q -p kvd -p kvcli
+KVD=$PWD/target/release/kvd
+KVCLI=$PWD/target/release/kvcli
+WORK=$(mktemp -d)
+PID=
+cleanup() { [ -n "$PID" ] && kill "$PID" 2>/dev/null; wait 2>/dev/null || true; rm -rf "$WORK"; }
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+start() { # start TOOL_ARGS...: kvd under valgrind with the given tool options
+  PORT=$(free_port)
+  rm -rf "$WORK/data"
+  valgrind "$@" "$KVD" --listen "127.0.0.1:$PORT" --data-dir "$WORK/data" --n 1 --w 1 --r 1 \
+    --sync interval --anti-entropy-interval-s 0 >"$WORK/kvd.log" 2>&1 &
+  PID=$!
+  for _ in $(seq 600); do curl -sf "http://127.0.0.1:$PORT/health" >/dev/null && return; sleep 0.1; done
+  echo "kvd did not start under valgrind" >&2; cat "$WORK/kvd.log" >&2; exit 1
+}
+stop() { kill -TERM "$PID"; wait "$PID" 2>/dev/null || true; PID=; }
+# A get run first writes its --records keys: keep them few (OPS/10) and subtract their puts.
+LOADED=$((OPS / 10))
+bench() { # bench WORKLOAD OPS
+  local records=$OPS
+  [ "$1" = get ] && records=$LOADED
+  "$KVCLI" --node "ws://127.0.0.1:$PORT" --timeout 60 bench --workload "$1" --clients "$CLIENTS" \
+    --ops "$2" --records "$records" --json >/dev/null
+}
+
+# Instructions: zero the counters after a warm-up, run one phase, dump.
+instructions() { # instructions WORKLOAD
+  start --tool=callgrind --callgrind-out-file="$WORK/cg.%p" --collect-atstart=yes
+  bench put "$OPS" # warm-up: every record exists, connections and caches warm
+  callgrind_control -z "$PID" >/dev/null 2>&1
+  bench "$1" "$OPS"
+  callgrind_control -d "$PID" >/dev/null 2>&1
+  local total
+  total=$(grep -h "^summary:" "$WORK"/cg.*.[0-9]* 2>/dev/null | awk '{s+=$2} END {print s}')
+  stop
+  rm -f "$WORK"/cg.*
+  echo "$total"
+}
+put_ir=$(instructions put)
+get_ir=$(instructions get)
+
+# Allocations: dhat's totals for two loads of different sizes; the difference is per request.
+allocs() { # allocs WORKLOAD OPS
+  start --tool=dhat --dhat-out-file=/dev/null
+  bench "$1" "$2"
+  stop
+  grep -o "Total: *[0-9,]* bytes in [0-9,]* blocks" "$WORK/kvd.log" | awk '{gsub(",","",$5); print $5}'
+}
+pa=$(allocs put "$OPS"); pb=$(allocs put $((OPS * 3)))
+ga=$(allocs get "$OPS"); gb=$(allocs get $((OPS * 3)))
+python3 - "$put_ir" "$get_ir" "$pa" "$pb" "$ga" "$gb" "$OPS" "$LOADED" <<'PY'
+import sys
+put_ir, get_ir, pa, pb, ga, gb, ops, loaded = map(int, sys.argv[1:])
+put_i = put_ir / ops
+# the get phase = LOADED puts + OPS gets
+get_i = (get_ir - put_i * loaded) / ops
+put_a = (pb - pa) / (2 * ops)
+# get runs: LOADED puts + OPS or 3*OPS gets; the difference is 2*OPS gets
+get_a = (gb - ga) / (2 * ops)
+print(f"kvd user-space instructions per put: {put_i:,.0f}")
+print(f"kvd user-space instructions per get: {get_i:,.0f}")
+print(f"kvd heap allocations per put: {put_a:.1f}")
+print(f"kvd heap allocations per get: {get_a:.1f}")
+PY

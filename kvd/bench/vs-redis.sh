@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# One node of kvd beside one Redis, same machine, same run: writes and reads of 100-byte
+# values by 50 clients over 100,000 keys, with the same fsync cadence on both sides.
+#
+#   kvd/bench/vs-redis.sh                 # --sync interval vs appendfsync everysec
+#   SYNC=always kvd/bench/vs-redis.sh     # --sync always   vs appendfsync always
+#   OPS=20000 kvd/bench/vs-redis.sh       # a quicker run
+#
+# Needs redis-server and redis-benchmark (apt-get install -y redis-server redis-tools); builds
+# kvd and kvcli in release mode. Ports are picked at run time; everything started is stopped.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+SYNC=${SYNC:-interval}
+OPS=${OPS:-200000}
+CLIENTS=${CLIENTS:-50}
+RECORDS=${RECORDS:-100000}
+SIZE=${SIZE:-100}
+ROUNDS=${ROUNDS:-1}
+case "$SYNC" in
+  interval) REDIS_FSYNC=everysec ;;
+  always) REDIS_FSYNC=always ;;
+  none) REDIS_FSYNC=no ;;
+  *) echo "SYNC must be interval, always or none" >&2; exit 2 ;;
+esac
+
+for tool in redis-server redis-benchmark; do
+  command -v "$tool" >/dev/null || { echo "$tool is missing: apt-get install -y redis-server redis-tools" >&2; exit 2; }
+done
+cargo build --release -q -p kvd -p kvcli
+KVD=target/release/kvd
+KVCLI=target/release/kvcli
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
+trap cleanup EXIT
+
+RPORT=$(free_port)
+mkdir -p "$WORK/redis"
+redis-server --port "$RPORT" --bind 127.0.0.1 --dir "$WORK/redis" --save '' \
+  --appendonly yes --appendfsync "$REDIS_FSYNC" --daemonize no >"$WORK/redis.log" 2>&1 &
+PIDS+=($!)
+KPORT=$(free_port)
+"$KVD" --listen "127.0.0.1:$KPORT" --data-dir "$WORK/kvd" --n 1 --w 1 --r 1 --sync "$SYNC" \
+  --anti-entropy-interval-s 0 >"$WORK/kvd.log" 2>&1 &
+PIDS+=($!)
+for _ in $(seq 100); do
+  redis-cli -p "$RPORT" ping >/dev/null 2>&1 && curl -sf "http://127.0.0.1:$KPORT/health" >/dev/null && break
+  sleep 0.1
+done
+
+# redis-benchmark --csv: "test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms","p95_latency_ms","p99_latency_ms","max_latency_ms"
+redis_run() {
+  redis-benchmark -p "$RPORT" -t set,get -n "$OPS" -c "$CLIENTS" -d "$SIZE" -r "$RECORDS" --csv 2>/dev/null \
+    | python3 -c '
+import csv, sys
+for row in csv.reader(sys.stdin):
+    if row and row[0] in ("SET", "GET"):
+        print(row[0], row[1], row[6])'
+}
+kvd_run() {
+  "$KVCLI" --node "ws://127.0.0.1:$KPORT" bench --workload "$1" --clients "$CLIENTS" --ops "$OPS" \
+    --records "$RECORDS" --value-size "$SIZE" --json \
+    | python3 -c '
+import json, sys
+d = json.load(sys.stdin)
+if d["errors"]:
+    print("errors:", d["errors"], d["first_error"], file=sys.stderr)
+print(d["ops_per_sec"], d["latency_us"]["p99"] / 1000.0)'
+}
+
+echo "kvd --sync $SYNC vs redis appendfsync $REDIS_FSYNC: $OPS ops, $CLIENTS clients, $RECORDS keys, $SIZE B values, $(nproc) cores"
+for round in $(seq "$ROUNDS"); do
+  read -r _ rset rset99 <<<"$(redis_run | grep SET)"
+  read -r kput kput99 <<<"$(kvd_run put)"
+  read -r kget kget99 <<<"$(kvd_run get)"
+  read -r _ rget rget99 <<<"$(redis_run | grep GET)"
+  python3 - "$round" "$kput" "$kput99" "$rset" "$rset99" "$kget" "$kget99" "$rget" "$rget99" <<'PY'
+import sys
+r, kp, kp99, rs, rs99, kg, kg99, rg, rg99 = sys.argv[1], *map(float, sys.argv[2:])
+print(f"round {r}")
+print(f"  {'':6} {'kvd ops/s':>10} {'p99 ms':>7} {'redis ops/s':>12} {'p99 ms':>7} {'ratio':>6}")
+print(f"  {'write':6} {kp:10.0f} {kp99:7.2f} {rs:12.0f} {rs99:7.2f} {kp/rs:6.2f}")
+print(f"  {'read':6} {kg:10.0f} {kg99:7.2f} {rg:12.0f} {rg99:7.2f} {kg/rg:6.2f}")
+PY
+done
