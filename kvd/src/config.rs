@@ -60,6 +60,11 @@ pub struct NodeArgs {
     /// How long a coordinator waits for its quorum, in milliseconds.
     #[arg(long)]
     pub request_timeout_ms: Option<u64>,
+    /// Seconds a client connection may stay without a complete frame (while nothing it asked
+    /// is running) before the node closes it: idle clients and clients that trickle a frame
+    /// byte by byte.
+    #[arg(long)]
+    pub idle_timeout_s: Option<u64>,
     /// Milliseconds between gossip rounds.
     #[arg(long)]
     pub gossip_interval_ms: Option<u64>,
@@ -134,6 +139,7 @@ struct FileConfig {
     cluster_secret_file: Option<PathBuf>,
     token_file: Option<PathBuf>,
     request_timeout_ms: Option<u64>,
+    idle_timeout_s: Option<u64>,
     gossip_interval_ms: Option<u64>,
     sloppy: Option<bool>,
     hint_max_mb: Option<u64>,
@@ -178,6 +184,8 @@ pub struct NodeConfig {
     pub limits: Limits,
     /// How long a coordinator waits for its quorum.
     pub request_timeout: Duration,
+    /// How long a client connection may go without a complete frame while idle.
+    pub idle_timeout: Duration,
     /// Time between gossip rounds.
     pub gossip_interval: Duration,
     /// Most client connections served at once.
@@ -258,6 +266,12 @@ impl NodeConfig {
                 args.request_timeout_ms
                     .or(file.request_timeout_ms)
                     .unwrap_or(5000),
+            ),
+            idle_timeout: Duration::from_secs(
+                args.idle_timeout_s
+                    .or(file.idle_timeout_s)
+                    .unwrap_or(600)
+                    .max(1),
             ),
             gossip_interval: Duration::from_millis(
                 args.gossip_interval_ms

@@ -28,9 +28,6 @@ use crate::metrics::op_index;
 use crate::node::Node;
 use crate::peer::{PeerRequest, PeerResponse};
 
-/// A connection with nothing in flight and no frame for this long is closed.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
-
 /// Serves one client connection until it closes or the node shuts down.
 /// With `read_only` (the client's token allows reads only), writes and admin operations are
 /// answered `unauthorized`.
@@ -46,7 +43,9 @@ pub async fn serve(node: Arc<Node>, ws: WebSocketStream<TcpStream>, read_only: b
     let max_in_flight = node.config.max_in_flight;
     let mut running = FuturesUnordered::new();
     let mut shutdown = node.shutdown_signal();
-    let mut idle_check = tokio::time::interval(IDLE_TIMEOUT / 8);
+    // A connection with nothing in flight and no complete frame for this long is closed.
+    let idle_timeout = node.config.idle_timeout;
+    let mut idle_check = tokio::time::interval(idle_timeout / 8);
     idle_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_frame = Instant::now();
     let mut unflushed = false;
@@ -88,7 +87,7 @@ pub async fn serve(node: Arc<Node>, ws: WebSocketStream<TcpStream>, read_only: b
                 continue;
             }
             _ = idle_check.tick() => {
-                if running.is_empty() && last_frame.elapsed() >= IDLE_TIMEOUT {
+                if running.is_empty() && last_frame.elapsed() >= idle_timeout {
                     break;
                 }
                 continue;

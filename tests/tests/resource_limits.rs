@@ -1,0 +1,202 @@
+//! Resource limits of client connections: a client that never reads its answers cannot grow
+//! the node's memory, idle and trickling connections are closed, a query string that is not
+//! valid percent-encoding is refused without harm, and the node keeps serving everyone else.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use futures_util::SinkExt;
+use kv_tests::{Cluster, ClusterOpts, Ws};
+use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
+
+fn one_node(extra: &[&str]) -> Cluster {
+    let mut opts = ClusterOpts {
+        n: 1,
+        w: 1,
+        r: 1,
+        ..ClusterOpts::default()
+    };
+    opts.extra.extend(extra.iter().map(|s| s.to_string()));
+    Cluster::start(1, opts)
+}
+
+/// Resident memory of a process, in bytes.
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS in /proc/PID/status");
+    kb * 1024
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_cannot_grow_the_nodes_memory() {
+    let cluster = one_node(&[]);
+    let pid = cluster.nodes[0].pid().expect("node pid");
+    let url = cluster.nodes[0].url();
+    // A value of 512 KiB: 10,000 unread answers would be 5 GiB if the node buffered them.
+    let big = "x".repeat(512 * 1024);
+    let mut ws = Ws::connect(&url).await;
+    let r = ws
+        .request(json!({"op": "put", "key": "big", "value": big}))
+        .await;
+    assert_eq!(r["ok"], true, "{r}");
+    let before = rss(pid);
+
+    let (mut unread, _) = tokio_tungstenite::connect_async(url.as_str())
+        .await
+        .expect("connect");
+    let sender = tokio::spawn(async move {
+        let mut sent = 0u64;
+        for id in 0..10_000u64 {
+            let frame = json!({"id": id, "op": "get", "key": "big"}).to_string();
+            let send = unread.feed(Message::text(frame));
+            match tokio::time::timeout(Duration::from_secs(5), send).await {
+                Ok(Ok(())) => sent += 1,
+                _ => break,
+            }
+            if id % 100 == 99
+                && tokio::time::timeout(Duration::from_secs(5), unread.flush())
+                    .await
+                    .is_err()
+            {
+                break;
+            }
+        }
+        // Keep the socket open (and unread) until the test is done looking.
+        (sent, unread)
+    });
+    // Let the node do whatever it does with them.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let during = rss(pid);
+    // Everyone else is still served promptly.
+    let started = Instant::now();
+    let pong = kv_tests::ws_request_blocking(&url, json!({"op": "ping"}));
+    assert_eq!(pong["ok"], true, "{pong}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let (sent, unread) = sender.await.expect("sender task");
+    let grew = during.saturating_sub(before);
+    println!(
+        "unread client: {sent} requests sent, node RSS {} MiB -> {} MiB",
+        before >> 20,
+        during >> 20
+    );
+    assert!(
+        grew < 256 << 20,
+        "the node grew by {} MiB for a client that never reads",
+        grew >> 20
+    );
+    drop(unread);
+    let r = ws.request(json!({"op": "get", "key": "big"})).await;
+    assert_eq!(r["found"], true);
+}
+
+/// Does the server close `s` (EOF or reset) within `limit`?
+fn closed_within(s: &mut TcpStream, limit: Duration) -> bool {
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let deadline = Instant::now() + limit;
+    let mut buf = [0u8; 4096];
+    while Instant::now() < deadline {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => return true,
+        }
+    }
+    false
+}
+
+/// A WebSocket handshake on a raw socket; the 101 answer is read and dropped.
+fn raw_websocket(addr: &str) -> TcpStream {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    write!(
+        s,
+        "GET / HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).expect("handshake answer");
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{:?}", head);
+    s
+}
+
+#[test]
+fn idle_and_trickling_connections_are_closed() {
+    let cluster = one_node(&["--idle-timeout-s", "2"]);
+    let addr = cluster.nodes[0].addr.clone();
+
+    // Idle: a handshake and then nothing.
+    let mut idle = raw_websocket(&addr);
+    let started = Instant::now();
+    assert!(closed_within(&mut idle, Duration::from_secs(10)));
+    let idle_after = started.elapsed();
+
+    // Trickling: a masked text frame announcing 100 bytes, sent one byte every 300 ms.
+    let mut slow = raw_websocket(&addr);
+    slow.write_all(&[0x81, 0x80 | 100, 1, 2, 3, 4]).unwrap();
+    let trickle_started = Instant::now();
+    let mut closed = false;
+    for _ in 0..40 {
+        if slow.write_all(b"a").is_err() {
+            closed = true;
+            break;
+        }
+        if closed_within(&mut slow, Duration::from_millis(300)) {
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed, "a connection trickling one frame was never closed");
+    let trickle_after = trickle_started.elapsed();
+
+    // A request head that never ends is cut after the head timeout.
+    let mut head = TcpStream::connect(&addr).unwrap();
+    head.write_all(b"GET /health HTTP/1.1\r\n").unwrap();
+    assert!(closed_within(&mut head, Duration::from_secs(20)));
+
+    println!("idle closed after {idle_after:?}, trickling after {trickle_after:?}");
+    assert!(idle_after >= Duration::from_secs(2), "{idle_after:?}");
+    // The node still serves.
+    assert!(kv_tests::http_get(&addr, "/health").is_some());
+}
+
+#[test]
+fn a_bad_percent_escape_in_the_query_harms_nothing() {
+    let tokens = std::env::temp_dir().join(format!("kv-limits-tokens-{}", std::process::id()));
+    std::fs::write(&tokens, "a-real-token rw\n").unwrap();
+    let cluster = one_node(&["--token-file", tokens.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&tokens);
+    let addr = cluster.nodes[0].addr.clone();
+    for query in ["token=%a\u{e9}", "token=%\u{e9}", "token=%", "token=%zz"] {
+        let mut s = TcpStream::connect(&addr).unwrap();
+        write!(
+            s,
+            "GET /?{query} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: \
+             Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             Sec-WebSocket-Version: 13\r\n\r\n"
+        )
+        .unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut answer = Vec::new();
+        let _ = s.read_to_end(&mut answer);
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(
+            answer.starts_with("HTTP/1.1 401"),
+            "{query}: a bad token is refused, not a crash: {answer}"
+        );
+    }
+    assert!(kv_tests::http_get(&addr, "/health").is_some());
+}
