@@ -7,12 +7,19 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
+use kv_core::membership::{Member, MemberStatus};
+
 use crate::node::Node;
 use crate::peer::{PeerRequest, PeerResponse};
 
 /// Peers contacted per round.
 const FANOUT: usize = 3;
 const PEERS_FILE: &str = "peers.json";
+/// The other members' last known records (ids, addresses, tokens, status): a restarted node
+/// rebuilds the whole ring from them before any peer answers, instead of a ring of itself
+/// alone (with which it would take every key as its own and acknowledge writes it does not
+/// replicate).
+const MEMBERS_FILE: &str = "members.json";
 
 /// Runs gossip rounds until shutdown.
 pub async fn run(node: Arc<Node>) {
@@ -20,6 +27,7 @@ pub async fn run(node: Arc<Node>) {
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut shutdown = node.shutdown_signal();
     let mut known_addrs = load_peers(&node);
+    let mut known_shape = Vec::new();
     loop {
         tokio::select! {
             _ = interval.tick() => {}
@@ -35,6 +43,11 @@ pub async fn run(node: Arc<Node>) {
         if addrs != known_addrs && !addrs.is_empty() {
             save_peers(&node, &addrs);
             known_addrs = addrs;
+        }
+        let shape = ring_shape(&node);
+        if shape != known_shape {
+            save_members(&node);
+            known_shape = shape;
         }
         node.metrics.gossip_rounds.fetch_add(1, Relaxed);
     }
@@ -99,6 +112,36 @@ pub fn remembered_peers(data_dir: &std::path::Path) -> BTreeSet<String> {
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or_default()
+}
+
+/// The other members' last known records, as saved by [`run`] (empty when none were).
+pub fn remembered_members(data_dir: &std::path::Path) -> Vec<Member> {
+    std::fs::read(data_dir.join(MEMBERS_FILE))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+/// What of the membership shapes the ring: saved again only when it changes.
+fn ring_shape(node: &Node) -> Vec<(String, String, MemberStatus, Vec<u64>)> {
+    node.membership()
+        .members()
+        .filter(|m| m.id != node.id)
+        .map(|m| (m.id.clone(), m.addr.clone(), m.status, m.tokens.clone()))
+        .collect()
+}
+
+fn save_members(node: &Node) {
+    let others: Vec<Member> = node
+        .membership()
+        .digest()
+        .into_iter()
+        .filter(|m| m.id != node.id)
+        .collect();
+    let bytes = serde_json::to_vec(&others).unwrap_or_default();
+    if let Err(e) = crate::identity::write_atomically(&node.config.data_dir, MEMBERS_FILE, &bytes) {
+        crate::warn!("cannot remember the members: {e}");
+    }
 }
 
 fn save_peers(node: &Node, addrs: &BTreeSet<String>) {

@@ -123,6 +123,14 @@ impl Node {
             m.tokens = tokens;
             m.status = status;
         });
+        if !identity.joining {
+            // A restart: the ring as this node last knew it, until gossip says otherwise.
+            let remembered: Vec<Member> = crate::gossip::remembered_members(&config.data_dir)
+                .into_iter()
+                .filter(|m| m.id != id)
+                .collect();
+            membership.merge(&remembered, crate::now_ms());
+        }
 
         let (shutdown, _) = watch::channel(false);
         let engine = Arc::new(engine);

@@ -119,13 +119,12 @@ async fn a_restarted_node_serves_only_once_gossip_gave_it_the_ring() {
     );
 }
 
-/// Still a bug: a node restarted while cut off from every peer for longer than it waits for
-/// gossip serves with a ring of itself alone and acknowledges writes (default W capped at one)
-/// on keys it does not replicate; they are lost once the partition heals. The fix belongs in
-/// the coordinator (never cap N below what the node knew of its cluster, or refuse with
-/// `unavailable`) or in keeping the ring in the data dir.
+/// A node restarted while cut off from every peer for longer than it waits for gossip. It once
+/// served with a ring of itself alone and acknowledged writes (default W capped at one) on keys
+/// it does not replicate, lost once the partition healed. It now rebuilds the ring from the
+/// members it remembers in its data dir (`members.json`): the key's other replicas are
+/// unreachable, so such writes are refused or time out instead of being acknowledged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "kvd bug: a node restarted alone acknowledges writes it does not replicate (see doc)"]
 async fn a_node_restarted_alone_for_long_acknowledges_no_write_it_then_loses() {
     let (lost, answers) = writes_through_a_node_restarted_alone(Duration::from_secs(6)).await;
     let acked = answers.iter().filter(|a| a["ok"] == true).count();
