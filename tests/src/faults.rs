@@ -709,6 +709,7 @@ impl FaultCluster {
         if let Some(pid) = self.pid(i) {
             if !self.nodes[i].paused {
                 signal(pid, libc::SIGSTOP);
+                wait_stopped(pid);
                 self.nodes[i].paused = true;
                 self.counts.pauses += 1;
             }
@@ -831,4 +832,30 @@ fn signal(pid: u32, sig: i32) {
 /// `GET /health` as JSON, if the node answers.
 fn health(addr: &str) -> Option<Value> {
     http_get(addr, "/health").and_then(|b| serde_json::from_str(&b).ok())
+}
+
+/// Waits (up to 2 s) until every thread of `pid` is stopped: a signal is delivered
+/// asynchronously, and a thread still running could answer one more request.
+fn wait_stopped(pid: u32) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    while std::time::Instant::now() < deadline {
+        let all_stopped = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .map(|tasks| {
+                tasks.flatten().all(|t| {
+                    std::fs::read_to_string(t.path().join("stat"))
+                        .ok()
+                        .and_then(|stat| {
+                            // The state follows the command name, which is in parentheses.
+                            stat.rsplit_once(')')
+                                .and_then(|(_, rest)| rest.trim_start().chars().next())
+                        })
+                        .is_some_and(|state| state == 'T' || state == 't')
+                })
+            })
+            .unwrap_or(true);
+        if all_stopped {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
 }
