@@ -1,5 +1,5 @@
-//! Plain HTTP on the node's port: `GET /health`, `GET /metrics` (Prometheus text format) and
-//! `GET /` (the web console).
+//! Plain HTTP on the node's port: `GET /health`, `GET /ready` (503 while joining or leaving),
+//! `GET /metrics` (Prometheus text format) and `GET /` (the web console).
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -33,6 +33,24 @@ pub async fn respond(
         "/health" => {
             let body = health_json(node).to_string();
             write_response(stream, 200, "OK", "application/json", body.as_bytes()).await
+        }
+        "/ready" => {
+            // Ready = a full member: not still streaming its ranges in, not handing them over.
+            // A deployment that waits for this before starting the next node serializes joins.
+            let state = serving_state(node);
+            let body = json!({ "ready": state == "normal", "state": state, "id": node.id });
+            let (code, reason) = match state {
+                "normal" => (200, "OK"),
+                _ => (503, "Service Unavailable"),
+            };
+            write_response(
+                stream,
+                code,
+                reason,
+                "application/json",
+                body.to_string().as_bytes(),
+            )
+            .await
         }
         "/metrics" => {
             let body = metrics_text(node);
@@ -109,11 +127,26 @@ fn health_json(node: &Node) -> Value {
     json!({
         "status": "ok",
         "id": node.id,
+        "state": serving_state(node),
         "members": m.members().count(),
         "members_up": up,
         "ring_nodes": node.ring().len(),
         "uptime_s": node.started.elapsed().as_secs(),
     })
+}
+
+/// Where this node is in its life in the ring: `joining` (streaming its ranges in), `leaving`
+/// (handing them over), `left` (decommissioned), or `normal`.
+fn serving_state(node: &Node) -> &'static str {
+    if node.is_joining() {
+        "joining"
+    } else if node.is_leaving() {
+        "leaving"
+    } else if node.has_left() {
+        "left"
+    } else {
+        "normal"
+    }
 }
 
 /// This node's own figures, as shown by `status`.

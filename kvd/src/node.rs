@@ -197,6 +197,11 @@ impl Node {
         });
     }
 
+    /// Whether this node was decommissioned (it stays out of the ring).
+    pub fn has_left(&self) -> bool {
+        self.identity().left
+    }
+
     /// Whether this node still has to stream in its ranges.
     pub fn is_joining(&self) -> bool {
         self.identity().joining

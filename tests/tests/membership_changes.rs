@@ -125,6 +125,12 @@ async fn a_decommission_interrupted_by_a_crash_resumes_after_restart() {
             .await;
         assert_eq!(r["ok"], true, "{r}");
     }
+    let ready = |addr: &str| kv_tests::http_get_full(addr, "/ready").map(|(code, _)| code);
+    assert_eq!(
+        ready(&cluster.nodes[3].addr),
+        Some(200),
+        "a full member is ready"
+    );
     // Start the decommission of n4 and crash n4 while it is leaving.
     let url = cluster.nodes[0].url();
     let pending = tokio::spawn(async move {
@@ -143,6 +149,8 @@ async fn a_decommission_interrupted_by_a_crash_resumes_after_restart() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // Leaving (or, if it was quick, already gone): no longer ready.
+    assert_eq!(ready(&cluster.nodes[3].addr), Some(503));
     cluster.kill(3);
     let answer = pending.await.unwrap();
     assert_eq!(

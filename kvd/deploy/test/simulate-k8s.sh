@@ -48,9 +48,9 @@ start_pod() { # like the StatefulSet: env and args of statefulset.yaml, hostname
     KVD_WWW_DIR="$deploy/../../www" KVD_SDK_DIR="$sim/none" \
     setsid sh "$deploy/entrypoint.sh" --n 3 --w 2 --r 2 --sync always --rack "sim-$i" \
       --gossip-interval-ms 300 > "$sim/pod$i.log" 2>&1 & echo $! > "$sim/pod$i.pid" )
-  # OrderedReady: the next pod waits for this one's readiness probe (/health).
+  # OrderedReady: the next pod waits for this one's readiness probe (/ready).
   for _ in $(seq 1 100); do
-    if KVD_LISTEN="$ip:7070" bash "$deploy/healthcheck.sh" 2>/dev/null; then return 0; fi
+    if KVD_LISTEN="$ip:7070" bash "$deploy/healthcheck.sh" /ready 2>/dev/null; then return 0; fi
     sleep 0.2
   done
   echo "pod kvd-$i never became ready" >&2; cat "$sim/pod$i.log" >&2; exit 1
