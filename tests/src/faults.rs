@@ -836,7 +836,7 @@ fn health(addr: &str) -> Option<Value> {
 
 /// Waits (up to 2 s) until every thread of `pid` is stopped: a signal is delivered
 /// asynchronously, and a thread still running could answer one more request.
-fn wait_stopped(pid: u32) {
+pub fn wait_stopped(pid: u32) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
     while std::time::Instant::now() < deadline {
         let all_stopped = std::fs::read_dir(format!("/proc/{pid}/task"))

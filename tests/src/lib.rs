@@ -319,6 +319,7 @@ impl Cluster {
     pub fn pause(&self, i: usize) {
         if let Some(pid) = self.nodes[i].pid() {
             signal(pid, "STOP");
+            faults::wait_stopped(pid);
         }
     }
 
