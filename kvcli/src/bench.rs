@@ -20,7 +20,7 @@ use hdrhistogram::Histogram;
 use kv_core::wire::ClientOp;
 use serde_json::{json, Value};
 
-use crate::client::{Client, ClientError};
+use crate::client::{Client, ClientError, DirectClient};
 use crate::commands::Env;
 use crate::workload::{Distribution, KeyChooser, OpKind, Rng, Workload};
 
@@ -174,11 +174,11 @@ pub async fn run(probe: &Client, args: BenchArgs, env: &Env) -> Result<(), Clien
     });
     let mut clients = Vec::with_capacity(args.clients);
     for _ in 0..args.clients {
-        clients.push(Client::connect(&env.node, env.token.as_deref(), env.timeout).await?);
+        clients.push(DirectClient::connect(&env.node, env.token.as_deref(), env.timeout).await?);
     }
 
     if args.workload.needs_load() {
-        load(&clients, &shared, &args, &mut interrupt).await?;
+        clients = load(clients, &shared, &args, &mut interrupt).await?;
     }
 
     let shared = Arc::new(Shared {
@@ -198,7 +198,7 @@ pub async fn run(probe: &Client, args: BenchArgs, env: &Env) -> Result<(), Clien
     let started = Instant::now();
     // A JoinSet aborts its tasks when dropped: an interrupted bench stops its clients.
     let mut tasks = tokio::task::JoinSet::new();
-    for (c, client) in clients.into_iter().enumerate() {
+    for (c, mut client) in clients.into_iter().enumerate() {
         let shared = shared.clone();
         let value = random_value(c as u64, args.value_size);
         tasks.spawn(async move {
@@ -208,7 +208,7 @@ pub async fn run(probe: &Client, args: BenchArgs, env: &Env) -> Result<(), Clien
             {
                 let kind = shared.workload.next_op(&mut rng);
                 let t = Instant::now();
-                match one_op(&client, &shared, kind, &value, &mut rng).await {
+                match one_op(&mut client, &shared, kind, &value, &mut rng).await {
                     Ok(()) => {
                         let us = t.elapsed().as_micros().max(1) as u64;
                         let _ = tally.by_kind[kind.index()].record(us);
@@ -270,13 +270,13 @@ pub async fn run(probe: &Client, args: BenchArgs, env: &Env) -> Result<(), Clien
 }
 
 /// Writes records `0..records` with every client, before the measured phase: each a get and
-/// a put with its context.
+/// a put with its context. Gives the clients back for the measured phase.
 async fn load<F>(
-    clients: &[Client],
+    clients: Vec<DirectClient>,
     shared: &Arc<Shared>,
     args: &BenchArgs,
     interrupt: &mut std::pin::Pin<Box<F>>,
-) -> Result<(), ClientError>
+) -> Result<Vec<DirectClient>, ClientError>
 where
     F: std::future::Future,
 {
@@ -284,14 +284,9 @@ where
     let next = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
     let mut tasks = tokio::task::JoinSet::new();
-    for (c, client) in clients.iter().enumerate() {
-        let (client, shared, next, failed, pb) = (
-            client.clone(),
-            shared.clone(),
-            next.clone(),
-            failed.clone(),
-            pb.clone(),
-        );
+    let mut back = Vec::with_capacity(clients.len());
+    for (c, mut client) in clients.into_iter().enumerate() {
+        let (shared, next, failed, pb) = (shared.clone(), next.clone(), failed.clone(), pb.clone());
         let value = random_value(c as u64 + 1_000_003, args.value_size);
         let records = args.records;
         tasks.spawn(async move {
@@ -326,11 +321,18 @@ where
                 }
                 pb.inc(1);
             }
+            client
         });
     }
     loop {
         tokio::select! {
-            t = tasks.join_next() => if t.is_none() { break },
+            t = tasks.join_next() => match t {
+                None => break,
+                Some(Ok(client)) => back.push(client),
+                Some(Err(e)) => {
+                    return Err(ClientError::Failed(format!("bench: a client failed: {e}")))
+                }
+            },
             _ = interrupt.as_mut() => {
                 pb.finish_and_clear();
                 return Err(ClientError::Failed(format!(
@@ -356,11 +358,11 @@ where
             args.records
         ));
     }
-    Ok(())
+    Ok(back)
 }
 
 async fn one_op(
-    client: &Client,
+    client: &mut DirectClient,
     sh: &Shared,
     kind: OpKind,
     value: &[u8],

@@ -68,58 +68,7 @@ impl Client {
         token: Option<&str>,
         timeout: Duration,
     ) -> Result<Client, ClientError> {
-        let mut request = url
-            .into_client_request()
-            .map_err(|e| ClientError::Unreachable(format!("{url}: {e}")))?;
-        if let Some(token) = token {
-            let value = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
-                ClientError::Unreachable("the token is not a valid header value".into())
-            })?;
-            request.headers_mut().insert("authorization", value);
-        }
-        // A small read buffer: the socket layer zeroes the whole buffer before every read,
-        // which at its 128 KiB default costs more than a small answer itself.
-        let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
-            .read_buffer_size(READ_BUFFER);
-        let connect = tokio_tungstenite::connect_async_with_config(request, Some(config), false);
-        let (ws, _) = match tokio::time::timeout(timeout, connect).await {
-            Ok(Ok(ok)) => ok,
-            Ok(Err(tokio_tungstenite::tungstenite::Error::Http(resp))) => {
-                let status = resp.status();
-                let body = resp
-                    .body()
-                    .as_ref()
-                    .map(|b| String::from_utf8_lossy(b).into_owned())
-                    .unwrap_or_default();
-                let v: Value = serde_json::from_str(&body).unwrap_or_default();
-                // The body may not reach us: the status alone says what kind of refusal.
-                let by_status = match status.as_u16() {
-                    401 | 403 => "unauthorized",
-                    503 => "overloaded",
-                    _ => "refused",
-                };
-                let code = v["error"]["code"].as_str().unwrap_or(by_status).to_string();
-                let message = v["error"]["message"]
-                    .as_str()
-                    .map(str::to_string)
-                    .unwrap_or_else(|| match by_status {
-                        "unauthorized" if token.is_some() => {
-                            format!("{url} refused the token (HTTP {status})")
-                        }
-                        "unauthorized" => format!(
-                            "{url} requires a token (HTTP {status}); give --token or KV_TOKEN"
-                        ),
-                        _ => format!("{url} answered HTTP {status}"),
-                    });
-                return Err(ClientError::Refused { code, message });
-            }
-            Ok(Err(e)) => return Err(ClientError::Unreachable(format!("{url}: {e}"))),
-            Err(_) => {
-                return Err(ClientError::Unreachable(format!(
-                    "{url}: connect timed out"
-                )))
-            }
-        };
+        let ws = open(url, token, timeout).await?;
         let (mut sink, mut stream) = ws.split();
         let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
         tokio::spawn(async move {
@@ -181,22 +130,145 @@ impl Client {
             return Err(ClientError::Unreachable("the connection is closed".into()));
         }
         match tokio::time::timeout(limit, rx).await {
-            Ok(Ok(v)) => {
-                if v["ok"].as_bool() == Some(true) {
-                    Ok(v)
-                } else {
-                    Err(ClientError::Refused {
-                        code: v["error"]["code"].as_str().unwrap_or("error").to_string(),
-                        message: v["error"]["message"].as_str().unwrap_or("").to_string(),
-                    })
-                }
-            }
+            Ok(Ok(v)) => answer_fields(v),
             Ok(Err(_)) => Err(ClientError::Unreachable("the connection closed".into())),
             Err(_) => {
                 lock(&self.pending).remove(&id);
                 Err(ClientError::Timeout)
             }
         }
+    }
+}
+
+/// The socket of a client connection.
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Opens a WebSocket to `url`, presenting `token` when given; a refusal says why.
+async fn open(url: &str, token: Option<&str>, timeout: Duration) -> Result<Socket, ClientError> {
+    let mut request = url
+        .into_client_request()
+        .map_err(|e| ClientError::Unreachable(format!("{url}: {e}")))?;
+    if let Some(token) = token {
+        let value = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
+            ClientError::Unreachable("the token is not a valid header value".into())
+        })?;
+        request.headers_mut().insert("authorization", value);
+    }
+    // A small read buffer: the socket layer zeroes the whole buffer before every read,
+    // which at its 128 KiB default costs more than a small answer itself.
+    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER);
+    let connect = tokio_tungstenite::connect_async_with_config(request, Some(config), false);
+    let (ws, _) = match tokio::time::timeout(timeout, connect).await {
+        Ok(Ok(ok)) => ok,
+        Ok(Err(tokio_tungstenite::tungstenite::Error::Http(resp))) => {
+            let status = resp.status();
+            let body = resp
+                .body()
+                .as_ref()
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .unwrap_or_default();
+            let v: Value = serde_json::from_str(&body).unwrap_or_default();
+            // The body may not reach us: the status alone says what kind of refusal.
+            let by_status = match status.as_u16() {
+                401 | 403 => "unauthorized",
+                503 => "overloaded",
+                _ => "refused",
+            };
+            let code = v["error"]["code"].as_str().unwrap_or(by_status).to_string();
+            let message = v["error"]["message"]
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| match by_status {
+                    "unauthorized" if token.is_some() => {
+                        format!("{url} refused the token (HTTP {status})")
+                    }
+                    "unauthorized" => {
+                        format!("{url} requires a token (HTTP {status}); give --token or KV_TOKEN")
+                    }
+                    _ => format!("{url} answered HTTP {status}"),
+                });
+            return Err(ClientError::Refused { code, message });
+        }
+        Ok(Err(e)) => return Err(ClientError::Unreachable(format!("{url}: {e}"))),
+        Err(_) => {
+            return Err(ClientError::Unreachable(format!(
+                "{url}: connect timed out"
+            )))
+        }
+    };
+    Ok(ws)
+}
+
+/// A connection for one task with one request in flight at a time (the load generator's
+/// clients): the request is written and its answer read on the caller's own task, with no
+/// reader or writer task and no channel between them.
+pub struct DirectClient {
+    ws: Socket,
+    next_id: u64,
+    timeout: Duration,
+}
+
+impl DirectClient {
+    /// Connects to `url`, presenting `token` when given.
+    pub async fn connect(
+        url: &str,
+        token: Option<&str>,
+        timeout: Duration,
+    ) -> Result<DirectClient, ClientError> {
+        Ok(DirectClient {
+            ws: open(url, token, timeout).await?,
+            next_id: 1,
+            timeout,
+        })
+    }
+
+    /// Sends one request and returns the answer's fields (`ok: true`), or the error.
+    pub async fn request(&mut self, op: &ClientOp) -> Result<Value, ClientError> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let exchange = async {
+            self.ws
+                .send(Message::text(encode_request(id, op)))
+                .await
+                .map_err(|e| ClientError::Unreachable(format!("the connection broke: {e}")))?;
+            loop {
+                match self.ws.next().await {
+                    Some(Ok(Message::Text(text))) => {
+                        let v: Value = serde_json::from_str(&text).map_err(|e| {
+                            ClientError::Failed(format!("an answer is not JSON: {e}"))
+                        })?;
+                        if v["id"].as_u64() == Some(id) {
+                            return Ok(v);
+                        }
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => {
+                        return Err(ClientError::Unreachable(format!(
+                            "the connection broke: {e}"
+                        )))
+                    }
+                    None => return Err(ClientError::Unreachable("the connection closed".into())),
+                }
+            }
+        };
+        let v = tokio::time::timeout(self.timeout, exchange)
+            .await
+            .map_err(|_| ClientError::Timeout)??;
+        answer_fields(v)
+    }
+}
+
+/// An answer frame as the result of its request: its fields when `ok`, else the error.
+fn answer_fields(v: Value) -> Result<Value, ClientError> {
+    if v["ok"].as_bool() == Some(true) {
+        Ok(v)
+    } else {
+        Err(ClientError::Refused {
+            code: v["error"]["code"].as_str().unwrap_or("error").to_string(),
+            message: v["error"]["message"].as_str().unwrap_or("").to_string(),
+        })
     }
 }
 
