@@ -531,22 +531,7 @@ impl FaultCluster {
         let addr = format!("{}:{NODE_PORT}", self.net.ip(i));
         let data_dir = self.dir.path().join(&id);
         let log = self.dir.path().join(format!("{id}.log"));
-        let mut args: Vec<String> = vec![
-            "--id".into(),
-            id.clone(),
-            "--listen".into(),
-            addr.clone(),
-            "--data-dir".into(),
-            data_dir.display().to_string(),
-            "--n".into(),
-            self.opts.n.to_string(),
-            "--w".into(),
-            self.opts.w.to_string(),
-            "--r".into(),
-            self.opts.r.to_string(),
-            "--sync".into(),
-            self.opts.sync.into(),
-        ];
+        let mut args = self.opts.node_args(&id, &addr, &data_dir);
         if i > 0 {
             args.push("--seed".into());
             args.push(self.nodes[0].addr.clone());

@@ -68,6 +68,29 @@ pub struct ClusterOpts {
     pub dcs: Vec<&'static str>,
 }
 
+impl ClusterOpts {
+    /// The flags every test node starts with: identity, address, data dir, quorums, sync
+    /// (callers add `--seed`, `--dc` and the extra flags).
+    pub fn node_args(&self, id: &str, addr: &str, data_dir: &Path) -> Vec<String> {
+        vec![
+            "--id".into(),
+            id.into(),
+            "--listen".into(),
+            addr.into(),
+            "--data-dir".into(),
+            data_dir.display().to_string(),
+            "--n".into(),
+            self.n.to_string(),
+            "--w".into(),
+            self.w.to_string(),
+            "--r".into(),
+            self.r.to_string(),
+            "--sync".into(),
+            self.sync.into(),
+        ]
+    }
+}
+
 impl Default for ClusterOpts {
     fn default() -> Self {
         ClusterOpts {
@@ -152,22 +175,7 @@ impl Cluster {
         let addr = format!("127.0.0.1:{}", free_port());
         let data_dir = self.dir.path().join(&id);
         let log = self.dir.path().join(format!("{id}.log"));
-        let mut args: Vec<String> = vec![
-            "--id".into(),
-            id.clone(),
-            "--listen".into(),
-            addr.clone(),
-            "--data-dir".into(),
-            data_dir.display().to_string(),
-            "--n".into(),
-            self.opts.n.to_string(),
-            "--w".into(),
-            self.opts.w.to_string(),
-            "--r".into(),
-            self.opts.r.to_string(),
-            "--sync".into(),
-            self.opts.sync.into(),
-        ];
+        let mut args = self.opts.node_args(&id, &addr, &data_dir);
         if !first {
             args.push("--seed".into());
             args.push(self.nodes[0].addr.clone());
