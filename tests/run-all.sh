@@ -22,6 +22,10 @@ fi
 if ! have ip || ! have tc; then
   apt-get update && apt-get install -y iproute2
 fi
+# The TLS tests (tests/tests/tls.rs) make their CA and node certificates with openssl.
+if ! have openssl; then
+  apt-get update && apt-get install -y openssl
+fi
 
 # kv-core must keep building for the browser.
 cargo build -p kv-core --target wasm32-unknown-unknown

@@ -846,8 +846,12 @@ impl Autoscaler {
                 }
             }
             // The joining node reports its own transfer.
-            if let Ok(c) =
-                Client::connect(&format!("ws://{addr}"), self.token.as_deref(), self.timeout).await
+            if let Ok(c) = Client::connect(
+                &crate::client::node_url(addr),
+                self.token.as_deref(),
+                self.timeout,
+            )
+            .await
             {
                 if let Ok(v) = c.request(&ClientOp::Status).await {
                     let me = status_members(&v).into_iter().find(|m| m.id == id);

@@ -2,14 +2,18 @@
 //! answers matched by id.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use kv_core::wire::{encode_request, ClientOp};
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+use tokio_rustls::rustls::{ClientConfig, RootCertStore};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::Message;
@@ -43,6 +47,53 @@ impl std::fmt::Display for ClientError {
             ClientError::Usage(m) | ClientError::Failed(m) => write!(f, "{m}"),
         }
     }
+}
+
+/// TLS for every connection of this process, once turned on by a `wss://` node URL.
+static TLS: OnceLock<Arc<ClientConfig>> = OnceLock::new();
+
+/// Turns TLS on for this process: every connection to a node, WebSocket and HTTP, and every
+/// node address learned from the cluster, uses it. Certificates are verified against the CA
+/// certificates in `ca_file` (PEM), else against the system's roots.
+pub fn use_tls(ca_file: Option<&Path>) -> Result<(), ClientError> {
+    let mut roots = RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            let certs = CertificateDer::pem_file_iter(path)
+                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| ClientError::Usage(format!("--ca-file {}: {e}", path.display())))?;
+            if certs.is_empty() {
+                return Err(ClientError::Usage(format!(
+                    "--ca-file {}: no PEM certificate in it",
+                    path.display()
+                )));
+            }
+            for c in certs {
+                roots.add(c).map_err(|e| {
+                    ClientError::Usage(format!("--ca-file {}: {e}", path.display()))
+                })?;
+            }
+        }
+        None => {
+            // Certificates the system store holds but rustls cannot parse are skipped.
+            let found = rustls_native_certs::load_native_certs();
+            roots.add_parsable_certificates(found.certs);
+        }
+    }
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ClientError::Usage(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let _ = TLS.set(Arc::new(config));
+    Ok(())
+}
+
+/// The URL of the node at `host_port`: `wss://` when this process uses TLS.
+pub fn node_url(host_port: &str) -> String {
+    let scheme = if TLS.get().is_some() { "wss" } else { "ws" };
+    format!("{scheme}://{host_port}")
 }
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Value>>>>;
@@ -159,7 +210,11 @@ async fn open(url: &str, token: Option<&str>, timeout: Duration) -> Result<Socke
     // which at its 128 KiB default costs more than a small answer itself.
     let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER);
-    let connect = tokio_tungstenite::connect_async_with_config(request, Some(config), false);
+    let connector = TLS
+        .get()
+        .map(|c| tokio_tungstenite::Connector::Rustls(c.clone()));
+    let connect =
+        tokio_tungstenite::connect_async_tls_with_config(request, Some(config), false, connector);
     let (ws, _) = match tokio::time::timeout(timeout, connect).await {
         Ok(Ok(ok)) => ok,
         Ok(Err(tokio_tungstenite::tungstenite::Error::Http(resp))) => {
@@ -190,6 +245,15 @@ async fn open(url: &str, token: Option<&str>, timeout: Duration) -> Result<Socke
                     _ => format!("{url} answered HTTP {status}"),
                 });
             return Err(ClientError::Refused { code, message });
+        }
+        Ok(Err(
+            e @ tokio_tungstenite::tungstenite::Error::Protocol(
+                tokio_tungstenite::tungstenite::error::ProtocolError::HttparseError(_),
+            ),
+        )) if url.starts_with("ws://") => {
+            return Err(ClientError::Unreachable(format!(
+                "{url}: {e} (the node may serve TLS: try wss://)"
+            )))
         }
         Ok(Err(e)) => return Err(ClientError::Unreachable(format!("{url}: {e}"))),
         Err(_) => {
@@ -276,11 +340,12 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// `HOST:PORT` of a `ws://HOST:PORT[/...]` URL (the node's one port also answers plain HTTP).
+/// `HOST:PORT` of a `ws://HOST:PORT[/...]` URL (the node's one port also answers plain HTTP;
+/// `wss://` and `https://` alike).
 pub fn host_port(url: &str) -> Result<String, ClientError> {
-    let rest = url
-        .strip_prefix("ws://")
-        .or_else(|| url.strip_prefix("http://"))
+    let rest = ["ws://", "wss://", "http://", "https://"]
+        .iter()
+        .find_map(|p| url.strip_prefix(p))
         .ok_or_else(|| {
             ClientError::Usage(format!("{url}: a node address looks like ws://HOST:PORT"))
         })?;
@@ -291,7 +356,8 @@ pub fn host_port(url: &str) -> Result<String, ClientError> {
     Ok(hp.to_string())
 }
 
-/// A plain HTTP GET of `path` on `host_port`; the body of a 200 answer.
+/// An HTTP GET of `path` on `host_port` (HTTPS when this process uses TLS); the body of a
+/// 200 answer.
 ///
 /// Errors: [`ClientError::Unreachable`] when the connection fails or times out,
 /// [`ClientError::Refused`] for any status but 200.
@@ -300,40 +366,66 @@ pub async fn http_get(
     path: &str,
     timeout: Duration,
 ) -> Result<String, ClientError> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let scheme = if TLS.get().is_some() { "https" } else { "http" };
     let fetch = async {
-        let mut s = tokio::net::TcpStream::connect(host_port).await?;
+        let s = tokio::net::TcpStream::connect(host_port).await?;
         let req = format!("GET {path} HTTP/1.1\r\nHost: {host_port}\r\nConnection: close\r\n\r\n");
-        s.write_all(req.as_bytes()).await?;
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).await?;
-        Ok::<Vec<u8>, std::io::Error>(buf)
+        match TLS.get() {
+            None => exchange(s, &req).await,
+            Some(config) => {
+                let host = host_of(host_port);
+                let name = ServerName::try_from(host.to_string())
+                    .map_err(|e| std::io::Error::other(format!("{host}: {e}")))?;
+                let s = tokio_rustls::TlsConnector::from(config.clone())
+                    .connect(name, s)
+                    .await?;
+                exchange(s, &req).await
+            }
+        }
     };
     let buf = match tokio::time::timeout(timeout, fetch).await {
         Ok(Ok(b)) => b,
         Ok(Err(e)) => {
             return Err(ClientError::Unreachable(format!(
-                "http://{host_port}{path}: {e}"
+                "{scheme}://{host_port}{path}: {e}"
             )))
         }
         Err(_) => {
             return Err(ClientError::Unreachable(format!(
-                "http://{host_port}{path}: no answer in time"
+                "{scheme}://{host_port}{path}: no answer in time"
             )))
         }
     };
     let text = String::from_utf8_lossy(&buf);
     let Some((head, body)) = text.split_once("\r\n\r\n") else {
         return Err(ClientError::Unreachable(format!(
-            "http://{host_port}{path}: not an HTTP answer"
+            "{scheme}://{host_port}{path}: not an HTTP answer"
         )));
     };
     let status = head.split(' ').nth(1).unwrap_or("");
     if status != "200" {
         return Err(ClientError::Refused {
             code: "http".into(),
-            message: format!("http://{host_port}{path} answered {status}"),
+            message: format!("{scheme}://{host_port}{path} answered {status}"),
         });
     }
     Ok(body.to_string())
+}
+
+/// Writes `request` and reads the answer to the end.
+async fn exchange<S>(mut s: S, request: &str) -> std::io::Result<Vec<u8>>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    s.write_all(request.as_bytes()).await?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await?;
+    Ok(buf)
+}
+
+/// The host of `HOST:PORT` (`[::1]:7070` gives `::1`).
+fn host_of(host_port: &str) -> &str {
+    let host = host_port.rsplit_once(':').map_or(host_port, |(h, _)| h);
+    host.trim_start_matches('[').trim_end_matches(']')
 }

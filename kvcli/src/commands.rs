@@ -397,7 +397,11 @@ async fn metrics(client: &Client, node: Option<String>, all: bool, env: &Env) ->
                 match found {
                     Some((id, addr, _)) => vec![(format!("{id} ({addr})"), addr)],
                     None if n.contains(':') => {
-                        let hp = host_port(&format!("ws://{}", n.trim_start_matches("ws://")))?;
+                        let hp = if n.contains("://") {
+                            host_port(&n)?
+                        } else {
+                            n.to_string()
+                        };
                         vec![(hp.clone(), hp)]
                     }
                     None => {

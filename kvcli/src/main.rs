@@ -62,6 +62,10 @@ struct Cli {
     /// Seconds to wait for the node.
     #[arg(long, default_value_t = 10.0, global = true)]
     timeout: f64,
+    /// PEM CA certificates a `wss://` node's certificate is verified against (default: the
+    /// system's roots).
+    #[arg(long, env = "KV_CA_FILE", global = true)]
+    ca_file: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -170,6 +174,12 @@ async fn async_main(mut cli: Cli) -> u8 {
         }
     }
     cli.node = node_url(&cli.node);
+    if cli.node.starts_with("wss://") {
+        if let Err(e) = client::use_tls(cli.ca_file.as_deref()) {
+            error_line(&e.to_string());
+            return exit_code(&e);
+        }
+    }
     let timeout = Duration::from_secs_f64(cli.timeout);
     let interactive = cli.command.is_none() && std::io::stdin().is_terminal();
     let env = Env {

@@ -57,6 +57,17 @@ pub struct NodeArgs {
     /// Clients must present one of the tokens in this file.
     #[arg(long)]
     pub token_file: Option<PathBuf>,
+    /// Serve TLS (wss://, https://) with this PEM certificate chain; peers are dialled with
+    /// wss:// too. Needs --tls-key and --tls-ca.
+    #[arg(long)]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long)]
+    pub tls_key: Option<PathBuf>,
+    /// PEM certificates of the CA(s) that sign the cluster's node certificates: the
+    /// certificates of the peers this node dials are verified against them.
+    #[arg(long)]
+    pub tls_ca: Option<PathBuf>,
     /// How long a coordinator waits for its quorum, in milliseconds.
     #[arg(long)]
     pub request_timeout_ms: Option<u64>,
@@ -138,6 +149,9 @@ struct FileConfig {
     sync: Option<SyncChoice>,
     cluster_secret_file: Option<PathBuf>,
     token_file: Option<PathBuf>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls_ca: Option<PathBuf>,
     request_timeout_ms: Option<u64>,
     idle_timeout_s: Option<u64>,
     gossip_interval_ms: Option<u64>,
@@ -180,6 +194,8 @@ pub struct NodeConfig {
     pub cluster_secret: Option<String>,
     /// Client tokens, when clients must authenticate.
     pub tokens: Option<Vec<ClientToken>>,
+    /// TLS on the port and to peers, when configured.
+    pub tls: Option<crate::tls::Tls>,
     /// Protocol size limits.
     pub limits: Limits,
     /// How long a coordinator waits for its quorum.
@@ -241,6 +257,21 @@ impl NodeConfig {
             Some(path) => Some(read_tokens(&path)?),
             None => None,
         };
+        let tls = match (
+            args.tls_cert.or(file.tls_cert),
+            args.tls_key.or(file.tls_key),
+            args.tls_ca.or(file.tls_ca),
+        ) {
+            (None, None, None) => None,
+            (Some(cert), Some(key), Some(ca)) => {
+                Some(crate::tls::Tls::load(&cert, &key, &ca).map_err(Error::Config)?)
+            }
+            _ => {
+                return Err(Error::Config(
+                    "TLS needs all three of --tls-cert, --tls-key and --tls-ca".into(),
+                ))
+            }
+        };
         let config = NodeConfig {
             id: args.id.or(file.id),
             listen: args
@@ -261,6 +292,7 @@ impl NodeConfig {
             sync,
             cluster_secret,
             tokens,
+            tls,
             limits: Limits::default(),
             request_timeout: Duration::from_millis(
                 args.request_timeout_ms

@@ -19,7 +19,6 @@ use kv_core::wire::{
 };
 use serde::Serialize;
 use serde_json::{json, Value};
-use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
@@ -38,7 +37,7 @@ use crate::peer::{PeerRequest, PeerResponse};
 /// nothing else to do — one write for every answer ready at that moment, as Redis writes its
 /// replies before waiting for more input. A client that stops reading fills the socket, the
 /// answer buffer stops accepting, and the task stops reading that client's requests.
-pub async fn serve(node: Arc<Node>, ws: WebSocketStream<TcpStream>, read_only: bool) {
+pub async fn serve(node: Arc<Node>, ws: WebSocketStream<crate::tls::Io>, read_only: bool) {
     let (mut sink, mut stream) = ws.split();
     let max_in_flight = node.config.max_in_flight;
     let mut running = FuturesUnordered::new();

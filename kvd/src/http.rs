@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use kv_core::membership::NodeState;
 use serde_json::{json, Value};
-use tokio::net::TcpStream;
 
 use crate::node::Node;
 use crate::peer::{PeerRequest, PeerResponse};
@@ -17,7 +16,7 @@ use crate::server::{write_response, RequestHead};
 pub async fn respond(
     node: &Arc<Node>,
     head: &RequestHead,
-    stream: &mut TcpStream,
+    stream: &mut crate::tls::Io,
 ) -> std::io::Result<()> {
     if head.method != "GET" && head.method != "HEAD" {
         return write_response(

@@ -88,8 +88,13 @@ async fn run_node(config: NodeConfig) -> Result<()> {
         .map_err(|e| Error::Io(format!("cannot listen on {}: {e}", config.listen)))?;
     let node = Node::start(config).await?;
     kvd::info!(
-        "listening on {} (ws://{0}), {} member(s) known",
+        "listening on {} ({}://{0}), {} member(s) known",
         node.config.listen,
+        if node.config.tls.is_some() {
+            "wss"
+        } else {
+            "ws"
+        },
         node.membership().members().count()
     );
     let gossip = tokio::spawn(kvd::gossip::run(node.clone()));

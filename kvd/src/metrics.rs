@@ -86,6 +86,9 @@ pub struct Metrics {
     pub gossip_rounds: AtomicU64,
     /// Sibling values dropped because a key exceeded the sibling cap.
     pub siblings_capped: AtomicU64,
+    /// Incoming connections whose TLS handshake failed (plain requests to a TLS port,
+    /// clients that do not trust the certificate).
+    pub tls_handshakes_failed: AtomicU64,
 }
 
 /// Index of an op in [`OPS`].
@@ -116,7 +119,7 @@ impl Metrics {
         for (i, op) in OPS.iter().enumerate() {
             self.latency[i].render(out, "kv_request_duration_seconds", &format!("op=\"{op}\""));
         }
-        let counters: [(&str, &AtomicU64, &str); 11] = [
+        let counters: [(&str, &AtomicU64, &str); 12] = [
             ("kv_unavailable_total", &self.unavailable, "counter"),
             ("kv_timeouts_total", &self.timeouts, "counter"),
             ("kv_read_repairs_total", &self.read_repairs, "counter"),
@@ -132,6 +135,11 @@ impl Metrics {
             ("kv_peer_failures_total", &self.peer_failures, "counter"),
             ("kv_gossip_rounds_total", &self.gossip_rounds, "counter"),
             ("kv_siblings_capped_total", &self.siblings_capped, "counter"),
+            (
+                "kv_tls_handshakes_failed_total",
+                &self.tls_handshakes_failed,
+                "counter",
+            ),
         ];
         for (name, v, kind) in counters {
             let _ = writeln!(out, "# TYPE {name} {kind}\n{name} {}", v.load(Relaxed));

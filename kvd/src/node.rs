@@ -88,7 +88,11 @@ impl Node {
         me.rack = config.rack.clone();
         me.weight = config.weight;
         let mut membership = Membership::new(me, DetectorConfig::default(), crate::now_ms());
-        let peers = PeerPool::new(max_state_bytes(&config), config.cluster_secret.clone());
+        let peers = PeerPool::new(
+            max_state_bytes(&config),
+            config.cluster_secret.clone(),
+            config.tls.as_ref().map(|t| t.client.clone()),
+        );
 
         if identity.tokens.is_empty() {
             let (tokens, known) = choose_tokens(&config, &id, &mut membership, &peers).await?;
@@ -636,7 +640,10 @@ async fn ask_cluster(
                 }
                 Ok(other) => last_error = format!("{addr}: unexpected answer {other:?}"),
                 // A refusal will not change by retrying: say so at once.
-                Err(e) if e.to_string().contains("cluster secret") => {
+                Err(e)
+                    if e.to_string().contains("cluster secret")
+                        || e.to_string().contains("refused:") =>
+                {
                     return Err(Error::Join(format!("{addr} refused this node: {e}")))
                 }
                 Err(e) => last_error = format!("{addr}: {e}"),

@@ -17,7 +17,6 @@ use futures_util::{SinkExt, StreamExt};
 use kv_core::membership::Member;
 use kv_core::wire::b64;
 use serde::{Deserialize, Serialize};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
@@ -264,6 +263,8 @@ pub struct PeerPool {
     max_state_bytes: usize,
     /// The cluster secret peers prove they know (`--cluster-secret-file`), if any.
     secret: Option<String>,
+    /// TLS to peers (`--tls-ca`), if configured.
+    tls: Option<Arc<tokio_rustls::rustls::ClientConfig>>,
 }
 
 const RETRY_AFTER: Duration = Duration::from_millis(250);
@@ -286,12 +287,18 @@ pub const READ_BUFFER: usize = 8 * 1024;
 
 impl PeerPool {
     /// An empty pool; with `secret`, every connection first authenticates (see `auth`).
-    pub fn new(max_state_bytes: usize, secret: Option<String>) -> PeerPool {
+    /// With `tls`, peers are dialled with `wss://` and their certificates verified by it.
+    pub fn new(
+        max_state_bytes: usize,
+        secret: Option<String>,
+        tls: Option<Arc<tokio_rustls::rustls::ClientConfig>>,
+    ) -> PeerPool {
         PeerPool {
             slots: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             max_state_bytes,
             secret,
+            tls,
         }
     }
 
@@ -379,15 +386,22 @@ impl PeerPool {
     }
 
     async fn connect(&self, addr: &str) -> Result<Conn, String> {
-        let url = format!("ws://{addr}/peer");
-        let fut = tokio_tungstenite::connect_async_with_config(
+        let (url, connector) = match &self.tls {
+            Some(tls) => (
+                format!("wss://{addr}/peer"),
+                Some(tokio_tungstenite::Connector::Rustls(tls.clone())),
+            ),
+            None => (format!("ws://{addr}/peer"), None),
+        };
+        let fut = tokio_tungstenite::connect_async_tls_with_config(
             url.as_str(),
             Some(peer_ws_config(self.max_state_bytes)),
             true,
+            connector,
         );
         let (mut ws, _) = match tokio::time::timeout(CONNECT_TIMEOUT, fut).await {
             Ok(Ok(ok)) => ok,
-            Ok(Err(e)) => return Err(e.to_string()),
+            Ok(Err(e)) => return Err(connect_failure(e, self.tls.is_some())),
             Err(_) => return Err("connect timed out".into()),
         };
         if let Some(secret) = &self.secret {
@@ -435,13 +449,33 @@ impl PeerPool {
     }
 }
 
+/// Why a connection to a peer failed; a mismatch of TLS settings or certificates, which no
+/// retry will cure, starts with `refused:`.
+fn connect_failure(e: tokio_tungstenite::tungstenite::Error, tls: bool) -> String {
+    use tokio_tungstenite::tungstenite::error::ProtocolError;
+    use tokio_tungstenite::tungstenite::Error as E;
+    match &e {
+        E::Io(io)
+            if io
+                .get_ref()
+                .is_some_and(|inner| inner.is::<tokio_rustls::rustls::Error>()) =>
+        {
+            format!("refused: TLS with the peer failed ({io})")
+        }
+        E::Protocol(ProtocolError::HttparseError(_)) if !tls => {
+            format!("refused: the peer does not answer plain WebSocket; does it serve TLS? ({e})")
+        }
+        _ => e.to_string(),
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Serves one incoming peer connection: requests run concurrently, answers go back through
 /// one writer as they complete.
-pub async fn serve(node: Arc<Node>, mut ws: WebSocketStream<TcpStream>) {
+pub async fn serve(node: Arc<Node>, mut ws: WebSocketStream<crate::tls::Io>) {
     if let Some(secret) = &node.config.cluster_secret {
         if let Err(e) = crate::auth::serve_handshake(&mut ws, secret).await {
             crate::warn!("refused a peer connection: {e}");

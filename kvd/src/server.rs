@@ -1,6 +1,7 @@
 //! One TCP port for everything: reads the HTTP request head of each connection and routes it
 //! to the peer protocol (`GET /peer` with a WebSocket upgrade), the client protocol (any other
-//! WebSocket upgrade) or plain HTTP (`/health`, `/metrics`, `/`).
+//! WebSocket upgrade) or plain HTTP (`/health`, `/metrics`, `/`). With TLS configured every
+//! connection first completes a TLS handshake (see `tls`).
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
 
 use crate::node::Node;
+use crate::tls::Io;
 
 /// The parts of an HTTP request head the server looks at.
 pub struct RequestHead {
@@ -112,10 +114,28 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener) {
 
 async fn handle(
     node: Arc<Node>,
-    mut stream: TcpStream,
+    stream: TcpStream,
     clients: Arc<Semaphore>,
 ) -> std::io::Result<()> {
     let _ = stream.set_nodelay(true);
+    let mut stream = match &node.config.tls {
+        None => Io::Plain(stream),
+        Some(tls) => {
+            let from = stream
+                .peer_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_default();
+            match tokio::time::timeout(HEAD_TIMEOUT, tls.acceptor.accept(stream)).await {
+                Ok(Ok(s)) => Io::Tls(Box::new(s)),
+                Ok(Err(e)) => {
+                    node.metrics.tls_handshakes_failed.fetch_add(1, Relaxed);
+                    crate::warn!("TLS handshake from {from} failed: {e}");
+                    return Ok(());
+                }
+                Err(_) => return Ok(()),
+            }
+        }
+    };
     let (head, rest) = match tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut stream)).await {
         Ok(Ok(Some(h))) => h,
         Ok(Ok(None)) => return Ok(()),
@@ -199,11 +219,11 @@ fn peer_config(node: &Node) -> WebSocketConfig {
 }
 
 async fn upgrade(
-    mut stream: TcpStream,
+    mut stream: Io,
     head: &RequestHead,
     rest: Vec<u8>,
     config: WebSocketConfig,
-) -> std::io::Result<Option<WebSocketStream<TcpStream>>> {
+) -> std::io::Result<Option<WebSocketStream<Io>>> {
     let Some(key) = head.header("sec-websocket-key") else {
         write_response(
             &mut stream,
@@ -227,7 +247,7 @@ async fn upgrade(
 
 /// Reads the request head; returns it with any bytes read past it. `None` when the peer
 /// closed before sending anything.
-async fn read_head(stream: &mut TcpStream) -> std::io::Result<Option<(RequestHead, Vec<u8>)>> {
+async fn read_head(stream: &mut Io) -> std::io::Result<Option<(RequestHead, Vec<u8>)>> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 2048];
     let end = loop {
@@ -277,7 +297,7 @@ async fn read_head(stream: &mut TcpStream) -> std::io::Result<Option<(RequestHea
 
 /// Writes a complete HTTP/1.1 response and closes the exchange.
 pub async fn write_response(
-    stream: &mut TcpStream,
+    stream: &mut Io,
     status: u16,
     reason: &str,
     content_type: &str,

@@ -66,13 +66,107 @@ pub struct ClusterOpts {
     pub extra: Vec<String>,
     /// `--dc` of node i (nodes past the list keep the default `dc1`).
     pub dcs: Vec<&'static str>,
+    /// Serve and dial peers over TLS with these files (`wss://`, `https://`).
+    pub tls: Option<TlsFiles>,
+}
+
+/// A CA and one node certificate it signed, valid for 127.0.0.1 and localhost, made with the
+/// openssl command line.
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    /// The CA certificate (PEM).
+    pub ca: PathBuf,
+    /// The node certificate (PEM).
+    pub cert: PathBuf,
+    /// The node certificate's private key (PEM).
+    pub key: PathBuf,
+}
+
+impl TlsFiles {
+    /// Makes a fresh CA named `name` and a node certificate in `dir`.
+    pub fn generate(dir: &Path, name: &str) -> TlsFiles {
+        std::fs::create_dir_all(dir).expect("certificate dir");
+        let f = |suffix: &str| dir.join(format!("{name}-{suffix}"));
+        let run = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .output()
+                .expect("run openssl (the test command installs it)");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let (ca_key, ca, key, csr, cert, ext) = (
+            f("ca.key"),
+            f("ca.pem"),
+            f("node.key"),
+            f("node.csr"),
+            f("node.pem"),
+            f("ext.cnf"),
+        );
+        let s = |p: &PathBuf| p.display().to_string();
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ];
+        let subject = format!("/CN={name} test CA");
+        let mut args = vec!["req", "-x509"];
+        args.extend(ec);
+        let (ca_key_s, ca_s) = (s(&ca_key), s(&ca));
+        args.extend([
+            "-keyout", &ca_key_s, "-out", &ca_s, "-days", "30", "-subj", &subject,
+        ]);
+        run(&args);
+        let (key_s, csr_s) = (s(&key), s(&csr));
+        let mut args = vec!["req"];
+        args.extend(ec);
+        args.extend(["-keyout", &key_s, "-out", &csr_s, "-subj", "/CN=kv node"]);
+        run(&args);
+        std::fs::write(&ext, "subjectAltName=IP:127.0.0.1,DNS:localhost\n").expect("ext file");
+        let (cert_s, ext_s) = (s(&cert), s(&ext));
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr_s,
+            "-CA",
+            &ca_s,
+            "-CAkey",
+            &ca_key_s,
+            "-CAcreateserial",
+            "-out",
+            &cert_s,
+            "-days",
+            "30",
+            "-extfile",
+            &ext_s,
+        ]);
+        TlsFiles { ca, cert, key }
+    }
+
+    /// The `kvd` flags that serve these files.
+    pub fn flags(&self) -> Vec<String> {
+        vec![
+            "--tls-cert".into(),
+            self.cert.display().to_string(),
+            "--tls-key".into(),
+            self.key.display().to_string(),
+            "--tls-ca".into(),
+            self.ca.display().to_string(),
+        ]
+    }
 }
 
 impl ClusterOpts {
     /// The flags every test node starts with: identity, address, data dir, quorums, sync
     /// (callers add `--seed`, `--dc` and the extra flags).
     pub fn node_args(&self, id: &str, addr: &str, data_dir: &Path) -> Vec<String> {
-        vec![
+        let mut args: Vec<String> = vec![
             "--id".into(),
             id.into(),
             "--listen".into(),
@@ -87,7 +181,16 @@ impl ClusterOpts {
             self.r.to_string(),
             "--sync".into(),
             self.sync.into(),
-        ]
+        ];
+        if let Some(tls) = &self.tls {
+            args.extend(tls.flags());
+        }
+        args
+    }
+
+    /// The CA a client of these nodes trusts, when they serve TLS.
+    pub fn ca(&self) -> Option<PathBuf> {
+        self.tls.as_ref().map(|t| t.ca.clone())
     }
 }
 
@@ -100,6 +203,7 @@ impl Default for ClusterOpts {
             sync: "interval",
             extra: vec!["--gossip-interval-ms".into(), "300".into()],
             dcs: Vec::new(),
+            tls: None,
         }
     }
 }
@@ -114,14 +218,22 @@ pub struct NodeProc {
     pub data_dir: PathBuf,
     /// Its log file.
     pub log: PathBuf,
+    /// The CA its certificate is verified against, when it serves TLS.
+    pub ca: Option<PathBuf>,
     args: Vec<String>,
     child: Option<Child>,
 }
 
 impl NodeProc {
-    /// `ws://ADDR`.
+    /// `ws://ADDR` (`wss://` when it serves TLS).
     pub fn url(&self) -> String {
-        format!("ws://{}", self.addr)
+        let scheme = if self.ca.is_some() { "wss" } else { "ws" };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    /// `GET path` on this node (over TLS when it serves TLS); the body when the status is 200.
+    pub fn get(&self, path: &str) -> Option<String> {
+        http_get_ca(&self.addr, path, self.ca.as_deref())
     }
 
     /// Whether the process is running.
@@ -190,18 +302,19 @@ impl Cluster {
             addr,
             data_dir,
             log,
+            ca: self.opts.ca(),
             args,
             child: None,
         };
         spawn(&mut node);
-        wait_http(&node.addr, Duration::from_secs(30), &node.log);
+        wait_http(&node, Duration::from_secs(30));
         self.nodes.push(node);
         // Joins are serialized: the next node picks its tokens knowing this one's.
-        let seed = self.nodes[0].addr.clone();
+        let seed = &self.nodes[0];
         let deadline = Instant::now() + Duration::from_secs(30);
         let expected = self.nodes.len() as u64;
         let in_ring = || {
-            http_get(&seed, "/health")
+            seed.get("/health")
                 .and_then(|b| serde_json::from_str::<Value>(&b).ok())
                 .is_some_and(|v| v["ring_nodes"].as_u64() == Some(expected))
         };
@@ -225,14 +338,13 @@ impl Cluster {
     /// Waits until every running node reports every running node up and in its ring.
     pub fn wait_converged(&mut self, limit: Duration) {
         let deadline = Instant::now() + limit;
-        let running: Vec<String> = self
-            .nodes
-            .iter_mut()
-            .filter_map(|n| n.is_running().then(|| n.addr.clone()))
+        let running: Vec<usize> = (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].is_running())
             .collect();
         loop {
-            let all = running.iter().all(|a| {
-                http_get(a, "/health")
+            let all = running.iter().all(|&i| {
+                self.nodes[i]
+                    .get("/health")
                     .and_then(|b| serde_json::from_str::<Value>(&b).ok())
                     .is_some_and(|v| {
                         v["members_up"].as_u64() == Some(running.len() as u64)
@@ -256,7 +368,12 @@ impl Cluster {
         let deadline = Instant::now() + limit;
         let id = self.nodes[i].id.clone();
         loop {
-            let status = ws_request_blocking(&self.nodes[observer].url(), json!({"op": "status"}));
+            let observer_node = &self.nodes[observer];
+            let status = ws_request_blocking_ca(
+                &observer_node.url(),
+                observer_node.ca.as_deref(),
+                json!({"op": "status"}),
+            );
             let seen = status["nodes"]
                 .as_array()
                 .and_then(|a| a.iter().find(|n| n["id"] == id.as_str()).cloned())
@@ -304,11 +421,7 @@ impl Cluster {
     pub fn restart(&mut self, i: usize) {
         assert!(self.nodes[i].child.is_none(), "node {i} is still running");
         spawn(&mut self.nodes[i]);
-        wait_http(
-            &self.nodes[i].addr,
-            Duration::from_secs(30),
-            &self.nodes[i].log,
-        );
+        wait_http(&self.nodes[i], Duration::from_secs(30));
     }
 
     /// Sets `flag` to `value` in node `i`'s command line for its next (re)start.
@@ -381,13 +494,14 @@ fn spawn(node: &mut NodeProc) {
     node.child = Some(child);
 }
 
-fn wait_http(addr: &str, limit: Duration, log: &Path) {
+fn wait_http(node: &NodeProc, limit: Duration) {
     let deadline = Instant::now() + limit;
-    while http_get(addr, "/health").is_none() {
+    while node.get("/health").is_none() {
         assert!(
             Instant::now() < deadline,
-            "node {addr} did not answer /health; log:\n{}",
-            std::fs::read_to_string(log).unwrap_or_default()
+            "node {} did not answer /health; log:\n{}",
+            node.addr,
+            std::fs::read_to_string(&node.log).unwrap_or_default()
         );
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -400,21 +514,62 @@ pub fn http_get(addr: &str, path: &str) -> Option<String> {
 
 /// A plain HTTP GET: status and body.
 pub fn http_get_full(addr: &str, path: &str) -> Option<(u16, String)> {
+    http_get_full_ca(addr, path, None)
+}
+
+/// A GET over HTTPS verified against `ca` when given, else plain HTTP; the body when the
+/// status is 200.
+pub fn http_get_ca(addr: &str, path: &str, ca: Option<&Path>) -> Option<String> {
+    http_get_full_ca(addr, path, ca).and_then(|(status, body)| (status == 200).then_some(body))
+}
+
+/// A GET over HTTPS verified against `ca` when given, else plain HTTP: status and body.
+pub fn http_get_full_ca(addr: &str, path: &str, ca: Option<&Path>) -> Option<(u16, String)> {
     use std::io::{Read, Write};
-    let mut s =
+    let s =
         std::net::TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_secs(2)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
     let mut buf = Vec::new();
-    s.read_to_end(&mut buf).ok()?;
+    match ca {
+        None => {
+            let mut s = s;
+            s.write_all(request.as_bytes()).ok()?;
+            s.read_to_end(&mut buf).ok()?;
+        }
+        Some(ca) => {
+            use tokio_rustls::rustls::{ClientConnection, StreamOwned};
+            let name = "127.0.0.1".try_into().ok()?;
+            let conn = ClientConnection::new(tls_client_config(ca), name).ok()?;
+            let mut s = StreamOwned::new(conn, s);
+            s.write_all(request.as_bytes()).ok()?;
+            s.read_to_end(&mut buf).ok()?;
+        }
+    }
     let text = String::from_utf8_lossy(&buf).into_owned();
     let (head, body) = text.split_once("\r\n\r\n")?;
     let status = head.split(' ').nth(1)?.parse().ok()?;
     Some((status, body.to_string()))
+}
+
+/// A TLS client configuration trusting only the CA certificates in `ca`.
+pub fn tls_client_config(ca: &Path) -> std::sync::Arc<tokio_rustls::rustls::ClientConfig> {
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::CertificateDer;
+    use tokio_rustls::rustls::{ClientConfig, RootCertStore};
+    let mut roots = RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(ca).expect("read the CA file") {
+        roots
+            .add(c.expect("a PEM certificate"))
+            .expect("a CA certificate");
+    }
+    let provider = std::sync::Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    std::sync::Arc::new(config)
 }
 
 /// A WebSocket client connection for tests: send JSON, read the answer with the same id.
@@ -428,7 +583,13 @@ pub struct Ws {
 impl Ws {
     /// Connects to `url`.
     pub async fn connect(url: &str) -> Ws {
-        let (ws, _) = tokio_tungstenite::connect_async(url)
+        Ws::connect_ca(url, None).await
+    }
+
+    /// Connects to `url`, verifying a `wss://` node's certificate against `ca`.
+    pub async fn connect_ca(url: &str, ca: Option<&Path>) -> Ws {
+        let connector = ca.map(|ca| tokio_tungstenite::Connector::Rustls(tls_client_config(ca)));
+        let (ws, _) = tokio_tungstenite::connect_async_tls_with_config(url, None, false, connector)
             .await
             .unwrap_or_else(|e| panic!("connect {url}: {e}"));
         Ws { ws, next_id: 1 }
@@ -481,14 +642,20 @@ impl Ws {
 /// One request on a fresh connection, from synchronous code (also from inside an async
 /// test: it runs on a thread of its own).
 pub fn ws_request_blocking(url: &str, req: Value) -> Value {
+    ws_request_blocking_ca(url, None, req)
+}
+
+/// [`ws_request_blocking`] to a node whose certificate is verified against `ca`.
+pub fn ws_request_blocking_ca(url: &str, ca: Option<&Path>, req: Value) -> Value {
     let url = url.to_string();
+    let ca = ca.map(Path::to_path_buf);
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .expect("runtime");
         rt.block_on(async {
-            let mut ws = Ws::connect(&url).await;
+            let mut ws = Ws::connect_ca(&url, ca.as_deref()).await;
             ws.request(req).await
         })
     })

@@ -59,6 +59,7 @@ async fn sigkill_under_load_with_sync_always_loses_no_acknowledged_write() {
         .map(String::from)
         .to_vec(),
         dcs: Vec::new(),
+        tls: None,
     };
     let cluster = tokio::task::spawn_blocking(move || Cluster::start(NODES, opts))
         .await

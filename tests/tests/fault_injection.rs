@@ -138,6 +138,7 @@ async fn random_faults_lose_no_acknowledged_write() {
         .map(String::from)
         .to_vec(),
         dcs: Vec::new(),
+        tls: None,
     };
     let cluster = tokio::task::spawn_blocking(move || FaultCluster::start(NODES, opts))
         .await
