@@ -20,7 +20,7 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
     cargo install --locked cargo-fuzz
 fi
 
-all=(wire_decode context_decode sibling_set_decode commit_log_replay sstable_block sstable_table bloom_filter manifest_decode)
+all=(wire_decode peer_decode context_decode sibling_set_decode commit_log_replay sstable_block sstable_table bloom_filter manifest_decode)
 targets=("$@")
 [ ${#targets[@]} -eq 0 ] && targets=("${all[@]}")
 
