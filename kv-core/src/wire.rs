@@ -342,71 +342,82 @@ pub fn check_value(value: &[u8], limits: &Limits) -> Result<(), WireError> {
 
 /// Encodes a client request as a JSON text frame (what kvcli and the SDK send).
 pub fn encode_request(id: u64, op: &ClientOp) -> String {
-    let mut obj = serde_json::Map::new();
-    obj.insert("id".into(), id.into());
-    obj.insert("op".into(), op.name().into());
-    let mut set = |k: &str, v: serde_json::Value| {
-        obj.insert(k.into(), v);
+    let mut out = OutRequest {
+        id,
+        op: op.name(),
+        ..OutRequest::default()
     };
+    let b64;
     match op {
         ClientOp::Get { key, r, local } => {
-            set("key", key.as_str().into());
-            if let Some(r) = r {
-                set("r", (*r).into());
-            }
-            if *local {
-                set("local", true.into());
-            }
+            out.key = Some(key);
+            out.r = *r;
+            out.local = local.then_some(true);
         }
         ClientOp::Put {
             key,
             value,
-            context,
+            context: c,
             w,
         } => {
-            set("key", key.as_str().into());
+            out.key = Some(key);
             match std::str::from_utf8(value) {
-                Ok(text) => set("value", text.into()),
-                Err(_) => set("value_b64", B64.encode(value).into()),
+                Ok(text) => out.value = Some(text),
+                Err(_) => {
+                    b64 = B64.encode(value);
+                    out.value_b64 = Some(&b64);
+                }
             }
-            if !context.is_empty() {
-                set("context", context.as_str().into());
-            }
-            if let Some(w) = w {
-                set("w", (*w).into());
-            }
+            out.context = non_empty(c);
+            out.w = *w;
         }
-        ClientOp::Delete { key, context, w } => {
-            set("key", key.as_str().into());
-            if !context.is_empty() {
-                set("context", context.as_str().into());
-            }
-            if let Some(w) = w {
-                set("w", (*w).into());
-            }
+        ClientOp::Delete { key, context: c, w } => {
+            out.key = Some(key);
+            out.context = non_empty(c);
+            out.w = *w;
         }
-        ClientOp::Ring { key } => {
-            if let Some(key) = key {
-                set("key", key.as_str().into());
-            }
-        }
-        ClientOp::Repair { node } => {
-            if let Some(node) = node {
-                set("node", node.as_str().into());
-            }
-        }
-        ClientOp::Decommission { node } => set("node", node.as_str().into()),
+        ClientOp::Ring { key } => out.key = key.as_deref(),
+        ClientOp::Repair { node } => out.node = node.as_deref(),
+        ClientOp::Decommission { node } => out.node = Some(node),
         ClientOp::Scan { cursor, limit } => {
-            if let Some(c) = cursor {
-                set("cursor", c.as_str().into());
-            }
-            if let Some(l) = limit {
-                set("limit", (*l).into());
-            }
+            out.cursor = cursor.as_deref();
+            out.limit = *limit;
         }
         ClientOp::Status | ClientOp::Hints | ClientOp::Ping => {}
     }
-    serde_json::Value::Object(obj).to_string()
+    serde_json::to_string(&out).expect("a request always serializes")
+}
+
+fn non_empty(s: &str) -> Option<&str> {
+    (!s.is_empty()).then_some(s)
+}
+
+/// A request frame as [`encode_request`] writes it: borrowed fields, absent ones left out
+/// (serialized directly; no map of owned values per request).
+#[derive(Serialize, Default)]
+struct OutRequest<'a> {
+    id: u64,
+    op: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    value: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    value_b64: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    context: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    r: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    w: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    local: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    node: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cursor: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    limit: Option<usize>,
 }
 
 /// A value as JSON: a string when it is UTF-8 text, else `{"value_b64": "..."}`.

@@ -20,7 +20,7 @@ use hdrhistogram::Histogram;
 use kv_core::wire::ClientOp;
 use serde_json::{json, Value};
 
-use crate::client::{Client, ClientError, DirectClient};
+use crate::client::{Answer, Client, ClientError, DirectClient};
 use crate::commands::Env;
 use crate::workload::{Distribution, KeyChooser, OpKind, Rng, Workload};
 
@@ -89,9 +89,9 @@ impl Shared {
             .unwrap_or_default()
     }
 
-    fn remember(&self, i: u64, answer: &Value) {
-        if let Some(c) = answer["context"].as_str().filter(|c| !c.is_empty()) {
-            lock(&self.contexts[i as usize % SHARDS]).insert(i, c.to_string());
+    fn remember(&self, i: u64, answer: &Answer) {
+        if !answer.context.is_empty() {
+            lock(&self.contexts[i as usize % SHARDS]).insert(i, answer.context.clone());
         }
     }
 
@@ -303,7 +303,7 @@ where
                     local: false,
                 };
                 let context = match client.request(&read).await {
-                    Ok(v) => v["context"].as_str().unwrap_or("").to_string(),
+                    Ok(v) => v.context,
                     Err(_) => String::new(),
                 };
                 let op = ClientOp::Put {
@@ -398,7 +398,7 @@ async fn one_op(
         OpKind::ReadModifyWrite => {
             let i = sh.chooser.pick(rng, sh.records.load(Ordering::Relaxed));
             let read = client.request(&get(i)).await?;
-            let context = read["context"].as_str().unwrap_or("").to_string();
+            let context = read.context;
             let v = client.request(&put(i, context)).await?;
             sh.remember(i, &v);
         }

@@ -1,6 +1,7 @@
 //! A WebSocket client of the node's JSON protocol: many requests in flight on one connection,
 //! answers matched by id.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -9,6 +10,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use kv_core::wire::{encode_request, ClientOp};
+use serde::Deserialize;
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 use tokio_rustls::rustls::pki_types::pem::PemObject;
@@ -288,8 +290,10 @@ impl DirectClient {
         })
     }
 
-    /// Sends one request and returns the answer's fields (`ok: true`), or the error.
-    pub async fn request(&mut self, op: &ClientOp) -> Result<Value, ClientError> {
+    /// Sends one request and returns what the load generator keeps of a success (`ok: true`),
+    /// or the error. The answer is parsed into borrowed fields, not a JSON tree: this client
+    /// shares the machine with the node it measures.
+    pub async fn request(&mut self, op: &ClientOp) -> Result<Answer, ClientError> {
         let id = self.next_id;
         self.next_id += 1;
         let exchange = async {
@@ -300,12 +304,22 @@ impl DirectClient {
             loop {
                 match self.ws.next().await {
                     Some(Ok(Message::Text(text))) => {
-                        let v: Value = serde_json::from_str(&text).map_err(|e| {
+                        let frame: AnswerFrame<'_> = serde_json::from_str(&text).map_err(|e| {
                             ClientError::Failed(format!("an answer is not JSON: {e}"))
                         })?;
-                        if v["id"].as_u64() == Some(id) {
-                            return Ok(v);
+                        if frame.id != Some(id) {
+                            continue;
                         }
+                        if frame.ok {
+                            return Ok(Answer {
+                                context: frame.context.map(Cow::into_owned).unwrap_or_default(),
+                            });
+                        }
+                        let error = frame.error.unwrap_or_default();
+                        return Err(ClientError::Refused {
+                            code: error.code.map_or_else(|| "error".into(), Cow::into_owned),
+                            message: error.message.map(Cow::into_owned).unwrap_or_default(),
+                        });
                     }
                     Some(Ok(_)) => {}
                     Some(Err(e)) => {
@@ -317,11 +331,36 @@ impl DirectClient {
                 }
             }
         };
-        let v = tokio::time::timeout(self.timeout, exchange)
+        tokio::time::timeout(self.timeout, exchange)
             .await
-            .map_err(|_| ClientError::Timeout)??;
-        answer_fields(v)
+            .map_err(|_| ClientError::Timeout)?
     }
+}
+
+/// What [`DirectClient::request`] keeps of a successful answer.
+pub struct Answer {
+    /// The causal context (empty when the answer has none).
+    pub context: String,
+}
+
+/// The fields of an answer frame the load generator looks at; the others are skipped.
+#[derive(Deserialize)]
+struct AnswerFrame<'a> {
+    id: Option<u64>,
+    #[serde(default)]
+    ok: bool,
+    #[serde(borrow, default)]
+    context: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    error: Option<ErrorFrame<'a>>,
+}
+
+#[derive(Deserialize, Default)]
+struct ErrorFrame<'a> {
+    #[serde(borrow, default)]
+    code: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    message: Option<Cow<'a, str>>,
 }
 
 /// An answer frame as the result of its request: its fields when `ok`, else the error.
