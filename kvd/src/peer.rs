@@ -371,7 +371,9 @@ impl PeerPool {
                 return Err(PeerError::Unreachable(why.clone()));
             }
         }
-        match self.connect(addr).await {
+        // Boxed: the connect future (TCP, TLS and WebSocket handshakes) is large, and every
+        // peer call's future would otherwise carry its size (and be copied with it).
+        match Box::pin(self.connect(addr)).await {
             Ok(c) => {
                 *lock(&slot.failed) = None;
                 let c = Arc::new(c);
