@@ -492,5 +492,10 @@ mod tests {
         let size = std::mem::size_of_val(&request);
         println!("a request's future: {size} bytes");
         assert!(size <= 6 * 1024, "a request's future is {size} bytes");
+        // The same holds for a peer's requests (each replicated write is one).
+        let peer = node.handle_peer(PeerRequest::Stats);
+        let size = std::mem::size_of_val(&peer);
+        println!("a peer request's future: {size} bytes");
+        assert!(size <= 6 * 1024, "a peer request's future is {size} bytes");
     }
 }

@@ -490,13 +490,17 @@ impl Node {
             PeerRequest::Stats => PeerResponse::Stats {
                 stats: crate::http::local_stats(self),
             },
+            // Boxed, like the decommission below: their futures are large, and every peer
+            // request's future would otherwise be as large (and be copied per request).
             PeerRequest::RunRepair => PeerResponse::Repaired {
-                stats: crate::anti_entropy::repair_now(self).await,
+                stats: Box::pin(crate::anti_entropy::repair_now(self)).await,
             },
-            PeerRequest::Decommission => match crate::rebalance::run_decommission(self).await {
-                Ok(moved_keys) => PeerResponse::Decommissioned { moved_keys },
-                Err(message) => PeerResponse::Error { message },
-            },
+            PeerRequest::Decommission => {
+                match Box::pin(crate::rebalance::run_decommission(self)).await {
+                    Ok(moved_keys) => PeerResponse::Decommissioned { moved_keys },
+                    Err(message) => PeerResponse::Error { message },
+                }
+            }
             PeerRequest::StreamRange {
                 range,
                 after,
