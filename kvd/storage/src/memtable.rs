@@ -1,18 +1,19 @@
 //! The memtable: an ordered in-memory map of the newest writes, readable while written.
 //!
-//! A skiplist with one writer at a time (writers serialize on an internal mutex; in the engine
-//! only the group-commit leader writes) and lock-free readers. Nodes (header, links, key and
-//! value) are laid out together in an arena of 4 MiB chunks, so a search step touches one or two
-//! cache lines and an insert costs no allocation. Every operation gets a sequence
-//! number; nodes are ordered by key ascending, then sequence descending, so the first node of a
-//! key is its newest version. Overwrites add nodes; nothing is removed until the whole memtable
-//! is dropped (after its flush), which is what makes lock-free reading safe.
+//! A skiplist of keys with one writer at a time (writers serialize on an internal mutex; in the
+//! engine only the group-commit leader writes) and lock-free readers. Nodes (header, links, key
+//! and value) are laid out together in an arena of 4 MiB chunks, so a search step touches one
+//! or two cache lines and an insert costs no allocation. Every operation gets a sequence number.
+//! The first write of a key in this memtable makes its key node, linked into the skiplist; each
+//! later write of the key makes a version node (header and value only) pushed on the key node's
+//! version chain, newest first. Nothing is removed until the whole memtable is dropped (after
+//! its flush), which is what makes lock-free reading safe.
 //!
-//! Point lookups do not walk the skiplist: a search there visits some 30 nodes of a full
-//! memtable, each a likely cache miss, and was the node's largest user-space cost under a
-//! write load (every write reads the key's state first). A hash index of fixed size (buckets
-//! of node chains, newest first, linked through each node's hash link) answers them in one
-//! or two node visits, and answers "absent" exactly too.
+//! Only new keys search the skiplist: a search visits some 30 nodes of a full memtable, each a
+//! likely cache miss, and was the node's largest user-space cost under a write load. A hash
+//! index of fixed size (buckets of key-node chains linked through each key node's hash link)
+//! finds a key's node in one or two node visits, for point lookups (exact for absent keys too)
+//! and for overwrites.
 //!
 //! Laws:
 //! - A node is fully built before it is linked (Release store); readers load links with
@@ -21,9 +22,10 @@
 //!   (readers and iterators hold an `Arc<Memtable>`).
 //! - `visible` is advanced after a whole batch is linked, and readers ignore nodes with a
 //!   higher sequence: a batch becomes visible all at once.
-//! - A node enters its hash bucket (Release) after its hash link is set and before `visible`
-//!   covers it; chains only grow at their head, by the one writer, in sequence order, so the
-//!   first node of a chain with the key and a visible sequence is the newest visible version.
+//! - A key node enters its hash bucket, and a version node its key's chain, by a Release store
+//!   after the node's own link there is set and before `visible` covers it; version chains only
+//!   grow at their head, by the one writer, in sequence order, so the first version with a
+//!   visible sequence (the key node itself last) is the newest visible one.
 
 use std::ops::Bound;
 use std::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
@@ -35,11 +37,14 @@ const MAX_HEIGHT: usize = 12;
 /// Arena chunk size; a larger entry gets a chunk of its own.
 const CHUNK_BYTES: usize = 4 << 20;
 /// Node header: seq u64, key length u32, value tag u32 (0 = tombstone, else length + 1),
-/// height u32, padding u32, hash link u64; then `height` link words, then key bytes, then
-/// value bytes.
-const HEADER: usize = 32;
-/// Offset of the hash link: the next older node in the same hash bucket.
+/// height u32, padding u32, hash link u64, version link u64; then `height` link words, then key
+/// bytes, then value bytes. A version node has height 0 and no key bytes.
+const HEADER: usize = 40;
+/// Offset of the hash link of a key node: the next key node in the same hash bucket.
 const HASH_LINK: usize = 24;
+/// Offset of the version link: on a key node the newest later version (null: none); on a
+/// version node the next older version (null: the key node is next).
+const VERSION_LINK: usize = 32;
 /// Hash buckets per memtable (2 MiB of pointers, touched as used): about one entry per bucket
 /// in a full 64 MiB memtable of small entries.
 const INDEX_BUCKETS: usize = 1 << 18;
@@ -92,6 +97,21 @@ impl NodeRef {
     fn hash_link(self) -> &'static AtomicPtr<u8> {
         // SAFETY: as `link`: an 8-aligned word of the header, inside the node.
         unsafe { &*(self.0.add(HASH_LINK) as *const AtomicPtr<u8>) }
+    }
+    fn version_link(self) -> &'static AtomicPtr<u8> {
+        // SAFETY: as `link`: an 8-aligned word of the header, inside the node.
+        unsafe { &*(self.0.add(VERSION_LINK) as *const AtomicPtr<u8>) }
+    }
+    /// The newest version of this key node's key with a sequence up to `snap`, if any.
+    fn visible_version(self, snap: u64) -> Option<NodeRef> {
+        let mut v = NodeRef(self.version_link().load(Ordering::Acquire));
+        while !v.is_null() {
+            if v.seq() <= snap {
+                return Some(v);
+            }
+            v = NodeRef(v.version_link().load(Ordering::Acquire));
+        }
+        (self.seq() <= snap).then_some(self)
     }
     fn key<'a>(self) -> &'a [u8] {
         let off = HEADER + 8 * self.height();
@@ -272,9 +292,29 @@ impl Memtable {
         }
     }
 
+    /// The key node of `key`, if the key was written to this memtable (visible or not).
+    fn key_node(&self, key: &[u8]) -> Option<NodeRef> {
+        let mut n = NodeRef(self.bucket(key).load(Ordering::Acquire));
+        while !n.is_null() {
+            if n.key() == key {
+                return Some(n);
+            }
+            n = NodeRef(n.hash_link().load(Ordering::Acquire));
+        }
+        None
+    }
+
     fn insert(&self, w: &mut Writer, key: &[u8], value: Option<&[u8]>) -> usize {
         let seq = w.next_seq;
         w.next_seq += 1;
+        if let Some(k) = self.key_node(key) {
+            // An overwrite: a version node on the key's chain, no skiplist search.
+            let v = build_node(&mut w.arena, seq, 0, &[], value);
+            v.version_link()
+                .store(k.version_link().load(Ordering::Relaxed), Ordering::Relaxed);
+            k.version_link().store(v.0 as *mut u8, Ordering::Release);
+            return HEADER + value.map_or(0, <[u8]>::len);
+        }
         let mut height = 1;
         loop {
             w.rng ^= w.rng << 13;
@@ -322,17 +362,13 @@ impl Memtable {
 
     pub(crate) fn get(&self, key: &[u8]) -> Lookup {
         let snap = self.visible.load(Ordering::Acquire);
-        let mut n = NodeRef(self.bucket(key).load(Ordering::Acquire));
-        while !n.is_null() {
-            if n.seq() <= snap && n.key() == key {
-                return match n.value() {
-                    Some(v) => Lookup::Found(v.to_vec()),
-                    None => Lookup::Deleted,
-                };
-            }
-            n = NodeRef(n.hash_link().load(Ordering::Acquire));
+        match self.key_node(key).and_then(|k| k.visible_version(snap)) {
+            Some(v) => match v.value() {
+                Some(v) => Lookup::Found(v.to_vec()),
+                None => Lookup::Deleted,
+            },
+            None => Lookup::Absent,
         }
-        Lookup::Absent
     }
 
     /// An iterator over the newest visible version of each key from `start` on, fixed to the
@@ -347,7 +383,6 @@ impl Memtable {
             _mem: self.clone(),
             node: first,
             snap,
-            last: None,
         }
     }
 
@@ -358,8 +393,8 @@ impl Memtable {
         mut f: impl FnMut(&[u8], Option<&[u8]>) -> Result<(), E>,
     ) -> Result<(), E> {
         let mut it = self.iter(Bound::Unbounded);
-        while let Some(n) = it.next_node() {
-            f(n.key(), n.value())?;
+        while let Some((k, v)) = it.next_node() {
+            f(k.key(), v.value())?;
         }
         Ok(())
     }
@@ -371,8 +406,6 @@ pub(crate) struct MemIter {
     _mem: Arc<Memtable>,
     node: NodeRef,
     snap: u64,
-    /// The last node returned, to skip older versions of its key.
-    last: Option<NodeRef>,
 }
 
 // SAFETY: the node pointers point into the arena of `_mem`, which the iterator keeps alive,
@@ -382,28 +415,25 @@ unsafe impl Send for MemIter {}
 unsafe impl Sync for MemIter {}
 
 impl MemIter {
-    fn next_node(&mut self) -> Option<NodeRef> {
+    /// The next key node with a version visible at the snapshot, and that version.
+    fn next_node(&mut self) -> Option<(NodeRef, NodeRef)> {
         loop {
             if self.node.is_null() {
                 return None;
             }
-            let n = self.node;
-            self.node = n.next(0);
-            if n.seq() > self.snap {
-                continue; // written after the snapshot
+            let k = self.node;
+            self.node = k.next(0);
+            // None: the key was first written after the snapshot.
+            if let Some(v) = k.visible_version(self.snap) {
+                return Some((k, v));
             }
-            if self.last.is_some_and(|l| l.key() == n.key()) {
-                continue; // an older version of the key just returned
-            }
-            self.last = Some(n);
-            return Some(n);
         }
     }
 
     /// The next entry, copied.
     pub(crate) fn next_owned(&mut self) -> Option<(Vec<u8>, Entry)> {
         self.next_node()
-            .map(|n| (n.key().to_vec(), n.value().map(<[u8]>::to_vec)))
+            .map(|(k, v)| (k.key().to_vec(), v.value().map(<[u8]>::to_vec)))
     }
 }
 
@@ -529,13 +559,18 @@ mod tests {
                         Some(Some(v)) => Lookup::Found(v.clone().into_bytes()),
                     };
                     assert_eq!(m.get(key.as_bytes()), want, "{key} after round {round}");
-                    let walked = m.seek(key.as_bytes(), m.visible.load(Ordering::Acquire), None);
+                    // The skiplist finds the same key node the hash index does.
+                    let snap = m.visible.load(Ordering::Acquire);
+                    let walked = m.seek(key.as_bytes(), u64::MAX, None);
                     let by_walk = if walked.is_null() || walked.key() != key.as_bytes() {
                         Lookup::Absent
                     } else {
-                        walked
-                            .value()
-                            .map_or(Lookup::Deleted, |v| Lookup::Found(v.to_vec()))
+                        match walked.visible_version(snap) {
+                            None => Lookup::Absent,
+                            Some(v) => v
+                                .value()
+                                .map_or(Lookup::Deleted, |v| Lookup::Found(v.to_vec())),
+                        }
                     };
                     assert_eq!(by_walk, m.get(key.as_bytes()), "{key}");
                 }
@@ -577,6 +612,16 @@ mod tests {
                     "a{k} = {a} is older than b{k} = {b}, written with it"
                 );
                 *seen = a;
+            }
+            // An iterator sees whole batches: a{k} and b{k} carry the same number.
+            let mut it = m.iter(Bound::Unbounded);
+            let mut at_snapshot = std::collections::HashMap::new();
+            while let Some((k, v)) = it.next_owned() {
+                let k = String::from_utf8(k).unwrap();
+                if let Some((other, ov)) = at_snapshot.get(&k[1..]) {
+                    assert_eq!(*ov, v, "{other} and {k} differ at one snapshot");
+                }
+                at_snapshot.insert(k[1..].to_string(), (k, v));
             }
             if done {
                 break;
