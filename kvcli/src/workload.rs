@@ -208,7 +208,8 @@ impl OpKind {
 /// The workloads.
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Workload {
-    /// Pure writes (updates of the --records keys).
+    /// Pure writes: updates of the --records keys, each with the key's causal context (the
+    /// keys are written first), so an update replaces the value as a Redis SET does.
     Put,
     /// Pure reads, after loading --records keys.
     Get,
@@ -258,11 +259,6 @@ impl Workload {
             Workload::D => Distribution::Latest,
             _ => Distribution::Zipfian,
         }
-    }
-
-    /// Whether the records are written before the measured phase.
-    pub fn needs_load(self) -> bool {
-        self != Workload::Put
     }
 
     /// The operation to run next, drawn from the workload's mix.
