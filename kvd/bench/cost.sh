@@ -29,13 +29,12 @@ start() { # start TOOL_ARGS...: kvd under valgrind with the given tool options
   echo "kvd did not start under valgrind" >&2; cat "$WORK/kvd.log" >&2; exit 1
 }
 stop() { kill -TERM "$PID"; wait "$PID" 2>/dev/null || true; PID=; }
-# A get run first writes its --records keys: keep them few (OPS/10) and subtract their puts.
+# Every bench run first loads its --records keys (a get and a put each): keep them few
+# (OPS/10) and solve for the per-request costs below.
 LOADED=$((OPS / 10))
 bench() { # bench WORKLOAD OPS
-  local records=$OPS
-  [ "$1" = get ] && records=$LOADED
   "$KVCLI" --node "ws://127.0.0.1:$PORT" --timeout 60 bench --workload "$1" --clients "$CLIENTS" \
-    --ops "$2" --records "$records" --json >/dev/null
+    --ops "$2" --records "$LOADED" --json >/dev/null
 }
 
 # Instructions: zero the counters after a warm-up, run one phase, dump.
@@ -66,11 +65,14 @@ ga=$(allocs get "$OPS"); gb=$(allocs get $((OPS * 3)))
 python3 - "$put_ir" "$get_ir" "$pa" "$pb" "$ga" "$gb" "$OPS" "$LOADED" <<'PY'
 import sys
 put_ir, get_ir, pa, pb, ga, gb, ops, loaded = map(int, sys.argv[1:])
-put_i = put_ir / ops
-# the get phase = LOADED puts + OPS gets
-get_i = (get_ir - put_i * loaded) / ops
+# Each measured phase = its load (LOADED gets + LOADED puts) + OPS of its own requests:
+#   put_ir = L*g + (L+O)*p,  get_ir = (L+O)*g + L*p
+L, O = loaded, ops
+d = (put_ir - get_ir) / O  # p - g
+put_i = (put_ir + L * d) / (2 * L + O)
+get_i = put_i - d
+# Allocations: two runs of OPS and 3*OPS requests on the same load; the difference is 2*OPS.
 put_a = (pb - pa) / (2 * ops)
-# get runs: LOADED puts + OPS or 3*OPS gets; the difference is 2*OPS gets
 get_a = (gb - ga) / (2 * ops)
 print(f"kvd user-space instructions per put: {put_i:,.0f}")
 print(f"kvd user-space instructions per get: {get_i:,.0f}")
