@@ -281,8 +281,7 @@ impl VersionVector {
     /// (unsorted or repeated actors, zero counters).
     fn decode_from(r: &mut Reader<'_>) -> Result<VersionVector, VersionError> {
         let count = r.varint("vector length")?;
-        let mut map = BTreeMap::new();
-        let mut last: Option<String> = None;
+        let mut map: BTreeMap<String, u64> = BTreeMap::new();
         for _ in 0..count {
             let offset = r.pos;
             let actor = r.string("actor")?;
@@ -293,15 +292,13 @@ impl VersionVector {
                     offset,
                 });
             }
-            if let Some(prev) = &last {
-                if prev.as_str() >= actor.as_str() {
-                    return Err(VersionError::Malformed {
-                        what: "version vector actors not in strictly ascending order",
-                        offset,
-                    });
-                }
+            // Strictly ascending: the previous actor is the map's last key.
+            if map.last_key_value().is_some_and(|(prev, _)| *prev >= actor) {
+                return Err(VersionError::Malformed {
+                    what: "version vector actors not in strictly ascending order",
+                    offset,
+                });
             }
-            last = Some(actor.clone());
             map.insert(actor, counter);
         }
         Ok(VersionVector(map))
@@ -313,7 +310,9 @@ impl VersionVector {
         if self.is_empty() {
             return String::new();
         }
-        let mut bytes = vec![FORMAT_V1];
+        // Format byte, count, and per actor its length, bytes and counter (varints).
+        let mut bytes = Vec::with_capacity(11 + self.0.keys().map(|a| a.len() + 15).sum::<usize>());
+        bytes.push(FORMAT_V1);
         self.encode_into(&mut bytes);
         URL_SAFE_NO_PAD.encode(bytes)
     }

@@ -265,7 +265,7 @@ async fn mint_on(
         {
             Ok(m) => {
                 node.count_capped(m.capped);
-                Ok((m.state.encode(), m.write_context.encode_context()))
+                Ok((m.encoded, m.write_context.encode_context()))
             }
             Err(e) => Err(e.to_string()),
         };

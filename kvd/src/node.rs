@@ -395,7 +395,7 @@ impl Node {
                     Ok(minted) => {
                         node.count_capped(minted.capped);
                         PeerResponse::Minted {
-                            state: minted.state.encode(),
+                            state: minted.encoded,
                             write_context: minted.write_context.encode_context(),
                             capped: minted.capped,
                         }

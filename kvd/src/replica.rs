@@ -69,6 +69,8 @@ impl From<crate::storage::Error> for ReplicaError {
 pub struct Minted {
     /// The key's full state after the write (what the other replicas merge).
     pub state: SiblingSet,
+    /// `state` encoded, as stored (and as sent to the other replicas).
+    pub encoded: Vec<u8>,
     /// The context to hand back to the writer: what it saw plus its own write, and nothing it
     /// did not see (so reusing it never overwrites a concurrent sibling).
     pub write_context: VersionVector,
@@ -208,9 +210,10 @@ impl Replica {
         let ek = data_key(key);
         let _guard = self.lock(key);
         let tree = self.merkle.write_guard();
-        let current = self.read_raw(access, &ek)?;
-        let old_bytes = current.as_ref().map(|(b, _)| b.clone());
-        let mut state = current.map(|(_, s)| s).unwrap_or_default();
+        let (old_bytes, mut state) = match self.read_raw(access, &ek)? {
+            Some((bytes, state)) => (Some(bytes), state),
+            None => (None, SiblingSet::default()),
+        };
         let outcome = state.update(ctx, &self.actor, value, now_ms);
         let new_bytes = state.encode();
         self.engine.put(&ek, &new_bytes)?;
@@ -230,6 +233,7 @@ impl Replica {
         }
         Ok(Minted {
             state,
+            encoded: new_bytes,
             write_context,
             capped: outcome.dropped,
         })
