@@ -194,8 +194,8 @@ pub struct NodeConfig {
     pub cluster_secret: Option<String>,
     /// Client tokens, when clients must authenticate.
     pub tokens: Option<Vec<ClientToken>>,
-    /// TLS on the port and to peers, when configured.
-    pub tls: Option<crate::tls::Tls>,
+    /// TLS on the port and to peers, when configured (shared: SIGHUP reloads it).
+    pub tls: Option<std::sync::Arc<crate::tls::Tls>>,
     /// Protocol size limits.
     pub limits: Limits,
     /// How long a coordinator waits for its quorum.
@@ -264,7 +264,8 @@ impl NodeConfig {
         ) {
             (None, None, None) => None,
             (Some(cert), Some(key), Some(ca)) => {
-                Some(crate::tls::Tls::load(&cert, &key, &ca).map_err(Error::Config)?)
+                let tls = crate::tls::Tls::load(&cert, &key, &ca).map_err(Error::Config)?;
+                Some(std::sync::Arc::new(tls))
             }
             _ => {
                 return Err(Error::Config(

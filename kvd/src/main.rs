@@ -87,6 +87,22 @@ async fn run_node(config: NodeConfig) -> Result<()> {
         .await
         .map_err(|e| Error::Io(format!("cannot listen on {}: {e}", config.listen)))?;
     let node = Node::start(config).await?;
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| Error::Io(format!("cannot watch SIGHUP: {e}")))?;
+    let reloader = node.clone();
+    tokio::spawn(async move {
+        // SIGHUP: load the TLS files again (a rotated certificate), keeping the old ones if
+        // the new ones do not load.
+        while hangup.recv().await.is_some() {
+            match &reloader.config.tls {
+                Some(tls) => match tls.reload() {
+                    Ok(()) => kvd::info!("SIGHUP: TLS certificate, key and CA reloaded"),
+                    Err(e) => kvd::error!("SIGHUP: TLS files not reloaded, the old ones stay: {e}"),
+                },
+                None => kvd::info!("SIGHUP: nothing to reload (no TLS configured)"),
+            }
+        }
+    });
     kvd::info!(
         "listening on {} ({}://{0}), {} member(s) known",
         node.config.listen,

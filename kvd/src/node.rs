@@ -91,7 +91,7 @@ impl Node {
         let peers = PeerPool::new(
             max_state_bytes(&config),
             config.cluster_secret.clone(),
-            config.tls.as_ref().map(|t| t.client.clone()),
+            config.tls.clone(),
         );
 
         if identity.tokens.is_empty() {

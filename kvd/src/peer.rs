@@ -264,7 +264,7 @@ pub struct PeerPool {
     /// The cluster secret peers prove they know (`--cluster-secret-file`), if any.
     secret: Option<String>,
     /// TLS to peers (`--tls-ca`), if configured.
-    tls: Option<Arc<tokio_rustls::rustls::ClientConfig>>,
+    tls: Option<Arc<crate::tls::Tls>>,
 }
 
 const RETRY_AFTER: Duration = Duration::from_millis(250);
@@ -291,7 +291,7 @@ impl PeerPool {
     pub fn new(
         max_state_bytes: usize,
         secret: Option<String>,
-        tls: Option<Arc<tokio_rustls::rustls::ClientConfig>>,
+        tls: Option<Arc<crate::tls::Tls>>,
     ) -> PeerPool {
         PeerPool {
             slots: Mutex::new(HashMap::new()),
@@ -391,7 +391,7 @@ impl PeerPool {
         let (url, connector) = match &self.tls {
             Some(tls) => (
                 format!("wss://{addr}/peer"),
-                Some(tokio_tungstenite::Connector::Rustls(tls.clone())),
+                Some(tokio_tungstenite::Connector::Rustls(tls.client())),
             ),
             None => (format!("ws://{addr}/peer"), None),
         };

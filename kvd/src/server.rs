@@ -125,7 +125,7 @@ async fn handle(
                 .peer_addr()
                 .map(|a| a.to_string())
                 .unwrap_or_default();
-            match tokio::time::timeout(HEAD_TIMEOUT, tls.acceptor.accept(stream)).await {
+            match tokio::time::timeout(HEAD_TIMEOUT, tls.acceptor().accept(stream)).await {
                 Ok(Ok(s)) => Io::Tls(Box::new(s)),
                 Ok(Err(e)) => {
                     node.metrics.tls_handshakes_failed.fetch_add(1, Relaxed);

@@ -6,13 +6,14 @@
 //! plain request gets no answer beyond the failed handshake. Outgoing peer connections verify
 //! the peer's certificate against `--tls-ca` (the CA that signs the cluster's node
 //! certificates) and the address they dial, so a node certificate names the node's IP
-//! addresses and host names.
+//! addresses and host names. SIGHUP reloads the three files: new connections use the new
+//! certificate and CA, open ones keep theirs; files that do not load leave the old ones in use.
 
 use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -23,14 +24,21 @@ use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::rustls::{ClientConfig, RootCertStore, ServerConfig};
 use tokio_rustls::TlsAcceptor;
 
-/// The node's TLS settings, loaded.
-#[derive(Clone)]
+/// The node's TLS settings: the files, and what was last loaded from them.
 pub struct Tls {
-    /// Accepts incoming connections with the node's certificate.
-    pub acceptor: TlsAcceptor,
-    /// Dials peers, trusting the cluster CA.
-    pub client: Arc<ClientConfig>,
     cert: PathBuf,
+    key: PathBuf,
+    ca: PathBuf,
+    loaded: RwLock<Loaded>,
+}
+
+/// One load of the files.
+#[derive(Clone)]
+struct Loaded {
+    /// Accepts incoming connections with the node's certificate.
+    acceptor: TlsAcceptor,
+    /// Dials peers, trusting the cluster CA.
+    client: Arc<ClientConfig>,
 }
 
 impl fmt::Debug for Tls {
@@ -43,6 +51,39 @@ impl Tls {
     /// Loads the certificate chain, its private key and the CA certificates peers are
     /// verified against; every error names the file and what is wrong with it.
     pub fn load(cert: &Path, key: &Path, ca: &Path) -> Result<Tls, String> {
+        Ok(Tls {
+            loaded: RwLock::new(Tls::read(cert, key, ca)?),
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+            ca: ca.to_path_buf(),
+        })
+    }
+
+    /// Loads the files again; on an error the settings in use stay as they were.
+    pub fn reload(&self) -> Result<(), String> {
+        let fresh = Tls::read(&self.cert, &self.key, &self.ca)?;
+        *self.loaded.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+        Ok(())
+    }
+
+    /// Accepts an incoming connection with the current certificate.
+    pub fn acceptor(&self) -> TlsAcceptor {
+        self.current().acceptor
+    }
+
+    /// The configuration that dials peers, trusting the current CA.
+    pub fn client(&self) -> Arc<ClientConfig> {
+        self.current().client
+    }
+
+    fn current(&self) -> Loaded {
+        self.loaded
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn read(cert: &Path, key: &Path, ca: &Path) -> Result<Loaded, String> {
         let chain = read_certs(cert)?;
         let key = PrivateKeyDer::from_pem_file(key)
             .map_err(|e| format!("--tls-key {}: no usable private key: {e}", key.display()))?;
@@ -64,10 +105,9 @@ impl Tls {
             .map_err(|e| e.to_string())?
             .with_root_certificates(roots)
             .with_no_client_auth();
-        Ok(Tls {
+        Ok(Loaded {
             acceptor: TlsAcceptor::from(Arc::new(server)),
             client: Arc::new(client),
-            cert: cert.to_path_buf(),
         })
     }
 }

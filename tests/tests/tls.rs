@@ -197,3 +197,80 @@ fn tls_settings_come_complete_and_readable() {
     assert!(!ok);
     assert!(err.contains("KeyMismatch"), "{err}");
 }
+
+/// SIGHUP reloads the certificate, key and CA files: a node rotated to a certificate of a new
+/// CA serves it to new connections without a restart; files that do not load are refused and
+/// the old certificate stays in use.
+#[test]
+fn sighup_reloads_a_rotated_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = TlsFiles::generate(&dir.path().join("certs"), "old");
+    let new = TlsFiles::generate(&dir.path().join("certs"), "new");
+    let live = TlsFiles {
+        ca: dir.path().join("live-ca.pem"),
+        cert: dir.path().join("live-cert.pem"),
+        key: dir.path().join("live-key.pem"),
+    };
+    let install = |from: &TlsFiles| {
+        std::fs::copy(&from.ca, &live.ca).unwrap();
+        std::fs::copy(&from.cert, &live.cert).unwrap();
+        std::fs::copy(&from.key, &live.key).unwrap();
+    };
+    install(&old);
+    let cluster = Cluster::start(
+        1,
+        ClusterOpts {
+            n: 1,
+            w: 1,
+            r: 1,
+            tls: Some(live.clone()),
+            ..ClusterOpts::default()
+        },
+    );
+    let node = &cluster.nodes[0];
+    let url = node.url();
+    let put = |ca: &std::path::Path| {
+        let ca = ca.display().to_string();
+        kvcli(&["--node", &url, "--ca-file", &ca, "put", "k", "v"]).0
+    };
+    let hangup = || {
+        let pid = node.pid().unwrap().to_string();
+        assert!(Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success());
+    };
+    assert_eq!(put(&old.ca), 0, "the first certificate is served");
+    assert_eq!(
+        put(&new.ca),
+        3,
+        "a client of the new CA does not trust it yet"
+    );
+
+    // A certificate file that does not load: refused, the old certificate stays.
+    std::fs::write(&live.cert, "not a certificate\n").unwrap();
+    hangup();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(put(&old.ca), 0, "the old certificate stays in use");
+
+    // The rotation: new files, one SIGHUP, no restart.
+    install(&new);
+    hangup();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while put(&new.ca) != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new certificate was not served:\n{}",
+            cluster.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(put(&old.ca), 3, "the old certificate is no longer served");
+    let logs = cluster.logs();
+    assert!(logs.contains("TLS files not reloaded"), "{logs}");
+    assert!(
+        logs.contains("TLS certificate, key and CA reloaded"),
+        "{logs}"
+    );
+}
