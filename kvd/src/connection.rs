@@ -331,64 +331,58 @@ async fn run(node: &Arc<Node>, op: ClientOp, sloppy: Option<bool>) -> Result<Ans
         }
         // The rare operations run boxed: their futures are large, and the future of every
         // request (allocated and moved per request) is as large as its largest branch.
-        other => Box::pin(run_other(node, other)).await,
+        ClientOp::Status => Ok(Box::pin(crate::http::status_json(node)).await),
+        ClientOp::Ring { key } => Ok(ring_answer(node, key.as_deref())),
+        ClientOp::Ping => Ok(json!({ "node": node.id })),
+        ClientOp::Scan { cursor, limit } => {
+            Box::pin(crate::scan::scan(node, cursor, limit.unwrap_or(1000))).await
+        }
+        ClientOp::Hints => Ok(Box::pin(crate::http::hints_json(node)).await),
+        ClientOp::Repair { node: target } => Box::pin(repair(node, target)).await,
+        ClientOp::Decommission { node: target } => Box::pin(decommission(node, target)).await,
     };
     other.map(Answer::Other)
 }
 
-/// Every operation but get, put and delete.
-async fn run_other(node: &Arc<Node>, op: ClientOp) -> Result<Value, WireError> {
-    match op {
-        ClientOp::Get { .. } | ClientOp::Put { .. } | ClientOp::Delete { .. } => Err(
-            WireError::new(ErrorCode::Internal, "not an admin operation"),
-        ),
-        ClientOp::Status => Ok(crate::http::status_json(node).await),
-        ClientOp::Ring { key } => Ok(ring_answer(node, key.as_deref())),
-        ClientOp::Ping => Ok(json!({ "node": node.id })),
-        ClientOp::Scan { cursor, limit } => {
-            crate::scan::scan(node, cursor, limit.unwrap_or(1000)).await
-        }
-        ClientOp::Hints => Ok(crate::http::hints_json(node).await),
-        ClientOp::Repair { node: target } => {
-            let stats = match target {
-                Some(t) if t != node.id => {
-                    match forward(node, &t, PeerRequest::RunRepair, Duration::from_secs(3600))
-                        .await?
-                    {
-                        PeerResponse::Repaired { stats } => stats,
-                        other => return Err(unexpected(&t, &other)),
-                    }
-                }
-                _ => crate::anti_entropy::repair_now(node).await,
-            };
-            Ok(serde_json::to_value(stats).unwrap_or_default())
-        }
-        ClientOp::Decommission { node: target } => {
-            if !node.ring().nodes().any(|n| n.id == target) {
-                return Err(WireError::bad_request(format!(
-                    "{target} is not a node of the ring"
-                )));
+/// `repair`: anti-entropy now on this node, or on `target`.
+async fn repair(node: &Arc<Node>, target: Option<String>) -> Result<Value, WireError> {
+    let stats = match target {
+        Some(t) if t != node.id => {
+            match forward(node, &t, PeerRequest::RunRepair, Duration::from_secs(3600)).await? {
+                PeerResponse::Repaired { stats } => stats,
+                other => return Err(unexpected(&t, &other)),
             }
-            if !node.is_up(&target) {
-                return Err(WireError::new(
-                    ErrorCode::Unavailable,
-                    format!("{target} is down: start it so that it can hand its data over"),
-                ));
-            }
-            let moved = if target == node.id {
-                crate::rebalance::run_decommission(node)
-                    .await
-                    .map_err(|e| WireError::new(ErrorCode::Internal, e))?
-            } else {
-                let day = Duration::from_secs(24 * 3600);
-                match forward(node, &target, PeerRequest::Decommission, day).await? {
-                    PeerResponse::Decommissioned { moved_keys } => moved_keys,
-                    other => return Err(unexpected(&target, &other)),
-                }
-            };
-            Ok(json!({ "node": target, "moved_keys": moved }))
         }
+        _ => crate::anti_entropy::repair_now(node).await,
+    };
+    Ok(serde_json::to_value(stats).unwrap_or_default())
+}
+
+/// `decommission`: `target` hands its data over and leaves the ring.
+async fn decommission(node: &Arc<Node>, target: String) -> Result<Value, WireError> {
+    if !node.ring().nodes().any(|n| n.id == target) {
+        return Err(WireError::bad_request(format!(
+            "{target} is not a node of the ring"
+        )));
     }
+    if !node.is_up(&target) {
+        return Err(WireError::new(
+            ErrorCode::Unavailable,
+            format!("{target} is down: start it so that it can hand its data over"),
+        ));
+    }
+    let moved = if target == node.id {
+        crate::rebalance::run_decommission(node)
+            .await
+            .map_err(|e| WireError::new(ErrorCode::Internal, e))?
+    } else {
+        let day = Duration::from_secs(24 * 3600);
+        match forward(node, &target, PeerRequest::Decommission, day).await? {
+            PeerResponse::Decommissioned { moved_keys } => moved_keys,
+            other => return Err(unexpected(&target, &other)),
+        }
+    };
+    Ok(json!({ "node": target, "moved_keys": moved }))
 }
 
 /// The answer to a get: every live sibling (`values`, and `siblings` with their timestamps),
