@@ -258,11 +258,7 @@ async fn mint_on(
         return Err("down (gossip)".to_string());
     }
     if cand == node.id {
-        let (k, v, c, now) = (key.to_string(), value.clone(), ctx.clone(), crate::now_ms());
-        return match node
-            .on_replica(move |r, access| r.mint_with(access, k.as_bytes(), v.clone(), &c, now))
-            .await
-        {
+        return match node.mint(key, value.as_deref(), ctx, crate::now_ms()).await {
             Ok(m) => {
                 node.count_capped(m.capped);
                 Ok((m.encoded, m.write_context.encode_context()))
@@ -390,10 +386,7 @@ async fn replicate(
     };
     if target == node.id && hint_for.is_none() {
         let merged = match SiblingSet::decode(&state) {
-            Ok(set) => {
-                node.on_replica(move |r, access| r.merge_with(access, key.as_bytes(), &set))
-                    .await
-            }
+            Ok(set) => node.merge_state(&key, set).await,
             Err(e) => return ReplicaOutcome::Failed(e.to_string()),
         };
         return match merged {
@@ -617,7 +610,5 @@ async fn read_one(
 
 /// Reads only this node's replica of `key` (`get --local`).
 pub async fn read_local(node: &Arc<Node>, key: String) -> Result<Option<SiblingSet>, WireError> {
-    node.on_replica(move |r, access| r.read_with(access, key.as_bytes()))
-        .await
-        .map_err(internal)
+    node.read_state(&key).await.map_err(internal)
 }

@@ -5,13 +5,14 @@
 //! from the engine once at start and again only when the ranges this node replicates change
 //! (a join, a leave, a weight change): never by a periodic rescan.
 //!
-//! Consistency with the engine: a replica write holds the index's read lock from before it
-//! reads the key's old bytes until after it updated the tree, and a rebuild holds the write
-//! lock while it scans, so a rebuild never sees a write half applied.
+//! Consistency with the engine: a replica write holds the read side of the index's write gate
+//! from before it reads the key's old bytes until its new bytes are in the engine and the tree
+//! (an async write hands the gate to the engine with its batch), and a rebuild holds the write
+//! side while it scans, so a rebuild never sees a write half applied.
 
 use std::collections::HashMap;
 use std::ops::Bound;
-use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Mutex, RwLock};
 
 use kv_core::hash::key_token;
 use kv_core::merkle::MerkleTree;
@@ -36,15 +37,26 @@ struct IndexState {
 #[derive(Default)]
 pub struct MerkleIndex {
     state: RwLock<Option<IndexState>>,
+    /// Replica writes hold the read side, a rebuild the write side (see the module doc).
+    gate: Arc<tokio::sync::RwLock<()>>,
 }
 
-/// Held by a replica write across its read-modify-write (see the module doc).
-pub struct WriteGuard<'a>(RwLockReadGuard<'a, Option<IndexState>>);
+impl MerkleIndex {
+    /// The write gate for one async replica write.
+    pub async fn write_gate(&self) -> tokio::sync::OwnedRwLockReadGuard<()> {
+        self.gate.clone().read_owned().await
+    }
 
-impl WriteGuard<'_> {
-    /// Records that `key` changed from `old` to `new` encoded states.
+    /// The write gate for one blocking replica write: never on an async thread.
+    pub fn write_gate_blocking(&self) -> tokio::sync::RwLockReadGuard<'_, ()> {
+        self.gate.blocking_read()
+    }
+
+    /// Records that `key` changed from `old` to `new` encoded states; the caller holds the
+    /// write gate.
     pub fn update(&self, key: &[u8], old: Option<&[u8]>, new: Option<&[u8]>) {
-        let Some(state) = self.0.as_ref() else { return };
+        let guard = self.state.read().unwrap_or_else(|p| p.into_inner());
+        let Some(state) = guard.as_ref() else { return };
         let Some(range) = state.ring.range_for_token(key_token(key)) else {
             return;
         };
@@ -99,14 +111,9 @@ pub fn scan_range(
 }
 
 impl MerkleIndex {
-    /// Takes the read side for one replica write.
-    pub fn write_guard(&self) -> WriteGuard<'_> {
-        WriteGuard(self.state.read().unwrap_or_else(|p| p.into_inner()))
-    }
-
     /// Rebuilds the trees for the ranges `me` replicates on `ring`, scanning the engine once,
     /// unless those ranges are the ones already indexed (only the ring snapshot is swapped).
-    /// Returns whether a rebuild happened.
+    /// Returns whether a rebuild happened. Blocking: never on an async thread.
     pub fn rebuild(
         &self,
         engine: &Engine,
@@ -116,12 +123,25 @@ impl MerkleIndex {
     ) -> Result<bool, crate::storage::Error> {
         let mut ranges = ring.replicated_ranges(me, placement);
         ranges.sort();
-        let mut guard = self.state.write().unwrap_or_else(|p| p.into_inner());
-        if let Some(state) = guard.as_mut() {
-            if state.ranges == ranges {
-                state.ring = ring;
-                return Ok(false);
+        let swap_ring = |guard: &mut Option<IndexState>, ring: &Arc<Ring>| match guard {
+            Some(state) if state.ranges == ranges => {
+                state.ring = ring.clone();
+                true
             }
+            _ => false,
+        };
+        if swap_ring(
+            &mut self.state.write().unwrap_or_else(|p| p.into_inner()),
+            &ring,
+        ) {
+            return Ok(false);
+        }
+        // Wait for the writes in flight, and keep new ones out while scanning. The gate comes
+        // first: a write holding it takes the state lock to update a tree.
+        let _gate = self.gate.blocking_write();
+        let mut guard = self.state.write().unwrap_or_else(|p| p.into_inner());
+        if swap_ring(&mut guard, &ring) {
+            return Ok(false);
         }
         let mut trees: HashMap<TokenRange, MerkleTree> = ranges
             .iter()

@@ -8,14 +8,14 @@ use kv_core::membership::{
     DetectorConfig, Member, MemberStatus, Membership, MembershipEvent, NodeState,
 };
 use kv_core::ring::{NodeInfo, Placement, Ring};
-use kv_core::version::{decode_context, SiblingSet};
+use kv_core::version::{decode_context, SiblingSet, VersionVector};
 use tokio::sync::watch;
 
 use crate::config::NodeConfig;
 use crate::identity::Identity;
 use crate::metrics::Metrics;
 use crate::peer::{PeerPool, PeerRequest, PeerResponse};
-use crate::replica::{Access, Replica, ReplicaError};
+use crate::replica::{Access, Minted, Replica, ReplicaError};
 use crate::storage::{Engine, Options};
 use crate::{Error, Result};
 
@@ -287,7 +287,10 @@ impl Node {
                     run(self.replica.engine(), &self.replica.merkle, &self.id)
                 })
             }
-            _ => run(self.replica.engine(), &self.replica.merkle, &self.id),
+            // Off any runtime, so the rebuild may block waiting for writes in flight.
+            _ => std::thread::scope(|s| {
+                s.spawn(|| run(self.replica.engine(), &self.replica.merkle, &self.id));
+            }),
         }
     }
 
@@ -385,11 +388,8 @@ impl Node {
                         }
                     }
                 };
-                let now = crate::now_ms();
                 let minted = node
-                    .on_replica(move |r, access| {
-                        r.mint_with(access, key.as_bytes(), value.clone(), &ctx, now)
-                    })
+                    .mint(&key, value.as_deref(), &ctx, crate::now_ms())
                     .await;
                 match minted {
                     Ok(minted) => {
@@ -418,10 +418,7 @@ impl Node {
                         }
                     }
                 };
-                match node
-                    .on_replica(move |r, access| r.merge_with(access, key.as_bytes(), &state))
-                    .await
-                {
+                match node.merge_state(&key, state).await {
                     Ok(_) => PeerResponse::Ack,
                     Err(e) => PeerResponse::Error {
                         message: e.to_string(),
@@ -431,10 +428,7 @@ impl Node {
             PeerRequest::Read {
                 key,
                 with_hints: false,
-            } => match node
-                .on_replica(move |r, access| r.read_with(access, key.as_bytes()))
-                .await
-            {
+            } => match node.read_state(&key).await {
                 Ok(state) => PeerResponse::State {
                     state: state.map(|s| s.encode()),
                 },
@@ -567,23 +561,77 @@ impl Node {
 }
 
 impl Node {
-    /// Runs `op` on this node's replica: on the calling thread when it needs neither a disk
-    /// read nor an fsync (memtable and block-cache hits, buffered commit-log appends: the
-    /// common case), else on the blocking pool so the async workers never wait for the disk.
-    pub async fn on_replica<T: Send + 'static>(
+    /// Mints a client write on this node's replica: on the calling async thread when the key's
+    /// state is in memory (the common case; the commit-log wait is async), else on the
+    /// blocking pool.
+    pub async fn mint(
         self: &Arc<Self>,
-        op: impl Fn(&Replica, Access) -> std::result::Result<T, ReplicaError> + Send + 'static,
-    ) -> std::result::Result<T, ReplicaError> {
-        match op(&self.replica, Access::Now) {
+        key: &str,
+        value: Option<&[u8]>,
+        ctx: &VersionVector,
+        now_ms: u64,
+    ) -> std::result::Result<Minted, ReplicaError> {
+        match self
+            .replica
+            .mint_now(key.as_bytes(), value, ctx, now_ms)
+            .await
+        {
             Err(ReplicaError::WouldBlock) => {
-                let node = self.clone();
-                tokio::task::spawn_blocking(move || op(&node.replica, Access::Blocking))
-                    .await
-                    .map_err(|e| ReplicaError::Task(e.to_string()))?
+                let (node, key, value, ctx) = (
+                    self.clone(),
+                    key.to_string(),
+                    value.map(<[u8]>::to_vec),
+                    ctx.clone(),
+                );
+                on_blocking_pool(move || {
+                    node.replica
+                        .mint(key.as_bytes(), value.as_deref(), &ctx, now_ms)
+                })
+                .await
             }
             other => other,
         }
     }
+
+    /// Merges another replica's state of `key` into this node's (see [`Node::mint`]); returns
+    /// whether it changed.
+    pub async fn merge_state(
+        self: &Arc<Self>,
+        key: &str,
+        state: SiblingSet,
+    ) -> std::result::Result<bool, ReplicaError> {
+        match self.replica.merge_now(key.as_bytes(), &state).await {
+            Err(ReplicaError::WouldBlock) => {
+                let (node, key) = (self.clone(), key.to_string());
+                on_blocking_pool(move || node.replica.merge(key.as_bytes(), &state)).await
+            }
+            other => other,
+        }
+    }
+
+    /// This node's stored state of `key`: from memory on the calling thread, else read on the
+    /// blocking pool.
+    pub async fn read_state(
+        self: &Arc<Self>,
+        key: &str,
+    ) -> std::result::Result<Option<SiblingSet>, ReplicaError> {
+        match self.replica.read_with(Access::Now, key.as_bytes()) {
+            Err(ReplicaError::WouldBlock) => {
+                let (node, key) = (self.clone(), key.to_string());
+                on_blocking_pool(move || node.replica.read(key.as_bytes())).await
+            }
+            other => other,
+        }
+    }
+}
+
+/// Runs a replica operation on the blocking pool.
+async fn on_blocking_pool<T: Send + 'static>(
+    op: impl FnOnce() -> std::result::Result<T, ReplicaError> + Send + 'static,
+) -> std::result::Result<T, ReplicaError> {
+    tokio::task::spawn_blocking(op)
+        .await
+        .map_err(|e| ReplicaError::Task(e.to_string()))?
 }
 
 /// Runs `f` on the blocking pool (engine work) and turns a failure into an error answer.

@@ -3,6 +3,8 @@
 //! Write path: a writer queues its batch; the first writer to find no leader becomes leader,
 //! takes every queued batch, writes them to the commit log in one system call, fsyncs once
 //! (`SyncMode::Always`), applies them to the memtable in queue order and wakes the others.
+//! Async writers ([`Engine::submit`]) queue the same way but never lead a group that needs an
+//! fsync or a new segment: the commit thread does, and completes their [`Ticket`]s.
 //! Laws:
 //! - A write is acknowledged only after its record is in the commit log (and fsynced under
 //!   `Always`); a failed commit-log write or fsync poisons the engine, and no later write is
@@ -13,13 +15,17 @@
 //! - A segment is deleted only after a durable manifest names tables holding all its writes.
 //! - Table files are fsynced, then the directory, then the manifest naming them is written.
 
-use std::collections::HashSet;
+use std::any::Any;
+use std::collections::{HashSet, VecDeque};
 use std::fs::File;
+use std::future::Future;
 use std::ops::Bound;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+use std::task::{Context, Poll, Waker};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -112,6 +118,86 @@ struct Commit {
     failed_from: Option<u64>,
     /// Writers blocked on `commit_cv` (a notify is a system call; skip it when nobody waits).
     waiting: usize,
+    /// Async submissions not yet committed, in ticket order.
+    pending: VecDeque<Pending>,
+    /// The commit thread waits on `committer_cv` for async submissions.
+    committer_idle: bool,
+    /// The commit thread is to exit once nothing is pending.
+    committer_exit: bool,
+}
+
+/// An async submission waiting for its group.
+struct Pending {
+    ticket: u64,
+    slot: Arc<Slot>,
+    /// Dropped once the batch is in the memtable (or failed): see [`Engine::submit`].
+    _hold: Box<dyn Any + Send>,
+}
+
+/// Where the result of an async submission is left for its [`Ticket`].
+#[derive(Default)]
+struct Slot(Mutex<SlotState>);
+
+#[derive(Default)]
+struct SlotState {
+    result: Option<Result<()>>,
+    waker: Option<Waker>,
+}
+
+impl Slot {
+    fn complete(&self, result: Result<()>) {
+        let waker = {
+            let mut st = lock(&self.0);
+            st.result = Some(result);
+            st.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+}
+
+/// The outcome of a write handed to [`Engine::submit`]: resolves once the batch is durable
+/// per `SyncMode` and visible to reads, or failed. Dropping it does not cancel the write.
+pub struct Ticket {
+    slot: Option<Arc<Slot>>,
+    ready: Option<Result<()>>,
+}
+
+impl Future for Ticket {
+    type Output = Result<()>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        let this = self.get_mut();
+        if let Some(r) = this.ready.take() {
+            return Poll::Ready(r);
+        }
+        let Some(slot) = &this.slot else {
+            return Poll::Ready(Err(Error::InvalidArgument(
+                "ticket polled after it resolved".into(),
+            )));
+        };
+        let mut st = lock(&slot.0);
+        if let Some(r) = st.result.take() {
+            drop(st);
+            this.slot = None;
+            return Poll::Ready(r);
+        }
+        match &st.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => st.waker = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+}
+
+/// The error each write of a failed group gets (the engine's error type is not `Clone`).
+fn group_error(e: &Error) -> Error {
+    match e {
+        Error::Closed => Error::Closed,
+        Error::Poisoned(why) => Error::Poisoned(why.clone()),
+        other => Error::Poisoned(format!("commit-log write failed: {other}")),
+    }
 }
 
 /// Serializes version edits and manifest writes.
@@ -133,6 +219,8 @@ struct Inner {
     state: RwLock<State>,
     commit: Mutex<Commit>,
     commit_cv: Condvar,
+    /// Wakes the commit thread (async submissions waiting for a leader).
+    committer_cv: Condvar,
     wal: Mutex<SegmentWriter>,
     /// Set when the commit log has unsynced bytes (interval mode).
     wal_dirty: AtomicBool,
@@ -161,6 +249,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 pub struct Engine {
     inner: Arc<Inner>,
     threads: Vec<JoinHandle<()>>,
+    committer: Option<JoinHandle<()>>,
     report: RecoveryReport,
 }
 
@@ -343,8 +432,12 @@ impl Engine {
                 leader: false,
                 failed_from: None,
                 waiting: 0,
+                pending: VecDeque::new(),
+                committer_idle: false,
+                committer_exit: false,
             }),
             commit_cv: Condvar::new(),
+            committer_cv: Condvar::new(),
             wal: Mutex::new(wal),
             wal_dirty: AtomicBool::new(false),
             edit: Mutex::new(EditState {
@@ -396,9 +489,12 @@ impl Engine {
             let i = inner.clone();
             threads.push(spawn("kvd-storage-sync", move || i.sync_loop())?);
         }
+        let i = inner.clone();
+        let committer = Some(spawn("kvd-storage-commit", move || i.commit_loop())?);
         Ok(Engine {
             inner,
             threads,
+            committer,
             report,
         })
     }
@@ -419,6 +515,32 @@ impl Engine {
     /// step has failed; `Closed` after close; `Io` for the commit-log failure that poisoned it.
     pub fn write(&self, batch: WriteBatch) -> Result<()> {
         self.inner.write(batch)
+    }
+
+    /// Queues a batch without waiting for it: the [`Ticket`] resolves once it is durable per
+    /// `SyncMode` (what [`Engine::write`] returns after). For async callers: this never waits
+    /// for the disk. When the write is a buffered append and nobody else is committing, it is
+    /// committed here and the ticket is ready; otherwise the commit thread commits it with
+    /// whatever else is queued, one fsync for the group. Writes are applied in submission
+    /// order, across `write` and `submit`.
+    ///
+    /// `hold` is kept until the batch is in the memtable (or failed), even when the ticket is
+    /// dropped: a caller doing a read-modify-write passes its lock guards, so the next writer
+    /// of the key reads this write. Unlike `write`, this does not stall for flushing and
+    /// compaction; callers check [`Engine::write_would_stall`] first.
+    ///
+    /// Errors (before anything is queued): those of `write` for a bad batch, a poisoned or a
+    /// closed engine.
+    pub fn submit<H: Send + 'static>(&self, batch: WriteBatch, hold: H) -> Result<Ticket> {
+        self.inner.submit(batch, hold)
+    }
+
+    /// True when a write now would wait for flushing and compaction to catch up.
+    pub fn write_would_stall(&self) -> bool {
+        let o = &self.inner.opts;
+        let st = self.inner.state.read().unwrap_or_else(|e| e.into_inner());
+        st.imm.len() + 1 >= o.max_immutable_memtables.max(1)
+            || st.version.levels[0].len() >= o.l0_slowdown_trigger
     }
 
     /// Writes one key.
@@ -447,24 +569,6 @@ impl Engine {
     /// `kBlockCacheTier` read tier).
     pub fn get_cached(&self, key: &[u8]) -> Result<Option<Option<Vec<u8>>>> {
         self.inner.get(key, true)
-    }
-
-    /// True when a write now could wait for something slow: an fsync (`SyncMode::Always`) or a
-    /// stall while flushing and compaction catch up. When false, a write costs a memtable
-    /// insert and one buffered `write(2)` to the commit log, cheap enough for an async thread.
-    pub fn write_may_block(&self) -> bool {
-        /// Writes this close to a full memtable count as rotating.
-        const ROTATE_MARGIN: usize = 64 * 1024;
-        let o = &self.inner.opts;
-        if o.sync == SyncMode::Always {
-            return true;
-        }
-        let st = self.inner.state.read().unwrap_or_else(|e| e.into_inner());
-        // A full memtable rotates on the next write: a new segment, and the old one synced.
-        let rotates = st.mem.approximate_bytes() + ROTATE_MARGIN >= o.memtable_bytes;
-        rotates
-            || st.imm.len() + 1 >= o.max_immutable_memtables.max(1)
-            || st.version.levels[0].len() >= o.l0_slowdown_trigger
     }
 
     /// Keys in `[start, end)` (per the bounds) in order, from a consistent snapshot taken now.
@@ -511,6 +615,12 @@ impl Engine {
     }
 
     fn shutdown(&mut self) -> Result<()> {
+        if let Some(t) = self.committer.take() {
+            // Commit what was submitted before closing: a ticket never hangs.
+            lock(&self.inner.commit).committer_exit = true;
+            self.inner.committer_cv.notify_all();
+            let _ = t.join();
+        }
         self.inner.closed.store(true, Ordering::Release);
         {
             let mut bg = lock(&self.inner.bg);
@@ -578,7 +688,8 @@ impl Inner {
         (st.mem.clone(), st.imm.clone(), st.version.clone())
     }
 
-    fn write(&self, batch: WriteBatch) -> Result<()> {
+    /// Checks a batch against the limits (before anything is queued).
+    fn check_batch(&self, batch: &WriteBatch) -> Result<()> {
         self.check_writable()?;
         for op in &batch.ops {
             let (k, v) = match op {
@@ -609,6 +720,11 @@ impl Inner {
                 max: MAX_BATCH_BYTES,
             });
         }
+        Ok(())
+    }
+
+    fn write(&self, batch: WriteBatch) -> Result<()> {
+        self.check_batch(&batch)?;
         if batch.is_empty() {
             return Ok(());
         }
@@ -635,6 +751,12 @@ impl Inner {
             c.waiting -= 1;
         }
         // Leader: take the whole queue (our batch included).
+        self.lead(c)
+    }
+
+    /// Commits every queued batch as one group, as the leader; `c` must show no other leader.
+    /// Completes the group's async tickets and wakes whoever waits for what is left.
+    fn lead(&self, mut c: MutexGuard<'_, Commit>) -> Result<()> {
         let batches = std::mem::take(&mut c.queue);
         let start = c.first_ticket;
         let end = c.next_ticket;
@@ -649,11 +771,91 @@ impl Inner {
         }
         c.leader = false;
         let waiting = c.waiting > 0;
+        let upto = c.pending.partition_point(|p| p.ticket < end);
+        let done: Vec<Pending> = c.pending.drain(..upto).collect();
+        let wake_committer = !c.pending.is_empty() && c.committer_idle;
         drop(c);
         if waiting {
             self.commit_cv.notify_all();
         }
+        if wake_committer {
+            self.committer_cv.notify_one();
+        }
+        for p in done {
+            let r = match &res {
+                Ok(()) => Ok(()),
+                Err(e) => Err(group_error(e)),
+            };
+            let Pending { slot, _hold, .. } = p;
+            drop(_hold);
+            slot.complete(r);
+        }
         res
+    }
+
+    fn submit<H: Send + 'static>(&self, batch: WriteBatch, hold: H) -> Result<Ticket> {
+        self.check_batch(&batch)?;
+        if batch.is_empty() {
+            return Ok(Ticket {
+                slot: None,
+                ready: Some(Ok(())),
+            });
+        }
+        // Committed on this thread only when that is a buffered append: no fsync, no new
+        // segment.
+        let inline = self.opts.sync != SyncMode::Always && !self.rotation_due();
+        let mut c = lock(&self.commit);
+        let ticket = c.next_ticket;
+        c.next_ticket += 1;
+        c.queue.push(batch);
+        if inline && !c.leader {
+            let res = self.lead(c);
+            drop(hold);
+            return Ok(Ticket {
+                slot: None,
+                ready: Some(res),
+            });
+        }
+        let slot = Arc::new(Slot::default());
+        c.pending.push_back(Pending {
+            ticket,
+            slot: slot.clone(),
+            _hold: Box::new(hold),
+        });
+        let wake = !c.leader && c.committer_idle;
+        drop(c);
+        if wake {
+            self.committer_cv.notify_one();
+        }
+        Ok(Ticket {
+            slot: Some(slot),
+            ready: None,
+        })
+    }
+
+    /// Whether the memtable is close enough to full that the next group may rotate it.
+    fn rotation_due(&self) -> bool {
+        /// Writes this close to a full memtable count as rotating.
+        const ROTATE_MARGIN: usize = 64 * 1024;
+        let st = self.state.read().unwrap_or_else(|e| e.into_inner());
+        st.mem.approximate_bytes() + ROTATE_MARGIN >= self.opts.memtable_bytes
+    }
+
+    /// The commit thread: leads the groups of async submissions that nobody else leads.
+    fn commit_loop(&self) {
+        let mut c = lock(&self.commit);
+        loop {
+            if !c.leader && !c.pending.is_empty() {
+                let _ = self.lead(c);
+                c = lock(&self.commit);
+            } else if c.committer_exit && c.pending.is_empty() {
+                return;
+            } else {
+                c.committer_idle = true;
+                c = self.committer_cv.wait(c).unwrap_or_else(|e| e.into_inner());
+                c.committer_idle = false;
+            }
+        }
     }
 
     /// Writes one group to the commit log and the memtable. Any failure poisons the engine:
