@@ -21,7 +21,7 @@ use kv_core::version::{decode_context, SiblingSet};
 use kv_core::wire::{ErrorCode, WireError};
 
 use crate::node::Node;
-use crate::peer::{PeerRequest, PeerResponse};
+use crate::peer::{PeerError, PeerRequest, PeerResponse};
 use crate::replica::{Access, ReplicaError};
 
 /// What a write returns to the client.
@@ -200,7 +200,20 @@ pub async fn write(
                 minted = Some((cand.clone(), state, wctx));
                 break;
             }
-            Err(why) => {
+            // The minter may have applied the write: minting it again on the next replica
+            // would store the one client write twice, as two concurrent siblings. Say so
+            // instead; the client reads the key before writing again.
+            Err(MintFailure::Unknown(why)) => {
+                node.metrics.timeouts.fetch_add(1, Relaxed);
+                return Err(WireError::new(
+                    ErrorCode::Timeout,
+                    format!(
+                        "no answer from {cand}, which was applying the write ({why}): it may \
+                         have been applied; read the key before writing it again"
+                    ),
+                ));
+            }
+            Err(MintFailure::Refused(why)) => {
                 plan.replace(cand);
                 if let Decision::Failed(f) = plan.tracker.record(cand, ReplicaOutcome::Failed(why))
                 {
@@ -253,9 +266,9 @@ async fn mint_on(
     ctx: &kv_core::version::VersionVector,
     context: &str,
     deadline: Instant,
-) -> Result<(Vec<u8>, String), String> {
+) -> Result<(Vec<u8>, String), MintFailure> {
     if !node.is_up(cand) {
-        return Err("down (gossip)".to_string());
+        return Err(MintFailure::Refused("down (gossip)".to_string()));
     }
     if cand == node.id {
         return match node.mint(key, value.as_deref(), ctx, crate::now_ms()).await {
@@ -263,7 +276,7 @@ async fn mint_on(
                 node.count_capped(m.capped);
                 Ok((m.encoded, m.write_context.encode_context()))
             }
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(MintFailure::Refused(e.to_string())),
         };
     }
     let req = PeerRequest::Mint {
@@ -277,9 +290,21 @@ async fn mint_on(
             write_context,
             ..
         }) => Ok((state, write_context)),
-        Ok(other) => Err(format!("unexpected answer {other:?}")),
-        Err(e) => Err(e),
+        Ok(other) => Err(MintFailure::Refused(format!("unexpected answer {other:?}"))),
+        Err(e @ (PeerError::ConnectionLost | PeerError::Timeout)) => {
+            Err(MintFailure::Unknown(e.to_string()))
+        }
+        Err(e) => Err(MintFailure::Refused(e.to_string())),
     }
+}
+
+/// Why a replica did not mint a write.
+enum MintFailure {
+    /// It did not apply it (down, unreachable, or it answered with an error): another replica
+    /// may mint it.
+    Refused(String),
+    /// The request reached it and no answer came back: it may have applied it.
+    Unknown(String),
 }
 
 /// The replication of one minted write: the minted state sent to every other target
@@ -416,8 +441,8 @@ async fn replicate(
     match call(node, target, &req, deadline).await {
         Ok(PeerResponse::Ack) => ack(&hint_for),
         Ok(other) => ReplicaOutcome::Failed(format!("unexpected answer {other:?}")),
-        Err(e) if e == "timed out" => ReplicaOutcome::TimedOut,
-        Err(e) => ReplicaOutcome::Failed(e),
+        Err(PeerError::Timeout) => ReplicaOutcome::TimedOut,
+        Err(e) => ReplicaOutcome::Failed(e.to_string()),
     }
 }
 
@@ -427,14 +452,14 @@ async fn call(
     target: &str,
     req: &PeerRequest,
     deadline: Instant,
-) -> Result<PeerResponse, String> {
+) -> Result<PeerResponse, PeerError> {
     let addr = node
         .addr_of(target)
-        .ok_or_else(|| "not a known member".to_string())?;
+        .ok_or_else(|| PeerError::Unreachable("not a known member".to_string()))?;
     node.metrics.peer_requests.fetch_add(1, Relaxed);
     let left = deadline.saturating_duration_since(Instant::now());
     let mut result = node.peers.call(&addr, req, left).await;
-    if matches!(result, Err(crate::peer::PeerError::Unreachable(_))) && node.is_up(target) {
+    if matches!(result, Err(PeerError::Unreachable(_))) && node.is_up(target) {
         // Gossip heard from it since the failure this answer remembers (it restarted): try
         // again now instead of failing on a stale memory.
         node.peers.clear_failure(&addr);
@@ -444,7 +469,7 @@ async fn call(
     if result.is_err() {
         node.metrics.peer_failures.fetch_add(1, Relaxed);
     }
-    result.map_err(|e| e.to_string())
+    result
 }
 
 /// Coordinates a read: the merged sibling set of R replicas (empty when the key is absent).
@@ -603,8 +628,8 @@ async fn read_one(
         },
         Ok(PeerResponse::State { state: None }) => ReadReply::NotFound,
         Ok(other) => ReadReply::Failed(format!("unexpected answer {other:?}")),
-        Err(e) if e == "timed out" => ReadReply::TimedOut,
-        Err(e) => ReadReply::Failed(e),
+        Err(PeerError::Timeout) => ReadReply::TimedOut,
+        Err(e) => ReadReply::Failed(e.to_string()),
     }
 }
 

@@ -210,11 +210,12 @@ struct Frame<T> {
 /// Why a peer call failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PeerError {
-    /// No connection could be made.
+    /// No connection could be made, or it had closed: the request was not sent.
     Unreachable(String),
-    /// The connection dropped before the answer.
+    /// The connection dropped after the request was handed to it, before the answer: the peer
+    /// may or may not have applied it.
     ConnectionLost,
-    /// No answer in time.
+    /// No answer in time (the peer may or may not have applied the request).
     Timeout,
     /// The peer answered with an error.
     Remote(String),
@@ -325,13 +326,14 @@ impl PeerPool {
         lock(&conn.pending).insert(id, tx);
         // The reader marks the connection dead before it fails every waiting call; a call
         // registered just after that would otherwise wait for its deadline.
+        // Both are before anything was sent: the peer never saw the request.
         if !conn.alive.load(Ordering::Acquire) {
             lock(&conn.pending).remove(&id);
-            return Err(PeerError::ConnectionLost);
+            return Err(PeerError::Unreachable("the connection had closed".into()));
         }
         if conn.tx.send(msg).is_err() {
             lock(&conn.pending).remove(&id);
-            return Err(PeerError::ConnectionLost);
+            return Err(PeerError::Unreachable("the connection had closed".into()));
         }
         match tokio::time::timeout_at(deadline.into(), rx).await {
             Ok(Ok(PeerResponse::Error { message })) => Err(PeerError::Remote(message)),
