@@ -755,42 +755,61 @@ impl Inner {
     }
 
     /// Commits every queued batch as one group, as the leader; `c` must show no other leader.
-    /// Completes the group's async tickets and wakes whoever waits for what is left.
-    fn lead(&self, mut c: MutexGuard<'_, Commit>) -> Result<()> {
-        let batches = std::mem::take(&mut c.queue);
-        let start = c.first_ticket;
-        let end = c.next_ticket;
-        c.first_ticket = end;
-        c.leader = true;
-        drop(c);
-        let res = self.commit_group(batches);
-        let mut c = lock(&self.commit);
-        c.done_upto = end;
-        if res.is_err() && c.failed_from.is_none() {
-            c.failed_from = Some(start);
+    /// Completes the group's async tickets and wakes whoever waits for what is left. When more
+    /// async submissions queued meanwhile and committing them is a buffered append, it leads
+    /// their group too (a few rounds at most): cheaper than waking the commit thread for them.
+    /// Returns the result of the first group (the one holding the caller's batch).
+    fn lead<'a>(&'a self, mut c: MutexGuard<'a, Commit>) -> Result<()> {
+        /// Groups one leader commits for others before handing over.
+        const EXTRA_ROUNDS: usize = 4;
+        let mut first: Option<Result<()>> = None;
+        let mut round = 0;
+        loop {
+            let batches = std::mem::take(&mut c.queue);
+            let start = c.first_ticket;
+            let end = c.next_ticket;
+            c.first_ticket = end;
+            c.leader = true;
+            drop(c);
+            let res = self.commit_group(batches);
+            c = lock(&self.commit);
+            c.done_upto = end;
+            if res.is_err() && c.failed_from.is_none() {
+                c.failed_from = Some(start);
+            }
+            let again = res.is_ok()
+                && round < EXTRA_ROUNDS
+                && !c.pending.is_empty()
+                && self.opts.sync != SyncMode::Always
+                && !self.rotation_due();
+            c.leader = again;
+            let waiting = c.waiting > 0;
+            let upto = c.pending.partition_point(|p| p.ticket < end);
+            let done: Vec<Pending> = c.pending.drain(..upto).collect();
+            let wake_committer = !again && !c.pending.is_empty() && c.committer_idle;
+            drop(c);
+            if waiting {
+                self.commit_cv.notify_all();
+            }
+            if wake_committer {
+                self.committer_cv.notify_one();
+            }
+            for p in done {
+                let r = match &res {
+                    Ok(()) => Ok(()),
+                    Err(e) => Err(group_error(e)),
+                };
+                let Pending { slot, _hold, .. } = p;
+                drop(_hold);
+                slot.complete(r);
+            }
+            let first = first.get_or_insert(res);
+            if !again {
+                return std::mem::replace(first, Ok(()));
+            }
+            round += 1;
+            c = lock(&self.commit);
         }
-        c.leader = false;
-        let waiting = c.waiting > 0;
-        let upto = c.pending.partition_point(|p| p.ticket < end);
-        let done: Vec<Pending> = c.pending.drain(..upto).collect();
-        let wake_committer = !c.pending.is_empty() && c.committer_idle;
-        drop(c);
-        if waiting {
-            self.commit_cv.notify_all();
-        }
-        if wake_committer {
-            self.committer_cv.notify_one();
-        }
-        for p in done {
-            let r = match &res {
-                Ok(()) => Ok(()),
-                Err(e) => Err(group_error(e)),
-            };
-            let Pending { slot, _hold, .. } = p;
-            drop(_hold);
-            slot.complete(r);
-        }
-        res
     }
 
     fn submit<H: Send + 'static>(&self, batch: WriteBatch, hold: H) -> Result<Ticket> {
