@@ -786,7 +786,9 @@ impl Inner {
             let waiting = c.waiting > 0;
             let upto = c.pending.partition_point(|p| p.ticket < end);
             let done: Vec<Pending> = c.pending.drain(..upto).collect();
-            let wake_committer = !again && !c.pending.is_empty() && c.committer_idle;
+            // An exiting commit thread waits for the queue to empty: tell it when it did.
+            let wake_committer =
+                !again && c.committer_idle && (!c.pending.is_empty() || c.committer_exit);
             drop(c);
             if waiting {
                 self.commit_cv.notify_all();
