@@ -191,11 +191,30 @@ impl MerkleIndex {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::replica::data_key;
     use crate::storage::Options;
     use kv_core::ring::NodeInfo;
+
+    /// A ring of one weight-1 node per id, in one DC and rack.
+    pub(crate) fn ring_of(ids: &[&str]) -> Ring {
+        let mut ring = Ring::new();
+        for id in ids {
+            let tokens = ring.allocate_tokens(1, id.len() as u64 + 7);
+            ring.insert(
+                NodeInfo {
+                    id: (*id).into(),
+                    addr: String::new(),
+                    dc: "dc1".into(),
+                    rack: "r1".into(),
+                    weight: 1,
+                },
+                tokens,
+            );
+        }
+        ring
+    }
 
     #[test]
     fn range_scans_cover_exactly_the_range_including_wrapping_ones() {
@@ -205,20 +224,7 @@ mod tests {
         for k in &keys {
             engine.put(&data_key(k.as_bytes()), b"v").unwrap();
         }
-        let mut ring = Ring::new();
-        for id in ["a", "b", "c"] {
-            let tokens = ring.allocate_tokens(1, id.len() as u64 + 7);
-            ring.insert(
-                NodeInfo {
-                    id: id.into(),
-                    addr: String::new(),
-                    dc: "dc1".into(),
-                    rack: "r1".into(),
-                    weight: 1,
-                },
-                tokens,
-            );
-        }
+        let ring = ring_of(&["a", "b", "c"]);
         let placement = Placement::Simple { n: 1 };
         let mut seen = 0;
         for (range, _) in ring.ranges(&placement) {

@@ -465,20 +465,8 @@ mod tests {
     }
 
     fn index_all(engine: &Engine, index: &MerkleIndex) {
-        use kv_core::ring::{NodeInfo, Placement, Ring};
-        let mut ring = Ring::new();
-        let tokens = ring.allocate_tokens(1, 7);
-        ring.insert(
-            NodeInfo {
-                id: "a".into(),
-                addr: String::new(),
-                dc: "dc1".into(),
-                rack: "r1".into(),
-                weight: 1,
-            },
-            tokens,
-        );
-        let placement = Placement::Simple { n: 1 };
+        let ring = crate::merkle_index::tests::ring_of(&["a"]);
+        let placement = kv_core::ring::Placement::Simple { n: 1 };
         assert!(index
             .rebuild(engine, Arc::new(ring), &placement, "a")
             .unwrap());
