@@ -139,14 +139,26 @@ pub enum Decision {
 }
 
 /// Decides from counts alone; see the module laws.
-fn decide(ok: usize, pending: usize, quorum: usize, failures: Vec<(String, String)>) -> Decision {
+/// `failures` is called only for a failed decision: deciding allocates nothing otherwise (it
+/// runs on every answer of every request).
+fn decide(
+    ok: usize,
+    pending: usize,
+    quorum: usize,
+    failures: impl FnOnce() -> Vec<(String, String)>,
+) -> Decision {
     if ok >= quorum {
         Decision::Succeeded
     } else if ok + pending < quorum {
-        Decision::Failed(failures)
+        Decision::Failed(failures())
     } else {
         Decision::Pending
     }
+}
+
+/// How many of the replicas have not answered yet.
+fn count_pending<T>(replicas: &[(String, Option<T>)]) -> usize {
+    replicas.iter().filter(|(_, o)| o.is_none()).count()
 }
 
 /// Finds `node` among the replicas that have not answered yet.
@@ -200,7 +212,9 @@ impl WriteTracker {
 
     /// The decision from the outcomes recorded so far.
     pub fn decision(&self) -> Decision {
-        decide(self.acks(), self.pending().len(), self.w, self.failures())
+        decide(self.acks(), count_pending(&self.replicas), self.w, || {
+            self.failures()
+        })
     }
 
     /// Acknowledgements so far, hinted ones included.
@@ -308,9 +322,9 @@ impl ReadTracker {
     pub fn decision(&self) -> Decision {
         decide(
             self.answers(),
-            self.pending().len(),
+            count_pending(&self.replicas),
             self.r,
-            self.failures(),
+            || self.failures(),
         )
     }
 

@@ -513,6 +513,18 @@ impl Ring {
         placement: &Placement,
         is_up: impl Fn(&str) -> bool,
     ) -> Vec<Target> {
+        // The common case, every replica up, copies each id once from the precomputed list.
+        if let Some(list) = self.cached_preference_list(token, placement) {
+            if list.iter().all(|id| is_up(id)) {
+                return list
+                    .iter()
+                    .map(|node| Target {
+                        node: node.clone(),
+                        hint_for: None,
+                    })
+                    .collect();
+            }
+        }
         let preferred = self.preference_list_for_token(token, placement);
         if preferred.iter().all(|id| is_up(id)) {
             return preferred

@@ -208,9 +208,25 @@ impl VersionVector {
 
     /// Increments `actor`'s counter and returns the new dot.
     pub fn increment(&mut self, actor: &str) -> Dot {
-        let entry = self.0.entry(actor.to_string()).or_insert(0);
-        *entry = entry.saturating_add(1);
-        Dot::new(actor, *entry)
+        let counter = match self.0.get_mut(actor) {
+            Some(c) => {
+                *c = c.saturating_add(1);
+                *c
+            }
+            None => {
+                self.0.insert(actor.to_string(), 1);
+                1
+            }
+        };
+        Dot::new(actor, counter)
+    }
+
+    /// Adds `dot` to the vector: raises its actor's counter to at least the dot's.
+    pub fn witness(&mut self, dot: &Dot) {
+        match self.0.get_mut(dot.actor.as_str()) {
+            Some(c) => *c = (*c).max(dot.counter),
+            None => self.raise(dot.actor.clone(), dot.counter),
+        }
     }
 
     /// Whether the dot is known: `dot.counter <= self[dot.actor]`.
@@ -624,20 +640,16 @@ impl SiblingSet {
         out.push(FORMAT_V1);
         self.cc.encode_into(&mut out);
         put_varint(&mut out, self.siblings.len() as u64);
-        // The context is sorted by actor; a dot's actor is stored as its position there.
-        let index: BTreeMap<&str, usize> = self
-            .cc
-            .iter()
-            .enumerate()
-            .map(|(i, (a, _))| (a, i))
-            .collect();
+        // The context is sorted by actor; a dot's actor is stored as its position there. A
+        // context names few actors (the replicas that minted), so a scan beats building a map.
+        let index = |actor: &str| self.cc.iter().position(|(a, _)| a == actor);
         for s in &self.siblings {
             // Law: every dot is covered by `cc`, so its actor has an index.
             debug_assert!(
                 self.cc.covers(&s.dot),
                 "sibling dot not covered by the context"
             );
-            let i = index.get(s.dot.actor.as_str()).copied().unwrap_or(0);
+            let i = index(&s.dot.actor).unwrap_or(0);
             put_varint(&mut out, i as u64);
             put_varint(&mut out, s.dot.counter);
             put_varint(&mut out, s.timestamp_ms);
@@ -841,6 +853,23 @@ mod tests {
 
     fn val(s: &str) -> Option<Vec<u8>> {
         Some(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn increment_and_witness_only_ever_raise_counters() {
+        let mut v = vv(&[("a", 2)]);
+        assert_eq!(v.increment("a"), Dot::new("a", 3));
+        assert_eq!(v.increment("b"), Dot::new("b", 1));
+        v.witness(&Dot::new("a", 1));
+        v.witness(&Dot::new("c", 4));
+        v.witness(&Dot::new("b", 5));
+        assert_eq!(v, vv(&[("a", 3), ("b", 5), ("c", 4)]));
+        // Witnessing a dot is merging the one-entry vector of it.
+        let mut w = vv(&[("a", 3)]);
+        w.merge_in(&vv(&[("c", 4)]));
+        let mut x = vv(&[("a", 3)]);
+        x.witness(&Dot::new("c", 4));
+        assert_eq!(w, x);
     }
 
     /// The seed's example, written with contexts: each write returns the context the writer

@@ -109,9 +109,11 @@ struct WritePlan {
     tracker: WriteTracker,
     /// Every node the write goes to, with the replica it holds a hint for (None: a replica).
     roles: Vec<(String, Option<String>)>,
-    /// Healthy nodes further clockwise not yet used, for replacing failed targets (empty
-    /// under a strict quorum).
-    fallbacks: std::collections::VecDeque<String>,
+    /// Healthy nodes further clockwise not yet used, for replacing failed targets: listed at
+    /// the first failure (most writes have none), never under a strict quorum.
+    fallbacks: Option<std::collections::VecDeque<String>>,
+    /// The key's ring position, under a sloppy quorum (None: strict, no stand-ins).
+    sloppy_token: Option<u64>,
     /// Owners-to-be of the key while membership changes: sent the write, not counted.
     extras: Vec<String>,
 }
@@ -127,9 +129,18 @@ impl WritePlan {
     /// A target failed: under a sloppy quorum the next fallback stands in for the replica
     /// the failed node was to hold the write for (itself, or the one it stood in for), so a
     /// second failure does not lose the hint either. Returns the new stand-in.
-    fn replace(&mut self, failed: &str) -> Option<(String, String)> {
+    fn replace(&mut self, node: &Node, failed: &str) -> Option<(String, String)> {
+        let token = self.sloppy_token?;
+        let roles = &self.roles;
+        let fallbacks = self.fallbacks.get_or_insert_with(|| {
+            node.ring()
+                .walk(token)
+                .into_iter()
+                .filter(|id| !roles.iter().any(|(n, _)| n == id) && node.is_up(id))
+                .collect()
+        });
+        let fb = fallbacks.pop_front()?;
         let intended = self.hint_for(failed).unwrap_or_else(|| failed.to_string());
-        let fb = self.fallbacks.pop_front()?;
         self.tracker.add(fb.clone());
         self.roles.push((fb.clone(), Some(intended.clone())));
         Some((fb, intended))
@@ -153,15 +164,6 @@ pub async fn write(
     let sloppy = sloppy.unwrap_or(node.config.sloppy);
     let (targets, w) = targets_for(node, &key, sloppy, w, node.config.w, "W")?;
     let deadline = Instant::now() + node.config.request_timeout;
-    let fallbacks = if sloppy {
-        node.ring()
-            .walk(key_token(key.as_bytes()))
-            .into_iter()
-            .filter(|id| !targets.iter().any(|t| t.node == *id) && node.is_up(id))
-            .collect()
-    } else {
-        Default::default()
-    };
     // While nodes join or leave, the owners-to-be also get every write (not counted in W:
     // the current owners answer for it; the newcomers stream the rest).
     let extras: Vec<String> = match node.pending_ring() {
@@ -179,25 +181,25 @@ pub async fn write(
             .iter()
             .map(|t| (t.node.clone(), t.hint_for.clone()))
             .collect(),
-        fallbacks,
+        fallbacks: None,
+        sloppy_token: sloppy.then(|| key_token(key.as_bytes())),
     };
 
     // Mint on this node when it is a replica, else on the first live one; fall back down the
     // list when the minter fails. Only a real replica mints: a stand-in keeps hints, never a
     // state of its own from which to number versions.
-    let replicas: Vec<String> = targets
+    let replicas = targets
         .iter()
         .filter(|t| t.hint_for.is_none())
-        .map(|t| t.node.clone())
-        .collect();
-    let mut order: Vec<&String> = replicas.iter().filter(|p| **p == node.id).collect();
-    order.extend(replicas.iter().filter(|p| **p != node.id));
+        .map(|t| t.node.as_str());
+    let mut order: Vec<&str> = replicas.clone().filter(|p| *p == node.id).collect();
+    order.extend(replicas.filter(|p| *p != node.id));
     let mut minted: Option<(String, Vec<u8>, String)> = None;
     for cand in order {
         match mint_on(node, cand, &key, &value, &ctx, &context, deadline).await {
             Ok((state, wctx)) => {
                 plan.tracker.record(cand, ReplicaOutcome::Ack);
-                minted = Some((cand.clone(), state, wctx));
+                minted = Some((cand.to_string(), state, wctx));
                 break;
             }
             // The minter may have applied the write: minting it again on the next replica
@@ -214,7 +216,7 @@ pub async fn write(
                 ));
             }
             Err(MintFailure::Refused(why)) => {
-                plan.replace(cand);
+                plan.replace(node, cand);
                 if let Decision::Failed(f) = plan.tracker.record(cand, ReplicaOutcome::Failed(why))
                 {
                     return Err(unavailable("W", w, plan.tracker.acks(), &f));
@@ -368,7 +370,7 @@ impl FanOut {
 
     fn outcome(&mut self, from: String, outcome: ReplicaOutcome) {
         if matches!(outcome, ReplicaOutcome::Failed(_)) {
-            if let Some((fb, intended)) = self.plan.replace(&from) {
+            if let Some((fb, intended)) = self.plan.replace(&self.node, &from) {
                 self.send(fb, Some(intended), true);
             }
         }

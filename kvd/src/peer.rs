@@ -353,10 +353,11 @@ impl PeerPool {
     }
 
     fn slot(&self, addr: &str) -> Arc<Slot> {
-        lock(&self.slots)
-            .entry(addr.to_string())
-            .or_default()
-            .clone()
+        let mut slots = lock(&self.slots);
+        if let Some(slot) = slots.get(addr) {
+            return slot.clone();
+        }
+        slots.entry(addr.to_string()).or_default().clone()
     }
 
     async fn conn(&self, addr: &str) -> Result<Arc<Conn>, PeerError> {

@@ -292,10 +292,7 @@ impl Replica {
         // at worst leaves the writer's own value as a sibling of its next write.
         let mut write_context = ctx.clone();
         if ctx.get(&outcome.dot.actor) + 1 == outcome.dot.counter {
-            write_context.merge_in(&VersionVector::from_entries([(
-                outcome.dot.actor.clone(),
-                outcome.dot.counter,
-            )]));
+            write_context.witness(&outcome.dot);
         }
         let minted = Minted {
             state,
