@@ -21,7 +21,7 @@ use kv_core::version::{decode_context, SiblingSet};
 use kv_core::wire::{ErrorCode, WireError};
 
 use crate::node::Node;
-use crate::peer::{PeerError, PeerRequest, PeerResponse};
+use crate::peer::{Outgoing, PeerError, PeerRequest, PeerResponse};
 use crate::replica::{Access, ReplicaError};
 
 /// What a write returns to the client.
@@ -286,7 +286,7 @@ async fn mint_on(
         value: value.clone(),
         context: context.to_string(),
     };
-    match call(node, cand, &req, deadline).await {
+    match call(node, cand, Outgoing::Request(&req), deadline).await {
         Ok(PeerResponse::Minted {
             state,
             write_context,
@@ -315,8 +315,9 @@ enum MintFailure {
 /// request until its decision, then one background task), not a task each.
 struct FanOut {
     node: Arc<Node>,
-    key: String,
-    state: Vec<u8>,
+    /// Shared by the sends (each encodes its frame from them).
+    key: Arc<str>,
+    state: Arc<[u8]>,
     plan: WritePlan,
     deadline: Instant,
     running: FuturesUnordered<BoxFuture<'static, (String, ReplicaOutcome, bool)>>,
@@ -334,8 +335,8 @@ impl FanOut {
         let extras = std::mem::take(&mut plan.extras);
         let mut fan = FanOut {
             node: node.clone(),
-            key,
-            state,
+            key: key.into(),
+            state: state.into(),
             plan,
             deadline,
             running: FuturesUnordered::new(),
@@ -363,7 +364,7 @@ impl FanOut {
         let (node, key, state) = (self.node.clone(), self.key.clone(), self.state.clone());
         let deadline = self.deadline;
         self.running.push(Box::pin(async move {
-            let outcome = replicate(&node, &target, key, state, hint, deadline).await;
+            let outcome = replicate(&node, &target, &key, &state, hint, deadline).await;
             (target, outcome, counted)
         }));
     }
@@ -400,8 +401,8 @@ impl FanOut {
 async fn replicate(
     node: &Arc<Node>,
     target: &str,
-    key: String,
-    state: Vec<u8>,
+    key: &str,
+    state: &[u8],
     hint_for: Option<String>,
     deadline: Instant,
 ) -> ReplicaOutcome {
@@ -412,8 +413,8 @@ async fn replicate(
         None => ReplicaOutcome::Ack,
     };
     if target == node.id && hint_for.is_none() {
-        let merged = match SiblingSet::decode(&state) {
-            Ok(set) => node.merge_state(&key, set).await,
+        let merged = match SiblingSet::decode(state) {
+            Ok(set) => node.merge_state(key, set).await,
             Err(e) => return ReplicaOutcome::Failed(e.to_string()),
         };
         return match merged {
@@ -424,6 +425,7 @@ async fn replicate(
     if let (true, Some(intended)) = (target == node.id, &hint_for) {
         // This node stands in for `intended`: keep the state as a hint (a durable write).
         let (n, intended) = (node.clone(), intended.clone());
+        let (key, state) = (key.to_string(), state.to_vec());
         let stored = tokio::task::spawn_blocking(move || {
             let set = SiblingSet::decode(&state).map_err(|e| e.to_string())?;
             n.hints.store(&intended, key.as_bytes(), &set)
@@ -435,12 +437,12 @@ async fn replicate(
             Err(e) => ReplicaOutcome::Failed(format!("hint task failed: {e}")),
         };
     }
-    let req = PeerRequest::Replicate {
+    let out = Outgoing::Replicate {
         key,
         state,
-        hint_for: hint_for.clone(),
+        hint_for: hint_for.as_deref(),
     };
-    match call(node, target, &req, deadline).await {
+    match call(node, target, out, deadline).await {
         Ok(PeerResponse::Ack) => ack(&hint_for),
         Ok(other) => ReplicaOutcome::Failed(format!("unexpected answer {other:?}")),
         Err(PeerError::Timeout) => ReplicaOutcome::TimedOut,
@@ -452,7 +454,7 @@ async fn replicate(
 async fn call(
     node: &Arc<Node>,
     target: &str,
-    req: &PeerRequest,
+    out: Outgoing<'_>,
     deadline: Instant,
 ) -> Result<PeerResponse, PeerError> {
     let addr = node
@@ -460,13 +462,13 @@ async fn call(
         .ok_or_else(|| PeerError::Unreachable("not a known member".to_string()))?;
     node.metrics.peer_requests.fetch_add(1, Relaxed);
     let left = deadline.saturating_duration_since(Instant::now());
-    let mut result = node.peers.call(&addr, req, left).await;
+    let mut result = node.peers.call_out(&addr, out, left).await;
     if matches!(result, Err(PeerError::Unreachable(_))) && node.is_up(target) {
         // Gossip heard from it since the failure this answer remembers (it restarted): try
         // again now instead of failing on a stale memory.
         node.peers.clear_failure(&addr);
         let left = deadline.saturating_duration_since(Instant::now());
-        result = node.peers.call(&addr, req, left).await;
+        result = node.peers.call_out(&addr, out, left).await;
     }
     if result.is_err() {
         node.metrics.peer_failures.fetch_add(1, Relaxed);
@@ -569,15 +571,8 @@ pub async fn read(
                 continue;
             }
             let repair_deadline = Instant::now() + node.config.request_timeout;
-            if let ReplicaOutcome::Ack = replicate(
-                &node,
-                &stale,
-                key.clone(),
-                state.clone(),
-                None,
-                repair_deadline,
-            )
-            .await
+            if let ReplicaOutcome::Ack =
+                replicate(&node, &stale, &key, &state, None, repair_deadline).await
             {
                 node.metrics.read_repairs.fetch_add(1, Relaxed);
             }
@@ -619,7 +614,7 @@ async fn read_one(
     match call(
         node,
         target,
-        &PeerRequest::Read { key, with_hints },
+        Outgoing::Request(&PeerRequest::Read { key, with_hints }),
         deadline,
     )
     .await

@@ -232,6 +232,44 @@ impl std::fmt::Display for PeerError {
     }
 }
 
+/// A request to send: a [`PeerRequest`], or the replication of a state encoded straight from
+/// borrowed parts (a write replicates the same key and state to every replica).
+#[derive(Clone, Copy, Debug)]
+pub enum Outgoing<'a> {
+    /// Any request.
+    Request(&'a PeerRequest),
+    /// What `PeerRequest::Replicate` carries, borrowed.
+    Replicate {
+        /// The key.
+        key: &'a str,
+        /// Its encoded state.
+        state: &'a [u8],
+        /// The replica the receiver keeps it for, as a hint.
+        hint_for: Option<&'a str>,
+    },
+}
+
+impl Outgoing<'_> {
+    /// The frame of this request with `id`.
+    fn message(self, id: u64) -> Result<Message, PeerError> {
+        match self {
+            Outgoing::Replicate {
+                key,
+                state,
+                hint_for,
+            } => Ok(Message::binary(crate::peer_codec::encode_replicate(
+                id, key, state, hint_for,
+            ))),
+            Outgoing::Request(req) => match crate::peer_codec::encode_request(id, req) {
+                Some(frame) => Ok(Message::binary(frame)),
+                None => serde_json::to_string(&Frame { id, body: req })
+                    .map(Message::text)
+                    .map_err(|e| PeerError::Remote(format!("cannot encode request: {e}"))),
+            },
+        }
+    }
+}
+
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<PeerResponse>>>>;
 
 /// One open connection to a peer.
@@ -310,18 +348,22 @@ impl PeerPool {
         req: &PeerRequest,
         timeout: Duration,
     ) -> Result<PeerResponse, PeerError> {
+        self.call_out(addr, Outgoing::Request(req), timeout).await
+    }
+
+    /// [`PeerPool::call`] with a request that may be made of borrowed parts.
+    pub async fn call_out(
+        &self,
+        addr: &str,
+        out: Outgoing<'_>,
+        timeout: Duration,
+    ) -> Result<PeerResponse, PeerError> {
         let deadline = Instant::now() + timeout;
         let conn = tokio::time::timeout(timeout, self.conn(addr))
             .await
             .map_err(|_| PeerError::Timeout)??;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let msg = match crate::peer_codec::encode_request(id, req) {
-            Some(frame) => Message::binary(frame),
-            None => Message::text(
-                serde_json::to_string(&Frame { id, body: req })
-                    .map_err(|e| PeerError::Remote(format!("cannot encode request: {e}")))?,
-            ),
-        };
+        let msg = out.message(id)?;
         let (tx, rx) = oneshot::channel();
         lock(&conn.pending).insert(id, tx);
         // The reader marks the connection dead before it fails every waiting call; a call

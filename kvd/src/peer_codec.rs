@@ -53,12 +53,7 @@ pub fn encode_request(id: u64, req: &PeerRequest) -> Option<Vec<u8>> {
             key,
             state,
             hint_for,
-        } => {
-            out = header(REPLICATE, id, key.len() + state.len() + 64);
-            put_bytes(&mut out, key.as_bytes());
-            put_bytes(&mut out, state);
-            put_option(&mut out, hint_for.as_deref().map(str::as_bytes));
-        }
+        } => out = encode_replicate(id, key, state, hint_for.as_deref()),
         PeerRequest::Read { key, with_hints } => {
             out = header(READ, id, key.len() + 16);
             put_bytes(&mut out, key.as_bytes());
@@ -67,6 +62,15 @@ pub fn encode_request(id: u64, req: &PeerRequest) -> Option<Vec<u8>> {
         _ => return None,
     }
     Some(out)
+}
+
+/// The binary frame of a `Replicate` request made of borrowed parts.
+pub fn encode_replicate(id: u64, key: &str, state: &[u8], hint_for: Option<&str>) -> Vec<u8> {
+    let mut out = header(REPLICATE, id, key.len() + state.len() + 64);
+    put_bytes(&mut out, key.as_bytes());
+    put_bytes(&mut out, state);
+    put_option(&mut out, hint_for.map(str::as_bytes));
+    out
 }
 
 /// The binary frame of `resp` with `id`, or `None` when the message travels as JSON.
