@@ -775,7 +775,10 @@ async fn choose_tokens(
     if !config.seeds.is_empty() {
         let cluster = ask_cluster(&config.seeds, membership, peers).await?;
         // The seed's own record of this id (my membership never takes over a record of me).
-        if let Some(old) = cluster.iter().find(|m| m.id == id && !m.tokens.is_empty()) {
+        // A member that left handed its ranges over: its id starting again is a newcomer.
+        if let Some(old) = cluster.iter().find(|m| {
+            m.id == id && !m.tokens.is_empty() && m.effective_status() != MemberStatus::Left
+        }) {
             crate::info!(
                 "the cluster knows {id}: taking back its {} tokens",
                 old.tokens.len()

@@ -188,3 +188,79 @@ async fn a_decommission_interrupted_by_a_crash_resumes_after_restart() {
         assert_eq!(r["values"], json!([format!("r{i}")]), "{r}");
     }
 }
+
+/// A node that left the cluster and is started again on a wiped data dir under the same id is
+/// a newcomer: it takes new tokens and streams in the data of its ranges before serving them,
+/// instead of taking back the departed member's old place in the ring with none of its data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_departed_id_started_again_on_a_wiped_dir_joins_as_a_newcomer() {
+    let mut cluster = Cluster::start(4, ClusterOpts::default());
+    let mut ws = Ws::connect(&cluster.nodes[0].url()).await;
+    for i in 0..300 {
+        let r = ws
+            .request(json!({"op": "put", "key": format!("d{i}"), "value": format!("d{i}"), "w": 3}))
+            .await;
+        assert_eq!(r["ok"], true, "{r}");
+    }
+    let identity = cluster.nodes[3].data_dir.join("node-identity.json");
+    let tokens = |path: &std::path::Path| -> serde_json::Value {
+        let id: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        id["tokens"].clone()
+    };
+    let old_tokens = tokens(&identity);
+    let d = ws
+        .request(json!({"op": "decommission", "node": "n4"}))
+        .await;
+    assert_eq!(d["ok"], true, "{d}");
+    cluster.kill(3);
+    std::fs::remove_dir_all(&cluster.nodes[3].data_dir).unwrap();
+    cluster.restart(3);
+
+    // It serves once it has joined (streamed its ranges): wait for it in the ring.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let ring = ws.request(json!({"op": "ring"})).await;
+        let in_ring = ring["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["id"] == "n4");
+        let ready = kv_tests::http_get_full(&cluster.nodes[3].addr, "/ready").map(|(code, _)| code)
+            == Some(200);
+        if in_ring && ready {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "n4 did not join again: {ring}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_ne!(
+        tokens(&identity),
+        old_tokens,
+        "a newcomer takes new tokens, not the departed member's"
+    );
+    // Every key it now replicates is in its own store, without any repair.
+    let mut local = Ws::connect(&cluster.nodes[3].url()).await;
+    let mut owned = 0;
+    for i in 0..300 {
+        let key = format!("d{i}");
+        let pl = ws.request(json!({"op": "ring", "key": key})).await;
+        if !pl["preference_list"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n == "n4")
+        {
+            continue;
+        }
+        owned += 1;
+        let r = local
+            .request(json!({"op": "get", "key": key, "local": true}))
+            .await;
+        assert_eq!(r["values"], json!([key]), "n4 lacks {key}: {r}");
+    }
+    assert!(owned > 0, "n4 replicates some of the keys");
+}
