@@ -198,10 +198,10 @@ impl Replica {
         let _guard = self.lock(key);
         let _gate = self.merkle.write_gate_blocking();
         let old = self.read_raw(Access::Blocking, &ek)?;
-        let (minted, batch) = self.minted(old, ek, value, ctx, now_ms);
+        let (minted, old_bytes, batch) = self.minted(old, ek, value, ctx, now_ms);
         self.engine.write(batch)?;
-        self.applied(key, minted.1.as_deref(), &minted.0.encoded);
-        Ok(minted.0)
+        self.applied(key, old_bytes.as_deref(), &minted.encoded);
+        Ok(minted)
     }
 
     /// [`Replica::mint`] for an async thread: `WouldBlock` (nothing changed) when the key's
@@ -214,7 +214,7 @@ impl Replica {
         now_ms: u64,
     ) -> Result<Minted, ReplicaError> {
         let (guards, ek, old) = self.lock_now(key).await?;
-        let ((minted, old_bytes), batch) = self.minted(old, ek, value, ctx, now_ms);
+        let (minted, old_bytes, batch) = self.minted(old, ek, value, ctx, now_ms);
         self.submit(key, batch, guards, old_bytes.as_deref(), &minted.encoded)
             .await?;
         Ok(minted)
@@ -253,9 +253,7 @@ impl Replica {
                 return Err(e.into());
             }
         };
-        if old.is_none() {
-            self.keys.fetch_add(1, Relaxed);
-        }
+        self.count_if_new(old);
         // A failed ticket means the engine is poisoned: no write is acknowledged from then on,
         // so the tree's view of this one no longer matters.
         ticket.await?;
@@ -265,6 +263,11 @@ impl Replica {
     /// After a blocking write of `key` from `old` to `new`: the Merkle index and the key count.
     fn applied(&self, key: &[u8], old: Option<&[u8]>, new: &[u8]) {
         self.merkle.update(key, old, Some(new));
+        self.count_if_new(old);
+    }
+
+    /// Counts a key written for the first time (it had no `old` bytes).
+    fn count_if_new(&self, old: Option<&[u8]>) {
         if old.is_none() {
             self.keys.fetch_add(1, Relaxed);
         }
@@ -278,7 +281,7 @@ impl Replica {
         value: Option<&[u8]>,
         ctx: &VersionVector,
         now_ms: u64,
-    ) -> ((Minted, Option<Vec<u8>>), WriteBatch) {
+    ) -> (Minted, Option<Vec<u8>>, WriteBatch) {
         let (old_bytes, mut state) = match old {
             Some((bytes, state)) => (Some(bytes), state),
             None => (None, SiblingSet::default()),
@@ -300,7 +303,7 @@ impl Replica {
             write_context,
             capped: outcome.dropped,
         };
-        ((minted, old_bytes), batch)
+        (minted, old_bytes, batch)
     }
 
     /// Removes `key` if its stored bytes are still `expected` (a purged tombstone); returns
