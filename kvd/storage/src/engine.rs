@@ -780,8 +780,7 @@ impl Inner {
             let again = res.is_ok()
                 && round < EXTRA_ROUNDS
                 && !c.pending.is_empty()
-                && self.opts.sync != SyncMode::Always
-                && !self.rotation_due();
+                && self.commits_inline();
             c.leader = again;
             let waiting = c.waiting > 0;
             let upto = c.pending.partition_point(|p| p.ticket < end);
@@ -822,9 +821,7 @@ impl Inner {
                 ready: Some(Ok(())),
             });
         }
-        // Committed on this thread only when that is a buffered append: no fsync, no new
-        // segment.
-        let inline = self.opts.sync != SyncMode::Always && !self.rotation_due();
+        let inline = self.commits_inline();
         let mut c = lock(&self.commit);
         let ticket = c.next_ticket;
         c.next_ticket += 1;
@@ -852,6 +849,12 @@ impl Inner {
             slot: Some(slot),
             ready: None,
         })
+    }
+
+    /// Whether a group may be committed on the submitting thread: it is a buffered append, with
+    /// no fsync and no new segment.
+    fn commits_inline(&self) -> bool {
+        self.opts.sync != SyncMode::Always && !self.rotation_due()
     }
 
     /// Whether the memtable is close enough to full that the next group may rotate it.
