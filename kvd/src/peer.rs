@@ -606,6 +606,11 @@ where
     S: futures_util::Sink<Message, Error = tokio_tungstenite::tungstenite::Error> + Unpin,
 {
     sink.feed(first).await?;
+    if queue.is_empty() {
+        // The task that queued `first` woke this one, which the runtime runs next: yield
+        // once, so the other requests ready in this tick queue theirs and share the send.
+        tokio::task::yield_now().await;
+    }
     while let Ok(more) = queue.try_recv() {
         sink.feed(more).await?;
     }
