@@ -9,13 +9,16 @@
 //! 2. **Nothing appears that was never written**: every value read back was the value of a
 //!    write that was invoked and not definitely refused.
 //! 3. **No overwritten value comes back**: a value never stands next to one of its own
-//!    descendants.
+//!    descendants, and a value an acknowledged delete replaced is gone.
 //! 4. **The replicas agree**: every replica of every key holds the same values, and a `repair`
 //!    on every node finds every range in sync (identical Merkle roots) with nothing to move.
 //!
 //! What "descendant" means here follows the store's contract (INTERFACE.md): a write with the
 //! context of an earlier get replaces the versions that get saw. So each read-modify-write
 //! records the values its read returned, and those are exactly the values it may replace.
+//! Some read-modify-writes are deletes: a delete replaces what its read returned with nothing,
+//! so it covers those values (they may be absent) whether acknowledged or of unknown outcome,
+//! and once acknowledged, none of them may be present again.
 //! Some keys only get blind writes (no context): there, every acknowledged value must be
 //! present itself, as a sibling. Blind keys are retired after a few dozen writes so the sibling
 //! cap of the store (64) is never what drops a value.
@@ -62,12 +65,14 @@ pub enum OpKind {
     Write {
         /// The key.
         key: String,
-        /// The unique value written.
+        /// The unique value written; for a delete, a unique label that is never stored.
         value: String,
         /// Values this write replaces (its context covered them).
         supersedes: Vec<String>,
         /// Written without a context.
         blind: bool,
+        /// A delete with the read's context: it replaces `supersedes` with nothing.
+        delete: bool,
     },
 }
 
@@ -105,6 +110,10 @@ pub struct Counts {
     pub writes_failed: u64,
     /// Writes whose outcome is unknown.
     pub writes_unknown: u64,
+    /// Of the writes, deletes invoked.
+    pub deletes: u64,
+    /// Deletes acknowledged.
+    pub deletes_ok: u64,
     /// Reads invoked.
     pub reads: u64,
     /// Reads answered.
@@ -178,8 +187,12 @@ impl History {
         let mut c = Counts::default();
         for op in self.lock().iter() {
             match (&op.kind, &op.outcome) {
-                (OpKind::Write { .. }, o) => {
+                (OpKind::Write { delete, .. }, o) => {
                     c.writes += 1;
+                    if *delete {
+                        c.deletes += 1;
+                        c.deletes_ok += u64::from(o == &Some(Outcome::Ok));
+                    }
                     match o {
                         Some(Outcome::Ok) => c.writes_ok += 1,
                         Some(Outcome::Failed(_)) => c.writes_failed += 1,
@@ -285,6 +298,8 @@ pub struct Workload {
     pub blind_per_key: u64,
     /// Share of operations that are read-modify-writes (the rest are blind writes).
     pub rmw_share: f64,
+    /// Share of read-modify-writes that delete the key instead of writing a value.
+    pub delete_share: f64,
     /// Write quorum asked for.
     pub w: usize,
     /// Share of writes that leave W to the node's default (the harnesses start nodes with
@@ -308,6 +323,7 @@ impl Default for Workload {
             blind_slots: 8,
             blind_per_key: 40,
             rmw_share: 0.5,
+            delete_share: 0.15,
             w: 2,
             default_w_share: 0.3,
             r: 2,
@@ -376,7 +392,8 @@ pub async fn run_workload(
                         value,
                         default_w,
                     };
-                    rmw(c, a, &wl, &history).await
+                    let delete = rng.chance(wl.delete_share);
+                    rmw(c, a, delete, &wl, &history).await
                 } else {
                     let slot = rng.below(wl.blind_slots as u64) as usize;
                     let n = counters[slot].fetch_add(1, Ordering::Relaxed);
@@ -412,9 +429,15 @@ struct Attempt<'a> {
     default_w: bool,
 }
 
-/// A read followed by a write with the read's context. Returns false when the connection
+/// A read followed by a write (a delete when `as_delete`) with the read's context. Returns false when the connection
 /// should be dropped (no answer).
-async fn rmw(c: &mut Conn, a: Attempt<'_>, wl: &Workload, history: &History) -> bool {
+async fn rmw(
+    c: &mut Conn,
+    a: Attempt<'_>,
+    as_delete: bool,
+    wl: &Workload,
+    history: &History,
+) -> bool {
     let read = history.invoke(
         a.client,
         a.node,
@@ -452,7 +475,41 @@ async fn rmw(c: &mut Conn, a: Attempt<'_>, wl: &Workload, history: &History) -> 
             return false;
         }
     };
-    put(c, a, values, Some(context), wl, history).await
+    if as_delete {
+        delete(c, a, values, context, wl, history).await
+    } else {
+        put(c, a, values, Some(context), wl, history).await
+    }
+}
+
+/// Records and sends a delete with the context of the read that returned `supersedes`.
+async fn delete(
+    c: &mut Conn,
+    a: Attempt<'_>,
+    supersedes: Vec<String>,
+    context: String,
+    wl: &Workload,
+    history: &History,
+) -> bool {
+    let op = history.invoke(
+        a.client,
+        a.node,
+        OpKind::Write {
+            key: a.key.to_string(),
+            value: format!("{}.delete", a.value),
+            supersedes,
+            blind: false,
+            delete: true,
+        },
+    );
+    let mut req = json!({"op": "delete", "key": a.key, "context": context});
+    if !a.default_w {
+        req["w"] = json!(wl.w);
+    }
+    let answer = c.request(req, wl.timeout).await;
+    let healthy = answer.is_ok();
+    history.complete(op, write_outcome(&answer), None);
+    healthy
 }
 
 /// A write without a context.
@@ -477,6 +534,7 @@ async fn put(
             value: a.value.clone(),
             supersedes,
             blind: context.is_none(),
+            delete: false,
         },
     );
     let mut req = json!({"op": "put", "key": a.key, "value": a.value});
@@ -515,7 +573,8 @@ pub enum Violation {
         /// The refused write that carried it, if any.
         refused_write: Option<String>,
     },
-    /// A value stands next to a descendant of it.
+    /// A value stands next to a descendant of it, or outlived an acknowledged delete that
+    /// replaced it (the descendant is then the delete's label, `<client>-<seq>.delete`).
     Resurrected {
         /// The key.
         key: String,
@@ -580,13 +639,15 @@ impl Report {
     pub fn summary(&self) -> String {
         let c = &self.counts;
         format!(
-            "{} writes ({} ok, {} failed, {} unknown), {} reads ({} ok) on {} keys; \
+            "{} writes ({} ok, {} failed, {} unknown; {} deletes, {} ok), {} reads ({} ok) on {} keys; \
              {} acknowledged writes present, {} unknown-outcome writes present; \
              repair: {} rounds, {} keys repaired; acknowledged writes lost: {}; violations: {}",
             c.writes,
             c.writes_ok,
             c.writes_failed,
             c.writes_unknown,
+            c.deletes,
+            c.deletes_ok,
             c.reads,
             c.reads_ok,
             self.keys,
@@ -830,12 +891,22 @@ fn check_key(
     // value -> the writes that replaced it (their read returned it).
     let mut children: HashMap<&str, Vec<&str>> = HashMap::new();
     let mut known: HashMap<&str, &Op> = HashMap::new();
+    // Deletes by label, with whether they were acknowledged. Refused ones are not in `writes`,
+    // so every delete here may have been applied: it covers what it replaced.
+    let mut deletes: HashMap<&str, bool> = HashMap::new();
     for op in writes {
         if let OpKind::Write {
-            value, supersedes, ..
+            value,
+            supersedes,
+            delete,
+            ..
         } = &op.kind
         {
-            known.insert(value.as_str(), op);
+            if *delete {
+                deletes.insert(value.as_str(), op.outcome == Some(Outcome::Ok));
+            } else {
+                known.insert(value.as_str(), op);
+            }
             for s in supersedes {
                 children.entry(s.as_str()).or_default().push(value.as_str());
             }
@@ -859,6 +930,7 @@ fn check_key(
                 continue;
             }
             let c = present.contains(v)
+                || deletes.contains_key(v)
                 || children
                     .get(v)
                     .is_some_and(|cs| cs.iter().any(|c| covered.get(c).copied().unwrap_or(false)));
@@ -872,9 +944,13 @@ fn check_key(
         }
     }
     for op in writes {
-        let OpKind::Write { value, .. } = &op.kind else {
+        let OpKind::Write { value, delete, .. } = &op.kind else {
             continue;
         };
+        if *delete {
+            // What an acknowledged delete replaced is checked below, as a resurrection.
+            continue;
+        }
         let is_covered = covered.get(value.as_str()).copied().unwrap_or(false);
         match &op.outcome {
             Some(Outcome::Ok) if is_covered => report.acknowledged_present += 1,
@@ -897,7 +973,8 @@ fn check_key(
             });
         }
     }
-    // A present value must not be an ancestor of another present value.
+    // A present value must not be an ancestor of another present value, nor of an acknowledged
+    // delete.
     for v in present {
         let mut stack: Vec<&str> = children.get(v.as_str()).cloned().unwrap_or_default();
         let mut visited: BTreeSet<&str> = BTreeSet::new();
@@ -905,7 +982,7 @@ fn check_key(
             if !visited.insert(d) {
                 continue;
             }
-            if present.contains(d) {
+            if present.contains(d) || deletes.get(d).copied().unwrap_or(false) {
                 report.violations.push(Violation::Resurrected {
                     key: key.to_string(),
                     value: v.clone(),
@@ -948,11 +1025,21 @@ mod tests {
                 value: value.into(),
                 supersedes: supersedes.iter().map(|s| s.to_string()).collect(),
                 blind: supersedes.is_empty(),
+                delete: false,
             },
             invoked: Duration::ZERO,
             completed: Some(Duration::ZERO),
             outcome: Some(outcome),
         }
+    }
+
+    fn delete(label: &str, supersedes: &[&str], outcome: Outcome) -> Op {
+        let mut op = write(label, supersedes, outcome);
+        if let OpKind::Write { delete, blind, .. } = &mut op.kind {
+            *delete = true;
+            *blind = false;
+        }
+        op
     }
 
     fn check(ops: &[Op], present: &[&str]) -> Report {
@@ -965,6 +1052,49 @@ mod tests {
 
     fn unknown() -> Outcome {
         Outcome::Unknown("timeout".into())
+    }
+
+    #[test]
+    fn a_delete_covers_what_it_replaced_and_once_acknowledged_keeps_it_gone() {
+        // a <- b (read a) <- d (delete with b's context); c is a concurrent sibling of d.
+        let ops = [
+            write("a", &[], Outcome::Ok),
+            write("b", &["a"], Outcome::Ok),
+            delete("d.delete", &["b"], Outcome::Ok),
+            write("c", &["b"], Outcome::Ok),
+        ];
+        let r = check(&ops, &["c"]);
+        assert!(r.violations.is_empty(), "{:?}", r.violations);
+        assert_eq!(
+            r.acknowledged_present, 3,
+            "a, b by their descendants, and c"
+        );
+        // The key deleted and nothing else written: nothing present is right.
+        let r = check(&ops[..3], &[]);
+        assert!(r.violations.is_empty(), "{:?}", r.violations);
+        // b back after the acknowledged delete: resurrected, with the delete named.
+        let r = check(&ops[..3], &["b"]);
+        assert_eq!(r.violations.len(), 1, "{:?}", r.violations);
+        assert!(matches!(&r.violations[0],
+            Violation::Resurrected { value, descendant, .. } if value == "b" && descendant == "d.delete"));
+        // a, two steps up, is caught as well.
+        let r = check(&ops[..3], &["a"]);
+        assert!(
+            matches!(&r.violations[..],
+            [Violation::Resurrected { value, .. }] if value == "a"),
+            "{:?}",
+            r.violations
+        );
+    }
+
+    #[test]
+    fn a_delete_of_unknown_outcome_may_or_may_not_have_applied() {
+        let ops = [
+            write("a", &[], Outcome::Ok),
+            delete("d.delete", &["a"], unknown()),
+        ];
+        assert!(check(&ops, &[]).violations.is_empty());
+        assert!(check(&ops, &["a"]).violations.is_empty());
     }
 
     #[test]
@@ -1067,6 +1197,7 @@ mod tests {
                 value: "v".into(),
                 supersedes: vec![],
                 blind: true,
+                delete: false,
             },
         );
         h.invoke(
@@ -1077,6 +1208,7 @@ mod tests {
                 value: "v2".into(),
                 supersedes: vec![],
                 blind: true,
+                delete: false,
             },
         );
         h.complete(w, Outcome::Ok, None);
