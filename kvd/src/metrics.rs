@@ -55,6 +55,10 @@ impl Histogram {
 /// The operations counted per op.
 pub const OPS: [&str; 3] = ["get", "put", "delete"];
 
+/// Kinds of peer requests a node serves, as `/metrics` labels them: the three of the request
+/// path, then everything else (gossip, anti-entropy, streaming, hints, admin).
+pub const PEER_KINDS: [&str; 4] = ["mint", "replicate", "read", "other"];
+
 /// Per-op counters and latencies, plus the node's background activity.
 #[derive(Default)]
 pub struct Metrics {
@@ -82,6 +86,9 @@ pub struct Metrics {
     pub peer_requests: AtomicU64,
     /// Peer requests that failed (unreachable, error, timeout).
     pub peer_failures: AtomicU64,
+    /// Requests this node served for peers, by [`PEER_KINDS`]: its work as a replica of
+    /// writes and reads other nodes coordinate.
+    pub peer_served: [AtomicU64; 4],
     /// Gossip rounds completed.
     pub gossip_rounds: AtomicU64,
     /// Sibling values dropped because a key exceeded the sibling cap.
@@ -118,6 +125,14 @@ impl Metrics {
         let _ = writeln!(out, "# TYPE kv_request_duration_seconds histogram");
         for (i, op) in OPS.iter().enumerate() {
             self.latency[i].render(out, "kv_request_duration_seconds", &format!("op=\"{op}\""));
+        }
+        let _ = writeln!(out, "# TYPE kv_peer_served_total counter");
+        for (i, kind) in PEER_KINDS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "kv_peer_served_total{{kind=\"{kind}\"}} {}",
+                self.peer_served[i].load(Relaxed)
+            );
         }
         let counters: [(&str, &AtomicU64, &str); 12] = [
             ("kv_unavailable_total", &self.unavailable, "counter"),

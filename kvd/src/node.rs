@@ -364,6 +364,13 @@ impl Node {
 
     /// Answers one peer request. Work on the engine runs on the blocking pool.
     pub async fn handle_peer(self: &Arc<Self>, req: PeerRequest) -> PeerResponse {
+        let kind = match &req {
+            PeerRequest::Mint { .. } => 0,
+            PeerRequest::Replicate { .. } => 1,
+            PeerRequest::Read { .. } => 2,
+            _ => 3,
+        };
+        self.metrics.peer_served[kind].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let node = self.clone();
         match req {
             PeerRequest::Gossip { members } => {

@@ -83,4 +83,34 @@ async fn every_acknowledged_write_reads_back_through_every_coordinator() {
             );
         }
     }
+
+    // The replicas' side of that work, in /metrics. Each put reaches its two replicas other
+    // than the minter by replicate requests, at most one of them the coordinator itself; each
+    // get asks its three replicas, at most one of them local; a coordinator outside a key's
+    // preference list (2 of 5 nodes) asks a replica to mint.
+    let served = |kind: &str| -> u64 {
+        let line = format!("kv_peer_served_total{{kind=\"{kind}\"}} ");
+        cluster
+            .nodes
+            .iter()
+            .map(|n| {
+                let metrics = kv_tests::http_get(&n.addr, "/metrics").expect("metrics");
+                metrics
+                    .lines()
+                    .find_map(|l| l.strip_prefix(line.as_str()))
+                    .unwrap_or_else(|| panic!("no {line}in /metrics of {}", n.id))
+                    .parse::<u64>()
+                    .unwrap()
+            })
+            .sum()
+    };
+    let writes = (CLIENTS * PER_CLIENT) as u64;
+    let gets = writes * urls.len() as u64;
+    let (mint, replicate, read) = (served("mint"), served("replicate"), served("read"));
+    assert!(replicate >= writes, "replicate {replicate} < {writes} puts");
+    assert!(read >= 2 * gets, "read {read} < two per get ({gets} gets)");
+    assert!(
+        mint > 0 && mint < writes,
+        "mint {mint}: only for coordinators outside the preference list"
+    );
 }
