@@ -48,10 +48,13 @@ pub async fn serve(node: Arc<Node>, ws: WebSocketStream<crate::tls::Io>, read_on
     idle_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_frame = Instant::now();
     let mut unflushed = false;
+    // One wait for the shutdown, kept across iterations: making a new one per iteration
+    // registered and removed a waiter under the watch's lock twice per request.
+    let mut shutting_down = Box::pin(shutdown.changed());
     loop {
         let answer = tokio::select! {
             biased;
-            _ = shutdown.changed() => break,
+            _ = &mut shutting_down => break,
             Some(answer) = running.next(), if !running.is_empty() => answer,
             next = stream.next() => {
                 last_frame = Instant::now();
@@ -99,6 +102,7 @@ pub async fn serve(node: Arc<Node>, ws: WebSocketStream<crate::tls::Io>, read_on
     }
     // The client is gone (or stopped sending): finish what it asked for (a write in flight
     // completes its replication), unless the node is shutting down.
+    drop(shutting_down);
     if !*shutdown.borrow() {
         while let Some(answer) = running.next().await {
             let _ = sink.feed(Message::text(answer)).await;

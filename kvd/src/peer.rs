@@ -543,6 +543,8 @@ pub async fn serve(node: Arc<Node>, mut ws: WebSocketStream<crate::tls::Io>) {
     // read); long ones (a repair, a decommission) simply stay in the set.
     let mut running = FuturesUnordered::new();
     let mut shutdown = node.shutdown_signal();
+    // One wait for the shutdown across iterations (see `connection::serve`).
+    let mut shutting_down = Box::pin(shutdown.changed());
     loop {
         let msg = tokio::select! {
             Some(answer) = running.next(), if !running.is_empty() => {
@@ -552,7 +554,7 @@ pub async fn serve(node: Arc<Node>, mut ws: WebSocketStream<crate::tls::Io>) {
                 continue;
             }
             m = stream.next() => m,
-            _ = shutdown.changed() => break,
+            _ = &mut shutting_down => break,
         };
         let Some(Ok(msg)) = msg else { break };
         let request = match msg {
@@ -587,6 +589,7 @@ pub async fn serve(node: Arc<Node>, mut ws: WebSocketStream<crate::tls::Io>) {
         });
     }
     // The peer closed: finish what it asked for (its answers are lost, the work is not).
+    drop(shutting_down);
     if !*shutdown.borrow() {
         while let Some(answer) = running.next().await {
             let _ = tx.send(answer);
