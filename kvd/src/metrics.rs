@@ -106,34 +106,19 @@ pub fn op_index(op: &str) -> Option<usize> {
 impl Metrics {
     /// Renders the counters in Prometheus text format.
     pub fn render(&self, out: &mut String) {
-        let _ = writeln!(out, "# TYPE kv_requests_total counter");
-        for (i, op) in OPS.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "kv_requests_total{{op=\"{op}\"}} {}",
-                self.requests[i].load(Relaxed)
-            );
-        }
-        let _ = writeln!(out, "# TYPE kv_request_errors_total counter");
-        for (i, op) in OPS.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "kv_request_errors_total{{op=\"{op}\"}} {}",
-                self.errors[i].load(Relaxed)
-            );
-        }
+        labeled_counters(out, "kv_requests_total", "op", &OPS, &self.requests);
+        labeled_counters(out, "kv_request_errors_total", "op", &OPS, &self.errors);
         let _ = writeln!(out, "# TYPE kv_request_duration_seconds histogram");
         for (i, op) in OPS.iter().enumerate() {
             self.latency[i].render(out, "kv_request_duration_seconds", &format!("op=\"{op}\""));
         }
-        let _ = writeln!(out, "# TYPE kv_peer_served_total counter");
-        for (i, kind) in PEER_KINDS.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "kv_peer_served_total{{kind=\"{kind}\"}} {}",
-                self.peer_served[i].load(Relaxed)
-            );
-        }
+        labeled_counters(
+            out,
+            "kv_peer_served_total",
+            "kind",
+            &PEER_KINDS,
+            &self.peer_served,
+        );
         let counters: [(&str, &AtomicU64, &str); 12] = [
             ("kv_unavailable_total", &self.unavailable, "counter"),
             ("kv_timeouts_total", &self.timeouts, "counter"),
@@ -159,6 +144,20 @@ impl Metrics {
         for (name, v, kind) in counters {
             let _ = writeln!(out, "# TYPE {name} {kind}\n{name} {}", v.load(Relaxed));
         }
+    }
+}
+
+/// A counter family with one label: `name{label="names[i]"} values[i]`.
+fn labeled_counters(
+    out: &mut String,
+    name: &str,
+    label: &str,
+    names: &[&str],
+    values: &[AtomicU64],
+) {
+    let _ = writeln!(out, "# TYPE {name} counter");
+    for (n, v) in names.iter().zip(values) {
+        let _ = writeln!(out, "{name}{{{label}=\"{n}\"}} {}", v.load(Relaxed));
     }
 }
 

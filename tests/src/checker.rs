@@ -429,8 +429,8 @@ struct Attempt<'a> {
     default_w: bool,
 }
 
-/// A read followed by a write (a delete when `as_delete`) with the read's context. Returns false when the connection
-/// should be dropped (no answer).
+/// A read followed by a write (a delete when `as_delete`) with the read's context. Returns
+/// false when the connection should be dropped (no answer).
 async fn rmw(
     c: &mut Conn,
     a: Attempt<'_>,
@@ -475,69 +475,44 @@ async fn rmw(
             return false;
         }
     };
-    if as_delete {
-        delete(c, a, values, context, wl, history).await
-    } else {
-        put(c, a, values, Some(context), wl, history).await
-    }
+    write(c, a, values, Some(context), as_delete, wl, history).await
 }
 
-/// Records and sends a delete with the context of the read that returned `supersedes`.
-async fn delete(
+/// A write without a context.
+async fn blind(c: &mut Conn, a: Attempt<'_>, wl: &Workload, history: &History) -> bool {
+    write(c, a, Vec::new(), None, false, wl, history).await
+}
+
+/// Records and sends a put, or a delete (which always carries its read's context);
+/// `supersedes` are the values the read behind `context` returned.
+async fn write(
     c: &mut Conn,
     a: Attempt<'_>,
     supersedes: Vec<String>,
-    context: String,
+    context: Option<String>,
+    delete: bool,
     wl: &Workload,
     history: &History,
 ) -> bool {
+    let (value, mut req) = if delete {
+        // A label that no value can equal: "<client>-<seq>.delete".
+        let label = format!("{}.delete", a.value);
+        (label, json!({"op": "delete", "key": a.key}))
+    } else {
+        let req = json!({"op": "put", "key": a.key, "value": a.value});
+        (a.value, req)
+    };
     let op = history.invoke(
         a.client,
         a.node,
         OpKind::Write {
             key: a.key.to_string(),
-            value: format!("{}.delete", a.value),
-            supersedes,
-            blind: false,
-            delete: true,
-        },
-    );
-    let mut req = json!({"op": "delete", "key": a.key, "context": context});
-    if !a.default_w {
-        req["w"] = json!(wl.w);
-    }
-    let answer = c.request(req, wl.timeout).await;
-    let healthy = answer.is_ok();
-    history.complete(op, write_outcome(&answer), None);
-    healthy
-}
-
-/// A write without a context.
-async fn blind(c: &mut Conn, a: Attempt<'_>, wl: &Workload, history: &History) -> bool {
-    put(c, a, Vec::new(), None, wl, history).await
-}
-
-/// Records and sends a put; `supersedes` are the values the read behind `context` returned.
-async fn put(
-    c: &mut Conn,
-    a: Attempt<'_>,
-    supersedes: Vec<String>,
-    context: Option<String>,
-    wl: &Workload,
-    history: &History,
-) -> bool {
-    let write = history.invoke(
-        a.client,
-        a.node,
-        OpKind::Write {
-            key: a.key.to_string(),
-            value: a.value.clone(),
+            value,
             supersedes,
             blind: context.is_none(),
-            delete: false,
+            delete,
         },
     );
-    let mut req = json!({"op": "put", "key": a.key, "value": a.value});
     if let Some(ctx) = context {
         req["context"] = json!(ctx);
     }
@@ -546,7 +521,7 @@ async fn put(
     }
     let answer = c.request(req, wl.timeout).await;
     let healthy = answer.is_ok();
-    history.complete(write, write_outcome(&answer), None);
+    history.complete(op, write_outcome(&answer), None);
     healthy
 }
 
