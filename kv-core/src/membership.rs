@@ -20,6 +20,11 @@
 //! independently of which heartbeat record wins. An order applies to the generation it was
 //! issued for; while it applies, it decides the member's effective status, except that a
 //! member's own `Left` is final. The member adopts an order naming it into its own `status`.
+//!
+//! A removal ([`Membership::remove`], `removenode` of a dead member) is a `Left` order that
+//! also records a hash of the member's tokens, and it outlives restarts: a later generation
+//! with the same tokens is the removed incarnation coming back with stale data, and stays
+//! `Left`. A newcomer under the same id takes new tokens and is not concerned.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -62,6 +67,16 @@ pub struct AdminOrder {
     pub epoch: u64,
     /// The status ordered.
     pub status: MemberStatus,
+    /// For a removal: the hash ([`tokens_hash`]) of the tokens the member held. The `Left`
+    /// order then also applies to its later generations that hold the same tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_hash: Option<u64>,
+}
+
+/// A fingerprint of a member's ring tokens: the same tokens are the same data placement.
+pub fn tokens_hash(tokens: &[u64]) -> u64 {
+    let bytes: Vec<u8> = tokens.iter().flat_map(|t| t.to_le_bytes()).collect();
+    crate::hash::seeded_hash(&bytes, 0x7265_6d6f_7665_6400)
 }
 
 /// One member's gossiped record.
@@ -115,14 +130,23 @@ impl Member {
     }
 
     /// The status in force: the admin order for the current generation if there is one,
-    /// except that the member's own `Left` is final.
+    /// except that the member's own `Left` is final; `Left` when the member was removed and
+    /// holds the same tokens as then.
     pub fn effective_status(&self) -> MemberStatus {
         match &self.order {
             Some(o) if o.generation == self.generation && self.status != MemberStatus::Left => {
                 o.status
             }
+            Some(o) if self.was_removed(o) => MemberStatus::Left,
             _ => self.status,
         }
+    }
+
+    /// Whether `order` is a removal of an earlier generation of this member, with its tokens.
+    fn was_removed(&self, order: &AdminOrder) -> bool {
+        order.status == MemberStatus::Left
+            && order.generation < self.generation
+            && order.tokens_hash == Some(tokens_hash(&self.tokens))
     }
 }
 
@@ -365,6 +389,17 @@ impl Membership {
     /// the member's own gossip for its current generation (see the module doc). An unknown `id`
     /// changes nothing and gives no event.
     pub fn set_status_of(&mut self, id: &str, status: MemberStatus) -> Vec<MembershipEvent> {
+        self.order(id, status, false)
+    }
+
+    /// Removes member `id` (`removenode`, for a member that is gone for good): a `Left` order
+    /// that also keeps its later generations out while they hold the same tokens (see the
+    /// module doc). An unknown `id` changes nothing and gives no event.
+    pub fn remove(&mut self, id: &str) -> Vec<MembershipEvent> {
+        self.order(id, MemberStatus::Left, true)
+    }
+
+    fn order(&mut self, id: &str, status: MemberStatus, removal: bool) -> Vec<MembershipEvent> {
         let before = self.snapshot();
         if let Some(m) = self.members.get_mut(id) {
             let epoch = match &m.order {
@@ -375,6 +410,7 @@ impl Membership {
                 generation: m.generation,
                 epoch,
                 status,
+                tokens_hash: removal.then(|| tokens_hash(&m.tokens)),
             });
             if id == self.me {
                 let me = self.me_mut();
@@ -827,6 +863,59 @@ mod tests {
     }
 
     #[test]
+    fn a_removed_member_stays_out_when_it_restarts_with_its_tokens_not_as_a_newcomer() {
+        let mut nodes = cluster(&["a", "b", "c"]);
+        for n in nodes.iter_mut() {
+            let id = n.me().id.clone();
+            n.update_me(|m| {
+                m.tokens = vec![id.len() as u64 * 100 + id.as_bytes()[0] as u64];
+                m.status = MemberStatus::Normal;
+            });
+        }
+        round(&mut nodes, &[true, true, true], 0, all);
+        // c dies; a removes it.
+        for t in 1..=8u64 {
+            round(&mut nodes, &[true, true, false], t * 1_000, all);
+        }
+        assert_eq!(nodes[0].state("c"), Some(NodeState::Down));
+        nodes[0].remove("c");
+        round(&mut nodes, &[true, true, false], 9_000, all);
+        assert_eq!(nodes[1].state("c"), Some(NodeState::Left));
+
+        // c restarts with its old data dir: a newer generation, the same tokens.
+        let old = nodes[2].me().clone();
+        let restart = |generation: u64, tokens: Vec<u64>| {
+            let me = Member {
+                generation,
+                version: 0,
+                order: None,
+                suspects: Vec::new(),
+                tokens,
+                ..old.clone()
+            };
+            Membership::new(me, DetectorConfig::default(), 10_000)
+        };
+        nodes[2] = restart(old.generation + 1, old.tokens.clone());
+        assert_eq!(nodes[2].me().status, MemberStatus::Normal);
+        for t in 10..=12u64 {
+            round(&mut nodes, &[true, true, true], t * 1_000, all);
+        }
+        for n in &nodes {
+            assert_eq!(n.state("c"), Some(NodeState::Left), "seen by {}", n.me().id);
+        }
+        assert_eq!(nodes[2].me().status, MemberStatus::Left);
+
+        // Wiped and started again as a newcomer: new tokens, so the removal does not apply.
+        nodes[2] = restart(old.generation + 5, vec![7]);
+        for t in 13..=15u64 {
+            round(&mut nodes, &[true, true, true], t * 1_000, all);
+        }
+        for n in &nodes {
+            assert_eq!(n.state("c"), Some(NodeState::Up), "seen by {}", n.me().id);
+        }
+    }
+
+    #[test]
     fn update_me_bumps_version_and_reports_tokens() {
         let mut nodes = cluster(&["a", "b"]);
         round(&mut nodes, &[true, true], 0, all);
@@ -879,16 +968,17 @@ mod tests {
             0..3usize,
             1..3u64,
             0..4u64,
-            proptest::option::of((1..3u64, 0..3u64, 0..4u8)),
+            proptest::option::of((1..3u64, 0..3u64, 0..4u8, proptest::option::of(0..2u64))),
         )
             .prop_map(|(i, generation, version, order)| {
                 let id = ["p", "q", "r"][i];
                 let mut m = member(id, generation);
                 m.version = version;
                 m.tokens = vec![generation * 10 + version];
-                m.order = order.map(|(generation, epoch, s)| AdminOrder {
+                m.order = order.map(|(generation, epoch, s, removed)| AdminOrder {
                     generation,
                     epoch,
+                    tokens_hash: removed.map(|v| tokens_hash(&[generation * 10 + v])),
                     status: [
                         MemberStatus::Joining,
                         MemberStatus::Normal,
