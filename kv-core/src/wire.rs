@@ -141,6 +141,8 @@ pub enum ClientOp {
     Repair { node: Option<String> },
     /// Drain a node and remove it from the ring.
     Decommission { node: String },
+    /// Remove a dead node from the ring: the other replicas refill its ranges' new owners.
+    RemoveNode { node: String },
     /// A liveness probe: answers `{"ok":true}`.
     Ping,
     /// One page of every key of the cluster in token order (export): up to `limit` keys
@@ -163,6 +165,7 @@ impl ClientOp {
             ClientOp::Hints => "hints",
             ClientOp::Repair { .. } => "repair",
             ClientOp::Decommission { .. } => "decommission",
+            ClientOp::RemoveNode { .. } => "removenode",
             ClientOp::Ping => "ping",
             ClientOp::Scan { .. } => "scan",
         }
@@ -293,6 +296,11 @@ fn validate(raw: RawRequest, limits: &Limits) -> Result<Request, WireError> {
                 .node
                 .ok_or_else(|| WireError::bad_request("'decommission' needs a node"))?,
         },
+        "removenode" => ClientOp::RemoveNode {
+            node: raw
+                .node
+                .ok_or_else(|| WireError::bad_request("'removenode' needs a node"))?,
+        },
         "ping" => ClientOp::Ping,
         "scan" => ClientOp::Scan {
             cursor: raw.cursor,
@@ -378,7 +386,7 @@ pub fn encode_request(id: u64, op: &ClientOp) -> String {
         }
         ClientOp::Ring { key } => out.key = key.as_deref(),
         ClientOp::Repair { node } => out.node = node.as_deref(),
-        ClientOp::Decommission { node } => out.node = Some(node),
+        ClientOp::Decommission { node } | ClientOp::RemoveNode { node } => out.node = Some(node),
         ClientOp::Scan { cursor, limit } => {
             out.cursor = cursor.as_deref();
             out.limit = *limit;
@@ -608,6 +616,7 @@ mod tests {
                 node: Some("n1".into()),
             },
             ClientOp::Decommission { node: "n2".into() },
+            ClientOp::RemoveNode { node: "n3".into() },
             ClientOp::Ping,
             ClientOp::Scan {
                 cursor: Some("c".into()),

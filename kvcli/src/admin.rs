@@ -1,6 +1,6 @@
-//! Admin commands for the cluster's background work: `hints`, `repair`, `decommission` and
-//! `export`. Long ones show a progress bar (on a terminal) fed by what the node reports while
-//! the operation runs: its `/metrics` for a repair, `status` for a decommission.
+//! Admin commands for the cluster's background work: `hints`, `repair`, `decommission`,
+//! `removenode` and `export`. Long ones show a progress bar (on a terminal) fed by what the
+//! nodes report while the operation runs: its `/metrics` for a repair, `status` for moving data.
 
 use std::io::Write;
 use std::time::Duration;
@@ -160,6 +160,51 @@ pub async fn decommission(client: &Client, node: String, env: &Env) -> Result<()
     } else {
         println!(
             "{node} handed {} keys over and left the ring; it can be stopped now",
+            v["moved_keys"]
+        );
+    }
+    Ok(())
+}
+
+/// `removenode NODE`: the node, down for good, leaves the ring and the nodes that take its
+/// ranges over stream them in from the other replicas; the bar sums their transfers as
+/// `status` reports them.
+pub async fn remove_node(client: &Client, node: String, env: &Env) -> Result<(), ClientError> {
+    let pb = crate::progress::bar(0, "refilling");
+    let op = ClientOp::RemoveNode { node: node.clone() };
+    let request = client.request_within(&op, LONG);
+    tokio::pin!(request);
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let v = loop {
+        tokio::select! {
+            r = &mut request => break r,
+            _ = tick.tick() => {
+                if let Ok(status) = client.request(&ClientOp::Status).await {
+                    let (mut done, mut total, mut keys) = (0, 0, 0);
+                    for t in status["nodes"].as_array().into_iter().flatten().map(|n| &n["transfer"]) {
+                        if t["kind"] == "adopting" {
+                            done += t["ranges_done"].as_u64().unwrap_or(0);
+                            total += t["ranges_total"].as_u64().unwrap_or(0);
+                            keys += t["keys"].as_u64().unwrap_or(0);
+                        }
+                    }
+                    pb.set_length(total);
+                    pb.set_position(done);
+                    pb.set_message(format!("{keys} keys streamed"));
+                }
+            }
+        }
+    };
+    pb.finish_and_clear();
+    let v = v?;
+    if env.json {
+        println!(
+            "{}",
+            json!({"ok": true, "node": node, "moved_keys": v["moved_keys"]})
+        );
+    } else {
+        println!(
+            "{node} is out of the ring; {} keys were streamed to the nodes that took its ranges over",
             v["moved_keys"]
         );
     }

@@ -113,6 +113,14 @@ pub enum Command {
         #[arg(id = "decommission_node", value_name = "NODE")]
         node: String,
     },
+    /// Remove NODE, which is down for good, from the ring: the other replicas refill the
+    /// ranges it held on their new owners. For a node that is up, use decommission.
+    #[command(name = "removenode")]
+    RemoveNode {
+        /// The node's id.
+        #[arg(id = "removenode_node", value_name = "NODE")]
+        node: String,
+    },
     /// Every live value as {"key":...,"value":...} JSON lines (one line per sibling).
     Export {
         /// Write to this file instead of standard output.
@@ -347,6 +355,7 @@ pub async fn run(client: &Client, cmd: Command, env: &Env) -> Outcome {
         Command::Hints => crate::admin::hints(client, env).await?,
         Command::Repair { node } => crate::admin::repair(client, node, env).await?,
         Command::Decommission { node } => crate::admin::decommission(client, node, env).await?,
+        Command::RemoveNode { node } => crate::admin::remove_node(client, node, env).await?,
         Command::Export { out } => crate::admin::export(client, out, env).await?,
         Command::Bench(args) => crate::bench::run(client, args, env).await?,
         Command::Autoscale(args) => crate::autoscale::run(client, *args, env).await?,

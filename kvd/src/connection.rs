@@ -344,6 +344,7 @@ async fn run(node: &Arc<Node>, op: ClientOp, sloppy: Option<bool>) -> Result<Ans
         ClientOp::Hints => Ok(Box::pin(crate::http::hints_json(node)).await),
         ClientOp::Repair { node: target } => Box::pin(repair(node, target)).await,
         ClientOp::Decommission { node: target } => Box::pin(decommission(node, target)).await,
+        ClientOp::RemoveNode { node: target } => Box::pin(remove_node(node, target)).await,
     };
     other.map(Answer::Other)
 }
@@ -386,6 +387,16 @@ async fn decommission(node: &Arc<Node>, target: String) -> Result<Value, WireErr
             other => return Err(unexpected(&target, &other)),
         }
     };
+    Ok(json!({ "node": target, "moved_keys": moved }))
+}
+
+/// `removenode`: `target`, down for good, leaves the ring; its ranges are refilled from the
+/// other replicas.
+async fn remove_node(node: &Arc<Node>, target: String) -> Result<Value, WireError> {
+    crate::rebalance::check_removable(node, &target).map_err(WireError::bad_request)?;
+    let moved = crate::rebalance::run_removal(node, &target)
+        .await
+        .map_err(|e| WireError::new(ErrorCode::Unavailable, e))?;
     Ok(json!({ "node": target, "moved_keys": moved }))
 }
 

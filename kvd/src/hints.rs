@@ -241,7 +241,9 @@ impl HintStore {
 pub const DELIVERY_RATE: usize = 2000;
 
 /// The delivery worker: every half second, for each target with pending hints that gossip
-/// sees up, sends a batch and deletes what was acknowledged.
+/// sees up, sends a batch and deletes what was acknowledged. Hints for a member that left the
+/// ring (removed while down, or decommissioned before they were delivered) go to the key's
+/// current replicas instead.
 pub async fn run_delivery(node: Arc<Node>) {
     let mut shutdown = node.shutdown_signal();
     let mut tick = tokio::time::interval(Duration::from_millis(500));
@@ -253,13 +255,80 @@ pub async fn run_delivery(node: Arc<Node>) {
         }
         let targets: Vec<String> = node.hints.summary().into_keys().collect();
         for target in targets {
-            if target == node.id || !node.is_up(&target) {
+            let result = if target == node.id {
                 continue;
-            }
-            if let Err(e) = deliver_some(&node, &target, DELIVERY_RATE / 2).await {
-                crate::warn!("hint delivery to {target}: {e}");
+            } else if node.has_left_the_ring(&target) {
+                redirect_some(&node, &target, DELIVERY_RATE / 2).await
+            } else if node.is_up(&target) {
+                deliver_some(&node, &target, DELIVERY_RATE / 2).await
+            } else {
+                continue;
+            };
+            if let Err(e) = result {
+                crate::warn!("hint delivery for {target}: {e}");
             }
         }
+    }
+}
+
+/// Up to `limit` hints for `target`, as (key text, stored bytes); the ones too old to hand
+/// back are dropped on the way (anti-entropy covers them, and a tombstone purged meanwhile
+/// must not be undone by a stale value).
+async fn deliverable(
+    node: &Arc<Node>,
+    target: &str,
+    limit: usize,
+) -> Result<Vec<(String, Vec<u8>)>, String> {
+    let n = node.clone();
+    let t = target.to_string();
+    let batch = tokio::task::spawn_blocking(move || n.hints.batch_for(&t, limit))
+        .await
+        .map_err(|e| e.to_string())??;
+    let expiry_ms = node.config.hint_expiry.as_millis() as u64;
+    let mut out = Vec::with_capacity(batch.len());
+    for (key, bytes) in batch {
+        let Ok(key_text) = String::from_utf8(key) else {
+            continue;
+        };
+        let newest = SiblingSet::decode(&bytes)
+            .ok()
+            .and_then(|s| s.newest_timestamp())
+            .unwrap_or(0);
+        if newest.saturating_add(expiry_ms) < crate::now_ms() {
+            if forget(node, target, key_text, bytes).await? {
+                node.hints.expired.fetch_add(1, Relaxed);
+            }
+            continue;
+        }
+        out.push((key_text, bytes));
+    }
+    Ok(out)
+}
+
+/// Deletes a hint unless a newer one was merged in meanwhile; whether it was deleted.
+async fn forget(
+    node: &Arc<Node>,
+    target: &str,
+    key: String,
+    bytes: Vec<u8>,
+) -> Result<bool, String> {
+    let n = node.clone();
+    let t = target.to_string();
+    tokio::task::spawn_blocking(move || n.hints.remove_if_unchanged(&t, key.as_bytes(), &bytes))
+        .await
+        .map_err(|e| e.to_string())?
+}
+
+async fn send_state(node: &Node, addr: &str, key: &str, bytes: &[u8]) -> Result<(), String> {
+    let req = PeerRequest::Replicate {
+        key: key.to_string(),
+        state: bytes.to_vec(),
+        hint_for: None,
+    };
+    match node.peers.call(addr, &req, Duration::from_secs(5)).await {
+        Ok(PeerResponse::Ack) => Ok(()),
+        Ok(other) => Err(format!("unexpected answer {other:?}")),
+        Err(e) => Err(e.to_string()),
     }
 }
 
@@ -267,50 +336,40 @@ async fn deliver_some(node: &Arc<Node>, target: &str, limit: usize) -> Result<()
     let Some(addr) = node.addr_of(target) else {
         return Ok(());
     };
-    let n = node.clone();
-    let t = target.to_string();
-    let batch = tokio::task::spawn_blocking(move || n.hints.batch_for(&t, limit))
-        .await
-        .map_err(|e| e.to_string())??;
-    let expiry_ms = node.config.hint_expiry.as_millis() as u64;
-    for (key, bytes) in batch {
-        let Ok(key_text) = String::from_utf8(key.clone()) else {
-            continue;
-        };
-        // Too old to hand back: anti-entropy covers it, and a tombstone purged meanwhile must
-        // not be undone by a stale value.
-        let newest = SiblingSet::decode(&bytes)
-            .ok()
-            .and_then(|s| s.newest_timestamp())
-            .unwrap_or(0);
-        if newest.saturating_add(expiry_ms) < crate::now_ms() {
-            let n = node.clone();
-            let t = target.to_string();
-            let removed =
-                tokio::task::spawn_blocking(move || n.hints.remove_if_unchanged(&t, &key, &bytes))
+    for (key, bytes) in deliverable(node, target, limit).await? {
+        send_state(node, &addr, &key, &bytes).await?;
+        forget(node, target, key, bytes).await?;
+        node.hints.delivered.fetch_add(1, Relaxed);
+    }
+    Ok(())
+}
+
+/// Hands the hints for `target`, which left the ring, to each key's current replicas; a hint
+/// is deleted once every one of them took it (while one is down it waits, up to the expiry).
+async fn redirect_some(node: &Arc<Node>, target: &str, limit: usize) -> Result<(), String> {
+    let ring = node.ring();
+    let placement = node.placement(&ring);
+    for (key, bytes) in deliverable(node, target, limit).await? {
+        let mut all_took = true;
+        for owner in ring.preference_list(key.as_bytes(), &placement) {
+            let took = if owner == node.id {
+                let (n, k) = (node.clone(), key.clone());
+                let set = SiblingSet::decode(&bytes).map_err(|e| e.to_string())?;
+                tokio::task::spawn_blocking(move || n.replica.merge(k.as_bytes(), &set))
                     .await
-                    .map_err(|e| e.to_string())??;
-            if removed {
-                node.hints.expired.fetch_add(1, Relaxed);
-            }
-            continue;
+                    .map_err(|e| e.to_string())?
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            } else {
+                match node.addr_of(&owner).filter(|_| node.is_up(&owner)) {
+                    Some(addr) => send_state(node, &addr, &key, &bytes).await,
+                    None => Err(format!("{owner} is down")),
+                }
+            };
+            all_took &= took.is_ok();
         }
-        let req = PeerRequest::Replicate {
-            key: key_text,
-            state: bytes.clone(),
-            hint_for: None,
-        };
-        match node.peers.call(&addr, &req, Duration::from_secs(5)).await {
-            Ok(PeerResponse::Ack) => {
-                let n = node.clone();
-                let t = target.to_string();
-                tokio::task::spawn_blocking(move || n.hints.remove_if_unchanged(&t, &key, &bytes))
-                    .await
-                    .map_err(|e| e.to_string())??;
-                node.hints.delivered.fetch_add(1, Relaxed);
-            }
-            Ok(other) => return Err(format!("unexpected answer {other:?}")),
-            Err(e) => return Err(e.to_string()),
+        if all_took && forget(node, target, key, bytes).await? {
+            node.hints.delivered.fetch_add(1, Relaxed);
         }
     }
     Ok(())

@@ -327,7 +327,21 @@ impl Node {
             }
         }
         if placement_changed {
+            self.notice_removal();
             self.rebuild_ring();
+        }
+    }
+
+    /// A node removed (`removenode`) while it was down, started again with its old data dir,
+    /// learns it from gossip: it stays out of the ring, for good (its data is stale).
+    fn notice_removal(&self) {
+        let removed = self.membership().me().effective_status() == MemberStatus::Left;
+        if removed && !self.has_left() {
+            self.record_leave(true);
+            crate::error!(
+                "this node was removed from the cluster (removenode) and stays out of the ring; \
+                 to join again, start it with an empty data dir"
+            );
         }
     }
 
@@ -345,6 +359,13 @@ impl Node {
     /// Whether gossip considers `id` up (this node always is).
     pub fn is_up(&self, id: &str) -> bool {
         id == self.id || self.membership().is_up(id)
+    }
+
+    /// Whether member `id` left the ring (decommissioned or removed).
+    pub fn has_left_the_ring(&self, id: &str) -> bool {
+        self.membership()
+            .member(id)
+            .is_some_and(|m| m.effective_status() == MemberStatus::Left)
     }
 
     /// The address of member `id`.
@@ -499,6 +520,12 @@ impl Node {
             PeerRequest::Decommission => {
                 match Box::pin(crate::rebalance::run_decommission(self)).await {
                     Ok(moved_keys) => PeerResponse::Decommissioned { moved_keys },
+                    Err(message) => PeerResponse::Error { message },
+                }
+            }
+            PeerRequest::Adopt { transfers } => {
+                match Box::pin(crate::rebalance::adopt(self, transfers)).await {
+                    Ok(keys) => PeerResponse::Adopted { keys },
                     Err(message) => PeerResponse::Error { message },
                 }
             }

@@ -115,6 +115,12 @@ pub enum PeerRequest {
     },
     /// Drain this node and leave the ring (`decommission`).
     Decommission,
+    /// `removenode`: stream in these ranges, which this node gains from a removed member, from
+    /// their live old owners.
+    Adopt {
+        /// What to stream in.
+        transfers: Vec<kv_core::ring::Transfer>,
+    },
     /// `scan`: a page of this node's data with tokens in `lo..=hi` after engine key `after`.
     ScanTokens {
         /// First token.
@@ -193,6 +199,11 @@ pub enum PeerResponse {
     Decommissioned {
         /// Keys handed over.
         moved_keys: u64,
+    },
+    /// The ranges of an [`PeerRequest::Adopt`] were streamed in.
+    Adopted {
+        /// Keys received.
+        keys: u64,
     },
     /// The request failed; the message says why.
     Error {

@@ -536,3 +536,154 @@ pub async fn run_decommission(node: &Arc<Node>) -> Result<u64, String> {
     crate::info!("decommission: done, {moved} keys handed over; this node has left the ring");
     Ok(moved)
 }
+
+/// Tries per range before an adoption gives up (a source may restart meanwhile).
+const ADOPT_TRIES: u32 = 3;
+
+/// The receiving side of `removenode`: streams in each range of `transfers` from every live
+/// old owner (a write acknowledged by W replicas is on at least one live one, or in a hint
+/// that goes to the new owners once the member is gone). Returns the keys received.
+pub async fn adopt(node: &Arc<Node>, transfers: Vec<Transfer>) -> Result<u64, String> {
+    node.transfers.set(Some(TransferProgress {
+        kind: "adopting".into(),
+        ranges_total: transfers.len() as u64,
+        ..TransferProgress::default()
+    }));
+    let mut throttle = Throttle::new();
+    let mut keys = 0;
+    let mut result = Ok(());
+    'ranges: for t in &transfers {
+        let mut tries = 0;
+        loop {
+            match stream_in(node, t, &mut throttle).await {
+                Ok(n) => {
+                    keys += n;
+                    node.transfers.update(|p| p.ranges_done += 1);
+                    break;
+                }
+                Err(e) if tries + 1 < ADOPT_TRIES => {
+                    crate::warn!("removenode: streaming {} failed: {e}; retrying", t.range);
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(e) => {
+                    result = Err(format!("{}: streaming {} failed: {e}", node.id, t.range));
+                    break 'ranges;
+                }
+            }
+        }
+    }
+    node.transfers.set(None);
+    result.map(|()| keys)
+}
+
+/// `removenode`: takes `target`, a member that is down for good, out of the ring. It is
+/// ordered `Leaving` (so writes also reach the owners-to-be), every node that gains a range
+/// streams it in from the range's live old owners, and then `target` is removed: a `Left`
+/// order that also keeps it out if it comes back with its old data dir. Returns the keys
+/// streamed. When a transfer fails, `target` stays `Leaving` and running the command again
+/// resumes (merging twice is harmless).
+pub async fn run_removal(node: &Arc<Node>, target: &str) -> Result<u64, String> {
+    let _one = node.repair_lock.lock().await;
+    let generation = check_removable(node, target)?;
+    let events = node
+        .membership()
+        .set_status_of(target, MemberStatus::Leaving);
+    node.on_membership_events(&events);
+    crate::info!("removenode {target}: ordered to leave; its ranges go to their next owners");
+    // Let gossip tell the coordinators, so that writes reach the new owners too.
+    tokio::time::sleep(node.config.gossip_interval * 3).await;
+
+    let current = node.ring();
+    let after = ring_without(&current, target);
+    let mut by_receiver: std::collections::BTreeMap<String, Vec<Transfer>> = Default::default();
+    for t in current.move_plan(&after, &node.placement(&after)) {
+        if t.from.iter().any(|f| f == target) {
+            by_receiver.entry(t.to.clone()).or_default().push(t);
+        }
+    }
+    let calls = by_receiver.into_iter().map(|(to, transfers)| async move {
+        if to == node.id {
+            return adopt(node, transfers).await;
+        }
+        let addr = node
+            .addr_of(&to)
+            .ok_or_else(|| format!("{to} is not a member"))?;
+        let day = Duration::from_secs(24 * 3600);
+        match node
+            .peers
+            .call(&addr, &PeerRequest::Adopt { transfers }, day)
+            .await
+        {
+            Ok(PeerResponse::Adopted { keys }) => Ok(keys),
+            Ok(PeerResponse::Error { message }) => Err(message),
+            Ok(other) => Err(format!("{to}: unexpected answer {other:?}")),
+            Err(e) => Err(format!("{to}: {e}")),
+        }
+    });
+    let mut keys = 0;
+    for r in futures_util::future::join_all(calls).await {
+        keys += r.map_err(|e| format!("{e}; {target} stays leaving: run removenode again"))?;
+    }
+
+    let events = {
+        let mut m = node.membership();
+        let back = m.member(target).map(|x| x.generation) != Some(generation) || m.is_up(target);
+        if back {
+            return Err(format!(
+                "{target} came back during the removal: decommission it instead"
+            ));
+        }
+        m.remove(target)
+    };
+    node.on_membership_events(&events);
+    // Make sure the removal reaches the others before answering.
+    tokio::time::sleep(node.config.gossip_interval * 2).await;
+    crate::info!("removenode {target}: done, {keys} keys streamed to the new owners");
+    Ok(keys)
+}
+
+/// Why `target` cannot be removed now, or its generation.
+pub fn check_removable(node: &Node, target: &str) -> Result<u64, String> {
+    if target == node.id {
+        return Err(format!(
+            "{target} is the node running the command: decommission it, or ask another node"
+        ));
+    }
+    let m = node.membership();
+    let Some(member) = m.member(target).filter(|x| !x.tokens.is_empty()) else {
+        return Err(format!("{target} is not a node of the ring"));
+    };
+    let status = member.effective_status();
+    if !matches!(status, MemberStatus::Normal | MemberStatus::Leaving) {
+        return Err(format!("{target} is not a node of the ring ({status:?})"));
+    }
+    if m.is_up(target) {
+        return Err(format!(
+            "{target} is up: decommission it instead (removenode is for a node that is gone)"
+        ));
+    }
+    let others_serving = m
+        .members()
+        .filter(|x| x.id != target && !x.tokens.is_empty())
+        .filter(|x| x.effective_status() == MemberStatus::Normal)
+        .count();
+    if others_serving == 0 {
+        return Err(format!("{target} is the last node of the ring"));
+    }
+    if let Some(busy) = m.members().find(|x| {
+        x.id != target
+            && !x.tokens.is_empty()
+            && matches!(
+                x.effective_status(),
+                MemberStatus::Joining | MemberStatus::Leaving
+            )
+    }) {
+        return Err(format!(
+            "{} is {:?}: wait until that membership change is done",
+            busy.id,
+            busy.effective_status()
+        ));
+    }
+    Ok(member.generation)
+}
