@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 use tokio_rustls::rustls::pki_types::pem::PemObject;
-use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio_rustls::rustls::{ClientConfig, RootCertStore};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
@@ -56,8 +56,12 @@ static TLS: OnceLock<Arc<ClientConfig>> = OnceLock::new();
 
 /// Turns TLS on for this process: every connection to a node, WebSocket and HTTP, and every
 /// node address learned from the cluster, uses it. Certificates are verified against the CA
-/// certificates in `ca_file` (PEM), else against the system's roots.
-pub fn use_tls(ca_file: Option<&Path>) -> Result<(), ClientError> {
+/// certificates in `ca_file` (PEM), else against the system's roots. With `identity` (a PEM
+/// certificate chain and its key), the client presents it to nodes that require one.
+pub fn use_tls(
+    ca_file: Option<&Path>,
+    identity: Option<(&Path, &Path)>,
+) -> Result<(), ClientError> {
     let mut roots = RootCertStore::empty();
     match ca_file {
         Some(path) => {
@@ -86,8 +90,26 @@ pub fn use_tls(ca_file: Option<&Path>) -> Result<(), ClientError> {
     let config = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| ClientError::Usage(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(roots);
+    let config = match identity {
+        None => config.with_no_client_auth(),
+        Some((cert, key)) => {
+            let usage = |what: &str, path: &Path, e: &dyn std::fmt::Display| {
+                ClientError::Usage(format!("{what} {}: {e}", path.display()))
+            };
+            let chain = CertificateDer::pem_file_iter(cert)
+                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| usage("--cert-file", cert, &e))?;
+            if chain.is_empty() {
+                return Err(usage("--cert-file", cert, &"no PEM certificate in it"));
+            }
+            let key_der = PrivateKeyDer::from_pem_file(key)
+                .map_err(|e| usage("--key-file", key, &format!("no usable private key: {e}")))?;
+            config
+                .with_client_auth_cert(chain, key_der)
+                .map_err(|e| usage("--cert-file", cert, &e))?
+        }
+    };
     let _ = TLS.set(Arc::new(config));
     Ok(())
 }
@@ -255,6 +277,11 @@ async fn open(url: &str, token: Option<&str>, timeout: Duration) -> Result<Socke
         )) if url.starts_with("ws://") => {
             return Err(ClientError::Unreachable(format!(
                 "{url}: {e} (the node may serve TLS: try wss://)"
+            )))
+        }
+        Ok(Err(e)) if e.to_string().contains("CertificateRequired") => {
+            return Err(ClientError::Unreachable(format!(
+                "{url}: {e} (the node requires a client certificate: give --cert-file and --key-file)"
             )))
         }
         Ok(Err(e)) => return Err(ClientError::Unreachable(format!("{url}: {e}"))),

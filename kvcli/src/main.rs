@@ -66,6 +66,13 @@ struct Cli {
     /// system's roots).
     #[arg(long, env = "KV_CA_FILE", global = true)]
     ca_file: Option<std::path::PathBuf>,
+    /// PEM client certificate chain to present to a `wss://` node that requires one (mutual
+    /// TLS); needs --key-file.
+    #[arg(long, env = "KV_CERT_FILE", global = true)]
+    cert_file: Option<std::path::PathBuf>,
+    /// The PEM private key of --cert-file.
+    #[arg(long, env = "KV_KEY_FILE", global = true)]
+    key_file: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -175,7 +182,16 @@ async fn async_main(mut cli: Cli) -> u8 {
     }
     cli.node = node_url(&cli.node);
     if cli.node.starts_with("wss://") {
-        if let Err(e) = client::use_tls(cli.ca_file.as_deref()) {
+        let identity = match (cli.cert_file.as_deref(), cli.key_file.as_deref()) {
+            (Some(c), Some(k)) => Some((c, k)),
+            (None, None) => None,
+            _ => {
+                let e = client::ClientError::Usage("--cert-file and --key-file go together".into());
+                error_line(&e.to_string());
+                return exit_code(&e);
+            }
+        };
+        if let Err(e) = client::use_tls(cli.ca_file.as_deref(), identity) {
             error_line(&e.to_string());
             return exit_code(&e);
         }

@@ -68,6 +68,10 @@ pub struct NodeArgs {
     /// certificates of the peers this node dials are verified against them.
     #[arg(long)]
     pub tls_ca: Option<PathBuf>,
+    /// Mutual TLS: every connection, client or peer, must present a certificate that --tls-ca
+    /// signed (nodes present their own --tls-cert to their peers).
+    #[arg(long)]
+    pub tls_require_client_cert: bool,
     /// How long a coordinator waits for its quorum, in milliseconds.
     #[arg(long)]
     pub request_timeout_ms: Option<u64>,
@@ -152,6 +156,7 @@ struct FileConfig {
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     tls_ca: Option<PathBuf>,
+    tls_require_client_cert: Option<bool>,
     request_timeout_ms: Option<u64>,
     idle_timeout_s: Option<u64>,
     gossip_interval_ms: Option<u64>,
@@ -257,14 +262,23 @@ impl NodeConfig {
             Some(path) => Some(read_tokens(&path)?),
             None => None,
         };
+        let require_client_cert =
+            args.tls_require_client_cert || file.tls_require_client_cert.unwrap_or(false);
         let tls = match (
             args.tls_cert.or(file.tls_cert),
             args.tls_key.or(file.tls_key),
             args.tls_ca.or(file.tls_ca),
         ) {
+            (None, None, None) if require_client_cert => {
+                return Err(Error::Config(
+                    "--tls-require-client-cert needs TLS: --tls-cert, --tls-key and --tls-ca"
+                        .into(),
+                ))
+            }
             (None, None, None) => None,
             (Some(cert), Some(key), Some(ca)) => {
-                let tls = crate::tls::Tls::load(&cert, &key, &ca).map_err(Error::Config)?;
+                let tls = crate::tls::Tls::load(&cert, &key, &ca, require_client_cert)
+                    .map_err(Error::Config)?;
                 Some(std::sync::Arc::new(tls))
             }
             _ => {

@@ -6,8 +6,11 @@
 //! plain request gets no answer beyond the failed handshake. Outgoing peer connections verify
 //! the peer's certificate against `--tls-ca` (the CA that signs the cluster's node
 //! certificates) and the address they dial, so a node certificate names the node's IP
-//! addresses and host names. SIGHUP reloads the three files: new connections use the new
-//! certificate and CA, open ones keep theirs; files that do not load leave the old ones in use.
+//! addresses and host names. With `--tls-require-client-cert`, every connection must also
+//! present a certificate that `--tls-ca` signed (mutual TLS): clients and peers alike, so a
+//! node always presents its own certificate when it dials a peer. SIGHUP reloads the three
+//! files: new connections use the new certificate and CA, open ones keep theirs; files that
+//! do not load leave the old ones in use.
 
 use std::fmt;
 use std::io;
@@ -21,6 +24,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::rustls::crypto::ring;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::rustls::server::WebPkiClientVerifier;
 use tokio_rustls::rustls::{ClientConfig, RootCertStore, ServerConfig};
 use tokio_rustls::TlsAcceptor;
 
@@ -29,6 +33,7 @@ pub struct Tls {
     cert: PathBuf,
     key: PathBuf,
     ca: PathBuf,
+    require_client_cert: bool,
     loaded: RwLock<Loaded>,
 }
 
@@ -48,20 +53,27 @@ impl fmt::Debug for Tls {
 }
 
 impl Tls {
-    /// Loads the certificate chain, its private key and the CA certificates peers are
-    /// verified against; every error names the file and what is wrong with it.
-    pub fn load(cert: &Path, key: &Path, ca: &Path) -> Result<Tls, String> {
+    /// Loads the certificate chain, its private key and the CA certificates peers (and, with
+    /// `require_client_cert`, every client) are verified against; every error names the file
+    /// and what is wrong with it.
+    pub fn load(
+        cert: &Path,
+        key: &Path,
+        ca: &Path,
+        require_client_cert: bool,
+    ) -> Result<Tls, String> {
         Ok(Tls {
-            loaded: RwLock::new(Tls::read(cert, key, ca)?),
+            loaded: RwLock::new(Tls::read(cert, key, ca, require_client_cert)?),
             cert: cert.to_path_buf(),
             key: key.to_path_buf(),
             ca: ca.to_path_buf(),
+            require_client_cert,
         })
     }
 
     /// Loads the files again; on an error the settings in use stay as they were.
     pub fn reload(&self) -> Result<(), String> {
-        let fresh = Tls::read(&self.cert, &self.key, &self.ca)?;
+        let fresh = Tls::read(&self.cert, &self.key, &self.ca, self.require_client_cert)?;
         *self.loaded.write().unwrap_or_else(|p| p.into_inner()) = fresh;
         Ok(())
     }
@@ -83,28 +95,46 @@ impl Tls {
             .clone()
     }
 
-    fn read(cert: &Path, key: &Path, ca: &Path) -> Result<Loaded, String> {
+    fn read(
+        cert: &Path,
+        key: &Path,
+        ca: &Path,
+        require_client_cert: bool,
+    ) -> Result<Loaded, String> {
         let chain = read_certs(cert)?;
         let key = PrivateKeyDer::from_pem_file(key)
             .map_err(|e| format!("--tls-key {}: no usable private key: {e}", key.display()))?;
-        let provider = Arc::new(ring::default_provider());
-        let server = ServerConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
-            .with_no_client_auth()
-            .with_single_cert(chain, key)
-            .map_err(|e| format!("--tls-cert {} with its key: {e}", cert.display()))?;
         let mut roots = RootCertStore::empty();
         for c in read_certs(ca)? {
             roots
                 .add(c)
                 .map_err(|e| format!("--tls-ca {}: {e}", ca.display()))?;
         }
+        let roots = Arc::new(roots);
+        let provider = Arc::new(ring::default_provider());
+        let server = ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?;
+        let server = if require_client_cert {
+            let verifier =
+                WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
+                    .build()
+                    .map_err(|e| format!("--tls-ca {}: {e}", ca.display()))?;
+            server.with_client_cert_verifier(verifier)
+        } else {
+            server.with_no_client_auth()
+        };
+        let server = server
+            .with_single_cert(chain.clone(), key.clone_key())
+            .map_err(|e| format!("--tls-cert {} with its key: {e}", cert.display()))?;
+        // A node presents its own certificate to the peers it dials (peers that require one
+        // verify it against the cluster CA; the others never ask).
         let client = ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| e.to_string())?
             .with_root_certificates(roots)
-            .with_no_client_auth();
+            .with_client_auth_cert(chain, key)
+            .map_err(|e| format!("--tls-cert {} as a client certificate: {e}", cert.display()))?;
         Ok(Loaded {
             acceptor: TlsAcceptor::from(Arc::new(server)),
             client: Arc::new(client),

@@ -76,77 +76,110 @@ pub struct ClusterOpts {
 pub struct TlsFiles {
     /// The CA certificate (PEM).
     pub ca: PathBuf,
+    /// The CA's private key (PEM), to issue more certificates.
+    pub ca_key: PathBuf,
     /// The node certificate (PEM).
     pub cert: PathBuf,
     /// The node certificate's private key (PEM).
     pub key: PathBuf,
 }
 
+/// Runs the openssl command line; panics with its error output when it fails.
+fn openssl(args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .output()
+        .expect("run openssl (the test command installs it)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+const EC_KEY: [&str; 5] = [
+    "-newkey",
+    "ec",
+    "-pkeyopt",
+    "ec_paramgen_curve:P-256",
+    "-nodes",
+];
+
+/// The harness's own clients (`Ws`, `http_get_*`) present the node certificate of the CA they
+/// trust, like an operator's tool inside the cluster, so they also reach nodes that require a
+/// client certificate. Registered by [`TlsFiles::generate`]: (CA, certificate, key).
+static HARNESS_IDENTITIES: std::sync::Mutex<Vec<(PathBuf, PathBuf, PathBuf)>> =
+    std::sync::Mutex::new(Vec::new());
+
 impl TlsFiles {
     /// Makes a fresh CA named `name` and a node certificate in `dir`.
     pub fn generate(dir: &Path, name: &str) -> TlsFiles {
         std::fs::create_dir_all(dir).expect("certificate dir");
-        let f = |suffix: &str| dir.join(format!("{name}-{suffix}"));
-        let run = |args: &[&str]| {
-            let out = Command::new("openssl")
-                .args(args)
-                .output()
-                .expect("run openssl (the test command installs it)");
-            assert!(
-                out.status.success(),
-                "openssl {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
-        let (ca_key, ca, key, csr, cert, ext) = (
-            f("ca.key"),
-            f("ca.pem"),
-            f("node.key"),
-            f("node.csr"),
-            f("node.pem"),
-            f("ext.cnf"),
+        let (ca_key, ca) = (
+            dir.join(format!("{name}-ca.key")),
+            dir.join(format!("{name}-ca.pem")),
         );
-        let s = |p: &PathBuf| p.display().to_string();
-        let ec = [
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-        ];
         let subject = format!("/CN={name} test CA");
         let mut args = vec!["req", "-x509"];
-        args.extend(ec);
-        let (ca_key_s, ca_s) = (s(&ca_key), s(&ca));
+        args.extend(EC_KEY);
+        let (ca_key_s, ca_s) = (ca_key.display().to_string(), ca.display().to_string());
         args.extend([
             "-keyout", &ca_key_s, "-out", &ca_s, "-days", "30", "-subj", &subject,
         ]);
-        run(&args);
-        let (key_s, csr_s) = (s(&key), s(&csr));
+        openssl(&args);
+        let mut files = TlsFiles {
+            ca,
+            ca_key,
+            cert: PathBuf::new(),
+            key: PathBuf::new(),
+        };
+        (files.cert, files.key) = files.issue(&format!("{name}-node"), "kv node");
+        HARNESS_IDENTITIES.lock().unwrap().push((
+            files.ca.clone(),
+            files.cert.clone(),
+            files.key.clone(),
+        ));
+        files
+    }
+
+    /// Issues another certificate signed by this CA, valid for 127.0.0.1 and localhost, with
+    /// subject `cn`; returns its certificate and key files (`FILE-STEM.pem`, `.key`).
+    pub fn issue(&self, file_stem: &str, cn: &str) -> (PathBuf, PathBuf) {
+        let dir = self.ca.parent().expect("the CA's directory");
+        let f = |suffix: &str| {
+            dir.join(format!("{file_stem}.{suffix}"))
+                .display()
+                .to_string()
+        };
+        let (key, csr, cert, ext) = (f("key"), f("csr"), f("pem"), f("ext.cnf"));
+        let subject = format!("/CN={cn}");
         let mut args = vec!["req"];
-        args.extend(ec);
-        args.extend(["-keyout", &key_s, "-out", &csr_s, "-subj", "/CN=kv node"]);
-        run(&args);
+        args.extend(EC_KEY);
+        args.extend(["-keyout", &key, "-out", &csr, "-subj", &subject]);
+        openssl(&args);
         std::fs::write(&ext, "subjectAltName=IP:127.0.0.1,DNS:localhost\n").expect("ext file");
-        let (cert_s, ext_s) = (s(&cert), s(&ext));
-        run(&[
+        let (ca, ca_key) = (
+            self.ca.display().to_string(),
+            self.ca_key.display().to_string(),
+        );
+        openssl(&[
             "x509",
             "-req",
             "-in",
-            &csr_s,
+            &csr,
             "-CA",
-            &ca_s,
+            &ca,
             "-CAkey",
-            &ca_key_s,
+            &ca_key,
             "-CAcreateserial",
             "-out",
-            &cert_s,
+            &cert,
             "-days",
             "30",
             "-extfile",
-            &ext_s,
+            &ext,
         ]);
-        TlsFiles { ca, cert, key }
+        (PathBuf::from(cert), PathBuf::from(key))
     }
 
     /// The `kvd` flags that serve these files.
@@ -552,10 +585,11 @@ pub fn http_get_full_ca(addr: &str, path: &str, ca: Option<&Path>) -> Option<(u1
     Some((status, body.to_string()))
 }
 
-/// A TLS client configuration trusting only the CA certificates in `ca`.
+/// A TLS client configuration trusting only the CA certificates in `ca`, presenting the node
+/// certificate that CA issued for the harness (see `HARNESS_IDENTITIES`) to nodes that ask.
 pub fn tls_client_config(ca: &Path) -> std::sync::Arc<tokio_rustls::rustls::ClientConfig> {
     use tokio_rustls::rustls::pki_types::pem::PemObject;
-    use tokio_rustls::rustls::pki_types::CertificateDer;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
     use tokio_rustls::rustls::{ClientConfig, RootCertStore};
     let mut roots = RootCertStore::empty();
     for c in CertificateDer::pem_file_iter(ca).expect("read the CA file") {
@@ -567,8 +601,26 @@ pub fn tls_client_config(ca: &Path) -> std::sync::Arc<tokio_rustls::rustls::Clie
     let config = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .expect("TLS versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(roots);
+    let identity = HARNESS_IDENTITIES
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|(c, _, _)| c == ca)
+        .map(|(_, cert, key)| (cert.clone(), key.clone()));
+    let config = match identity {
+        Some((cert, key)) => {
+            let chain = CertificateDer::pem_file_iter(&cert)
+                .expect("read the harness certificate")
+                .collect::<Result<Vec<_>, _>>()
+                .expect("PEM certificates");
+            let key = PrivateKeyDer::from_pem_file(&key).expect("the harness key");
+            config
+                .with_client_auth_cert(chain, key)
+                .expect("a client certificate")
+        }
+        None => config.with_no_client_auth(),
+    };
     std::sync::Arc::new(config)
 }
 
