@@ -381,12 +381,35 @@ pub struct Sibling {
     /// Wall-clock time of the write at the replica that minted it, in milliseconds. Used only
     /// by opt-in last-writer-wins, the siblings cap and tombstone purging, never for causality.
     pub timestamp_ms: u64,
+    /// For a value written with a time to live: when it expires, on the minting replica's wall
+    /// clock, in milliseconds. From then on it reads as deleted (it is still a version: a
+    /// write must overwrite it, and it is purged like a tombstone). Always `None` on a
+    /// tombstone.
+    pub expires_at_ms: Option<u64>,
 }
 
 impl Sibling {
     /// Whether this sibling is a delete.
     pub fn is_tombstone(&self) -> bool {
         self.value.is_none()
+    }
+
+    /// The value, if this sibling is a value that has not expired at `now_ms`.
+    pub fn live_value(&self, now_ms: u64) -> Option<&[u8]> {
+        match self.expires_at_ms {
+            Some(at) if at <= now_ms => None,
+            _ => self.value.as_deref(),
+        }
+    }
+
+    /// Since when this sibling is dead at `now_ms` (a tombstone since its write, an expired
+    /// value since its expiry); `None` while it is a live value.
+    pub fn dead_since(&self, now_ms: u64) -> Option<u64> {
+        match (&self.value, self.expires_at_ms) {
+            (None, _) => Some(self.timestamp_ms),
+            (Some(_), Some(at)) if at <= now_ms => Some(at),
+            (Some(_), _) => None,
+        }
     }
 }
 
@@ -447,6 +470,33 @@ impl SiblingSet {
         self.siblings.iter().all(Sibling::is_tombstone)
     }
 
+    /// The siblings that are live values at `now_ms` (neither tombstones nor expired), in dot
+    /// order: what a read answers.
+    pub fn live_siblings(&self, now_ms: u64) -> impl Iterator<Item = &Sibling> {
+        self.siblings
+            .iter()
+            .filter(move |s| s.live_value(now_ms).is_some())
+    }
+
+    /// The live values at `now_ms`, in dot order (see [`live_siblings`](Self::live_siblings)).
+    pub fn live_values(&self, now_ms: u64) -> Vec<&[u8]> {
+        self.siblings
+            .iter()
+            .filter_map(|s| s.live_value(now_ms))
+            .collect()
+    }
+
+    /// When every sibling is dead at `now_ms` (tombstones and expired values): since when the
+    /// last one is dead. `None` while a live value remains or when there is no sibling.
+    pub fn dead_since(&self, now_ms: u64) -> Option<u64> {
+        let mut newest = None;
+        for s in &self.siblings {
+            let since = s.dead_since(now_ms)?;
+            newest = Some(newest.map_or(since, |n: u64| n.max(since)));
+        }
+        newest
+    }
+
     /// The largest sibling timestamp, if any sibling exists.
     pub fn newest_timestamp(&self) -> Option<u64> {
         self.siblings.iter().map(|s| s.timestamp_ms).max()
@@ -470,13 +520,31 @@ impl SiblingSet {
         value: Option<Vec<u8>>,
         now_ms: u64,
     ) -> UpdateOutcome {
+        self.update_expiring(ctx, actor, value, now_ms, None)
+    }
+
+    /// [`update`](Self::update) with a time to live: a value written with `ttl_ms` expires
+    /// `ttl_ms` after `now_ms` (ignored for a delete).
+    pub fn update_expiring(
+        &mut self,
+        ctx: &VersionVector,
+        actor: &str,
+        value: Option<Vec<u8>>,
+        now_ms: u64,
+        ttl_ms: Option<u64>,
+    ) -> UpdateOutcome {
         self.siblings.retain(|s| !ctx.covers(&s.dot));
         self.cc.merge_in(ctx);
         let dot = self.cc.increment(actor);
+        let expires_at_ms = match &value {
+            Some(_) => ttl_ms.map(|t| now_ms.saturating_add(t)),
+            None => None,
+        };
         let sibling = Sibling {
             dot: dot.clone(),
             value,
             timestamp_ms: now_ms,
+            expires_at_ms,
         };
         // The new dot is above every dot of `actor` known here, but other actors sort after it,
         // so insert at its place to keep the dot order.
@@ -629,7 +697,8 @@ impl SiblingSet {
 
     /// Canonical binary form: format byte, context, sibling count, then per sibling (sorted by
     /// dot) the index of its actor in the context, its counter, its timestamp, a tag (0
-    /// tombstone, 1 value) and for a value its length and bytes. Integers are LEB128 varints.
+    /// tombstone, 1 value, 2 value with an expiry time) and for a value its expiry time (tag 2)
+    /// and its length and bytes. Integers are LEB128 varints.
     pub fn encode(&self) -> Vec<u8> {
         let value_bytes: usize = self
             .siblings
@@ -653,10 +722,16 @@ impl SiblingSet {
             put_varint(&mut out, i as u64);
             put_varint(&mut out, s.dot.counter);
             put_varint(&mut out, s.timestamp_ms);
-            match &s.value {
-                None => out.push(0),
-                Some(v) => {
-                    out.push(1);
+            match (&s.value, s.expires_at_ms) {
+                (None, _) => out.push(0),
+                (Some(v), expires) => {
+                    match expires {
+                        None => out.push(1),
+                        Some(at) => {
+                            out.push(2);
+                            put_varint(&mut out, at);
+                        }
+                    }
                     put_varint(&mut out, v.len() as u64);
                     out.extend_from_slice(v);
                 }
@@ -708,15 +783,19 @@ impl SiblingSet {
             }
             let timestamp_ms = r.varint("timestamp")?;
             let tag_offset = r.pos;
-            let value = match r.byte("value tag")? {
-                0 => None,
-                1 => {
+            let (value, expires_at_ms) = match r.byte("value tag")? {
+                0 => (None, None),
+                tag @ (1 | 2) => {
+                    let expires = match tag {
+                        2 => Some(r.varint("expiry time")?),
+                        _ => None,
+                    };
                     let len = r.varint("value length")?;
-                    Some(r.bytes(len, "value")?.to_vec())
+                    (Some(r.bytes(len, "value")?.to_vec()), expires)
                 }
                 _ => {
                     return Err(VersionError::Malformed {
-                        what: "value tag is neither 0 nor 1",
+                        what: "value tag is not 0, 1 or 2",
                         offset: tag_offset,
                     })
                 }
@@ -725,6 +804,7 @@ impl SiblingSet {
                 dot,
                 value,
                 timestamp_ms,
+                expires_at_ms,
             });
         }
         r.finish()?;
@@ -994,6 +1074,43 @@ mod tests {
     }
 
     #[test]
+    fn an_expiring_value_reads_as_deleted_from_its_expiry_and_dies_like_a_tombstone() {
+        let mut a = SiblingSet::new();
+        a.update_expiring(&VersionVector::new(), "A", val("session"), 1_000, Some(500));
+        assert_eq!(a.live_values(1_499), vec![b"session".as_slice()]);
+        assert!(a.live_values(1_500).is_empty());
+        assert_eq!(a.live_siblings(1_500).count(), 0);
+        assert_eq!(a.dead_since(1_499), None);
+        assert_eq!(a.dead_since(2_000), Some(1_500));
+        assert!(!a.is_deleted(), "still a value, only expired");
+        // It is a version: it survives encoding and sync.
+        let decoded = SiblingSet::decode(&a.encode()).unwrap();
+        assert_eq!(decoded, a);
+        assert_eq!(decoded.siblings()[0].expires_at_ms, Some(1_500));
+        let mut b = SiblingSet::new();
+        b.sync(&a);
+        assert_eq!(b, a);
+        // A blind write beside it: the expired one stays hidden, the new one is live.
+        a.update(&VersionVector::new(), "A", val("new"), 3_000);
+        assert_eq!(a.live_values(3_000), vec![b"new".as_slice()]);
+        assert_eq!(a.dead_since(3_000), None);
+        // A delete with the read's context replaces both.
+        let ctx = a.context().clone();
+        a.update(&ctx, "B", None, 4_000);
+        assert_eq!(a.siblings().len(), 1);
+        assert_eq!(a.dead_since(4_000), Some(4_000));
+        // A delete never carries an expiry.
+        let mut d = SiblingSet::new();
+        d.update_expiring(&VersionVector::new(), "A", None, 1, Some(5));
+        assert_eq!(d.siblings()[0].expires_at_ms, None);
+        assert_eq!(d.encode(), {
+            let mut plain = SiblingSet::new();
+            plain.update(&VersionVector::new(), "A", None, 1);
+            plain.encode()
+        });
+    }
+
+    #[test]
     fn lww_picks_latest_timestamp_then_largest_dot() {
         let mut s = SiblingSet::new();
         s.update(&VersionVector::new(), "A", val("old"), 5);
@@ -1165,8 +1282,12 @@ mod tests {
     /// One step of a simulated cluster of three replicas ("r0".."r2") of one key.
     #[derive(Debug, Clone)]
     enum Op {
-        /// A write at replica `at` with no context.
-        Blind { at: usize, value: u8 },
+        /// A write at replica `at` with no context, expiring `ttl` after it when given.
+        Blind {
+            at: usize,
+            value: u8,
+            ttl: Option<u8>,
+        },
         /// A write (or delete) at `at` with the context read from replica `from`.
         Write {
             at: usize,
@@ -1179,7 +1300,8 @@ mod tests {
 
     fn arb_op() -> impl Strategy<Value = Op> {
         prop_oneof![
-            (0..3usize, any::<u8>()).prop_map(|(at, value)| Op::Blind { at, value }),
+            (0..3usize, any::<u8>(), proptest::option::of(any::<u8>()))
+                .prop_map(|(at, value, ttl)| Op::Blind { at, value, ttl }),
             (0..3usize, 0..3usize, proptest::option::of(any::<u8>()))
                 .prop_map(|(at, from, value)| Op::Write { at, from, value }),
             (0..3usize, 0..3usize).prop_map(|(at, from)| Op::Sync { at, from }),
@@ -1194,11 +1316,19 @@ mod tests {
         let mut written = BTreeSet::new();
         let mut overwritten = BTreeSet::new();
         for (t, op) in ops.iter().enumerate() {
-            let (at, ctx, value) = match op {
-                Op::Blind { at, value } => (*at, VersionVector::new(), Some(vec![*value])),
-                Op::Write { at, from, value } => {
-                    (*at, reps[*from].context().clone(), value.map(|v| vec![v]))
-                }
+            let (at, ctx, value, ttl) = match op {
+                Op::Blind { at, value, ttl } => (
+                    *at,
+                    VersionVector::new(),
+                    Some(vec![*value]),
+                    ttl.map(u64::from),
+                ),
+                Op::Write { at, from, value } => (
+                    *at,
+                    reps[*from].context().clone(),
+                    value.map(|v| vec![v]),
+                    None,
+                ),
                 Op::Sync { at, from } => {
                     let other = reps[*from].clone();
                     reps[*at].sync(&other);
@@ -1206,7 +1336,7 @@ mod tests {
                 }
             };
             overwritten.extend(written.iter().filter(|d| ctx.covers(d)).cloned());
-            let out = reps[at].update(&ctx, actors[at], value, t as u64);
+            let out = reps[at].update_expiring(&ctx, actors[at], value, t as u64, ttl);
             assert_eq!(out.dropped, 0);
             written.insert(out.dot);
         }
