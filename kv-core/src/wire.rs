@@ -119,11 +119,14 @@ pub enum ClientOp {
         local: bool,
     },
     /// Write a value. `context` is the opaque string of an earlier read ("" = blind write).
+    /// With `ttl_s` the value expires that many seconds after the write (it then reads as
+    /// deleted).
     Put {
         key: String,
         value: Vec<u8>,
         context: String,
         w: Option<usize>,
+        ttl_s: Option<u64>,
     },
     /// Write a tombstone.
     Delete {
@@ -172,6 +175,9 @@ impl ClientOp {
     }
 }
 
+/// The longest time to live a put may ask for: 20 years, in seconds.
+pub const MAX_TTL_S: u64 = 20 * 365 * 24 * 3600;
+
 /// Every field any request may carry; which are required depends on `op`.
 #[derive(Deserialize)]
 struct RawRequest {
@@ -187,6 +193,8 @@ struct RawRequest {
     context: Option<String>,
     #[serde(default)]
     w: Option<usize>,
+    #[serde(default)]
+    ttl_s: Option<u64>,
     #[serde(default)]
     r: Option<usize>,
     #[serde(default)]
@@ -250,6 +258,20 @@ fn validate(raw: RawRequest, limits: &Limits) -> Result<Request, WireError> {
             other => Ok(other),
         }
     };
+    let ttl = |v: Option<u64>| -> Result<Option<u64>, WireError> {
+        match v {
+            Some(t) if t == 0 || t > MAX_TTL_S => Err(WireError::bad_request(format!(
+                "ttl_s must be from 1 to {MAX_TTL_S} seconds, not {t}"
+            ))),
+            other => Ok(other),
+        }
+    };
+    if raw.ttl_s.is_some() && raw.op != "put" {
+        return Err(WireError::bad_request(format!(
+            "ttl_s applies to 'put' only, not '{}'",
+            raw.op
+        )));
+    }
     let op = match raw.op.as_str() {
         "get" => ClientOp::Get {
             key: key(raw.key)?,
@@ -275,6 +297,7 @@ fn validate(raw: RawRequest, limits: &Limits) -> Result<Request, WireError> {
                 value,
                 context: raw.context.unwrap_or_default(),
                 w: quorum("w", raw.w)?,
+                ttl_s: ttl(raw.ttl_s)?,
             }
         }
         "delete" => ClientOp::Delete {
@@ -367,8 +390,10 @@ pub fn encode_request(id: u64, op: &ClientOp) -> String {
             value,
             context: c,
             w,
+            ttl_s,
         } => {
             out.key = Some(key);
+            out.ttl_s = *ttl_s;
             match std::str::from_utf8(value) {
                 Ok(text) => out.value = Some(text),
                 Err(_) => {
@@ -418,6 +443,8 @@ struct OutRequest<'a> {
     r: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     w: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ttl_s: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     local: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -559,7 +586,8 @@ mod tests {
                 key: "k".into(),
                 value: b"v".to_vec(),
                 context: "c".into(),
-                w: Some(2)
+                w: Some(2),
+                ttl_s: None,
             }
         );
         let r = decode(r#"{"id":1,"op":"put","key":"k","value_b64":"AP8="}"#).unwrap();
@@ -585,6 +613,33 @@ mod tests {
     }
 
     #[test]
+    fn a_time_to_live_is_for_puts_and_bounded() {
+        let r = decode(r#"{"id":1,"op":"put","key":"k","value":"v","ttl_s":30}"#).unwrap();
+        assert!(matches!(
+            r.op,
+            ClientOp::Put {
+                ttl_s: Some(30),
+                ..
+            }
+        ));
+        for bad in [
+            r#"{"id":2,"op":"put","key":"k","value":"v","ttl_s":0}"#,
+            r#"{"id":2,"op":"put","key":"k","value":"v","ttl_s":999999999999}"#,
+            r#"{"id":2,"op":"delete","key":"k","ttl_s":5}"#,
+            r#"{"id":2,"op":"put","key":"k","value":"v","ttl_s":-1}"#,
+        ] {
+            let (id, e) = decode(bad).unwrap_err();
+            assert_eq!(id, Some(2), "{bad}");
+            assert_eq!(e.code, ErrorCode::BadRequest, "{bad}");
+            assert!(
+                e.message.contains("ttl_s") || e.message.contains("malformed"),
+                "{}",
+                e.message
+            );
+        }
+    }
+
+    #[test]
     fn encode_then_decode_is_identity() {
         let ops = vec![
             ClientOp::Get {
@@ -597,12 +652,14 @@ mod tests {
                 value: vec![0, 159, 146, 150],
                 context: "ctx".into(),
                 w: Some(3),
+                ttl_s: None,
             },
             ClientOp::Put {
                 key: "k".into(),
                 value: b"text value".to_vec(),
                 context: String::new(),
                 w: None,
+                ttl_s: Some(60),
             },
             ClientOp::Delete {
                 key: "k".into(),

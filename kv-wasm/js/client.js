@@ -258,9 +258,12 @@ export function createSdk(wasm, resolveWebSocket) {
       return answer;
     }
 
-    /** Writes a value (string or Uint8Array); with the context of a get it replaces what that get saw. */
+    /**
+     * Writes a value (string or Uint8Array); with the context of a get it replaces what that get
+     * saw; with `ttlSeconds` it expires that long after the write.
+     */
     put(key, value, options = {}) {
-      return this.#request((id) => wasm.encodePut(id, key, value, options.context, options.w));
+      return this.#request((id) => wasm.encodePut(id, key, value, options.context, options.w, options.ttlSeconds));
     }
 
     /** Writes a versioned tombstone. */
@@ -346,7 +349,8 @@ export function createSdk(wasm, resolveWebSocket) {
     mergeContexts: (contexts) => call(() => wasm.mergeContexts(contexts)),
     checkContext: (context) => call(() => wasm.checkContext(context)),
     encodeGet: (id, key, r, local) => call(() => wasm.encodeGet(id, key, r, local)),
-    encodePut: (id, key, value, context, w) => call(() => wasm.encodePut(id, key, value, context, w)),
+    encodePut: (id, key, value, context, w, ttlSeconds) =>
+      call(() => wasm.encodePut(id, key, value, context, w, ttlSeconds)),
     encodeDelete: (id, key, context, w) => call(() => wasm.encodeDelete(id, key, context, w)),
     decodeResponse: (text) => call(() => wasm.decodeResponse(text)),
   };

@@ -9,6 +9,8 @@ export interface Sibling {
   value: Value;
   /** Milliseconds since the epoch at the replica that took the write; null when unknown. */
   timestampMs: number | null;
+  /** For a value written with a time to live: when it expires (milliseconds since the epoch). */
+  expiresAtMs?: number;
 }
 
 /** What `get` answers. */
@@ -38,6 +40,11 @@ export interface WriteOptions {
   context?: string;
   /** Write quorum for this request. */
   w?: number;
+}
+
+export interface PutOptions extends WriteOptions {
+  /** Time to live in whole seconds: the value expires then and reads as deleted. */
+  ttlSeconds?: number;
 }
 
 export interface PutResult {
@@ -98,7 +105,7 @@ export class KvClient {
   /** Connects to one node (`ws://host:port`); rejects with a KvError when it cannot. */
   static connect(url: string, options?: ConnectOptions): Promise<KvClient>;
   get(key: string, options?: GetOptions): Promise<GetResult>;
-  put(key: string, value: Value, options?: WriteOptions): Promise<PutResult>;
+  put(key: string, value: Value, options?: PutOptions): Promise<PutResult>;
   delete(key: string, options?: WriteOptions): Promise<DeleteResult>;
   /** Read, reconcile with `resolver`, write back with the read's context; retry while siblings remain. */
   update(key: string, resolver: Strategy | Resolver, options?: UpdateOptions): Promise<UpdateResult>;
@@ -121,7 +128,7 @@ export function checkContext(context: string): void;
 
 /** Wire protocol: request frames and decoded answers. */
 export function encodeGet(id: number, key: string, r?: number | null, local?: boolean | null): string;
-export function encodePut(id: number, key: string, value: Value, context?: string | null, w?: number | null): string;
+export function encodePut(id: number, key: string, value: Value, context?: string | null, w?: number | null, ttlSeconds?: number | null): string;
 export function encodeDelete(id: number, key: string, context?: string | null, w?: number | null): string;
 export type Answer =
   | ({ id: number | null; ok: true } & Partial<GetResult> & Record<string, unknown>)

@@ -218,8 +218,9 @@ pub fn encode_get_js(
     protocol::encode_get(id, key, r.map(|r| r as usize), local.unwrap_or(false)).map_err(js_error)
 }
 
-/// A put request frame; `value` is a string or a `Uint8Array`. Throws a `KvError`
-/// (`bad_request`) for another value type or a corrupt context.
+/// A put request frame; `value` is a string or a `Uint8Array`; `ttl_seconds` makes the value
+/// expire that long after the write. Throws a `KvError` (`bad_request`) for another value type,
+/// a corrupt context or a time to live that is not a whole number of seconds in range.
 #[wasm_bindgen(js_name = encodePut)]
 pub fn encode_put_js(
     id: f64,
@@ -227,11 +228,28 @@ pub fn encode_put_js(
     value: &JsValue,
     context: Option<String>,
     w: Option<u32>,
+    ttl_seconds: Option<f64>,
 ) -> Result<String, JsValue> {
     let id = id_arg(id).map_err(js_error)?;
     let bytes = bytes_arg(value, "the value").map_err(js_error)?;
-    protocol::encode_put(id, key, &bytes, context.as_deref(), w.map(|w| w as usize))
-        .map_err(js_error)
+    let ttl = match ttl_seconds {
+        None => None,
+        Some(t) if t.fract() == 0.0 && t >= 1.0 && t <= u64::MAX as f64 => Some(t as u64),
+        Some(t) => {
+            return Err(js_error(SdkError::bad_request(format!(
+                "ttlSeconds must be a whole number of seconds, at least 1, not {t}"
+            ))))
+        }
+    };
+    protocol::encode_put(
+        id,
+        key,
+        &bytes,
+        context.as_deref(),
+        w.map(|w| w as usize),
+        ttl,
+    )
+    .map_err(js_error)
 }
 
 /// A delete request frame. Throws a `KvError` (`bad_request`) for a corrupt context.
@@ -285,6 +303,9 @@ pub fn decode_response_js(text: &str) -> Result<JsValue, JsValue> {
                         .timestamp_ms
                         .map_or(JsValue::NULL, |t| JsValue::from_f64(t as f64));
                     set(&o, "timestampMs", &ts)?;
+                    if let Some(at) = s.expires_at_ms {
+                        set(&o, "expiresAtMs", &JsValue::from_f64(at as f64))?;
+                    }
                     siblings.push(&o);
                 }
                 set(&out, "found", &JsValue::from_bool(ans.found))?;

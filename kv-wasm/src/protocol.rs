@@ -48,6 +48,8 @@ pub struct Sibling {
     pub value: Value,
     /// The replica's timestamp of the write, when the answer carried it.
     pub timestamp_ms: Option<u64>,
+    /// When a value written with a time to live expires (milliseconds since the epoch).
+    pub expires_at_ms: Option<u64>,
 }
 
 /// A decoded get answer.
@@ -137,6 +139,7 @@ pub fn decode_get_answer(fields: &Map<String, Json>) -> Result<GetAnswer> {
                 Ok(Sibling {
                     value: Value::from_json(value)?,
                     timestamp_ms: s.get("timestamp_ms").and_then(Json::as_u64),
+                    expires_at_ms: s.get("expires_at_ms").and_then(Json::as_u64),
                 })
             })
             .collect::<Result<Vec<_>>>()?
@@ -155,6 +158,7 @@ pub fn decode_get_answer(fields: &Map<String, Json>) -> Result<GetAnswer> {
                 Ok(Sibling {
                     value: Value::from_json(v)?,
                     timestamp_ms: None,
+                    expires_at_ms: None,
                 })
             })
             .collect::<Result<Vec<_>>>()?
@@ -199,22 +203,31 @@ pub fn encode_get(id: u64, key: &str, r: Option<usize>, local: bool) -> Result<S
     Ok(encode_request(check_id(id)?, &op))
 }
 
-/// A put frame. UTF-8 values travel as `"value"`, others as `"value_b64"`.
+/// A put frame. UTF-8 values travel as `"value"`, others as `"value_b64"`; with `ttl_s` the
+/// value expires that many seconds after the write.
 ///
-/// Errors: `bad_request` for an id out of range or a corrupt context (caught here, before it
-/// travels).
+/// Errors: `bad_request` for an id out of range, a corrupt context (caught here, before it
+/// travels) or a time to live out of range.
 pub fn encode_put(
     id: u64,
     key: &str,
     value: &[u8],
     context: Option<&str>,
     w: Option<usize>,
+    ttl_s: Option<u64>,
 ) -> Result<String> {
+    if let Some(t) = ttl_s.filter(|t| *t == 0 || *t > kv_core::wire::MAX_TTL_S) {
+        return Err(SdkError::bad_request(format!(
+            "the time to live must be from 1 to {} seconds, not {t}",
+            kv_core::wire::MAX_TTL_S
+        )));
+    }
     let op = ClientOp::Put {
         key: key.to_owned(),
         value: value.to_vec(),
         context: context_arg(context)?,
         w,
+        ttl_s,
     };
     Ok(encode_request(check_id(id)?, &op))
 }
@@ -262,7 +275,7 @@ mod tests {
     #[test]
     fn requests_round_trip_through_the_server_decoder() {
         let ctx = VersionVector::from_entries([("n1", 3)]).encode_context();
-        let frame = encode_put(7, "k", &[0xff, 0, 1], Some(&ctx), Some(2)).unwrap();
+        let frame = encode_put(7, "k", &[0xff, 0, 1], Some(&ctx), Some(2), Some(30)).unwrap();
         let req = decode_request(&frame, &Limits::default()).unwrap();
         assert_eq!(req.id, 7);
         assert_eq!(
@@ -271,11 +284,12 @@ mod tests {
                 key: "k".into(),
                 value: vec![0xff, 0, 1],
                 context: ctx.clone(),
-                w: Some(2)
+                w: Some(2),
+                ttl_s: Some(30),
             }
         );
         assert!(frame.contains("value_b64"), "{frame}");
-        let frame = encode_put(8, "k", "héllo".as_bytes(), None, None).unwrap();
+        let frame = encode_put(8, "k", "héllo".as_bytes(), None, None, None).unwrap();
         assert!(frame.contains(r#""value":"héllo""#), "{frame}");
         let req = decode_request(
             &encode_get(9, "k", Some(3), true).unwrap(),
@@ -309,7 +323,7 @@ mod tests {
 
     #[test]
     fn bad_arguments_fail_before_sending() {
-        let err = encode_put(1, "k", b"v", Some("garbage!"), None).unwrap_err();
+        let err = encode_put(1, "k", b"v", Some("garbage!"), None, None).unwrap_err();
         assert_eq!(err.code, "bad_request");
         assert!(err.message.contains("corrupt"), "{}", err.message);
         assert!(encode_delete(1, "k", Some("AQ"), None).is_err());
@@ -321,7 +335,7 @@ mod tests {
     #[test]
     fn decodes_a_get_answer_into_siblings() {
         let text = r#"{"id":4,"ok":true,"key":"k","found":true,"values":["a",{"value_b64":"/wA="}],
-            "siblings":[{"value":"a","timestamp_ms":5},{"value":{"value_b64":"/wA="},"timestamp_ms":9}],
+            "siblings":[{"value":"a","timestamp_ms":5},{"value":{"value_b64":"/wA="},"timestamp_ms":9,"expires_at_ms":60000}],
             "context":"AQEEbjEBAQ"}"#;
         let resp = decode_response(text).unwrap();
         assert_eq!(resp.id, Some(4));
@@ -335,11 +349,13 @@ mod tests {
             vec![
                 Sibling {
                     value: Value::Text("a".into()),
-                    timestamp_ms: Some(5)
+                    timestamp_ms: Some(5),
+                    expires_at_ms: None,
                 },
                 Sibling {
                     value: Value::Bytes(vec![0xff, 0]),
-                    timestamp_ms: Some(9)
+                    timestamp_ms: Some(9),
+                    expires_at_ms: Some(60_000),
                 },
             ]
         );

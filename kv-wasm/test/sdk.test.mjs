@@ -146,6 +146,27 @@ describe('kv-wasm SDK against a 3-node cluster', () => {
     assert.deepEqual((await c.get('gone')).values, ['back']);
   });
 
+  test('a value put with ttlSeconds carries its expiry and then reads as deleted', async () => {
+    const c = await connect(0);
+    const before = Date.now();
+    await c.put('short-lived', 'soon gone', { ttlSeconds: 1, w: 3 });
+    const got = await c.get('short-lived');
+    assert.deepEqual(got.values, ['soon gone']);
+    const at = got.siblings[0].expiresAtMs;
+    assert.ok(at >= before + 900 && at <= Date.now() + 1100, `expires at ${at}`);
+    await new Promise((r) => setTimeout(r, 1300));
+    const after = await c.get('short-lived');
+    assert.equal(after.found, false);
+    assert.deepEqual(after.values, []);
+    for (const bad of [0, 0.5, -1]) {
+      await assert.rejects(c.put('short-lived', 'v', { ttlSeconds: bad }), (e) => {
+        assert.ok(e instanceof KvError, String(e));
+        assert.equal(e.code, 'bad_request', e.message);
+        return true;
+      });
+    }
+  });
+
   test('a corrupt context is an error, not a crash', async () => {
     const c = await connect(0);
     for (const bad of ['garbage!!', 'AQ', 'AQIBYQE']) {

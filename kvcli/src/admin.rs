@@ -237,8 +237,11 @@ pub async fn export(client: &Client, out: Option<String>, env: &Env) -> Result<(
             .await?;
         for e in page["entries"].as_array().cloned().unwrap_or_default() {
             keys += 1;
-            for value in e["values"].as_array().cloned().unwrap_or_default() {
-                let line = json!({"key": e["key"], "value": value});
+            for sibling in e["siblings"].as_array().cloned().unwrap_or_default() {
+                let mut line = json!({"key": e["key"], "value": sibling["value"]});
+                if let Some(at) = sibling["expires_at_ms"].as_u64() {
+                    line["expires_at_ms"] = json!(at);
+                }
                 writeln!(sink, "{line}").map_err(|err| {
                     ClientError::Failed(format!("cannot write the export: {err}"))
                 })?;

@@ -313,6 +313,7 @@ where
                     value: value.clone(),
                     context,
                     w: shared.w,
+                    ttl_s: None,
                 };
                 match client.request(&op).await {
                     Ok(v) => shared.remember(i, &v),
@@ -385,6 +386,7 @@ async fn one_op(
         value: value.to_vec(),
         context,
         w: sh.w,
+        ttl_s: None,
     };
     match kind {
         OpKind::Read => {

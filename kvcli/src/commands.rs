@@ -44,6 +44,9 @@ pub enum Command {
         /// Write without any context even in the REPL: what is stored stays as siblings.
         #[arg(long, conflicts_with = "context")]
         blind: bool,
+        /// Time to live in seconds: the value expires then and reads as deleted.
+        #[arg(long, value_name = "SECONDS")]
+        ttl: Option<u64>,
     },
     /// Delete a key (a versioned tombstone).
     Delete {
@@ -253,6 +256,7 @@ pub async fn run(client: &Client, cmd: Command, env: &Env) -> Outcome {
             context,
             w,
             blind,
+            ttl,
         } => {
             let context = write_context(env, &key, context, blind, "put");
             let v = client
@@ -261,6 +265,7 @@ pub async fn run(client: &Client, cmd: Command, env: &Env) -> Outcome {
                     value: value.into_bytes(),
                     context,
                     w,
+                    ttl_s: ttl,
                 })
                 .await?;
             env.remember(&key, &v["context"], 1, "put");
@@ -315,6 +320,7 @@ pub async fn run(client: &Client, cmd: Command, env: &Env) -> Outcome {
                     value: value.into_bytes(),
                     context: read["context"].as_str().unwrap_or("").to_string(),
                     w,
+                    ttl_s: None,
                 })
                 .await?;
             env.remember(&key, &v["context"], 1, "resolve");
@@ -552,6 +558,17 @@ fn print_get(v: &Value, env: &Env) {
                 println!("  {}) {}{age}", st.bold(&(i + 1).to_string()), show(x));
             }
         }
+    }
+    // When values expire (a put with --ttl): the soonest.
+    let expiry = v["siblings"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s["expires_at_ms"].as_u64())
+        .min();
+    if let Some(at) = expiry {
+        let left = at.saturating_sub(now_ms).div_ceil(1000);
+        println!("{}", st.dim(&format!("expires in {}", human_secs(left))));
     }
     if let Some(ctx) = v["context"].as_str().filter(|c| !c.is_empty()) {
         println!("{}", st.dim(&format!("context: {ctx}")));

@@ -18,7 +18,7 @@ use crate::commands::Env;
 const REPORTED_FAILURES: u64 = 10;
 
 /// The key and value of one line, or why the line is malformed.
-pub fn parse_line(line: &str) -> Result<(String, Vec<u8>), String> {
+pub fn parse_line(line: &str) -> Result<(String, Vec<u8>, Option<u64>), String> {
     let v: Value = serde_json::from_str(line).map_err(|e| format!("not JSON: {e}"))?;
     let key = v["key"].as_str().ok_or("no \"key\" string")?.to_string();
     let value = match (v.get("value"), v.get("value_b64")) {
@@ -27,7 +27,26 @@ pub fn parse_line(line: &str) -> Result<(String, Vec<u8>), String> {
             .map_err(|e| format!("bad \"value_b64\": {e}"))?,
         (None, None) => return Err("no \"value\" or \"value_b64\"".into()),
     };
-    Ok((key, value))
+    let expires_at_ms = match v.get("expires_at_ms") {
+        None | Some(Value::Null) => None,
+        Some(x) => Some(
+            x.as_u64()
+                .ok_or("\"expires_at_ms\" is not a time in milliseconds")?,
+        ),
+    };
+    Ok((key, value, expires_at_ms))
+}
+
+/// The time to live, in whole seconds (rounded up), left until `expires_at_ms`; `None` when
+/// it has passed.
+fn ttl_left(expires_at_ms: u64, now_ms: u64) -> Option<u64> {
+    (expires_at_ms > now_ms).then(|| (expires_at_ms - now_ms).div_ceil(1000))
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Imports `path` (`-` for standard input) with at most `concurrency` puts in flight.
@@ -55,6 +74,7 @@ pub async fn run(
     let slots = Arc::new(Semaphore::new(concurrency));
     let imported = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
+    let mut expired = 0u64;
     let report = |lineno: u64, what: &str, errors: &AtomicU64| {
         let n = errors.fetch_add(1, Ordering::Relaxed) + 1;
         if n <= REPORTED_FAILURES {
@@ -78,12 +98,24 @@ pub async fn run(
         if line.trim().is_empty() {
             continue;
         }
-        let (key, value) = match parse_line(&line) {
+        let (key, value, expires_at_ms) = match parse_line(&line) {
             Ok(kv) => kv,
             Err(e) => {
                 report(lineno, &e, &errors);
                 continue;
             }
+        };
+        // A value exported with an expiry keeps it: imported with the time it has left, or
+        // not at all once that has passed.
+        let ttl_s = match expires_at_ms {
+            None => None,
+            Some(at) => match ttl_left(at, now_ms()) {
+                Some(t) => Some(t),
+                None => {
+                    expired += 1;
+                    continue;
+                }
+            },
         };
         let Ok(permit) = slots.clone().acquire_owned().await else {
             break;
@@ -96,6 +128,7 @@ pub async fn run(
                 value,
                 context: String::new(),
                 w,
+                ttl_s,
             };
             match client.request(&op).await {
                 Ok(_) => {
@@ -120,11 +153,19 @@ pub async fn run(
     let imported = imported.load(Ordering::Relaxed);
     let errors = errors.load(Ordering::Relaxed);
     if env.json {
-        println!("{}", json!({ "imported": imported, "errors": errors }));
+        let mut out = json!({ "imported": imported, "errors": errors });
+        if expired > 0 {
+            out["expired"] = json!(expired);
+        }
+        println!("{out}");
     } else {
         println!(
-            "imported {imported} keys from {path} in {:.2} s, {errors} errors",
-            started.elapsed().as_secs_f64()
+            "imported {imported} keys from {path} in {:.2} s, {errors} errors{}",
+            started.elapsed().as_secs_f64(),
+            match expired {
+                0 => String::new(),
+                n => format!(", {n} skipped (expired)"),
+            }
         );
     }
     if errors > REPORTED_FAILURES {
@@ -144,13 +185,24 @@ pub async fn run(
 
 #[cfg(test)]
 mod tests {
-    use super::parse_line;
+    use super::{parse_line, ttl_left};
 
     #[test]
     fn lines_in_every_value_form() {
         assert_eq!(
             parse_line(r#"{"key":"a","value":"x y"}"#).unwrap(),
-            ("a".to_string(), b"x y".to_vec())
+            ("a".to_string(), b"x y".to_vec(), None)
+        );
+        assert_eq!(
+            parse_line(r#"{"key":"a","value":"x","expires_at_ms":1700000000000}"#)
+                .unwrap()
+                .2,
+            Some(1_700_000_000_000)
+        );
+        assert!(
+            parse_line(r#"{"key":"a","value":"x","expires_at_ms":"soon"}"#)
+                .unwrap_err()
+                .contains("expires_at_ms")
         );
         assert_eq!(
             parse_line(r#"{"key":"b","value_b64":"AAE="}"#).unwrap().1,
@@ -165,5 +217,14 @@ mod tests {
         assert!(parse_line(r#"{"value":"x"}"#).unwrap_err().contains("key"));
         assert!(parse_line(r#"{"key":"x"}"#).unwrap_err().contains("value"));
         assert!(parse_line("nope").unwrap_err().contains("JSON"));
+    }
+
+    #[test]
+    fn an_expiry_becomes_the_whole_seconds_left() {
+        assert_eq!(ttl_left(10_000, 8_500), Some(2));
+        assert_eq!(ttl_left(10_000, 9_000), Some(1));
+        assert_eq!(ttl_left(10_000, 9_999), Some(1));
+        assert_eq!(ttl_left(10_000, 10_000), None);
+        assert_eq!(ttl_left(10_000, 20_000), None);
     }
 }

@@ -247,6 +247,8 @@ struct GetFrame<'a> {
 struct SiblingFrame<'a> {
     value: WireValue<'a>,
     timestamp_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expires_at_ms: Option<u64>,
 }
 
 /// `{"id", "ok": true, "key", "context"}`.
@@ -262,13 +264,15 @@ impl Answer {
     fn frame(self, id: u64) -> String {
         let framed = match &self {
             Answer::Get { key, state } => {
+                let now = crate::now_ms();
                 let siblings: Vec<SiblingFrame> = state
                     .siblings()
                     .iter()
                     .filter_map(|s| {
-                        s.value.as_deref().map(|v| SiblingFrame {
+                        s.live_value(now).map(|v| SiblingFrame {
                             value: WireValue(v),
                             timestamp_ms: s.timestamp_ms,
+                            expires_at_ms: s.expires_at_ms,
                         })
                     })
                     .collect();
@@ -277,7 +281,7 @@ impl Answer {
                     ok: true,
                     key,
                     found: !siblings.is_empty(),
-                    values: state.values().into_iter().map(WireValue).collect(),
+                    values: siblings.iter().map(|s| WireValue(s.value.0)).collect(),
                     siblings,
                     context: state.context().encode_context(),
                 })
@@ -318,16 +322,21 @@ async fn run(node: &Arc<Node>, op: ClientOp, sloppy: Option<bool>) -> Result<Ans
             value,
             context,
             w,
+            ttl_s,
         } => {
-            let res =
-                coordinator::write(node, key.clone(), Some(value), context, w, sloppy).await?;
+            let write = coordinator::Write::Value {
+                value,
+                ttl_ms: ttl_s.map(|t| t.saturating_mul(1000)),
+            };
+            let res = coordinator::write(node, key.clone(), write, context, w, sloppy).await?;
             return Ok(Answer::Written {
                 key,
                 context: res.context,
             });
         }
         ClientOp::Delete { key, context, w } => {
-            let res = coordinator::write(node, key.clone(), None, context, w, sloppy).await?;
+            let write = coordinator::Write::Delete;
+            let res = coordinator::write(node, key.clone(), write, context, w, sloppy).await?;
             return Ok(Answer::Written {
                 key,
                 context: res.context,
@@ -400,19 +409,27 @@ async fn remove_node(node: &Arc<Node>, target: String) -> Result<Value, WireErro
     Ok(json!({ "node": target, "moved_keys": moved }))
 }
 
-/// The answer to a get: every live sibling (`values`, and `siblings` with their timestamps),
-/// `found` when at least one is live, and the causal context to write back with.
+/// The answer to a get: every live sibling (`values`, and `siblings` with their timestamps and
+/// expiry times), `found` when at least one is live, and the causal context to write back with.
+/// Expired values are left out, like deleted ones.
 pub fn get_answer(key: &str, state: &SiblingSet) -> Value {
+    let now = crate::now_ms();
     let siblings: Vec<Value> = state
-        .siblings()
-        .iter()
+        .live_siblings(now)
         .filter_map(|s| {
-            s.value
-                .as_deref()
-                .map(|v| json!({ "value": value_to_json(v), "timestamp_ms": s.timestamp_ms }))
+            let v = s.value.as_deref()?;
+            let mut sib = json!({ "value": value_to_json(v), "timestamp_ms": s.timestamp_ms });
+            if let Some(at) = s.expires_at_ms {
+                sib["expires_at_ms"] = json!(at);
+            }
+            Some(sib)
         })
         .collect();
-    let values: Vec<Value> = state.values().into_iter().map(value_to_json).collect();
+    let values: Vec<Value> = state
+        .live_values(now)
+        .into_iter()
+        .map(value_to_json)
+        .collect();
     json!({
         "key": key,
         "found": !values.is_empty(),

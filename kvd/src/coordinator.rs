@@ -147,14 +147,37 @@ impl WritePlan {
     }
 }
 
-/// Coordinates a put (`value` `Some`) or a delete (`None`) with the client's `context`.
+/// A client write.
+pub enum Write {
+    /// A put, expiring `ttl_ms` after the replica that mints it applied it, when given.
+    Value {
+        /// The value.
+        value: Vec<u8>,
+        /// Its time to live.
+        ttl_ms: Option<u64>,
+    },
+    /// A delete (a versioned tombstone).
+    Delete,
+}
+
+impl Write {
+    /// The value (`None` for a delete) and its time to live.
+    fn parts(&self) -> (Option<&[u8]>, Option<u64>) {
+        match self {
+            Write::Value { value, ttl_ms } => (Some(value), *ttl_ms),
+            Write::Delete => (None, None),
+        }
+    }
+}
+
+/// Coordinates a put or a delete with the client's `context`.
 ///
 /// Answers after W acknowledgements; the rest of the fan-out (and the replacement of replicas
 /// that fail late by stand-ins with hints) continues in the background.
 pub async fn write(
     node: &Arc<Node>,
     key: String,
-    value: Option<Vec<u8>>,
+    write: Write,
     context: String,
     w: Option<usize>,
     sloppy: Option<bool>,
@@ -196,7 +219,7 @@ pub async fn write(
     order.extend(replicas.filter(|p| *p != node.id));
     let mut minted: Option<(String, Vec<u8>, String)> = None;
     for cand in order {
-        match mint_on(node, cand, &key, &value, &ctx, &context, deadline).await {
+        match mint_on(node, cand, &key, &write, &ctx, &context, deadline).await {
             Ok((state, wctx)) => {
                 plan.tracker.record(cand, ReplicaOutcome::Ack);
                 minted = Some((cand.to_string(), state, wctx));
@@ -264,7 +287,7 @@ async fn mint_on(
     node: &Arc<Node>,
     cand: &str,
     key: &str,
-    value: &Option<Vec<u8>>,
+    write: &Write,
     ctx: &kv_core::version::VersionVector,
     context: &str,
     deadline: Instant,
@@ -272,8 +295,9 @@ async fn mint_on(
     if !node.is_up(cand) {
         return Err(MintFailure::Refused("down (gossip)".to_string()));
     }
+    let (value, ttl_ms) = write.parts();
     if cand == node.id {
-        return match node.mint(key, value.as_deref(), ctx, crate::now_ms()).await {
+        return match node.mint(key, value, ttl_ms, ctx, crate::now_ms()).await {
             Ok(m) => {
                 node.count_capped(m.capped);
                 Ok((m.encoded, m.write_context.encode_context()))
@@ -283,7 +307,8 @@ async fn mint_on(
     }
     let req = PeerRequest::Mint {
         key: key.to_string(),
-        value: value.clone(),
+        value: value.map(<[u8]>::to_vec),
+        ttl_ms,
         context: context.to_string(),
     };
     match call(node, cand, Outgoing::Request(&req), deadline).await {

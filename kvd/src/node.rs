@@ -406,6 +406,7 @@ impl Node {
             PeerRequest::Mint {
                 key,
                 value,
+                ttl_ms,
                 context,
             } => {
                 let ctx = match decode_context(&context) {
@@ -417,7 +418,7 @@ impl Node {
                     }
                 };
                 let minted = node
-                    .mint(&key, value.as_deref(), &ctx, crate::now_ms())
+                    .mint(&key, value.as_deref(), ttl_ms, &ctx, crate::now_ms())
                     .await;
                 match minted {
                     Ok(minted) => {
@@ -602,12 +603,13 @@ impl Node {
         self: &Arc<Self>,
         key: &str,
         value: Option<&[u8]>,
+        ttl_ms: Option<u64>,
         ctx: &VersionVector,
         now_ms: u64,
     ) -> std::result::Result<Minted, ReplicaError> {
         match self
             .replica
-            .mint_now(key.as_bytes(), value, ctx, now_ms)
+            .mint_now(key.as_bytes(), value, ttl_ms, ctx, now_ms)
             .await
         {
             Err(ReplicaError::WouldBlock) => {
@@ -619,7 +621,7 @@ impl Node {
                 );
                 on_blocking_pool(move || {
                     node.replica
-                        .mint(key.as_bytes(), value.as_deref(), &ctx, now_ms)
+                        .mint(key.as_bytes(), value.as_deref(), ttl_ms, &ctx, now_ms)
                 })
                 .await
             }

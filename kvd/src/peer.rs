@@ -40,6 +40,9 @@ pub enum PeerRequest {
         /// The new value; absent for a delete.
         #[serde(with = "b64::option", default)]
         value: Option<Vec<u8>>,
+        /// The value's time to live, in milliseconds.
+        #[serde(default)]
+        ttl_ms: Option<u64>,
         /// The client's causal context (encoded).
         context: String,
     },

@@ -9,6 +9,7 @@
 //! bytes   = len:u32le byte*          string = bytes (UTF-8)
 //! option  = 0 | 1 item
 //! Mint      (1)    key:string value:option<bytes> context:string
+//! MintTtl   (4)    key:string value:option<bytes> context:string ttl_ms:u64le
 //! Replicate (2)    key:string state:bytes hint_for:option<string>
 //! Read      (3)    key:string with_hints:u8
 //! Minted    (129)  state:bytes write_context:string capped:u64le
@@ -26,6 +27,8 @@ use crate::peer::{PeerRequest, PeerResponse};
 const MINT: u8 = 1;
 const REPLICATE: u8 = 2;
 const READ: u8 = 3;
+/// A `Mint` of a value with a time to live (a plain write keeps the frame of kind 1).
+const MINT_TTL: u8 = 4;
 const MINTED: u8 = 129;
 const ACK: u8 = 130;
 const STATE: u8 = 131;
@@ -38,16 +41,20 @@ pub fn encode_request(id: u64, req: &PeerRequest) -> Option<Vec<u8>> {
         PeerRequest::Mint {
             key,
             value,
+            ttl_ms,
             context,
         } => {
             out = header(
-                MINT,
+                if ttl_ms.is_some() { MINT_TTL } else { MINT },
                 id,
                 key.len() + value.as_ref().map_or(0, Vec::len) + 64,
             );
             put_bytes(&mut out, key.as_bytes());
             put_option(&mut out, value.as_deref());
             put_bytes(&mut out, context.as_bytes());
+            if let Some(t) = ttl_ms {
+                out.extend_from_slice(&t.to_le_bytes());
+            }
         }
         PeerRequest::Replicate {
             key,
@@ -106,10 +113,14 @@ pub fn decode_request(frame: &[u8]) -> Result<(u64, PeerRequest), String> {
     let mut r = Reader::new(frame);
     let (kind, id) = (r.u8()?, r.u64()?);
     let req = match kind {
-        MINT => PeerRequest::Mint {
+        MINT | MINT_TTL => PeerRequest::Mint {
             key: r.string()?,
             value: r.option()?.map(<[u8]>::to_vec),
             context: r.string()?,
+            ttl_ms: match kind {
+                MINT_TTL => Some(r.u64()?),
+                _ => None,
+            },
         },
         REPLICATE => PeerRequest::Replicate {
             key: r.string()?,
@@ -256,13 +267,18 @@ mod tests {
     fn requests() -> impl Strategy<Value = PeerRequest> {
         let bytes = proptest::collection::vec(any::<u8>(), 0..64);
         prop_oneof![
-            (".{0,12}", proptest::option::of(bytes.clone()), ".{0,12}").prop_map(
-                |(key, value, context)| PeerRequest::Mint {
+            (
+                ".{0,12}",
+                proptest::option::of(bytes.clone()),
+                ".{0,12}",
+                proptest::option::of(any::<u64>())
+            )
+                .prop_map(|(key, value, context, ttl_ms)| PeerRequest::Mint {
                     key,
                     value,
+                    ttl_ms,
                     context
-                }
-            ),
+                }),
             (".{0,12}", bytes, proptest::option::of(".{0,8}")).prop_map(
                 |(key, state, hint_for)| PeerRequest::Replicate {
                     key,

@@ -186,11 +186,13 @@ impl Replica {
         }
     }
 
-    /// Applies a client write here, minting its dot: `value` `None` is a delete. Blocking.
+    /// Applies a client write here, minting its dot: `value` `None` is a delete; a value with
+    /// `ttl_ms` expires that long after `now_ms`. Blocking.
     pub fn mint(
         &self,
         key: &[u8],
         value: Option<&[u8]>,
+        ttl_ms: Option<u64>,
         ctx: &VersionVector,
         now_ms: u64,
     ) -> Result<Minted, ReplicaError> {
@@ -198,7 +200,7 @@ impl Replica {
         let _guard = self.lock(key);
         let _gate = self.merkle.write_gate_blocking();
         let old = self.read_raw(Access::Blocking, &ek)?;
-        let (minted, old_bytes, batch) = self.minted(old, ek, value, ctx, now_ms);
+        let (minted, old_bytes, batch) = self.minted(old, ek, (value, ttl_ms), ctx, now_ms);
         self.engine.write(batch)?;
         self.applied(key, old_bytes.as_deref(), &minted.encoded);
         Ok(minted)
@@ -210,11 +212,12 @@ impl Replica {
         &self,
         key: &[u8],
         value: Option<&[u8]>,
+        ttl_ms: Option<u64>,
         ctx: &VersionVector,
         now_ms: u64,
     ) -> Result<Minted, ReplicaError> {
         let (guards, ek, old) = self.lock_now(key).await?;
-        let (minted, old_bytes, batch) = self.minted(old, ek, value, ctx, now_ms);
+        let (minted, old_bytes, batch) = self.minted(old, ek, (value, ttl_ms), ctx, now_ms);
         self.submit(key, batch, guards, old_bytes.as_deref(), &minted.encoded)
             .await?;
         Ok(minted)
@@ -278,7 +281,7 @@ impl Replica {
         &self,
         old: Stored,
         ek: Vec<u8>,
-        value: Option<&[u8]>,
+        (value, ttl_ms): (Option<&[u8]>, Option<u64>),
         ctx: &VersionVector,
         now_ms: u64,
     ) -> (Minted, Option<Vec<u8>>, WriteBatch) {
@@ -286,7 +289,8 @@ impl Replica {
             Some((bytes, state)) => (Some(bytes), state),
             None => (None, SiblingSet::default()),
         };
-        let outcome = state.update(ctx, &self.actor, value.map(<[u8]>::to_vec), now_ms);
+        let value = value.map(<[u8]>::to_vec);
+        let outcome = state.update_expiring(ctx, &self.actor, value, now_ms, ttl_ms);
         let new_bytes = state.encode();
         let mut batch = WriteBatch::new();
         batch.put(ek, new_bytes.clone());
@@ -400,7 +404,7 @@ mod tests {
         let a = replica(d1.path(), "a");
         let b = replica(d2.path(), "b");
         let m1 = a
-            .mint(b"k", Some(&b"v1"[..]), &VersionVector::new(), 1)
+            .mint(b"k", Some(&b"v1"[..]), None, &VersionVector::new(), 1)
             .unwrap();
         assert_eq!(
             a.read(b"k").unwrap().unwrap().values(),
@@ -413,12 +417,12 @@ mod tests {
         );
         // Two writers with the same (empty) context through the same replica: both survive.
         let m2 = a
-            .mint(b"k", Some(&b"v2"[..]), &VersionVector::new(), 2)
+            .mint(b"k", Some(&b"v2"[..]), None, &VersionVector::new(), 2)
             .unwrap();
         assert_eq!(m2.state.values().len(), 2);
         // A write with the context of a read replaces what that read saw.
         let seen = a.read(b"k").unwrap().unwrap().context().clone();
-        let m3 = a.mint(b"k", Some(&b"v3"[..]), &seen, 3).unwrap();
+        let m3 = a.mint(b"k", Some(&b"v3"[..]), None, &seen, 3).unwrap();
         assert_eq!(m3.state.values(), vec![b"v3".as_slice()]);
         assert!(b.merge(b"k", &m3.state).unwrap());
         assert_eq!(
@@ -433,14 +437,14 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let a = replica(d.path(), "a");
         let first = a
-            .mint(b"k", Some(&b"x"[..]), &VersionVector::new(), 1)
+            .mint(b"k", Some(&b"x"[..]), None, &VersionVector::new(), 1)
             .unwrap();
         // A second blind writer gets dot a:2; its context must not claim a:1, which it never saw.
         let second = a
-            .mint(b"k", Some(&b"y"[..]), &VersionVector::new(), 2)
+            .mint(b"k", Some(&b"y"[..]), None, &VersionVector::new(), 2)
             .unwrap();
         let third = a
-            .mint(b"k", Some(&b"z"[..]), &second.write_context, 3)
+            .mint(b"k", Some(&b"z"[..]), None, &second.write_context, 3)
             .unwrap();
         let values = third.state.values();
         assert!(
@@ -450,7 +454,7 @@ mod tests {
         assert!(values.contains(&b"z".as_slice()));
         // The first writer's context is exact (a:1) and replaces only x.
         let fourth = a
-            .mint(b"k", Some(&b"w"[..]), &first.write_context, 4)
+            .mint(b"k", Some(&b"w"[..]), None, &first.write_context, 4)
             .unwrap();
         assert!(!fourth.state.values().contains(&b"x".as_slice()));
     }
@@ -504,7 +508,7 @@ mod tests {
                         let key = format!("k{}", i % 3);
                         let value = format!("{t}-{i}");
                         let ctx = VersionVector::new();
-                        let fut = r.mint_now(key.as_bytes(), Some(value.as_bytes()), &ctx, 1);
+                        let fut = r.mint_now(key.as_bytes(), Some(value.as_bytes()), None, &ctx, 1);
                         if (t + i) % 5 == 0 {
                             let mut fut = std::pin::pin!(fut);
                             std::future::poll_fn(|cx| {

@@ -118,14 +118,15 @@ pub async fn scan(
             ),
         ));
     }
-    // Keep only what every replica has paged through.
+    // Keep only what every replica has paged through, and only live values.
+    let now = crate::now_ms();
     let entries: Vec<Value> = merged
         .into_iter()
         .filter(|(k, _)| {
             cut.as_ref()
                 .is_none_or(|c| crate::replica::data_key(k.as_bytes()) <= *c)
         })
-        .filter(|(_, s)| !s.is_deleted())
+        .filter(|(_, s)| !s.live_values(now).is_empty())
         .map(|(k, s)| crate::connection::get_answer(&k, &s))
         .collect();
     let next = match cut {

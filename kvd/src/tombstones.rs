@@ -1,4 +1,5 @@
-//! Purging tombstones only when it is safe: a deleted key's tombstone is removed from a replica
+//! Purging tombstones (and expired values, which are dead from their expiry time on, like a
+//! tombstone written then) only when it is safe: a deleted key's tombstone is removed from a replica
 //! once every other replica of its range has completed an anti-entropy session with this node
 //! after the delete (so every replica holds the tombstone, or something newer), and the grace
 //! period (`--tombstone-grace-s`) has passed. Before that, tombstones are ordinary versions that
@@ -44,15 +45,14 @@ impl Agreements {
     }
 }
 
-/// Whether `state` is a tombstone this node may drop: only tombstones, the newest older than the
-/// grace period, and written before every peer's last completed session (less clock skew).
+/// Whether `state` is dead and this node may drop it: only tombstones and expired values, the
+/// last of them dead for longer than the grace period, and since before every peer's last
+/// completed session (less clock skew).
 pub fn purgeable(state: &SiblingSet, agreed_since: u64, now_ms: u64, grace_ms: u64) -> bool {
-    let Some(newest) = state.newest_timestamp() else {
+    let Some(dead) = state.dead_since(now_ms) else {
         return false;
     };
-    state.is_deleted()
-        && newest.saturating_add(grace_ms) <= now_ms
-        && newest.saturating_add(SKEW_MS) <= agreed_since
+    dead.saturating_add(grace_ms) <= now_ms && dead.saturating_add(SKEW_MS) <= agreed_since
 }
 
 /// The age a tombstone must reach before a purge: the grace period, and never less than the
@@ -66,7 +66,7 @@ fn min_age_ms(node: &Node) -> u64 {
 
 /// Whether this node may drop `state`, a key of `range` (see [`purgeable`]).
 pub fn purgeable_here(node: &Node, range: TokenRange, state: &SiblingSet) -> bool {
-    if !state.is_deleted() {
+    if state.dead_since(crate::now_ms()).is_none() {
         return false;
     }
     let ring = node.ring();
@@ -159,6 +159,32 @@ mod tests {
             "a concurrent live sibling"
         );
         assert!(!purgeable(&SiblingSet::new(), 50_000, 50_000, 0));
+    }
+
+    #[test]
+    fn expired_values_are_purged_like_tombstones_written_at_their_expiry() {
+        let mut s = SiblingSet::new();
+        // Written at 1 s with a 9 s time to live: dead from 10 s on.
+        s.update_expiring(
+            &VersionVector::new(),
+            "a",
+            Some(b"v".to_vec()),
+            1_000,
+            Some(9_000),
+        );
+        assert!(!purgeable(&s, 100_000, 9_999, 0), "not expired yet");
+        assert!(purgeable(&s, 20_000, 20_000, 5_000));
+        assert!(
+            !purgeable(&s, 20_000, 12_000, 5_000),
+            "within the grace period after the expiry"
+        );
+        assert!(
+            !purgeable(&s, 10_500, 20_000, 0),
+            "a peer last synced before the value expired"
+        );
+        let mut beside = s.clone();
+        beside.update(&VersionVector::new(), "b", Some(b"kept".to_vec()), 2_000);
+        assert!(!purgeable(&beside, 50_000, 50_000, 0), "a live sibling");
     }
 
     #[test]
