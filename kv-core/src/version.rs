@@ -525,6 +525,10 @@ impl SiblingSet {
 
     /// [`update`](Self::update) with a time to live: a value written with `ttl_ms` expires
     /// `ttl_ms` after `now_ms` (ignored for a delete).
+    ///
+    /// Values that have expired by `now_ms` are dropped too, whatever `ctx` covers: their dots
+    /// stay in `cc`, so the drop converges through [`sync`](Self::sync) like an overwrite, and
+    /// blind writes of expiring values do not pile up hidden siblings.
     pub fn update_expiring(
         &mut self,
         ctx: &VersionVector,
@@ -533,7 +537,8 @@ impl SiblingSet {
         now_ms: u64,
         ttl_ms: Option<u64>,
     ) -> UpdateOutcome {
-        self.siblings.retain(|s| !ctx.covers(&s.dot));
+        self.siblings
+            .retain(|s| !ctx.covers(&s.dot) && s.expires_at_ms.is_none_or(|at| at > now_ms));
         self.cc.merge_in(ctx);
         let dot = self.cc.increment(actor);
         let expires_at_ms = match &value {
@@ -1090,10 +1095,26 @@ mod tests {
         let mut b = SiblingSet::new();
         b.sync(&a);
         assert_eq!(b, a);
-        // A blind write beside it: the expired one stays hidden, the new one is live.
+        // A blind write after the expiry: the expired value goes (its dot stays known, as
+        // for an overwrite), the new one is live.
         a.update(&VersionVector::new(), "A", val("new"), 3_000);
+        assert_eq!(a.siblings().len(), 1);
         assert_eq!(a.live_values(3_000), vec![b"new".as_slice()]);
         assert_eq!(a.dead_since(3_000), None);
+        // A replica that still holds the expired value drops it on sync, as an overwrite.
+        assert_eq!(b.synced(&a).siblings(), a.siblings());
+        // Blind writes of expiring values never pile up more than the live ones.
+        let mut c = SiblingSet::new();
+        for t in 0..100u64 {
+            c.update_expiring(
+                &VersionVector::new(),
+                "A",
+                val("tick"),
+                t * 1_000,
+                Some(1_500),
+            );
+        }
+        assert_eq!(c.siblings().len(), 2, "the one still live and the new one");
         // A delete with the read's context replaces both.
         let ctx = a.context().clone();
         a.update(&ctx, "B", None, 4_000);
@@ -1336,6 +1357,14 @@ mod tests {
                 }
             };
             overwritten.extend(written.iter().filter(|d| ctx.covers(d)).cloned());
+            // A write also drops what expired at its replica by then: an overwrite too.
+            overwritten.extend(
+                reps[at]
+                    .siblings()
+                    .iter()
+                    .filter(|s| s.expires_at_ms.is_some_and(|e| e <= t as u64))
+                    .map(|s| s.dot.clone()),
+            );
             let out = reps[at].update_expiring(&ctx, actors[at], value, t as u64, ttl);
             assert_eq!(out.dropped, 0);
             written.insert(out.dot);
