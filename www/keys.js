@@ -82,9 +82,9 @@ export function setupKeys({ sdk, url, onKey, report }) {
     onKey(key).catch((e) => report('ring lookup', e));
   }
 
-  async function write(key, value, context, verb) {
+  async function write(key, value, context, verb, ttlSeconds) {
     const c = await kv();
-    await c.put(key, value, { context });
+    await c.put(key, value, ttlSeconds ? { context, ttlSeconds } : { context });
     note(`${verb} ${JSON.stringify(key)}${context ? ' with the context of the last get' : ' (blind write)'}`);
     await get(key);
   }
@@ -110,10 +110,11 @@ export function setupKeys({ sdk, url, onKey, report }) {
     const list = h('ol', { class: 'siblings', id: 'siblings' });
     read.siblings.forEach((s, i) => {
       const when = s.timestampMs ? new Date(s.timestampMs).toLocaleString() : '–';
+      const expires = s.expiresAtMs ? ` · expires ${new Date(s.expiresAtMs).toLocaleString()}` : '';
       list.append(h('li', { class: 'sibling' },
         h('pre', { class: 'value' }, show(s.value)),
         h('div', { class: 'sibling-foot' },
-          h('span', { class: 'muted small' }, `written ${when}`),
+          h('span', { class: 'muted small written' }, `written ${when}${expires}`),
           n > 1
             ? h('button', { type: 'button', class: 'keep', 'data-index': String(i), onclick: () => act('keep sibling', () => write(read.key, s.value, read.context, `kept sibling ${i + 1} of`)) }, 'Keep this one')
             : h('button', { type: 'button', class: 'edit', onclick: () => { $('value').value = typeof s.value === 'string' ? s.value : ''; $('value').focus(); } }, 'Edit'),
@@ -160,7 +161,8 @@ export function setupKeys({ sdk, url, onKey, report }) {
     ev.preventDefault();
     act('put', async () => {
       const key = keyValue();
-      await write(key, $('value').value, contextFor(key), 'wrote');
+      const ttl = $('ttl').value.trim();
+      await write(key, $('value').value, contextFor(key), 'wrote', ttl ? Number(ttl) : undefined);
     });
   });
   $('btn-delete').addEventListener('click', () => act('delete', async () => {

@@ -105,6 +105,21 @@ test('a put through the page reads back through kvcli', async () => {
   assert.deepEqual(ranks, pref.preference_list);
 });
 
+test('a put with a time to live shows its expiry, then reads as not found', async () => {
+  await page.fill('#key', 'console-ttl');
+  await page.fill('#value', 'short-lived');
+  await page.fill('#ttl', '1');
+  await page.click('#btn-put');
+  await page.waitForFunction(() => document.querySelector('.key-name')?.textContent === 'console-ttl'
+    && document.querySelector('#siblings .written')?.textContent.includes('expires'));
+  await page.fill('#ttl', '');
+  await new Promise((r) => setTimeout(r, 1300));
+  const got = await kvcli(1, 'get', 'console-ttl');
+  assert.equal(got.found, false);
+  await page.click('#btn-get');
+  await page.waitForFunction(() => document.querySelector('#found')?.textContent === 'not found');
+});
+
 test('two concurrent writes show 2 siblings; keeping one leaves one', async () => {
   // Blind writes through two coordinators are concurrent.
   await kvcli(0, 'put', 'conflict', 'from n1');
