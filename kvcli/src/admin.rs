@@ -125,11 +125,19 @@ pub async fn repair(client: &Client, node: Option<String>, env: &Env) -> Result<
     Ok(())
 }
 
-/// `decommission NODE`: the node hands its ranges over and leaves the ring; the bar follows
-/// the transfer it reports in `status`.
-pub async fn decommission(client: &Client, node: String, env: &Env) -> Result<(), ClientError> {
-    let pb = crate::progress::bar(0, "draining");
-    let op = ClientOp::Decommission { node: node.clone() };
+/// Runs a membership change `op` about `node` (`decommission`, `removenode`) with a bar fed
+/// every half second by the transfers `status` reports that `counts` picks (ranges done, ranges
+/// in all, keys moved); prints the outcome, `done` saying it in words.
+async fn membership_change(
+    client: &Client,
+    op: ClientOp,
+    node: &str,
+    label: &str,
+    counts: impl Fn(&Value) -> (u64, u64, u64),
+    done: impl Fn(&Value) -> String,
+    env: &Env,
+) -> Result<(), ClientError> {
+    let pb = crate::progress::bar(0, label);
     let request = client.request_within(&op, LONG);
     tokio::pin!(request);
     let mut tick = tokio::time::interval(Duration::from_millis(500));
@@ -138,14 +146,10 @@ pub async fn decommission(client: &Client, node: String, env: &Env) -> Result<()
             r = &mut request => break r,
             _ = tick.tick() => {
                 if let Ok(status) = client.request(&ClientOp::Status).await {
-                    let t = status["nodes"].as_array().and_then(|a| {
-                        a.iter().find(|n| n["id"] == node.as_str()).map(|n| n["transfer"].clone())
-                    });
-                    if let Some(t) = t.filter(|t| !t.is_null()) {
-                        pb.set_length(t["ranges_total"].as_u64().unwrap_or(0));
-                        pb.set_position(t["ranges_done"].as_u64().unwrap_or(0));
-                        pb.set_message(format!("{} keys moved", t["keys"]));
-                    }
+                    let (ranges_done, ranges, keys) = counts(&status);
+                    pb.set_length(ranges);
+                    pb.set_position(ranges_done);
+                    pb.set_message(format!("{keys} keys moved"));
                 }
             }
         }
@@ -158,57 +162,52 @@ pub async fn decommission(client: &Client, node: String, env: &Env) -> Result<()
             json!({"ok": true, "node": node, "moved_keys": v["moved_keys"]})
         );
     } else {
-        println!(
-            "{node} handed {} keys over and left the ring; it can be stopped now",
-            v["moved_keys"]
-        );
+        println!("{}", done(&v));
     }
     Ok(())
+}
+
+/// (ranges done, ranges in all, keys moved) of the transfers in `status` that `pick` selects.
+fn transfer_counts(status: &Value, pick: impl Fn(&Value, &Value) -> bool) -> (u64, u64, u64) {
+    let mut sum = (0, 0, 0);
+    for n in status["nodes"].as_array().into_iter().flatten() {
+        let t = &n["transfer"];
+        if !t.is_null() && pick(n, t) {
+            sum.0 += t["ranges_done"].as_u64().unwrap_or(0);
+            sum.1 += t["ranges_total"].as_u64().unwrap_or(0);
+            sum.2 += t["keys"].as_u64().unwrap_or(0);
+        }
+    }
+    sum
+}
+
+/// `decommission NODE`: the node hands its ranges over and leaves the ring; the bar follows
+/// the transfer it reports in `status`.
+pub async fn decommission(client: &Client, node: String, env: &Env) -> Result<(), ClientError> {
+    let op = ClientOp::Decommission { node: node.clone() };
+    let counts = |status: &Value| transfer_counts(status, |n, _| n["id"] == node.as_str());
+    let done = |v: &Value| {
+        format!(
+            "{node} handed {} keys over and left the ring; it can be stopped now",
+            v["moved_keys"]
+        )
+    };
+    membership_change(client, op, &node, "draining", counts, done, env).await
 }
 
 /// `removenode NODE`: the node, down for good, leaves the ring and the nodes that take its
 /// ranges over stream them in from the other replicas; the bar sums their transfers as
 /// `status` reports them.
 pub async fn remove_node(client: &Client, node: String, env: &Env) -> Result<(), ClientError> {
-    let pb = crate::progress::bar(0, "refilling");
     let op = ClientOp::RemoveNode { node: node.clone() };
-    let request = client.request_within(&op, LONG);
-    tokio::pin!(request);
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
-    let v = loop {
-        tokio::select! {
-            r = &mut request => break r,
-            _ = tick.tick() => {
-                if let Ok(status) = client.request(&ClientOp::Status).await {
-                    let (mut done, mut total, mut keys) = (0, 0, 0);
-                    for t in status["nodes"].as_array().into_iter().flatten().map(|n| &n["transfer"]) {
-                        if t["kind"] == "adopting" {
-                            done += t["ranges_done"].as_u64().unwrap_or(0);
-                            total += t["ranges_total"].as_u64().unwrap_or(0);
-                            keys += t["keys"].as_u64().unwrap_or(0);
-                        }
-                    }
-                    pb.set_length(total);
-                    pb.set_position(done);
-                    pb.set_message(format!("{keys} keys streamed"));
-                }
-            }
-        }
-    };
-    pb.finish_and_clear();
-    let v = v?;
-    if env.json {
-        println!(
-            "{}",
-            json!({"ok": true, "node": node, "moved_keys": v["moved_keys"]})
-        );
-    } else {
-        println!(
+    let counts = |status: &Value| transfer_counts(status, |_, t| t["kind"] == "adopting");
+    let done = |v: &Value| {
+        format!(
             "{node} is out of the ring; {} keys were streamed to the nodes that took its ranges over",
             v["moved_keys"]
-        );
-    }
-    Ok(())
+        )
+    };
+    membership_change(client, op, &node, "refilling", counts, done, env).await
 }
 
 /// `export [--out FILE]`: every live value of the cluster as JSON lines

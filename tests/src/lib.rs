@@ -691,6 +691,34 @@ impl Ws {
     }
 }
 
+/// Writes keys `{prefix}0`, `{prefix}1`, ... (each key as its own value) through `url`, one
+/// put at a time with `pause` between, until `stop` is set; the task returns the keys whose
+/// put was acknowledged.
+pub fn spawn_writer(
+    url: String,
+    prefix: String,
+    pause: Duration,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<Vec<String>> {
+    tokio::spawn(async move {
+        let mut ws = Ws::connect(&url).await;
+        let mut acked = Vec::new();
+        let mut i = 0u64;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let key = format!("{prefix}{i}");
+            let r = ws
+                .request(json!({"op": "put", "key": key, "value": key}))
+                .await;
+            if r["ok"] == true {
+                acked.push(key);
+            }
+            i += 1;
+            tokio::time::sleep(pause).await;
+        }
+        acked
+    })
+}
+
 /// One request on a fresh connection, from synchronous code (also from inside an async
 /// test: it runs on a thread of its own).
 pub fn ws_request_blocking(url: &str, req: Value) -> Value {

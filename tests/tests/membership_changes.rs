@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use kv_tests::{Cluster, ClusterOpts, Ws};
+use kv_tests::{spawn_writer, Cluster, ClusterOpts, Ws};
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -23,24 +23,12 @@ async fn a_node_joins_and_another_leaves_under_load_without_losing_writes() {
     let stop = Arc::new(AtomicBool::new(false));
     let mut writers = Vec::new();
     for c in 0..2 {
-        let (url, stop) = (cluster.nodes[c].url(), stop.clone());
-        writers.push(tokio::spawn(async move {
-            let mut ws = Ws::connect(&url).await;
-            let mut acked = Vec::new();
-            let mut i = 0;
-            while !stop.load(Ordering::Relaxed) {
-                let key = format!("live{c}-{i}");
-                let r = ws
-                    .request(json!({"op": "put", "key": key, "value": key}))
-                    .await;
-                if r["ok"] == true {
-                    acked.push(key);
-                }
-                i += 1;
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
-            acked
-        }));
+        writers.push(spawn_writer(
+            cluster.nodes[c].url(),
+            format!("live{c}-"),
+            Duration::from_millis(2),
+            stop.clone(),
+        ));
     }
 
     // A sixth node joins: it streams its ranges in and only then enters the ring.

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kv_tests::{kvcli, Cluster, ClusterOpts, Ws};
+use kv_tests::{kvcli, spawn_writer, Cluster, ClusterOpts, Ws};
 use serde_json::{json, Value};
 
 fn ids_of(ring: &Value) -> Vec<String> {
@@ -73,26 +73,12 @@ async fn a_dead_node_is_removed_its_ranges_refilled_and_it_stays_out() {
 
     // Writes go on during the removal, through another node.
     let stop = Arc::new(AtomicBool::new(false));
-    let writer = {
-        let (url, stop) = (cluster.nodes[0].url(), stop.clone());
-        tokio::spawn(async move {
-            let mut ws = Ws::connect(&url).await;
-            let mut acked = Vec::new();
-            let mut i = 0;
-            while !stop.load(Ordering::Relaxed) {
-                let key = format!("during{i}");
-                let r = ws
-                    .request(json!({"op": "put", "key": key, "value": key}))
-                    .await;
-                if r["ok"] == true {
-                    acked.push(key);
-                }
-                i += 1;
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            acked
-        })
-    };
+    let writer = spawn_writer(
+        cluster.nodes[0].url(),
+        "during".into(),
+        Duration::from_millis(5),
+        stop.clone(),
+    );
     let (code, out, err) =
         tokio::task::block_in_place(|| kvcli(&["--node", &url, "--json", "removenode", "n5"]));
     stop.store(true, Ordering::Relaxed);
