@@ -129,7 +129,13 @@ struct Started {
     pid: u32,
     /// The process handle, when this run started it (adopted nodes have only the pid).
     child: Option<Child>,
+    /// When this run restarted it after a crash, most recent last.
+    restarts: Vec<Instant>,
 }
+
+/// Crashes of one node within [`RESTART_WINDOW`] that are restarted; past that it stays down.
+const MAX_RESTARTS: usize = 3;
+const RESTART_WINDOW: Duration = Duration::from_secs(600);
 
 /// The previous reading of a node's counters, to turn them into rates.
 struct Reading {
@@ -525,6 +531,7 @@ impl Autoscaler {
                 data_dir: dir.into(),
                 pid: pid as u32,
                 child: None,
+                restarts: Vec::new(),
             });
         }
     }
@@ -700,26 +707,76 @@ impl Autoscaler {
         self.window.clear();
     }
 
-    /// Reports started processes that exited on their own.
+    /// Reports started processes that exited on their own, and starts again (same id, address
+    /// and data dir, like a supervisor) those that crashed: killed by a signal or failed, at
+    /// most [`MAX_RESTARTS`] times in [`RESTART_WINDOW`]. A clean exit (someone stopped it)
+    /// stays stopped.
     fn check_children(&mut self) {
         let mut gone = Vec::new();
-        for s in self.started.iter_mut() {
+        for (i, s) in self.started.iter_mut().enumerate() {
             if let Some(c) = s.child.as_mut() {
                 if let Ok(Some(status)) = c.try_wait() {
-                    gone.push((s.id.clone(), status.to_string()));
+                    gone.push((i, status));
                     s.child = None;
                 }
             }
         }
-        for (id, status) in gone {
+        for (i, status) in gone {
+            let id = self.started[i].id.clone();
             let log = self.args.dir.join(format!("{id}.log"));
             self.say(
-                json!({"event": "node_exited", "node": id, "status": status}),
+                json!({"event": "node_exited", "node": id, "status": status.to_string()}),
                 format!(
                     "node {id} exited on its own ({status}); see {}",
                     log.display()
                 ),
             );
+            let Scaler::Local { kvd } = &self.scaler else {
+                continue;
+            };
+            self.started[i]
+                .restarts
+                .retain(|t| t.elapsed() < RESTART_WINDOW);
+            let recent = self.started[i].restarts.len();
+            if status.success() {
+                continue;
+            }
+            if recent >= MAX_RESTARTS {
+                self.say(
+                    json!({"event": "node_given_up", "node": id}),
+                    format!(
+                        "node {id} crashed {} times in {} min: not starting it again",
+                        recent + 1,
+                        RESTART_WINDOW.as_secs() / 60
+                    ),
+                );
+                continue;
+            }
+            let node = &self.started[i];
+            match self.spawn_kvd(
+                &kvd.clone(),
+                &id,
+                &node.addr.clone(),
+                &node.data_dir.clone(),
+            ) {
+                Ok(child) => {
+                    let pid = child.id();
+                    let s = &mut self.started[i];
+                    s.restarts.push(Instant::now());
+                    let count = s.restarts.len();
+                    s.pid = pid;
+                    s.child = Some(child);
+                    self.save();
+                    self.say(
+                        json!({"event": "node_restarted", "node": id, "pid": pid, "restarts": count}),
+                        format!("node {id} crashed; started it again with its data (pid {pid})"),
+                    );
+                }
+                Err(e) => self.say(
+                    json!({"event": "error", "error": e.to_string()}),
+                    format!("cannot start {id} again: {e}"),
+                ),
+            }
         }
     }
 
@@ -792,16 +849,40 @@ impl Autoscaler {
             format!("{}:{port}", self.args.host)
         };
         let data_dir = self.args.dir.join(&id);
+        let child = self.spawn_kvd(kvd, &id, &addr, &data_dir)?;
+        Ok(Started {
+            id,
+            addr,
+            data_dir,
+            pid: child.id(),
+            child: Some(child),
+            restarts: Vec::new(),
+        })
+    }
+
+    /// Starts kvd as node `id` on `addr` with `data_dir`, joining through the seed; its output
+    /// is appended to `DIR/<id>.log`.
+    fn spawn_kvd(
+        &self,
+        kvd: &Path,
+        id: &str,
+        addr: &str,
+        data_dir: &Path,
+    ) -> Result<Child, ClientError> {
+        let failed = |m: String| ClientError::Failed(format!("autoscale: {m}"));
         let log_path = self.args.dir.join(format!("{id}.log"));
-        let log = std::fs::File::create(&log_path)
-            .map_err(|e| failed(format!("cannot create {}: {e}", log_path.display())))?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(|e| failed(format!("cannot open {}: {e}", log_path.display())))?;
         let mut cmd = std::process::Command::new(kvd);
         cmd.arg("--id")
-            .arg(&id)
+            .arg(id)
             .arg("--listen")
-            .arg(&addr)
+            .arg(addr)
             .arg("--data-dir")
-            .arg(&data_dir)
+            .arg(data_dir)
             .arg("--seed")
             .arg(&self.seed)
             .args(&self.args.kvd_args)
@@ -812,16 +893,8 @@ impl Autoscaler {
         // which hold data and are removed only by draining them.
         #[cfg(unix)]
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-        let child = cmd
-            .spawn()
-            .map_err(|e| failed(format!("cannot start {}: {e}", kvd.display())))?;
-        Ok(Started {
-            id,
-            addr,
-            data_dir,
-            pid: child.id(),
-            child: Some(child),
-        })
+        cmd.spawn()
+            .map_err(|e| failed(format!("cannot start {}: {e}", kvd.display())))
     }
 
     /// Waits until `id` answers, is up in the seed's view and no data moves any more, printing

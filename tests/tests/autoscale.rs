@@ -72,7 +72,8 @@ impl Drop for Scaler {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        for e in self.events().iter().filter(|e| e["event"] == "started") {
+        let started = |e: &&Value| e["event"] == "started" || e["event"] == "node_restarted";
+        for e in self.events().iter().filter(started) {
             if let Some(pid) = e["pid"].as_u64() {
                 let _ = Command::new("kill")
                     .arg("-KILL")
@@ -308,6 +309,69 @@ echo "launched $id"
 const RETIRE: &str = r#"echo "$KV_AUTOSCALE_ACTION node=$KV_AUTOSCALE_NODE addr=$KV_AUTOSCALE_NODE_ADDR current=$KV_AUTOSCALE_CURRENT target=$KV_AUTOSCALE_TARGET" >> "$SIM/calls"
 kill "$(cat "$SIM/$KV_AUTOSCALE_NODE.pid")"
 "#;
+
+/// A node the autoscaler started that crashes (SIGKILL) is started again, as itself: same
+/// id, address and data dir, so it is back up holding what it held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_started_node_that_crashes_is_started_again_with_its_data() {
+    let _serial = SERIAL.lock().await;
+    // Two nodes and --min 3: the autoscaler starts a third.
+    let cluster = Cluster::start(2, ClusterOpts::default());
+    let seed = cluster.nodes[0].url();
+    let mut scaler = start_autoscaler(&seed, cluster.dir(), &kvd_args(), &[]);
+    tokio::task::block_in_place(|| scaler.wait_for("joined", Duration::from_secs(60), &cluster));
+    let started = scaler
+        .events()
+        .into_iter()
+        .find(|e| e["event"] == "started")
+        .unwrap();
+    let (id, addr) = (
+        started["node"].as_str().unwrap(),
+        started["addr"].as_str().unwrap(),
+    );
+    let pid = started["pid"].as_u64().unwrap();
+    // With N = 3 on three nodes every node holds every key.
+    let mut ws = Ws::connect(&seed).await;
+    let put = ws
+        .request(json!({"op": "put", "key": "kept", "value": "through the crash", "w": 3}))
+        .await;
+    assert_eq!(put["ok"], true, "{put}");
+
+    assert!(Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
+    tokio::task::block_in_place(|| {
+        scaler.wait_for("node_restarted", Duration::from_secs(30), &cluster)
+    });
+    let events = scaler.events();
+    let exited = events.iter().find(|e| e["event"] == "node_exited").unwrap();
+    assert_eq!(exited["node"], id, "{exited}");
+    let restarted = events
+        .iter()
+        .find(|e| e["event"] == "node_restarted")
+        .unwrap();
+    assert_eq!(restarted["node"], id, "{restarted}");
+    assert_ne!(restarted["pid"], json!(pid), "{restarted}");
+
+    // Back up, in everyone's view, answering on its address with its data.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let up = members(&seed).await;
+        if up.len() == 3 && up.iter().all(|m| m["state"] == "up") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not all up again: {up:?}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let mut local = Ws::connect(&format!("ws://{addr}")).await;
+    let got = local
+        .request(json!({"op": "get", "key": "kept", "local": true}))
+        .await;
+    assert_eq!(got["values"], json!(["through the crash"]), "{got}");
+    // (Dropping the scaler stops it and every process it started or started again.)
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn launch_and_retire_commands_resize_the_cluster() {
