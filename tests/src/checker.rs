@@ -300,6 +300,10 @@ pub struct Workload {
     pub rmw_share: f64,
     /// Share of read-modify-writes that delete the key instead of writing a value.
     pub delete_share: f64,
+    /// Share of puts written with a time to live of a day: within a run they must behave
+    /// exactly like plain values, while their expiring versions travel through hints, repair
+    /// and read repair under the faults.
+    pub ttl_share: f64,
     /// Write quorum asked for.
     pub w: usize,
     /// Share of writes that leave W to the node's default (the harnesses start nodes with
@@ -324,6 +328,7 @@ impl Default for Workload {
             blind_per_key: 40,
             rmw_share: 0.5,
             delete_share: 0.15,
+            ttl_share: 0.2,
             w: 2,
             default_w_share: 0.3,
             r: 2,
@@ -383,6 +388,7 @@ pub async fn run_workload(
                 on_conn += 1;
                 let value = format!("c{client}-{seq}");
                 let default_w = rng.chance(wl.default_w_share);
+                let ttl = rng.chance(wl.ttl_share);
                 let healthy = if rng.chance(wl.rmw_share) {
                     let key = format!("r{}", rng.below(wl.rmw_keys as u64));
                     let a = Attempt {
@@ -391,6 +397,7 @@ pub async fn run_workload(
                         key: &key,
                         value,
                         default_w,
+                        ttl,
                     };
                     let delete = rng.chance(wl.delete_share);
                     rmw(c, a, delete, &wl, &history).await
@@ -404,6 +411,7 @@ pub async fn run_workload(
                         key: &key,
                         value,
                         default_w,
+                        ttl,
                     };
                     blind(c, a, &wl, &history).await
                 };
@@ -427,6 +435,8 @@ struct Attempt<'a> {
     value: String,
     /// Leave W to the node's default instead of sending `w`.
     default_w: bool,
+    /// A put of this attempt carries a time to live (`Workload::ttl_share`).
+    ttl: bool,
 }
 
 /// A read followed by a write (a delete when `as_delete`) with the read's context. Returns
@@ -499,7 +509,10 @@ async fn write(
         let label = format!("{}.delete", a.value);
         (label, json!({"op": "delete", "key": a.key}))
     } else {
-        let req = json!({"op": "put", "key": a.key, "value": a.value});
+        let mut req = json!({"op": "put", "key": a.key, "value": a.value});
+        if a.ttl {
+            req["ttl_s"] = json!(24 * 3600);
+        }
         (a.value, req)
     };
     let op = history.invoke(
