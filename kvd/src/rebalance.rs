@@ -80,6 +80,15 @@ impl Transfers {
     fn set(&self, p: Option<TransferProgress>) {
         *self.current.lock().unwrap_or_else(|p| p.into_inner()) = p;
     }
+
+    /// Starts reporting a fresh transfer of `kind` over `ranges_total` ranges.
+    fn begin(&self, kind: &str, ranges_total: usize) {
+        self.set(Some(TransferProgress {
+            kind: kind.into(),
+            ranges_total: ranges_total as u64,
+            ..TransferProgress::default()
+        }));
+    }
 }
 
 /// Keeps a transfer under the rate limit.
@@ -443,11 +452,7 @@ pub async fn run_reweigh(node: Arc<Node>) {
             old_tokens.clone(),
         );
         let plan = old_ring.move_plan(&new_ring, &node.placement(&new_ring));
-        node.transfers.set(Some(TransferProgress {
-            kind: "rebalancing".into(),
-            ranges_total: plan.len() as u64,
-            ..TransferProgress::default()
-        }));
+        node.transfers.begin("rebalancing", plan.len());
         let mut failed = false;
         for t in &plan {
             if *shutdown.borrow() {
@@ -514,11 +519,7 @@ pub async fn run_decommission(node: &Arc<Node>) -> Result<u64, String> {
         .into_iter()
         .filter(|t| t.from.contains(&node.id))
         .collect();
-    node.transfers.set(Some(TransferProgress {
-        kind: "leaving".into(),
-        ranges_total: plan.len() as u64,
-        ..TransferProgress::default()
-    }));
+    node.transfers.begin("leaving", plan.len());
     let mut throttle = Throttle::new();
     let mut moved = 0;
     for t in &plan {
@@ -544,11 +545,7 @@ const ADOPT_TRIES: u32 = 3;
 /// old owner (a write acknowledged by W replicas is on at least one live one, or in a hint
 /// that goes to the new owners once the member is gone). Returns the keys received.
 pub async fn adopt(node: &Arc<Node>, transfers: Vec<Transfer>) -> Result<u64, String> {
-    node.transfers.set(Some(TransferProgress {
-        kind: "adopting".into(),
-        ranges_total: transfers.len() as u64,
-        ..TransferProgress::default()
-    }));
+    node.transfers.begin("adopting", transfers.len());
     let mut throttle = Throttle::new();
     let mut keys = 0;
     let mut result = Ok(());
