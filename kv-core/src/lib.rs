@@ -3,6 +3,7 @@
 //!
 //! Map of the crate:
 //! - [`autoscale`]: the autoscaling policy (grow, shrink or hold from per-node load).
+//! - [`counter`]: counters, a CRDT stored as the value of a sibling.
 //! - [`hash`]: keys onto the 64-bit ring (xxh3).
 //! - [`ring`]: physical nodes, virtual-node tokens, preference lists, move plans.
 //! - [`version`]: version vectors and the dotted sibling sets every key is stored as.
@@ -13,6 +14,7 @@
 #![deny(clippy::unwrap_used)]
 
 pub mod autoscale;
+pub mod counter;
 pub mod hash;
 pub mod membership;
 pub mod merkle;

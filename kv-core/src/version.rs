@@ -27,6 +27,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
+use crate::counter::{Counter, CounterError};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
@@ -386,6 +387,9 @@ pub struct Sibling {
     /// write must overwrite it, and it is purged like a tombstone). Always `None` on a
     /// tombstone.
     pub expires_at_ms: Option<u64>,
+    /// Whether the value is the state of a counter ([`Counter`]), written by an increment,
+    /// rather than bytes a client wrote. Never set on a tombstone.
+    pub counter: bool,
 }
 
 impl Sibling {
@@ -537,6 +541,67 @@ impl SiblingSet {
         now_ms: u64,
         ttl_ms: Option<u64>,
     ) -> UpdateOutcome {
+        self.apply_write(ctx, actor, value, now_ms, ttl_ms, false)
+    }
+
+    /// Applies an increment of the key's counter by `by` at replica `actor`: the live counter
+    /// siblings are merged, `by` is added to the merge, and the result is written over
+    /// everything this replica holds of the key (the write's context is the whole `cc`), so
+    /// counter siblings do not pile up. Increments that this replica has not seen stay
+    /// siblings of the result, and reads merge them in.
+    ///
+    /// Refused, changing nothing: when the key holds a live value that is not a counter (a
+    /// put, even concurrent with increments, makes the key a value until it is deleted or
+    /// overwritten), or when the counter would leave the i64 range. Tombstones and expired
+    /// values do not count: a deleted key starts again from 0.
+    pub fn increment(
+        &mut self,
+        actor: &str,
+        by: i64,
+        now_ms: u64,
+    ) -> Result<UpdateOutcome, CounterError> {
+        if self
+            .siblings
+            .iter()
+            .any(|s| !s.counter && s.live_value(now_ms).is_some())
+        {
+            return Err(CounterError::NotACounter);
+        }
+        let mut counter = self
+            .counter(now_ms)
+            .map_err(CounterError::Corrupt)?
+            .unwrap_or_default();
+        let latest = self.cc.get(actor);
+        counter.add(actor, latest, latest + 1, by)?;
+        let ctx = self.cc.clone();
+        let value = Some(counter.encode());
+        Ok(self.apply_write(&ctx, actor, value, now_ms, None, true))
+    }
+
+    /// The merge of the live counter siblings, `None` when there is none.
+    ///
+    /// Errors: a counter sibling whose value does not decode.
+    pub fn counter(&self, now_ms: u64) -> Result<Option<Counter>, VersionError> {
+        let mut merged: Option<Counter> = None;
+        for s in self.siblings.iter().filter(|s| s.counter) {
+            if let Some(v) = s.live_value(now_ms) {
+                merged
+                    .get_or_insert_with(Counter::new)
+                    .merge(&Counter::decode(v)?);
+            }
+        }
+        Ok(merged)
+    }
+
+    fn apply_write(
+        &mut self,
+        ctx: &VersionVector,
+        actor: &str,
+        value: Option<Vec<u8>>,
+        now_ms: u64,
+        ttl_ms: Option<u64>,
+        counter: bool,
+    ) -> UpdateOutcome {
         self.siblings
             .retain(|s| !ctx.covers(&s.dot) && s.expires_at_ms.is_none_or(|at| at > now_ms));
         self.cc.merge_in(ctx);
@@ -547,6 +612,7 @@ impl SiblingSet {
         };
         let sibling = Sibling {
             dot: dot.clone(),
+            counter: counter && value.is_some(),
             value,
             timestamp_ms: now_ms,
             expires_at_ms,
@@ -702,8 +768,8 @@ impl SiblingSet {
 
     /// Canonical binary form: format byte, context, sibling count, then per sibling (sorted by
     /// dot) the index of its actor in the context, its counter, its timestamp, a tag (0
-    /// tombstone, 1 value, 2 value with an expiry time) and for a value its expiry time (tag 2)
-    /// and its length and bytes. Integers are LEB128 varints.
+    /// tombstone, 1 value, 2 value with an expiry time, 3 counter) and for a value its expiry
+    /// time (tag 2) and its length and bytes. Integers are LEB128 varints.
     pub fn encode(&self) -> Vec<u8> {
         let value_bytes: usize = self
             .siblings
@@ -731,6 +797,7 @@ impl SiblingSet {
                 (None, _) => out.push(0),
                 (Some(v), expires) => {
                     match expires {
+                        None if s.counter => out.push(3),
                         None => out.push(1),
                         Some(at) => {
                             out.push(2);
@@ -788,9 +855,10 @@ impl SiblingSet {
             }
             let timestamp_ms = r.varint("timestamp")?;
             let tag_offset = r.pos;
-            let (value, expires_at_ms) = match r.byte("value tag")? {
+            let tag = r.byte("value tag")?;
+            let (value, expires_at_ms) = match tag {
                 0 => (None, None),
-                tag @ (1 | 2) => {
+                1..=3 => {
                     let expires = match tag {
                         2 => Some(r.varint("expiry time")?),
                         _ => None,
@@ -800,7 +868,7 @@ impl SiblingSet {
                 }
                 _ => {
                     return Err(VersionError::Malformed {
-                        what: "value tag is not 0, 1 or 2",
+                        what: "value tag is not 0, 1, 2 or 3",
                         offset: tag_offset,
                     })
                 }
@@ -810,6 +878,7 @@ impl SiblingSet {
                 value,
                 timestamp_ms,
                 expires_at_ms,
+                counter: tag == 3,
             });
         }
         r.finish()?;
@@ -832,7 +901,7 @@ impl<'de> Deserialize<'de> for SiblingSet {
 }
 
 /// Appends `v` as an unsigned LEB128 varint.
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+pub(crate) fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         out.push((v as u8) | 0x80);
         v >>= 7;
@@ -841,17 +910,22 @@ fn put_varint(out: &mut Vec<u8>, mut v: u64) {
 }
 
 /// A bounds-checked cursor over input bytes.
-struct Reader<'a> {
+pub(crate) struct Reader<'a> {
     buf: &'a [u8],
     pos: usize,
 }
 
 impl<'a> Reader<'a> {
-    fn new(buf: &'a [u8]) -> Self {
+    pub(crate) fn new(buf: &'a [u8]) -> Self {
         Reader { buf, pos: 0 }
     }
 
-    fn byte(&mut self, what: &'static str) -> Result<u8, VersionError> {
+    /// The offset of the next byte to read.
+    pub(crate) fn pos(&self) -> usize {
+        self.pos
+    }
+
+    pub(crate) fn byte(&mut self, what: &'static str) -> Result<u8, VersionError> {
         let b = *self.buf.get(self.pos).ok_or(VersionError::Truncated {
             what,
             offset: self.pos,
@@ -861,7 +935,7 @@ impl<'a> Reader<'a> {
     }
 
     /// A minimal LEB128 varint of at most 10 bytes that fits in a u64.
-    fn varint(&mut self, what: &'static str) -> Result<u64, VersionError> {
+    pub(crate) fn varint(&mut self, what: &'static str) -> Result<u64, VersionError> {
         let start = self.pos;
         let mut value: u64 = 0;
         for i in 0..10u32 {
@@ -905,7 +979,7 @@ impl<'a> Reader<'a> {
         Ok(out)
     }
 
-    fn string(&mut self, what: &'static str) -> Result<String, VersionError> {
+    pub(crate) fn string(&mut self, what: &'static str) -> Result<String, VersionError> {
         let len = self.varint(what)?;
         let offset = self.pos;
         let raw = self.bytes(len, what)?;
@@ -917,7 +991,7 @@ impl<'a> Reader<'a> {
             })
     }
 
-    fn finish(&self) -> Result<(), VersionError> {
+    pub(crate) fn finish(&self) -> Result<(), VersionError> {
         if self.pos == self.buf.len() {
             Ok(())
         } else {
@@ -1292,6 +1366,35 @@ mod tests {
         assert!(serde_json::from_str::<SiblingSet>("[9,9]").is_err());
     }
 
+    #[test]
+    fn increments_merge_their_siblings_and_refuse_a_key_holding_a_value() {
+        let (mut a, mut b) = (SiblingSet::new(), SiblingSet::new());
+        a.increment("a", 2, 1).unwrap();
+        b.sync(&a);
+        // Concurrent increments on two replicas: two counter siblings, read as their merge.
+        a.increment("a", 3, 2).unwrap();
+        b.increment("b", -1, 3).unwrap();
+        let mut read = a.synced(&b);
+        assert_eq!(read.siblings().len(), 2);
+        assert_eq!(read.counter(4).unwrap().unwrap().value(), 4);
+        // The next increment replaces both by one.
+        read.increment("b", 10, 5).unwrap();
+        assert_eq!(read.siblings().len(), 1);
+        assert!(read.siblings()[0].counter);
+        assert_eq!(read.counter(6).unwrap().unwrap().value(), 14);
+        assert_eq!(SiblingSet::decode(&read.encode()).unwrap(), read);
+        // A put concurrent with the counter makes the key a value: increments are refused.
+        let mut v = read.clone();
+        v.update(&VersionVector::new(), "a", Some(b"x".to_vec()), 7);
+        assert_eq!(v.increment("a", 1, 8), Err(CounterError::NotACounter));
+        // Deleted with the read's context, it counts from zero again.
+        let ctx = v.context().clone();
+        v.update(&ctx, "a", None, 9);
+        v.increment("a", 5, 10).unwrap();
+        assert_eq!(v.counter(11).unwrap().unwrap().value(), 5);
+        assert_eq!(SiblingSet::new().counter(0).unwrap(), None);
+    }
+
     // ---- properties ----
 
     fn arb_vv() -> impl Strategy<Value = VersionVector> {
@@ -1317,6 +1420,8 @@ mod tests {
         },
         /// Replica `at` syncs with replica `from`.
         Sync { at: usize, from: usize },
+        /// An increment of the key's counter at `at` (refused while it holds a value).
+        Incr { at: usize, by: i8 },
     }
 
     fn arb_op() -> impl Strategy<Value = Op> {
@@ -1326,6 +1431,7 @@ mod tests {
             (0..3usize, 0..3usize, proptest::option::of(any::<u8>()))
                 .prop_map(|(at, from, value)| Op::Write { at, from, value }),
             (0..3usize, 0..3usize).prop_map(|(at, from)| Op::Sync { at, from }),
+            (0..3usize, any::<i8>()).prop_map(|(at, by)| Op::Incr { at, by }),
         ]
     }
 
@@ -1353,6 +1459,15 @@ mod tests {
                 Op::Sync { at, from } => {
                     let other = reps[*from].clone();
                     reps[*at].sync(&other);
+                    continue;
+                }
+                Op::Incr { at, by } => {
+                    // An increment writes over everything its replica holds.
+                    let ctx = reps[*at].context().clone();
+                    if let Ok(out) = reps[*at].increment(actors[*at], i64::from(*by), t as u64) {
+                        overwritten.extend(written.iter().filter(|d| ctx.covers(d)).cloned());
+                        written.insert(out.dot);
+                    }
                     continue;
                 }
             };
@@ -1432,6 +1547,28 @@ mod tests {
                 prop_assert_eq!(&SiblingSet::decode(&r.encode()).unwrap(), r);
                 prop_assert_eq!(&decode_context(&r.context().encode_context()).unwrap(), r.context());
             }
+        }
+
+        #[test]
+        fn prop_a_counter_counts_every_increment_once_replicas_sync(
+            ops in proptest::collection::vec(
+                prop_oneof![
+                    (0..3usize, any::<i8>()).prop_map(|(at, by)| Op::Incr { at, by }),
+                    (0..3usize, 0..3usize).prop_map(|(at, from)| Op::Sync { at, from }),
+                ],
+                0..60,
+            )
+        ) {
+            let (reps, _, _) = simulate(&ops);
+            let total: i64 = ops
+                .iter()
+                .map(|op| match op { Op::Incr { by, .. } => i64::from(*by), _ => 0 })
+                .sum();
+            let all = reps[0].synced(&reps[1]).synced(&reps[2]);
+            let value = all.counter(0).unwrap().map_or(0, |c| c.value());
+            prop_assert_eq!(value, total);
+            // However the states met, at most one counter sibling per replica remains.
+            prop_assert!(all.siblings().len() <= 3);
         }
 
         #[test]

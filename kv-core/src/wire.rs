@@ -134,6 +134,12 @@ pub enum ClientOp {
         context: String,
         w: Option<usize>,
     },
+    /// Add `by` (negative to subtract) to the key's counter.
+    Incr {
+        key: String,
+        by: i64,
+        w: Option<usize>,
+    },
     /// Every member of the cluster as this node sees it.
     Status,
     /// Token ownership, or one key's preference list.
@@ -163,6 +169,7 @@ impl ClientOp {
             ClientOp::Get { .. } => "get",
             ClientOp::Put { .. } => "put",
             ClientOp::Delete { .. } => "delete",
+            ClientOp::Incr { .. } => "incr",
             ClientOp::Status => "status",
             ClientOp::Ring { .. } => "ring",
             ClientOp::Hints => "hints",
@@ -195,6 +202,8 @@ struct RawRequest {
     w: Option<usize>,
     #[serde(default)]
     ttl_s: Option<u64>,
+    #[serde(default)]
+    by: Option<i64>,
     #[serde(default)]
     r: Option<usize>,
     #[serde(default)]
@@ -272,6 +281,12 @@ fn validate(raw: RawRequest, limits: &Limits) -> Result<Request, WireError> {
             raw.op
         )));
     }
+    if raw.by.is_some() && raw.op != "incr" {
+        return Err(WireError::bad_request(format!(
+            "by applies to 'incr' only, not '{}'",
+            raw.op
+        )));
+    }
     let op = match raw.op.as_str() {
         "get" => ClientOp::Get {
             key: key(raw.key)?,
@@ -303,6 +318,11 @@ fn validate(raw: RawRequest, limits: &Limits) -> Result<Request, WireError> {
         "delete" => ClientOp::Delete {
             key: key(raw.key)?,
             context: raw.context.unwrap_or_default(),
+            w: quorum("w", raw.w)?,
+        },
+        "incr" => ClientOp::Incr {
+            key: key(raw.key)?,
+            by: raw.by.unwrap_or(1),
             w: quorum("w", raw.w)?,
         },
         "status" => ClientOp::Status,
@@ -409,6 +429,11 @@ pub fn encode_request(id: u64, op: &ClientOp) -> String {
             out.context = non_empty(c);
             out.w = *w;
         }
+        ClientOp::Incr { key, by, w } => {
+            out.key = Some(key);
+            out.by = Some(*by);
+            out.w = *w;
+        }
         ClientOp::Ring { key } => out.key = key.as_deref(),
         ClientOp::Repair { node } => out.node = node.as_deref(),
         ClientOp::Decommission { node } | ClientOp::RemoveNode { node } => out.node = Some(node),
@@ -445,6 +470,8 @@ struct OutRequest<'a> {
     w: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     ttl_s: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    by: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     local: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -610,6 +637,35 @@ mod tests {
                 key: Some("a".into())
             }
         );
+    }
+
+    #[test]
+    fn incr_adds_one_unless_told_and_by_is_for_incr_only() {
+        assert_eq!(
+            decode(r#"{"id":1,"op":"incr","key":"k"}"#).unwrap().op,
+            ClientOp::Incr {
+                key: "k".into(),
+                by: 1,
+                w: None
+            }
+        );
+        let op = ClientOp::Incr {
+            key: "k".into(),
+            by: -7,
+            w: Some(2),
+        };
+        assert_eq!(decode(&encode_request(4, &op)).unwrap().op, op);
+        for bad in [
+            r#"{"id":2,"op":"put","key":"k","value":"v","by":5}"#,
+            r#"{"id":2,"op":"incr","key":"k","by":1.5}"#,
+            r#"{"id":2,"op":"incr","key":"k","by":"1"}"#,
+            r#"{"id":2,"op":"incr","by":1}"#,
+            r#"{"id":2,"op":"incr","key":"k","by":99999999999999999999}"#,
+        ] {
+            let (id, e) = decode(bad).unwrap_err();
+            assert_eq!(id, Some(2), "{bad}");
+            assert_eq!(e.code, ErrorCode::BadRequest, "{bad}");
+        }
     }
 
     #[test]

@@ -271,6 +271,14 @@ export function createSdk(wasm, resolveWebSocket) {
       return this.#request((id) => wasm.encodeDelete(id, key, options.context, options.w));
     }
 
+    /**
+     * Adds `by` (default 1, negative to subtract) to the key's counter: `{key, value, context}`,
+     * `value` being the counter as the replica that applied the increment knows it.
+     */
+    incr(key, by = 1, options = {}) {
+      return this.#request((id) => wasm.encodeIncr(id, key, by, options.w));
+    }
+
     /** A liveness probe through the node. */
     ping() {
       return this.#request((id) => wasm.encodeOp(id, 'ping'));

@@ -11,6 +11,8 @@ export interface Sibling {
   timestampMs: number | null;
   /** For a value written with a time to live: when it expires (milliseconds since the epoch). */
   expiresAtMs?: number;
+  /** Set on the value that shows the key's counter (its decimal text). */
+  counter?: boolean;
 }
 
 /** What `get` answers. */
@@ -24,6 +26,8 @@ export interface GetResult {
   siblings: Sibling[];
   /** Opaque causal context: hand it back to `put`/`delete` to replace what this read saw. */
   context: string;
+  /** The key's counter, when `incr` wrote one (also shown among `values` as its text). */
+  counter?: number;
 }
 
 export interface GetOptions {
@@ -50,6 +54,13 @@ export interface PutOptions extends WriteOptions {
 export interface PutResult {
   key: string;
   /** Covers what the writer saw plus this write. */
+  context: string;
+}
+
+export interface IncrResult {
+  key: string;
+  /** The counter right after the increment, as the replica that applied it knows it. */
+  value: number;
   context: string;
 }
 
@@ -107,6 +118,8 @@ export class KvClient {
   get(key: string, options?: GetOptions): Promise<GetResult>;
   put(key: string, value: Value, options?: PutOptions): Promise<PutResult>;
   delete(key: string, options?: WriteOptions): Promise<DeleteResult>;
+  /** Adds `by` (default 1, negative to subtract) to the key's counter. */
+  incr(key: string, by?: number, options?: { w?: number }): Promise<IncrResult>;
   /** Read, reconcile with `resolver`, write back with the read's context; retry while siblings remain. */
   update(key: string, resolver: Strategy | Resolver, options?: UpdateOptions): Promise<UpdateResult>;
   ping(): Promise<Record<string, unknown>>;

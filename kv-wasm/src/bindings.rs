@@ -264,6 +264,21 @@ pub fn encode_delete_js(
     protocol::encode_delete(id, key, context.as_deref(), w.map(|w| w as usize)).map_err(js_error)
 }
 
+/// An incr request frame. `by` must be a whole number within JavaScript's safe integers;
+/// throws a `KvError` (`bad_request`) otherwise.
+#[wasm_bindgen(js_name = encodeIncr)]
+pub fn encode_incr_js(id: f64, key: &str, by: f64, w: Option<u32>) -> Result<String, JsValue> {
+    /// 2^53 - 1, the largest integer a JavaScript number holds exactly.
+    const SAFE: f64 = 9_007_199_254_740_991.0;
+    let id = id_arg(id).map_err(js_error)?;
+    if by.fract() != 0.0 || !(-SAFE..=SAFE).contains(&by) {
+        return Err(js_error(SdkError::bad_request(format!(
+            "by must be a whole number within the safe integers, not {by}"
+        ))));
+    }
+    protocol::encode_incr(id, key, by as i64, w.map(|w| w as usize)).map_err(js_error)
+}
+
 /// A frame for `ping`, `status` or `hints`.
 #[wasm_bindgen(js_name = encodeOp)]
 pub fn encode_op_js(id: f64, op: &str) -> Result<String, JsValue> {
@@ -305,6 +320,9 @@ pub fn decode_response_js(text: &str) -> Result<JsValue, JsValue> {
                     set(&o, "timestampMs", &ts)?;
                     if let Some(at) = s.expires_at_ms {
                         set(&o, "expiresAtMs", &JsValue::from_f64(at as f64))?;
+                    }
+                    if s.counter {
+                        set(&o, "counter", &JsValue::TRUE)?;
                     }
                     siblings.push(&o);
                 }

@@ -50,6 +50,8 @@ pub struct Sibling {
     pub timestamp_ms: Option<u64>,
     /// When a value written with a time to live expires (milliseconds since the epoch).
     pub expires_at_ms: Option<u64>,
+    /// Whether the value shows the key's counter (its decimal text).
+    pub counter: bool,
 }
 
 /// A decoded get answer.
@@ -140,6 +142,7 @@ pub fn decode_get_answer(fields: &Map<String, Json>) -> Result<GetAnswer> {
                     value: Value::from_json(value)?,
                     timestamp_ms: s.get("timestamp_ms").and_then(Json::as_u64),
                     expires_at_ms: s.get("expires_at_ms").and_then(Json::as_u64),
+                    counter: s.get("counter").and_then(Json::as_bool).unwrap_or(false),
                 })
             })
             .collect::<Result<Vec<_>>>()?
@@ -159,6 +162,7 @@ pub fn decode_get_answer(fields: &Map<String, Json>) -> Result<GetAnswer> {
                     value: Value::from_json(v)?,
                     timestamp_ms: None,
                     expires_at_ms: None,
+                    counter: false,
                 })
             })
             .collect::<Result<Vec<_>>>()?
@@ -244,6 +248,18 @@ pub fn encode_delete(
     let op = ClientOp::Delete {
         key: key.to_owned(),
         context: context_arg(context)?,
+        w,
+    };
+    Ok(encode_request(check_id(id)?, &op))
+}
+
+/// An incr request frame: add `by` to the key's counter.
+///
+/// Errors: `bad_request` for an id out of range.
+pub fn encode_incr(id: u64, key: &str, by: i64, w: Option<usize>) -> Result<String> {
+    let op = ClientOp::Incr {
+        key: key.to_owned(),
+        by,
         w,
     };
     Ok(encode_request(check_id(id)?, &op))
@@ -351,11 +367,13 @@ mod tests {
                     value: Value::Text("a".into()),
                     timestamp_ms: Some(5),
                     expires_at_ms: None,
+                    counter: false,
                 },
                 Sibling {
                     value: Value::Bytes(vec![0xff, 0]),
                     timestamp_ms: Some(9),
                     expires_at_ms: Some(60_000),
+                    counter: false,
                 },
             ]
         );

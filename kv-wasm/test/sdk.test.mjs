@@ -167,6 +167,32 @@ describe('kv-wasm SDK against a 3-node cluster', () => {
     }
   });
 
+  test('incr counts increments made through different nodes, and get shows the counter', async () => {
+    const [a, b, c] = [await connect(0), await connect(1), await connect(2)];
+    const results = await Promise.all(
+      Array.from({ length: 30 }, (_, i) => [a, b, c][i % 3].incr('visits', i % 2 ? 2 : -1)),
+    );
+    for (const r of results) {
+      assert.equal(typeof r.value, 'number');
+      assert.equal(typeof r.context, 'string');
+    }
+    const got = await b.get('visits', { r: 3 });
+    assert.equal(got.counter, 15, JSON.stringify(got));
+    assert.deepEqual(got.values, ['15']);
+    assert.equal(got.siblings[0].counter, true);
+    assert.equal((await c.incr('visits')).value, 16);
+    await a.put('text', 'words');
+    await assert.rejects(a.incr('text'), (e) => {
+      assert.ok(e instanceof KvError, String(e));
+      assert.equal(e.code, 'bad_request', e.message);
+      assert.match(e.message, /not a counter/);
+      return true;
+    });
+    for (const bad of [0.5, 2 ** 60]) {
+      await assert.rejects(a.incr('visits', bad), (e) => e instanceof KvError && e.code === 'bad_request');
+    }
+  });
+
   test('a corrupt context is an error, not a crash', async () => {
     const c = await connect(0);
     for (const bad of ['garbage!!', 'AQ', 'AQIBYQE']) {

@@ -10,6 +10,8 @@ async function use(sdk: typeof node | typeof web): Promise<void> {
   const values: Value[] = read.values;
   const put: { context: string } = await client.put('k', new Uint8Array([1]), { context: read.context, w: 2 });
   await client.delete('k', { context: put.context });
+  const counted: number = (await client.incr('n', -2, { w: 2 })).value;
+  const shown: number | undefined = (await client.get('n')).counter;
   const merged = sdk.reconcile(values, 'union');
   const joined: string = sdk.reconcile(read, (vs) => vs.length.toString());
   const c: Causality = sdk.compareContexts(read.context, put.context);
@@ -25,6 +27,8 @@ async function use(sdk: typeof node | typeof web): Promise<void> {
   sdk.reconcile(values, 'newest');
   // @ts-expect-error: values are strings or bytes
   await client.put('k', 42);
+  void counted;
+  void shown;
   void merged;
   void joined;
   void c;

@@ -237,7 +237,11 @@ pub async fn export(client: &Client, out: Option<String>, env: &Env) -> Result<(
         for e in page["entries"].as_array().cloned().unwrap_or_default() {
             keys += 1;
             for sibling in e["siblings"].as_array().cloned().unwrap_or_default() {
-                let mut line = json!({"key": e["key"], "value": sibling["value"]});
+                // A counter is exported as its value, and imported as an increment by it.
+                let mut line = match (sibling["counter"].as_bool(), e["counter"].as_i64()) {
+                    (Some(true), Some(c)) => json!({"key": e["key"], "counter": c}),
+                    _ => json!({"key": e["key"], "value": sibling["value"]}),
+                };
                 if let Some(at) = sibling["expires_at_ms"].as_u64() {
                     line["expires_at_ms"] = json!(at);
                 }

@@ -62,6 +62,20 @@ pub enum Command {
         #[arg(long, conflicts_with = "context")]
         blind: bool,
     },
+    /// Add to a key's counter (1 unless told; negative to subtract) and print its value
+    ///
+    /// A counter counts every increment once, whichever node takes it, also when nodes are
+    /// down or partitioned. A key holding a value is refused; a deleted key counts from 0.
+    Incr {
+        /// The key.
+        key: String,
+        /// What to add.
+        #[arg(default_value_t = 1, allow_negative_numbers = true)]
+        by: i64,
+        /// Write quorum for this request.
+        #[arg(long)]
+        w: Option<usize>,
+    },
     /// Replace every sibling of a key with one value
     ///
     /// A get, then a put with the context of all the siblings it saw.
@@ -303,6 +317,24 @@ pub async fn run(client: &Client, cmd: Command, env: &Env) -> Outcome {
                 );
             } else {
                 println!("{}", env.out.green("OK (deleted)"));
+            }
+        }
+        Command::Incr { key, by, w } => {
+            let v = client
+                .request(&ClientOp::Incr {
+                    key: key.clone(),
+                    by,
+                    w,
+                })
+                .await?;
+            env.remember(&key, &v["context"], 1, "incr");
+            if json {
+                println!(
+                    "{}",
+                    json!({"ok": true, "key": v["key"], "value": v["value"], "context": v["context"]})
+                );
+            } else {
+                println!("{}", v["value"]);
             }
         }
         Command::Resolve { key, value, w } => {

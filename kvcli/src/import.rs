@@ -1,5 +1,6 @@
 //! `kvcli import FILE`: JSON lines `{"key": "...", "value": "..."}` (or `"value_b64"` for
 //! bytes, or `"value": {"value_b64": ...}` as `get --json` prints them) written as blind puts,
+//! and `{"key": "...", "counter": N}` (a counter, as export writes it) as an increment by N;
 //! with a bounded number in flight on one connection and a progress bar over the file's bytes.
 
 use std::io::BufRead;
@@ -17,15 +18,32 @@ use crate::commands::Env;
 /// Failed lines reported one by one on stderr; beyond this only the count.
 const REPORTED_FAILURES: u64 = 10;
 
-/// The key and value of one line, or why the line is malformed.
-pub fn parse_line(line: &str) -> Result<(String, Vec<u8>, Option<u64>), String> {
+/// What one line writes.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Imported {
+    /// A value (a blind put).
+    Value(Vec<u8>),
+    /// A counter's value (an increment by it).
+    Counter(i64),
+}
+
+/// The key and what to write of one line, or why the line is malformed.
+pub fn parse_line(line: &str) -> Result<(String, Imported, Option<u64>), String> {
     let v: Value = serde_json::from_str(line).map_err(|e| format!("not JSON: {e}"))?;
     let key = v["key"].as_str().ok_or("no \"key\" string")?.to_string();
-    let value = match (v.get("value"), v.get("value_b64")) {
-        (Some(x), _) => value_from_json(x).map_err(|e| format!("bad \"value\": {e}"))?,
-        (None, Some(b)) => value_from_json(&json!({ "value_b64": b }))
-            .map_err(|e| format!("bad \"value_b64\": {e}"))?,
-        (None, None) => return Err("no \"value\" or \"value_b64\"".into()),
+    let value = match (v.get("value"), v.get("value_b64"), v.get("counter")) {
+        (Some(x), _, None) => {
+            Imported::Value(value_from_json(x).map_err(|e| format!("bad \"value\": {e}"))?)
+        }
+        (None, Some(b), None) => Imported::Value(
+            value_from_json(&json!({ "value_b64": b }))
+                .map_err(|e| format!("bad \"value_b64\": {e}"))?,
+        ),
+        (None, None, Some(c)) => {
+            Imported::Counter(c.as_i64().ok_or("\"counter\" is not a 64-bit integer")?)
+        }
+        (None, None, None) => return Err("no \"value\", \"value_b64\" or \"counter\"".into()),
+        _ => return Err("give one of \"value\", \"value_b64\" or \"counter\"".into()),
     };
     let expires_at_ms = match v.get("expires_at_ms") {
         None | Some(Value::Null) => None,
@@ -123,12 +141,19 @@ pub async fn run(
         let (client, imported, errors) = (client.clone(), imported.clone(), errors.clone());
         let path = path.to_string();
         tasks.spawn(async move {
-            let op = ClientOp::Put {
-                key: key.clone(),
-                value,
-                context: String::new(),
-                w,
-                ttl_s,
+            let op = match value {
+                Imported::Value(value) => ClientOp::Put {
+                    key: key.clone(),
+                    value,
+                    context: String::new(),
+                    w,
+                    ttl_s,
+                },
+                Imported::Counter(by) => ClientOp::Incr {
+                    key: key.clone(),
+                    by,
+                    w,
+                },
             };
             match client.request(&op).await {
                 Ok(_) => {
@@ -185,13 +210,13 @@ pub async fn run(
 
 #[cfg(test)]
 mod tests {
-    use super::{parse_line, ttl_left};
+    use super::{parse_line, ttl_left, Imported};
 
     #[test]
     fn lines_in_every_value_form() {
         assert_eq!(
             parse_line(r#"{"key":"a","value":"x y"}"#).unwrap(),
-            ("a".to_string(), b"x y".to_vec(), None)
+            ("a".to_string(), Imported::Value(b"x y".to_vec()), None)
         );
         assert_eq!(
             parse_line(r#"{"key":"a","value":"x","expires_at_ms":1700000000000}"#)
@@ -206,14 +231,24 @@ mod tests {
         );
         assert_eq!(
             parse_line(r#"{"key":"b","value_b64":"AAE="}"#).unwrap().1,
-            vec![0, 1]
+            Imported::Value(vec![0, 1])
         );
         assert_eq!(
             parse_line(r#"{"key":"c","value":{"value_b64":"/w=="}}"#)
                 .unwrap()
                 .1,
-            vec![255]
+            Imported::Value(vec![255])
         );
+        assert_eq!(
+            parse_line(r#"{"key":"n","counter":-42}"#).unwrap().1,
+            Imported::Counter(-42)
+        );
+        assert!(parse_line(r#"{"key":"n","counter":1.5}"#)
+            .unwrap_err()
+            .contains("counter"));
+        assert!(parse_line(r#"{"key":"n","counter":1,"value":"x"}"#)
+            .unwrap_err()
+            .contains("one of"));
         assert!(parse_line(r#"{"value":"x"}"#).unwrap_err().contains("key"));
         assert!(parse_line(r#"{"key":"x"}"#).unwrap_err().contains("value"));
         assert!(parse_line("nope").unwrap_err().contains("JSON"));

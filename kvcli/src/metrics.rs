@@ -125,7 +125,7 @@ pub fn quantile(buckets: &[(f64, f64)], q: f64) -> Option<f64> {
 }
 
 /// The ops a node counts.
-const OPS: [&str; 3] = ["get", "put", "delete"];
+const OPS: [&str; 4] = ["get", "put", "delete", "incr"];
 
 fn sum(samples: &[Sample], name: &str) -> Option<f64> {
     let mut found = false;

@@ -271,7 +271,7 @@ pub async fn interactive(s: Session) -> u8 {
                 if let Ok(w) = words::split(trimmed) {
                     if matches!(
                         w.first().map(String::as_str),
-                        Some("get" | "put" | "delete" | "resolve")
+                        Some("get" | "put" | "delete" | "resolve" | "incr")
                     ) {
                         if let Some(k) = w.get(1) {
                             lock(&keys).insert(k.clone());
@@ -456,7 +456,9 @@ impl KvHelper {
         let position = positional_count(spec, &before[1..]);
         let pool: Vec<String> = match (cmd, position) {
             ("metrics", 0) => lock(&self.node_ids).clone(),
-            ("get" | "put" | "delete" | "resolve", 0) => lock(&self.keys).iter().cloned().collect(),
+            ("get" | "put" | "delete" | "resolve" | "incr", 0) => {
+                lock(&self.keys).iter().cloned().collect()
+            }
             _ => Vec::new(),
         };
         pool.into_iter().filter(|c| c.starts_with(cur)).collect()

@@ -226,12 +226,23 @@ pub async fn handle(node: &Arc<Node>, req: Request) -> String {
 /// A successful answer, before it becomes a frame. Gets and writes, the hot path, serialize
 /// straight from their data; the rest go through a JSON value.
 enum Answer {
-    Get { key: String, state: SiblingSet },
-    Written { key: String, context: String },
+    Get {
+        key: String,
+        state: SiblingSet,
+    },
+    Written {
+        key: String,
+        context: String,
+    },
+    Incremented {
+        key: String,
+        value: i64,
+        context: String,
+    },
     Other(Value),
 }
 
-/// `{"id", "ok": true, "key", "found", "values", "siblings", "context"}`.
+/// `{"id", "ok": true, "key", "found", "values", "siblings", "counter"?, "context"}`.
 #[derive(Serialize)]
 struct GetFrame<'a> {
     id: u64,
@@ -240,7 +251,60 @@ struct GetFrame<'a> {
     found: bool,
     values: Vec<WireValue<'a>>,
     siblings: Vec<SiblingFrame<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    counter: Option<i64>,
     context: String,
+}
+
+/// What a read shows of a key's state: its live values, and its counter, when it has one, as
+/// one more value (the decimal text of the merge of its live counter siblings).
+struct Shown<'a> {
+    /// Live values in dot order, the counter last.
+    values: Vec<ShownValue<'a>>,
+    counter: Option<i64>,
+}
+
+struct ShownValue<'a> {
+    value: std::borrow::Cow<'a, [u8]>,
+    timestamp_ms: u64,
+    expires_at_ms: Option<u64>,
+    counter: bool,
+}
+
+fn shown(state: &SiblingSet, now_ms: u64) -> Result<Shown<'_>, String> {
+    let counter = state
+        .counter(now_ms)
+        .map_err(|e| format!("the stored counter does not decode: {e}"))?
+        .map(|c| c.value());
+    let mut values: Vec<_> = state
+        .siblings()
+        .iter()
+        .filter(|s| !s.counter)
+        .filter_map(|s| {
+            Some(ShownValue {
+                value: s.live_value(now_ms)?.into(),
+                timestamp_ms: s.timestamp_ms,
+                expires_at_ms: s.expires_at_ms,
+                counter: false,
+            })
+        })
+        .collect();
+    if let Some(c) = counter {
+        let newest = state
+            .siblings()
+            .iter()
+            .filter(|s| s.counter)
+            .map(|s| s.timestamp_ms)
+            .max()
+            .unwrap_or(0);
+        values.push(ShownValue {
+            value: c.to_string().into_bytes().into(),
+            timestamp_ms: newest,
+            expires_at_ms: None,
+            counter: true,
+        });
+    }
+    Ok(Shown { values, counter })
 }
 
 #[derive(Serialize)]
@@ -249,6 +313,9 @@ struct SiblingFrame<'a> {
     timestamp_ms: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     expires_at_ms: Option<u64>,
+    /// Set on the value that shows the key's counter.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    counter: bool,
 }
 
 /// `{"id", "ok": true, "key", "context"}`.
@@ -263,29 +330,42 @@ struct WrittenFrame<'a> {
 impl Answer {
     fn frame(self, id: u64) -> String {
         let framed = match &self {
-            Answer::Get { key, state } => {
-                let now = crate::now_ms();
-                let siblings: Vec<SiblingFrame> = state
-                    .siblings()
-                    .iter()
-                    .filter_map(|s| {
-                        s.live_value(now).map(|v| SiblingFrame {
-                            value: WireValue(v),
-                            timestamp_ms: s.timestamp_ms,
-                            expires_at_ms: s.expires_at_ms,
+            Answer::Get { key, state } => match shown(state, crate::now_ms()) {
+                Ok(shown) => {
+                    let siblings: Vec<SiblingFrame> = shown
+                        .values
+                        .iter()
+                        .map(|v| SiblingFrame {
+                            value: WireValue(&v.value),
+                            timestamp_ms: v.timestamp_ms,
+                            expires_at_ms: v.expires_at_ms,
+                            counter: v.counter,
                         })
+                        .collect();
+                    serde_json::to_string(&GetFrame {
+                        id,
+                        ok: true,
+                        key,
+                        found: !siblings.is_empty(),
+                        values: siblings.iter().map(|s| WireValue(s.value.0)).collect(),
+                        siblings,
+                        counter: shown.counter,
+                        context: state.context().encode_context(),
                     })
-                    .collect();
-                serde_json::to_string(&GetFrame {
-                    id,
-                    ok: true,
-                    key,
-                    found: !siblings.is_empty(),
-                    values: siblings.iter().map(|s| WireValue(s.value.0)).collect(),
-                    siblings,
-                    context: state.context().encode_context(),
-                })
-            }
+                }
+                Err(e) => Err(serde::ser::Error::custom(e)),
+            },
+            Answer::Incremented {
+                key,
+                value,
+                context,
+            } => serde_json::to_string(&json!({
+                "id": id,
+                "ok": true,
+                "key": key,
+                "value": value,
+                "context": context,
+            })),
             Answer::Written { key, context } => serde_json::to_string(&WrittenFrame {
                 id,
                 ok: true,
@@ -339,6 +419,23 @@ async fn run(node: &Arc<Node>, op: ClientOp, sloppy: Option<bool>) -> Result<Ans
             let res = coordinator::write(node, key.clone(), write, context, w, sloppy).await?;
             return Ok(Answer::Written {
                 key,
+                context: res.context,
+            });
+        }
+        ClientOp::Incr { key, by, w } => {
+            let write = coordinator::Write::Increment { by };
+            let res = Box::pin(coordinator::write(
+                node,
+                key.clone(),
+                write,
+                String::new(),
+                w,
+                sloppy,
+            ))
+            .await?;
+            return Ok(Answer::Incremented {
+                key,
+                value: res.counter.unwrap_or(0),
                 context: res.context,
             });
         }
@@ -412,31 +509,39 @@ async fn remove_node(node: &Arc<Node>, target: String) -> Result<Value, WireErro
 /// The answer to a get: every live sibling (`values`, and `siblings` with their timestamps and
 /// expiry times), `found` when at least one is live, and the causal context to write back with.
 /// Expired values are left out, like deleted ones.
-pub fn get_answer(key: &str, state: &SiblingSet) -> Value {
-    let now = crate::now_ms();
-    let siblings: Vec<Value> = state
-        .live_siblings(now)
-        .filter_map(|s| {
-            let v = s.value.as_deref()?;
-            let mut sib = json!({ "value": value_to_json(v), "timestamp_ms": s.timestamp_ms });
-            if let Some(at) = s.expires_at_ms {
+pub fn get_answer(key: &str, state: &SiblingSet) -> Result<Value, String> {
+    let shown = shown(state, crate::now_ms())?;
+    let siblings: Vec<Value> = shown
+        .values
+        .iter()
+        .map(|v| {
+            let mut sib =
+                json!({ "value": value_to_json(&v.value), "timestamp_ms": v.timestamp_ms });
+            if let Some(at) = v.expires_at_ms {
                 sib["expires_at_ms"] = json!(at);
             }
-            Some(sib)
+            if v.counter {
+                sib["counter"] = json!(true);
+            }
+            sib
         })
         .collect();
-    let values: Vec<Value> = state
-        .live_values(now)
-        .into_iter()
-        .map(value_to_json)
+    let values: Vec<Value> = shown
+        .values
+        .iter()
+        .map(|v| value_to_json(&v.value))
         .collect();
-    json!({
+    let mut answer = json!({
         "key": key,
         "found": !values.is_empty(),
         "values": values,
         "siblings": siblings,
         "context": state.context().encode_context(),
-    })
+    });
+    if let Some(c) = shown.counter {
+        answer["counter"] = json!(c);
+    }
+    Ok(answer)
 }
 
 /// Token ownership per node, or one key's preference list.

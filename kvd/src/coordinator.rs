@@ -28,6 +28,8 @@ use crate::replica::{Access, ReplicaError};
 pub struct WriteResult {
     /// The context to hand back with the next write (encoded).
     pub context: String,
+    /// For an increment: the counter's value on the replica that applied it, right after.
+    pub counter: Option<i64>,
 }
 
 fn unavailable(what: &str, needed: usize, got: usize, failures: &[(String, String)]) -> WireError {
@@ -158,19 +160,15 @@ pub enum Write {
     },
     /// A delete (a versioned tombstone).
     Delete,
+    /// An increment of the key's counter by `by` (see [`kv_core::counter`]). It needs no
+    /// context: it writes over what the minting replica holds, merged.
+    Increment {
+        /// What to add (negative to subtract).
+        by: i64,
+    },
 }
 
-impl Write {
-    /// The value (`None` for a delete) and its time to live.
-    fn parts(&self) -> (Option<&[u8]>, Option<u64>) {
-        match self {
-            Write::Value { value, ttl_ms } => (Some(value), *ttl_ms),
-            Write::Delete => (None, None),
-        }
-    }
-}
-
-/// Coordinates a put or a delete with the client's `context`.
+/// Coordinates a put, a delete or an increment; puts and deletes carry the client's `context`.
 ///
 /// Answers after W acknowledgements; the rest of the fan-out (and the replacement of replicas
 /// that fail late by stand-ins with hints) continues in the background.
@@ -225,6 +223,8 @@ pub async fn write(
                 minted = Some((cand.to_string(), state, wctx));
                 break;
             }
+            // Every replica would refuse it the same way: the client's error.
+            Err(MintFailure::Rejected(why)) => return Err(WireError::bad_request(why)),
             // The minter may have applied the write: minting it again on the next replica
             // would store the one client write twice, as two concurrent siblings. Say so
             // instead; the client reads the key before writing again.
@@ -258,6 +258,10 @@ pub async fn write(
         return Err(unavailable("W", w, plan.tracker.acks(), &failures));
     };
 
+    let counter = match write {
+        Write::Increment { .. } => Some(counter_value(&state)?),
+        _ => None,
+    };
     let mut fan = FanOut::start(node, key, state, &minter, plan, deadline);
     let decided = loop {
         match fan.plan.tracker.decision() {
@@ -278,6 +282,7 @@ pub async fn write(
     }
     decided.map(|()| WriteResult {
         context: write_context,
+        counter,
     })
 }
 
@@ -295,21 +300,35 @@ async fn mint_on(
     if !node.is_up(cand) {
         return Err(MintFailure::Refused("down (gossip)".to_string()));
     }
-    let (value, ttl_ms) = write.parts();
+    let (value, ttl_ms) = match write {
+        Write::Value { value, ttl_ms } => (Some(value.as_slice()), *ttl_ms),
+        Write::Delete | Write::Increment { .. } => (None, None),
+    };
     if cand == node.id {
-        return match node.mint(key, value, ttl_ms, ctx, crate::now_ms()).await {
+        let minted = match write {
+            Write::Increment { by } => node.increment(key, *by, crate::now_ms()).await,
+            _ => node.mint(key, value, ttl_ms, ctx, crate::now_ms()).await,
+        };
+        return match minted {
             Ok(m) => {
                 node.count_capped(m.capped);
                 Ok((m.encoded, m.write_context.encode_context()))
             }
+            Err(ReplicaError::Rejected(why)) => Err(MintFailure::Rejected(why)),
             Err(e) => Err(MintFailure::Refused(e.to_string())),
         };
     }
-    let req = PeerRequest::Mint {
-        key: key.to_string(),
-        value: value.map(<[u8]>::to_vec),
-        ttl_ms,
-        context: context.to_string(),
+    let req = match write {
+        Write::Increment { by } => PeerRequest::Increment {
+            key: key.to_string(),
+            by: *by,
+        },
+        _ => PeerRequest::Mint {
+            key: key.to_string(),
+            value: value.map(<[u8]>::to_vec),
+            ttl_ms,
+            context: context.to_string(),
+        },
     };
     match call(node, cand, Outgoing::Request(&req), deadline).await {
         Ok(PeerResponse::Minted {
@@ -317,6 +336,7 @@ async fn mint_on(
             write_context,
             ..
         }) => Ok((state, write_context)),
+        Ok(PeerResponse::Rejected { message }) => Err(MintFailure::Rejected(message)),
         Ok(other) => Err(MintFailure::Refused(format!("unexpected answer {other:?}"))),
         Err(e @ (PeerError::ConnectionLost | PeerError::Timeout)) => {
             Err(MintFailure::Unknown(e.to_string()))
@@ -325,8 +345,20 @@ async fn mint_on(
     }
 }
 
+/// The value of the counter in a minted state.
+fn counter_value(state: &[u8]) -> Result<i64, WireError> {
+    let internal = |e: String| WireError::new(ErrorCode::Internal, e);
+    SiblingSet::decode(state)
+        .map_err(|e| internal(format!("the minted state does not decode: {e}")))?
+        .counter(crate::now_ms())
+        .map_err(|e| internal(format!("the minted counter does not decode: {e}")))
+        .map(|c| c.map_or(0, |c| c.value()))
+}
+
 /// Why a replica did not mint a write.
 enum MintFailure {
+    /// The write cannot apply to the key (an increment of a value): the client's error.
+    Rejected(String),
     /// It did not apply it (down, unreachable, or it answered with an error): another replica
     /// may mint it.
     Refused(String),

@@ -53,7 +53,7 @@ impl Histogram {
 }
 
 /// The operations counted per op.
-pub const OPS: [&str; 3] = ["get", "put", "delete"];
+pub const OPS: [&str; 4] = ["get", "put", "delete", "incr"];
 
 /// Kinds of peer requests a node serves, as `/metrics` labels them: the three of the request
 /// path, then everything else (gossip, anti-entropy, streaming, hints, admin).
@@ -63,11 +63,11 @@ pub const PEER_KINDS: [&str; 4] = ["mint", "replicate", "read", "other"];
 #[derive(Default)]
 pub struct Metrics {
     /// Client requests handled, per op in [`OPS`] order.
-    pub requests: [AtomicU64; 3],
+    pub requests: [AtomicU64; OPS.len()],
     /// Client requests that ended in an error, per op.
-    pub errors: [AtomicU64; 3],
+    pub errors: [AtomicU64; OPS.len()],
     /// Coordinator latency per op.
-    pub latency: [Histogram; 3],
+    pub latency: [Histogram; OPS.len()],
     /// Requests answered `unavailable` (quorum not met).
     pub unavailable: AtomicU64,
     /// Requests answered `timeout`.

@@ -386,7 +386,7 @@ impl Node {
     /// Answers one peer request. Work on the engine runs on the blocking pool.
     pub async fn handle_peer(self: &Arc<Self>, req: PeerRequest) -> PeerResponse {
         let kind = match &req {
-            PeerRequest::Mint { .. } => 0,
+            PeerRequest::Mint { .. } | PeerRequest::Increment { .. } => 0,
             PeerRequest::Replicate { .. } => 1,
             PeerRequest::Read { .. } => 2,
             _ => 3,
@@ -429,6 +429,22 @@ impl Node {
                             capped: minted.capped,
                         }
                     }
+                    Err(e) => PeerResponse::Error {
+                        message: e.to_string(),
+                    },
+                }
+            }
+            PeerRequest::Increment { key, by } => {
+                match node.increment(&key, by, crate::now_ms()).await {
+                    Ok(minted) => {
+                        node.count_capped(minted.capped);
+                        PeerResponse::Minted {
+                            state: minted.encoded,
+                            write_context: minted.write_context.encode_context(),
+                            capped: minted.capped,
+                        }
+                    }
+                    Err(ReplicaError::Rejected(message)) => PeerResponse::Rejected { message },
                     Err(e) => PeerResponse::Error {
                         message: e.to_string(),
                     },
@@ -624,6 +640,22 @@ impl Node {
                         .mint(key.as_bytes(), value.as_deref(), ttl_ms, &ctx, now_ms)
                 })
                 .await
+            }
+            other => other,
+        }
+    }
+
+    /// Adds `by` to the counter of `key` on this node's replica, as [`Node::mint`] does a write.
+    pub async fn increment(
+        self: &Arc<Self>,
+        key: &str,
+        by: i64,
+        now_ms: u64,
+    ) -> std::result::Result<Minted, ReplicaError> {
+        match self.replica.increment_now(key.as_bytes(), by, now_ms).await {
+            Err(ReplicaError::WouldBlock) => {
+                let (node, key) = (self.clone(), key.to_string());
+                on_blocking_pool(move || node.replica.increment(key.as_bytes(), by, now_ms)).await
             }
             other => other,
         }

@@ -46,6 +46,13 @@ pub enum PeerRequest {
         /// The client's causal context (encoded).
         context: String,
     },
+    /// Add `by` to the counter of a key on this replica, minting the write here.
+    Increment {
+        /// The user key.
+        key: String,
+        /// What to add (negative to subtract).
+        by: i64,
+    },
     /// Merge this state of a key into the local replica, or, with `hint_for`, keep it as a
     /// hint for that node (this node stands in for it: sloppy quorum).
     Replicate {
@@ -156,6 +163,12 @@ pub enum PeerResponse {
         write_context: String,
         /// Siblings dropped by the sibling cap.
         capped: usize,
+    },
+    /// The request cannot apply to the key as it stands (the client's error, which another
+    /// replica would give too), unlike [`PeerResponse::Error`].
+    Rejected {
+        /// Why.
+        message: String,
     },
     /// The write was applied.
     Ack,

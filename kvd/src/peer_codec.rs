@@ -10,6 +10,7 @@
 //! option  = 0 | 1 item
 //! Mint      (1)    key:string value:option<bytes> context:string
 //! MintTtl   (4)    key:string value:option<bytes> context:string ttl_ms:u64le
+//! Increment (5)    key:string by:i64le
 //! Replicate (2)    key:string state:bytes hint_for:option<string>
 //! Read      (3)    key:string with_hints:u8
 //! Minted    (129)  state:bytes write_context:string capped:u64le
@@ -29,6 +30,7 @@ const REPLICATE: u8 = 2;
 const READ: u8 = 3;
 /// A `Mint` of a value with a time to live (a plain write keeps the frame of kind 1).
 const MINT_TTL: u8 = 4;
+const INCREMENT: u8 = 5;
 const MINTED: u8 = 129;
 const ACK: u8 = 130;
 const STATE: u8 = 131;
@@ -61,6 +63,11 @@ pub fn encode_request(id: u64, req: &PeerRequest) -> Option<Vec<u8>> {
             state,
             hint_for,
         } => out = encode_replicate(id, key, state, hint_for.as_deref()),
+        PeerRequest::Increment { key, by } => {
+            out = header(INCREMENT, id, key.len() + 12);
+            put_bytes(&mut out, key.as_bytes());
+            out.extend_from_slice(&by.to_le_bytes());
+        }
         PeerRequest::Read { key, with_hints } => {
             out = header(READ, id, key.len() + 16);
             put_bytes(&mut out, key.as_bytes());
@@ -133,6 +140,10 @@ pub fn decode_request(frame: &[u8]) -> Result<(u64, PeerRequest), String> {
         READ => PeerRequest::Read {
             key: r.string()?,
             with_hints: r.flag()?,
+        },
+        INCREMENT => PeerRequest::Increment {
+            key: r.string()?,
+            by: r.u64()? as i64,
         },
         other => return Err(format!("unknown peer request kind {other}")),
     };
@@ -288,6 +299,7 @@ mod tests {
             ),
             (".{0,12}", any::<bool>())
                 .prop_map(|(key, with_hints)| PeerRequest::Read { key, with_hints }),
+            (".{0,12}", any::<i64>()).prop_map(|(key, by)| PeerRequest::Increment { key, by }),
         ]
     }
 

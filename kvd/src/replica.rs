@@ -46,6 +46,9 @@ pub enum ReplicaError {
     WouldBlock,
     /// The blocking-pool task running the operation failed.
     Task(String),
+    /// The request cannot apply to the key as it stands (an increment of a key holding a
+    /// value, or one that would overflow): the client's error, the same on every replica.
+    Rejected(String),
 }
 
 /// How long a replica operation may take.
@@ -64,6 +67,7 @@ impl std::fmt::Display for ReplicaError {
             ReplicaError::Corrupt(m) => write!(f, "stored version is corrupted: {m}"),
             ReplicaError::WouldBlock => write!(f, "the operation needs to wait for the disk"),
             ReplicaError::Task(m) => write!(f, "storage task failed: {m}"),
+            ReplicaError::Rejected(m) => write!(f, "{m}"),
         }
     }
 }
@@ -221,6 +225,60 @@ impl Replica {
         self.submit(key, batch, guards, old_bytes.as_deref(), &minted.encoded)
             .await?;
         Ok(minted)
+    }
+
+    /// Adds `by` to the counter of `key`, minting the write here (see
+    /// [`SiblingSet::increment`]). The writer's context is the whole new state's.
+    pub fn increment(&self, key: &[u8], by: i64, now_ms: u64) -> Result<Minted, ReplicaError> {
+        let ek = data_key(key);
+        let _guard = self.lock(key);
+        let _gate = self.merkle.write_gate_blocking();
+        let old = self.read_raw(Access::Blocking, &ek)?;
+        let (minted, old_bytes, batch) = self.incremented(old, ek, by, now_ms)?;
+        self.engine.write(batch)?;
+        self.applied(key, old_bytes.as_deref(), &minted.encoded);
+        Ok(minted)
+    }
+
+    /// [`Replica::increment`] for an async thread, as [`Replica::mint_now`].
+    pub async fn increment_now(
+        &self,
+        key: &[u8],
+        by: i64,
+        now_ms: u64,
+    ) -> Result<Minted, ReplicaError> {
+        let (guards, ek, old) = self.lock_now(key).await?;
+        let (minted, old_bytes, batch) = self.incremented(old, ek, by, now_ms)?;
+        self.submit(key, batch, guards, old_bytes.as_deref(), &minted.encoded)
+            .await?;
+        Ok(minted)
+    }
+
+    /// The state after an increment over `old`, with the old bytes, and the batch storing it.
+    fn incremented(
+        &self,
+        old: Stored,
+        ek: Vec<u8>,
+        by: i64,
+        now_ms: u64,
+    ) -> Result<(Minted, Option<Vec<u8>>, WriteBatch), ReplicaError> {
+        let (old_bytes, mut state) = match old {
+            Some((bytes, state)) => (Some(bytes), state),
+            None => (None, SiblingSet::default()),
+        };
+        let outcome = state
+            .increment(&self.actor, by, now_ms)
+            .map_err(|e| ReplicaError::Rejected(e.to_string()))?;
+        let new_bytes = state.encode();
+        let mut batch = WriteBatch::new();
+        batch.put(ek, new_bytes.clone());
+        let minted = Minted {
+            write_context: state.context().clone(),
+            state,
+            encoded: new_bytes,
+            capped: outcome.dropped,
+        };
+        Ok((minted, old_bytes, batch))
     }
 
     /// Takes the stripe lock and the write gate of `key` asynchronously and reads its state

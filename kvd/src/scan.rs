@@ -128,7 +128,8 @@ pub async fn scan(
         })
         .filter(|(_, s)| !s.live_values(now).is_empty())
         .map(|(k, s)| crate::connection::get_answer(&k, &s))
-        .collect();
+        .collect::<Result<_, _>>()
+        .map_err(|e| WireError::new(ErrorCode::Internal, e))?;
     let next = match cut {
         Some(c) => Some(c),
         // The stretch is done: continue at token `hi + 1` (user keys are never empty, so
