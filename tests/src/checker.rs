@@ -23,6 +23,10 @@
 //! present itself, as a sibling. Blind keys are retired after a few dozen writes so the sibling
 //! cap of the store (64) is never what drops a value.
 //!
+//! Some keys are counters (`k0`, `k1`, ...), only ever incremented by positive amounts: after
+//! the repair, every replica must hold the same count, at least the sum of the acknowledged
+//! increments and at most that plus the increments of unknown outcome.
+//!
 //! An operation is *unknown* when its outcome cannot be known (a timeout, a lost connection,
 //! `unavailable` after a replica may have applied it): it may or may not be present, but if it
 //! is, it is not a phantom. *Failed* is kept for answers that say the write was refused before
@@ -74,6 +78,13 @@ pub enum OpKind {
         /// A delete with the read's context: it replaces `supersedes` with nothing.
         delete: bool,
     },
+    /// An increment of a counter key by a positive amount.
+    Incr {
+        /// The key.
+        key: String,
+        /// What it adds.
+        by: u64,
+    },
 }
 
 /// One recorded operation.
@@ -118,6 +129,10 @@ pub struct Counts {
     pub reads: u64,
     /// Reads answered.
     pub reads_ok: u64,
+    /// Counter increments invoked.
+    pub incrs: u64,
+    /// Increments acknowledged.
+    pub incrs_ok: u64,
 }
 
 impl History {
@@ -205,6 +220,10 @@ impl History {
                     if o == &Some(Outcome::Ok) {
                         c.reads_ok += 1;
                     }
+                }
+                (OpKind::Incr { .. }, o) => {
+                    c.incrs += 1;
+                    c.incrs_ok += u64::from(o == &Some(Outcome::Ok));
                 }
             }
         }
@@ -304,6 +323,10 @@ pub struct Workload {
     /// exactly like plain values, while their expiring versions travel through hints, repair
     /// and read repair under the faults.
     pub ttl_share: f64,
+    /// Share of operations that increment a counter key (`k0`, `k1`, ...) by 1 to 9.
+    pub incr_share: f64,
+    /// Counter keys.
+    pub counter_keys: usize,
     /// Write quorum asked for.
     pub w: usize,
     /// Share of writes that leave W to the node's default (the harnesses start nodes with
@@ -329,6 +352,8 @@ impl Default for Workload {
             rmw_share: 0.5,
             delete_share: 0.15,
             ttl_share: 0.2,
+            incr_share: 0.1,
+            counter_keys: 4,
             w: 2,
             default_w_share: 0.3,
             r: 2,
@@ -389,7 +414,11 @@ pub async fn run_workload(
                 let value = format!("c{client}-{seq}");
                 let default_w = rng.chance(wl.default_w_share);
                 let ttl = rng.chance(wl.ttl_share);
-                let healthy = if rng.chance(wl.rmw_share) {
+                let healthy = if rng.chance(wl.incr_share) {
+                    let key = format!("k{}", rng.below(wl.counter_keys.max(1) as u64));
+                    let by = 1 + rng.below(9);
+                    incr(c, (client, node), &key, by, default_w, &wl, &history).await
+                } else if rng.chance(wl.rmw_share) {
                     let key = format!("r{}", rng.below(wl.rmw_keys as u64));
                     let a = Attempt {
                         client,
@@ -488,6 +517,34 @@ async fn rmw(
     write(c, a, values, Some(context), as_delete, wl, history).await
 }
 
+/// An increment of counter `key` by `by`, through `node` for `client`.
+async fn incr(
+    c: &mut Conn,
+    (client, node): (usize, usize),
+    key: &str,
+    by: u64,
+    default_w: bool,
+    wl: &Workload,
+    history: &History,
+) -> bool {
+    let op = history.invoke(
+        client,
+        node,
+        OpKind::Incr {
+            key: key.to_string(),
+            by,
+        },
+    );
+    let mut req = json!({"op": "incr", "key": key, "by": by});
+    if !default_w {
+        req["w"] = json!(wl.w);
+    }
+    let answer = c.request(req, wl.timeout).await;
+    let healthy = answer.is_ok();
+    history.complete(op, write_outcome(&answer), None);
+    healthy
+}
+
 /// A write without a context.
 async fn blind(c: &mut Conn, a: Attempt<'_>, wl: &Workload, history: &History) -> bool {
     write(c, a, Vec::new(), None, false, wl, history).await
@@ -571,6 +628,18 @@ pub enum Violation {
         /// The descendant next to it.
         descendant: String,
     },
+    /// A counter's count after repair is below the sum of its acknowledged increments, or
+    /// above that plus the increments of unknown outcome, or is not a count.
+    CounterOff {
+        /// The key.
+        key: String,
+        /// What the replicas hold.
+        present: Vec<String>,
+        /// The sum of the acknowledged increments.
+        acknowledged: u64,
+        /// The sum of the increments of unknown outcome.
+        unknown: u64,
+    },
     /// Replicas of a key hold different values after repair.
     Divergent {
         /// The key.
@@ -627,8 +696,8 @@ impl Report {
     pub fn summary(&self) -> String {
         let c = &self.counts;
         format!(
-            "{} writes ({} ok, {} failed, {} unknown; {} deletes, {} ok), {} reads ({} ok) on {} keys; \
-             {} acknowledged writes present, {} unknown-outcome writes present; \
+            "{} writes ({} ok, {} failed, {} unknown; {} deletes, {} ok), {} reads ({} ok), \
+             {} increments ({} ok) on {} keys; {} acknowledged writes present, {} unknown-outcome writes present; \
              repair: {} rounds, {} keys repaired; acknowledged writes lost: {}; violations: {}",
             c.writes,
             c.writes_ok,
@@ -638,6 +707,8 @@ impl Report {
             c.deletes_ok,
             c.reads,
             c.reads_ok,
+            c.incrs,
+            c.incrs_ok,
             self.keys,
             self.acknowledged_present,
             self.unknown_present,
@@ -747,17 +818,28 @@ pub async fn verify(history: &History, urls: &[String]) -> Report {
     // Per key: every write that may have been applied, by value.
     let mut writes: BTreeMap<String, Vec<&Op>> = BTreeMap::new();
     let mut refused: HashMap<String, &Op> = HashMap::new();
+    // Per counter key: the sums of the acknowledged increments and of the unknown ones.
+    let mut counters: BTreeMap<String, (u64, u64)> = BTreeMap::new();
     for op in &ops {
-        if let OpKind::Write { key, value, .. } = &op.kind {
-            match &op.outcome {
+        match &op.kind {
+            OpKind::Write { key, value, .. } => match &op.outcome {
                 Some(Outcome::Failed(_)) => {
                     refused.insert(value.clone(), op);
                 }
                 _ => writes.entry(key.clone()).or_default().push(op),
+            },
+            OpKind::Incr { key, by } => {
+                let sums = counters.entry(key.clone()).or_default();
+                match &op.outcome {
+                    Some(Outcome::Ok) => sums.0 += by,
+                    Some(Outcome::Failed(_)) => {}
+                    Some(Outcome::Unknown(_)) | None => sums.1 += by,
+                }
             }
+            OpKind::Read { .. } => {}
         }
     }
-    report.keys = writes.len();
+    report.keys = writes.len() + counters.len();
     let by_id: HashMap<String, &String> = urls
         .iter()
         .enumerate()
@@ -785,7 +867,53 @@ pub async fn verify(history: &History, urls: &[String]) -> Report {
         };
         check_key(key, key_writes, &refused, &present, &mut report);
     }
+    for (key, &(acknowledged, unknown)) in &counters {
+        let present = match read_replicas(key, urls, &by_id, &mut conns).await {
+            Ok(Ok(values)) => values,
+            Ok(Err(divergent)) => {
+                report.violations.push(Violation::Divergent {
+                    key: key.clone(),
+                    replicas: divergent,
+                });
+                continue;
+            }
+            Err(why) => {
+                report.violations.push(Violation::Unreadable {
+                    key: key.clone(),
+                    why,
+                });
+                continue;
+            }
+        };
+        report
+            .violations
+            .extend(check_counter(key, acknowledged, unknown, &present));
+    }
     report
+}
+
+/// The check of one counter key: `present` is what its replicas hold (one count, or nothing
+/// when no increment was applied).
+fn check_counter(
+    key: &str,
+    acknowledged: u64,
+    unknown: u64,
+    present: &BTreeSet<String>,
+) -> Option<Violation> {
+    let count = match present.iter().collect::<Vec<_>>()[..] {
+        [] => Some(0),
+        [one] => one.parse::<u64>().ok(),
+        _ => None,
+    };
+    match count {
+        Some(n) if (acknowledged..=acknowledged + unknown).contains(&n) => None,
+        _ => Some(Violation::CounterOff {
+            key: key.to_string(),
+            present: present.iter().cloned().collect(),
+            acknowledged,
+            unknown,
+        }),
+    }
 }
 
 /// Reads `key` from each of its replicas with `local: true`: the common set of values, or
@@ -1172,6 +1300,23 @@ mod tests {
         let r = check(&ops, &["v99999"]);
         assert!(r.violations.is_empty(), "{:?}", &r.violations[..1]);
         assert_eq!(r.acknowledged_present, 100_000);
+    }
+
+    #[test]
+    fn a_counter_must_hold_every_acknowledged_increment_and_at_most_the_unknown_ones() {
+        let present = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
+        assert_eq!(check_counter("k", 10, 5, &present(&["10"])), None);
+        assert_eq!(check_counter("k", 10, 5, &present(&["15"])), None);
+        assert_eq!(check_counter("k", 0, 3, &present(&[])), None);
+        for bad in [&["9"][..], &["16"], &["10", "11"], &["ten"], &[]] {
+            assert!(
+                matches!(
+                    check_counter("k", 10, 5, &present(bad)),
+                    Some(Violation::CounterOff { .. })
+                ),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]
