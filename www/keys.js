@@ -1,4 +1,4 @@
-// The key browser: get (every sibling), put, delete, and sibling resolution — by picking one,
+// The key browser: get (every sibling), put, delete, counters (incr), and sibling resolution — by picking one,
 // by editing a merge, or with a built-in strategy — all through the kv-wasm SDK, so the page
 // reconciles with the same code as every other client.
 
@@ -111,10 +111,11 @@ export function setupKeys({ sdk, url, onKey, report }) {
     read.siblings.forEach((s, i) => {
       const when = s.timestampMs ? new Date(s.timestampMs).toLocaleString() : '–';
       const expires = s.expiresAtMs ? ` · expires ${new Date(s.expiresAtMs).toLocaleString()}` : '';
+      const kind = s.counter ? 'counter · last incremented' : 'written';
       list.append(h('li', { class: 'sibling' },
         h('pre', { class: 'value' }, show(s.value)),
         h('div', { class: 'sibling-foot' },
-          h('span', { class: 'muted small written' }, `written ${when}${expires}`),
+          h('span', { class: 'muted small written' }, `${kind} ${when}${expires}`),
           n > 1
             ? h('button', { type: 'button', class: 'keep', 'data-index': String(i), onclick: () => act('keep sibling', () => write(read.key, s.value, read.context, `kept sibling ${i + 1} of`)) }, 'Keep this one')
             : h('button', { type: 'button', class: 'edit', onclick: () => { $('value').value = typeof s.value === 'string' ? s.value : ''; $('value').focus(); } }, 'Edit'),
@@ -165,6 +166,14 @@ export function setupKeys({ sdk, url, onKey, report }) {
       await write(key, $('value').value, contextFor(key), 'wrote', ttl ? Number(ttl) : undefined);
     });
   });
+  $('btn-incr').addEventListener('click', () => act('incr', async () => {
+    const key = keyValue();
+    const by = Number($('by').value.trim() || '1');
+    const c = await kv();
+    const answer = await c.incr(key, by);
+    note(`added ${by} to the counter ${JSON.stringify(key)}: ${answer.value}`);
+    await get(key);
+  }));
   $('btn-delete').addEventListener('click', () => act('delete', async () => {
     const key = keyValue();
     const c = await kv();

@@ -120,6 +120,22 @@ test('a put with a time to live shows its expiry, then reads as not found', asyn
   await page.waitForFunction(() => document.querySelector('#found')?.textContent === 'not found');
 });
 
+test('Incr adds to the key\'s counter, which kvcli reads back', async () => {
+  await page.fill('#key', 'console-counter');
+  await page.fill('#by', '5');
+  await page.click('#btn-incr');
+  await page.waitForFunction(() => document.querySelector('.key-name')?.textContent === 'console-counter'
+    && document.querySelector('#siblings .value')?.textContent === '5');
+  await kvcli(2, 'incr', 'console-counter', '-2');
+  await page.fill('#by', '');
+  await page.click('#btn-incr');
+  await page.waitForFunction(() => document.querySelector('#siblings .value')?.textContent === '4'
+    && document.querySelector('#siblings .written')?.textContent.startsWith('counter'));
+  const got = await kvcli(1, 'get', 'console-counter');
+  assert.equal(got.counter, 4);
+  assert.deepEqual(got.values, ['4']);
+});
+
 test('two concurrent writes show 2 siblings; keeping one leaves one', async () => {
   // Blind writes through two coordinators are concurrent.
   await kvcli(0, 'put', 'conflict', 'from n1');
