@@ -146,6 +146,9 @@ pub enum ClientOp {
     Ring { key: Option<String> },
     /// Pending hinted-handoff writes by target.
     Hints,
+    /// Hand the data of the ranges this node no longer replicates to their replicas, then
+    /// drop it here.
+    Cleanup,
     /// Run anti-entropy now.
     Repair { node: Option<String> },
     /// Drain a node and remove it from the ring.
@@ -173,6 +176,7 @@ impl ClientOp {
             ClientOp::Status => "status",
             ClientOp::Ring { .. } => "ring",
             ClientOp::Hints => "hints",
+            ClientOp::Cleanup => "cleanup",
             ClientOp::Repair { .. } => "repair",
             ClientOp::Decommission { .. } => "decommission",
             ClientOp::RemoveNode { .. } => "removenode",
@@ -333,6 +337,7 @@ fn validate(raw: RawRequest, limits: &Limits) -> Result<Request, WireError> {
             },
         },
         "hints" => ClientOp::Hints,
+        "cleanup" => ClientOp::Cleanup,
         "repair" => ClientOp::Repair { node: raw.node },
         "decommission" => ClientOp::Decommission {
             node: raw
@@ -441,7 +446,7 @@ pub fn encode_request(id: u64, op: &ClientOp) -> String {
             out.cursor = cursor.as_deref();
             out.limit = *limit;
         }
-        ClientOp::Status | ClientOp::Hints | ClientOp::Ping => {}
+        ClientOp::Status | ClientOp::Hints | ClientOp::Ping | ClientOp::Cleanup => {}
     }
     serde_json::to_string(&out).expect("a request always serializes")
 }
@@ -630,6 +635,10 @@ mod tests {
         assert_eq!(
             decode(r#"{"id":3,"op":"status"}"#).unwrap().op,
             ClientOp::Status
+        );
+        assert_eq!(
+            decode(r#"{"id":3,"op":"cleanup"}"#).unwrap().op,
+            ClientOp::Cleanup
         );
         assert_eq!(
             decode(r#"{"id":3,"op":"ring","key":"a"}"#).unwrap().op,

@@ -125,6 +125,85 @@ pub async fn repair(client: &Client, node: Option<String>, env: &Env) -> Result<
     Ok(())
 }
 
+/// `cleanup [--all]`: on the connected node, or on every up member one after the other.
+pub async fn cleanup(client: &Client, all: bool, env: &Env) -> Result<(), ClientError> {
+    const FIELDS: [&str; 5] = [
+        "ranges_foreign",
+        "ranges_cleaned",
+        "ranges_skipped",
+        "keys_removed",
+        "bytes_removed",
+    ];
+    let pick = |v: &Value| -> serde_json::Map<String, Value> {
+        FIELDS
+            .iter()
+            .map(|f| (f.to_string(), v[*f].clone()))
+            .collect()
+    };
+    let say = |who: &str, v: &Value| {
+        println!(
+            "cleanup{who}: {} keys ({} bytes) of {} ranges handed to their replicas and dropped; \
+             {} ranges not replicated here{}",
+            v["keys_removed"],
+            v["bytes_removed"],
+            v["ranges_cleaned"],
+            v["ranges_foreign"],
+            match v["ranges_skipped"].as_u64() {
+                Some(0) | None => String::new(),
+                Some(n) => format!(", {n} kept for a later cleanup (a replica down)"),
+            }
+        );
+    };
+    if !all {
+        let pb = crate::progress::spinner("cleanup");
+        let v = client.request_within(&ClientOp::Cleanup, LONG).await;
+        pb.finish_and_clear();
+        let v = v?;
+        if env.json {
+            println!("{}", Value::Object(pick(&v)));
+        } else {
+            say("", &v);
+        }
+        return Ok(());
+    }
+    let status = client.request(&ClientOp::Status).await?;
+    let members: Vec<(String, String)> = status["nodes"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|n| n["state"] == "up")
+                .filter_map(|n| Some((n["id"].as_str()?.into(), n["addr"].as_str()?.into())))
+                .collect()
+        })
+        .unwrap_or_default();
+    let scheme = if env.node.starts_with("wss://") {
+        "wss"
+    } else {
+        "ws"
+    };
+    let mut out = Vec::new();
+    for (id, addr) in members {
+        let pb = crate::progress::spinner(&format!("cleanup {id}"));
+        let url = format!("{scheme}://{addr}");
+        let answer = match Client::connect(&url, env.token.as_deref(), env.timeout).await {
+            Ok(c) => c.request_within(&ClientOp::Cleanup, LONG).await,
+            Err(e) => Err(e),
+        };
+        pb.finish_and_clear();
+        let v = answer?;
+        if !env.json {
+            say(&format!(" on {id}"), &v);
+        }
+        let mut fields = pick(&v);
+        fields.insert("node".into(), Value::String(id));
+        out.push(Value::Object(fields));
+    }
+    if env.json {
+        println!("{}", serde_json::json!({ "nodes": out }));
+    }
+    Ok(())
+}
+
 /// Runs a membership change `op` about `node` (`decommission`, `removenode`) with a bar fed
 /// every half second by the transfers `status` reports that `counts` picks (ranges done, ranges
 /// in all, keys moved); prints the outcome, `done` saying it in words.

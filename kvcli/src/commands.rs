@@ -124,6 +124,13 @@ pub enum Command {
         #[arg(skip)]
         node: Option<String>,
     },
+    /// Hand the data of the ranges this node no longer replicates (left behind when a node
+    /// joined) to their replicas, then drop it here; --all does it on every member in turn.
+    Cleanup {
+        /// Every up member, one after the other.
+        #[arg(long)]
+        all: bool,
+    },
     /// Drain NODE: its data moves to the new owners, then it leaves the ring.
     Decommission {
         /// The node's id.
@@ -392,6 +399,7 @@ pub async fn run(client: &Client, cmd: Command, env: &Env) -> Outcome {
         Command::Metrics { member, all } => metrics(client, member, all, env).await?,
         Command::Hints => crate::admin::hints(client, env).await?,
         Command::Repair { node } => crate::admin::repair(client, node, env).await?,
+        Command::Cleanup { all } => crate::admin::cleanup(client, all, env).await?,
         Command::Decommission { node } => crate::admin::decommission(client, node, env).await?,
         Command::RemoveNode { node } => crate::admin::remove_node(client, node, env).await?,
         Command::Export { out } => crate::admin::export(client, out, env).await?,

@@ -112,6 +112,10 @@ pub struct NodeArgs {
     /// is never purged before this age, so a late hint cannot bring a deleted value back.
     #[arg(long)]
     pub hint_expiry_s: Option<u64>,
+    /// Seconds after another node joins (or a weight change) before this node hands over and
+    /// drops the data of the ranges it gave up, as `cleanup` does (0: only on demand).
+    #[arg(long)]
+    pub cleanup_delay_s: Option<u64>,
 }
 
 /// `--sync` as parsed from the command line or the file.
@@ -168,6 +172,7 @@ struct FileConfig {
     replication: Option<String>,
     tombstone_grace_s: Option<u64>,
     hint_expiry_s: Option<u64>,
+    cleanup_delay_s: Option<u64>,
 }
 
 /// Everything a node runs with, resolved.
@@ -229,6 +234,8 @@ pub struct NodeConfig {
     pub tombstone_grace: Duration,
     /// Age at which undelivered hints are dropped.
     pub hint_expiry: Duration,
+    /// Delay of the automatic cleanup after a membership change (zero: only on demand).
+    pub cleanup_delay: Duration,
 }
 
 impl NodeConfig {
@@ -352,6 +359,9 @@ impl NodeConfig {
                 args.hint_expiry_s
                     .or(file.hint_expiry_s)
                     .unwrap_or(3 * 3600),
+            ),
+            cleanup_delay: Duration::from_secs(
+                args.cleanup_delay_s.or(file.cleanup_delay_s).unwrap_or(60),
             ),
         };
         let mut config = config;

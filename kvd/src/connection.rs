@@ -451,6 +451,10 @@ async fn run(node: &Arc<Node>, op: ClientOp, sloppy: Option<bool>) -> Result<Ans
         ClientOp::Repair { node: target } => Box::pin(repair(node, target)).await,
         ClientOp::Decommission { node: target } => Box::pin(decommission(node, target)).await,
         ClientOp::RemoveNode { node: target } => Box::pin(remove_node(node, target)).await,
+        ClientOp::Cleanup => Box::pin(crate::rebalance::run_cleanup(node))
+            .await
+            .map(|stats| serde_json::to_value(stats).unwrap_or_default())
+            .map_err(|e| WireError::new(ErrorCode::Unavailable, e)),
     };
     other.map(Answer::Other)
 }

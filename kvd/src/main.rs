@@ -118,6 +118,7 @@ async fn run_node(config: NodeConfig) -> Result<()> {
     let server = tokio::spawn(kvd::server::serve(node.clone(), listener));
     let handoff = tokio::spawn(kvd::hints::run_delivery(node.clone()));
     let anti_entropy = tokio::spawn(kvd::anti_entropy::run(node.clone()));
+    tokio::spawn(kvd::rebalance::run_auto_cleanup(node.clone()));
     if node.is_joining() {
         tokio::spawn(kvd::rebalance::run_join(node.clone()));
     }

@@ -46,6 +46,8 @@ pub struct Node {
     pub repair_lock: tokio::sync::Mutex<()>,
     /// Streaming in (join) or out (decommission).
     pub transfers: crate::rebalance::Transfers,
+    /// When the automatic cleanup is due (ms since the epoch; 0: not scheduled).
+    pub cleanup_due_ms: std::sync::atomic::AtomicU64,
     /// Completed anti-entropy sessions per (range, peer): when tombstones may be purged.
     pub agreements: crate::tombstones::Agreements,
     /// Who this node is (kept in the data dir).
@@ -153,6 +155,7 @@ impl Node {
             anti_entropy: Default::default(),
             repair_lock: tokio::sync::Mutex::new(()),
             transfers: Default::default(),
+            cleanup_due_ms: Default::default(),
             agreements: Default::default(),
             identity: Mutex::new(identity.clone()),
             started: Instant::now(),
@@ -186,6 +189,17 @@ impl Node {
     /// Records that the data move of a weight change is done.
     pub fn finish_reweigh(&self) {
         self.record("the end of the rebalance", |id| id.moving_from = None);
+        self.schedule_cleanup();
+    }
+
+    /// Schedules the automatic cleanup `--cleanup-delay-s` from now (see
+    /// [`crate::rebalance::run_auto_cleanup`]); a later change pushes it back.
+    pub fn schedule_cleanup(&self) {
+        if !self.config.cleanup_delay.is_zero() {
+            let due = crate::now_ms() + self.config.cleanup_delay.as_millis() as u64;
+            self.cleanup_due_ms
+                .store(due, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 
     /// Whether a decommission of this node was started and has not finished.
@@ -311,6 +325,10 @@ impl Node {
                 }
                 MembershipEvent::StateChanged { id, from, to } => {
                     crate::info!("member {id}: {from:?} -> {to:?}");
+                    // A join completed: this node may have given ranges up to the newcomer.
+                    if *from == NodeState::Joining && *to == NodeState::Up && *id != self.id {
+                        self.schedule_cleanup();
+                    }
                     if *to == NodeState::Up {
                         if let Some(addr) = self.addr_of(id) {
                             self.peers.clear_failure(&addr);
@@ -318,9 +336,14 @@ impl Node {
                     }
                     placement_changed = true;
                 }
-                MembershipEvent::TokensChanged(_) | MembershipEvent::AddressChanged(_) => {
+                MembershipEvent::TokensChanged(id) => {
+                    // A weight change: a node that grew took ranges over.
+                    if *id != self.id {
+                        self.schedule_cleanup();
+                    }
                     placement_changed = true
                 }
+                MembershipEvent::AddressChanged(_) => placement_changed = true,
                 MembershipEvent::Restarted { id, generation } => {
                     crate::info!("member {id} restarted (generation {generation})");
                 }

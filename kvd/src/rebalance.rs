@@ -10,6 +10,12 @@
 //! the owners-to-be), pushes every range it holds to the node that takes it over, then
 //! announces `Left` and drops out of every ring.
 //!
+//! Cleanup (`cleanup`): a node that gave ranges up (another node joined, or its weight
+//! shrank) still holds their data. It hands each such range to the range's current replicas,
+//! then drops it. Until then the stale copies take disk, and they are a hazard: should the
+//! range come back to this node (the newcomer leaves) after its deletes' tombstones were
+//! purged on the replicas, the old values would be read again.
+//!
 //! Transfers are throttled (`STREAM_BYTES_PER_SEC`) and their progress is in `status`.
 
 use std::collections::BTreeSet;
@@ -536,6 +542,185 @@ pub async fn run_decommission(node: &Arc<Node>) -> Result<u64, String> {
     tokio::time::sleep(node.config.gossip_interval * 3).await;
     crate::info!("decommission: done, {moved} keys handed over; this node has left the ring");
     Ok(moved)
+}
+
+/// What a cleanup did.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CleanupStats {
+    /// Ranges of the ring this node does not replicate.
+    pub ranges_foreign: u64,
+    /// Of those, the ranges where it held data, now handed over and dropped.
+    pub ranges_cleaned: u64,
+    /// Ranges kept for a later cleanup: a replica was down or did not take the data, or the
+    /// ring changed meanwhile.
+    pub ranges_skipped: u64,
+    /// Keys dropped.
+    pub keys_removed: u64,
+    /// Bytes of the states dropped.
+    pub bytes_removed: u64,
+}
+
+/// `cleanup`: hands the data of every range this node no longer replicates to the range's
+/// current replicas (every one must be up and take it: a write acknowledged only here, as
+/// with W=1, is not lost), then drops it here. A key written meanwhile is kept (it is dropped
+/// only if its stored state is still the one handed over); the next cleanup takes it.
+/// Refused while a membership change is under way: the data may be needed for it.
+pub async fn run_cleanup(node: &Arc<Node>) -> Result<CleanupStats, String> {
+    let _one = node.repair_lock.lock().await;
+    if node.pending_ring().is_some()
+        || node.is_joining()
+        || node.moving_from().is_some()
+        || node.transfers.progress().is_some()
+    {
+        return Err(
+            "a node is joining, leaving or moving data: run cleanup once it is done".into(),
+        );
+    }
+    let ring = node.ring();
+    let placement = node.placement(&ring);
+    let foreign: Vec<(TokenRange, Vec<String>)> = ring
+        .ranges(&placement)
+        .into_iter()
+        .filter(|(_, replicas)| !replicas.contains(&node.id))
+        .collect();
+    let mut stats = CleanupStats {
+        ranges_foreign: foreign.len() as u64,
+        ..CleanupStats::default()
+    };
+    node.transfers.begin("cleanup", foreign.len());
+    let mut throttle = Throttle::new();
+    for (range, replicas) in &foreign {
+        match clean_range(node, *range, replicas, &mut throttle).await {
+            Ok((0, _)) => {}
+            Ok((keys, bytes)) => {
+                stats.ranges_cleaned += 1;
+                stats.keys_removed += keys;
+                stats.bytes_removed += bytes;
+            }
+            Err(e) => {
+                crate::warn!("cleanup: {range} kept for a later cleanup: {e}");
+                stats.ranges_skipped += 1;
+            }
+        }
+        node.transfers.update(|p| p.ranges_done += 1);
+    }
+    node.transfers.set(None);
+    crate::info!(
+        "cleanup: {} keys of {} ranges handed over and dropped, {} ranges skipped",
+        stats.keys_removed,
+        stats.ranges_cleaned,
+        stats.ranges_skipped
+    );
+    Ok(stats)
+}
+
+/// The automatic cleanup: runs [`run_cleanup`] once it is due ([`Node::schedule_cleanup`]:
+/// `--cleanup-delay-s` after another node joined or a weight changed), waiting while a
+/// membership change is under way, and again a minute later while ranges were skipped.
+pub async fn run_auto_cleanup(node: Arc<Node>) {
+    /// Wait before a cleanup that found a replica down tries those ranges again.
+    const RETRY: Duration = Duration::from_secs(60);
+    let mut shutdown = node.shutdown_signal();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = shutdown.changed() => return,
+        }
+        let due = node.cleanup_due_ms.load(Relaxed);
+        if due == 0 || crate::now_ms() < due {
+            continue;
+        }
+        let again = match run_cleanup(&node).await {
+            Ok(stats) if stats.ranges_skipped > 0 => Some(RETRY),
+            Ok(_) => None,
+            // A membership change is under way: its end schedules another cleanup if needed,
+            // and this one waits for it.
+            Err(_) => Some(Duration::from_secs(5)),
+        };
+        let next = again.map_or(0, |d| crate::now_ms() + d.as_millis() as u64);
+        // Unless a newer change rescheduled it meanwhile.
+        let _ = node
+            .cleanup_due_ms
+            .compare_exchange(due, next, Relaxed, Relaxed);
+    }
+}
+
+/// Hands this node's data of `range` to each of `replicas`, page by page, and drops each page
+/// once all took it; returns the keys and bytes dropped.
+async fn clean_range(
+    node: &Arc<Node>,
+    range: TokenRange,
+    replicas: &[String],
+    throttle: &mut Throttle,
+) -> Result<(u64, u64), String> {
+    let (mut keys, mut bytes) = (0, 0);
+    let mut after: Option<Vec<u8>> = None;
+    loop {
+        let n = node.clone();
+        let cursor = after.clone();
+        let (entries, next) = tokio::task::spawn_blocking(move || {
+            read_chunk(&n, range, cursor.as_deref(), CHUNK_BYTES)
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+        if entries.is_empty() {
+            return Ok((keys, bytes));
+        }
+        // The ring may have moved on since the range was listed (a node joined or left).
+        let ring = node.ring();
+        if node.pending_ring().is_some()
+            || ring.preference_list_for_token(range.end, &node.placement(&ring)) != replicas
+        {
+            return Err("the ring changed".into());
+        }
+        if let Some(down) = replicas.iter().find(|r| !node.is_up(r)) {
+            return Err(format!("replica {down} is down"));
+        }
+        let size: u64 = entries
+            .iter()
+            .map(|e| (e.key.len() + e.state.len()) as u64)
+            .sum();
+        for to in replicas {
+            let addr = node
+                .addr_of(to)
+                .ok_or_else(|| format!("{to} is not a member"))?;
+            let req = PeerRequest::MergeBatch {
+                entries: entries.clone(),
+            };
+            match node.peers.call(&addr, &req, Duration::from_secs(60)).await {
+                Ok(PeerResponse::Ack) => {}
+                Ok(other) => return Err(format!("{to}: unexpected answer {other:?}")),
+                Err(e) => return Err(format!("{to}: {e}")),
+            }
+            throttle.account(size).await;
+        }
+        let n = node.clone();
+        let (k, b) = tokio::task::spawn_blocking(move || {
+            let (mut k, mut b) = (0u64, 0u64);
+            for e in entries {
+                if n.replica
+                    .remove_if_unchanged(e.key.as_bytes(), &e.state)
+                    .map_err(|err| err.to_string())?
+                {
+                    k += 1;
+                    b += (e.key.len() + e.state.len()) as u64;
+                }
+            }
+            Ok::<_, String>((k, b))
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+        keys += k;
+        bytes += b;
+        node.transfers.update(|p| {
+            p.keys += k;
+            p.bytes += b;
+        });
+        match next {
+            Some(cursor) => after = Some(cursor),
+            None => return Ok((keys, bytes)),
+        }
+    }
 }
 
 /// Tries per range before an adoption gives up (a source may restart meanwhile).

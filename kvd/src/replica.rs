@@ -368,8 +368,8 @@ impl Replica {
         (minted, old_bytes, batch)
     }
 
-    /// Removes `key` if its stored bytes are still `expected` (a purged tombstone); returns
-    /// whether it did.
+    /// Removes `key` if its stored bytes are still `expected` (a purged tombstone, or data
+    /// that cleanup handed over); returns whether it did.
     pub fn remove_if_unchanged(&self, key: &[u8], expected: &[u8]) -> Result<bool, ReplicaError> {
         let ek = data_key(key);
         let _guard = self.lock(key);

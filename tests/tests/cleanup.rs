@@ -1,0 +1,245 @@
+//! `cleanup`: after a node joins, the nodes that gave ranges up still hold their data. Cleanup
+//! hands it to the current replicas and drops it. Without it, a range that comes back (the
+//! newcomer is decommissioned) after its deletes' tombstones were purged brings the deleted
+//! values back; with it, deleted keys stay deleted and every other key is intact. Nodes also
+//! run it on their own, `--cleanup-delay-s` after a join completes.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use kv_tests::{http_get, kvcli, Cluster, ClusterOpts, Ws};
+use serde_json::{json, Value};
+
+async fn preference_lists(url: &str, keys: &[String]) -> BTreeMap<String, Vec<String>> {
+    let mut ws = Ws::connect(url).await;
+    let mut out = BTreeMap::new();
+    for k in keys {
+        let r = ws.request(json!({"op": "ring", "key": k})).await;
+        let list = r["preference_list"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_string())
+            .collect();
+        out.insert(k.clone(), list);
+    }
+    out
+}
+
+/// Whether node `url` holds any state (a value or a tombstone) of `key`.
+async fn holds(ws: &mut Ws, key: &str) -> bool {
+    let r = ws
+        .request(json!({"op": "get", "key": key, "local": true}))
+        .await;
+    assert_eq!(r["ok"], true, "{r}");
+    r["context"] != ""
+}
+
+fn purged(addr: &str) -> u64 {
+    http_get(addr, "/metrics")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("kv_tombstones_purged_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cleanup_drops_what_a_node_gave_up_so_purged_deletes_stay_deleted_when_ranges_return() {
+    let mut opts = ClusterOpts {
+        n: 2,
+        w: 2,
+        r: 2,
+        ..ClusterOpts::default()
+    };
+    opts.extra.extend(
+        [
+            "--anti-entropy-interval-s",
+            "0",
+            "--tombstone-grace-s",
+            "0",
+            "--hint-expiry-s",
+            "1",
+            "--cleanup-delay-s",
+            "0",
+        ]
+        .map(String::from),
+    );
+    let mut cluster = Cluster::start(3, opts);
+    let keys: Vec<String> = (0..400).map(|i| format!("k{i}")).collect();
+    let url0 = cluster.nodes[0].url();
+    let mut ws = Ws::connect(&url0).await;
+    for k in &keys {
+        let r = ws.request(json!({"op": "put", "key": k, "value": k})).await;
+        assert_eq!(r["ok"], true, "{r}");
+    }
+    let before = preference_lists(&url0, &keys).await;
+
+    // n4 joins: some keys move to it, and their old holder keeps a copy.
+    cluster.add_node(false);
+    cluster.wait_converged(Duration::from_secs(60));
+    for i in 0..3 {
+        cluster.wait_state(i, 3, "up", Duration::from_secs(60));
+    }
+    let after = preference_lists(&url0, &keys).await;
+    let by_id: BTreeMap<String, String> = cluster
+        .nodes
+        .iter()
+        .map(|n| (n.id.clone(), n.url()))
+        .collect();
+    let mut orphans: Vec<(String, String)> = Vec::new(); // (key, old holder)
+    for k in &keys {
+        for old in &before[k] {
+            if !after[k].contains(old) {
+                orphans.push((k.clone(), old.clone()));
+            }
+        }
+    }
+    assert!(orphans.len() > 30, "only {} keys moved", orphans.len());
+    for (k, holder) in &orphans {
+        let mut c = Ws::connect(&by_id[holder]).await;
+        assert!(
+            holds(&mut c, k).await,
+            "{holder} gave {k} up and still has it"
+        );
+    }
+
+    // Every other moved key is deleted (with the read's context).
+    let deleted: Vec<String> = orphans.iter().map(|(k, _)| k.clone()).step_by(2).collect();
+    for k in &deleted {
+        let read = ws.request(json!({"op": "get", "key": k})).await;
+        let r = ws
+            .request(json!({"op": "delete", "key": k, "context": read["context"]}))
+            .await;
+        assert_eq!(r["ok"], true, "{r}");
+    }
+
+    // Cleanup on every member.
+    let (code, out, err) = kvcli(&["--node", &url0, "--json", "cleanup", "--all"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let report: Value = serde_json::from_str(out.trim()).unwrap();
+    let nodes = report["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 4, "{report}");
+    let removed: u64 = nodes
+        .iter()
+        .map(|n| n["keys_removed"].as_u64().unwrap())
+        .sum();
+    assert!(
+        removed >= orphans.len() as u64,
+        "removed {removed} of {} orphans: {report}",
+        orphans.len()
+    );
+    assert!(nodes.iter().all(|n| n["ranges_skipped"] == 0), "{report}");
+    for (k, holder) in &orphans {
+        let mut c = Ws::connect(&by_id[holder]).await;
+        assert!(!holds(&mut c, k).await, "{holder} still holds {k}");
+    }
+    // Nothing else moved: every key reads back on its current replicas.
+    for k in &keys {
+        let r = ws.request(json!({"op": "get", "key": k, "r": 2})).await;
+        let expect = if deleted.contains(k) {
+            json!([])
+        } else {
+            json!([k])
+        };
+        assert_eq!(r["values"], expect, "{k}: {r}");
+    }
+
+    // The tombstones are purged once every replica has synced after the deletes.
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    for _ in 0..2 {
+        for n in &cluster.nodes {
+            let r = Ws::connect(&n.url())
+                .await
+                .request(json!({"op": "repair"}))
+                .await;
+            assert_eq!(r["ok"], true, "{r}");
+        }
+    }
+    let purged_total: u64 = cluster.nodes.iter().map(|n| purged(&n.addr)).sum();
+    assert!(
+        purged_total >= deleted.len() as u64,
+        "{purged_total} tombstones purged for {} deletes",
+        deleted.len()
+    );
+
+    // n4 leaves: its ranges return to their old holders. Deleted keys stay deleted.
+    let (code, out, err) = kvcli(&["--node", &by_id["n4"], "decommission", "n4"]);
+    assert_eq!(code, 0, "{out}{err}");
+    cluster.stop(3);
+    for k in &keys {
+        let r = ws.request(json!({"op": "get", "key": k, "r": 2})).await;
+        let expect = if deleted.contains(k) {
+            json!([])
+        } else {
+            json!([k])
+        };
+        assert_eq!(r["values"], expect, "{k} after n4 left: {r}");
+    }
+    eprintln!(
+        "{} keys moved to n4; cleanup dropped {removed}; {} deletes purged stayed deleted",
+        orphans.len(),
+        deleted.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_clean_up_on_their_own_after_a_join_completes() {
+    let mut opts = ClusterOpts {
+        n: 2,
+        w: 2,
+        r: 2,
+        ..ClusterOpts::default()
+    };
+    opts.extra
+        .extend(["--cleanup-delay-s", "1"].map(String::from));
+    let mut cluster = Cluster::start(3, opts);
+    let keys: Vec<String> = (0..200).map(|i| format!("a{i}")).collect();
+    let url0 = cluster.nodes[0].url();
+    let mut ws = Ws::connect(&url0).await;
+    for k in &keys {
+        let r = ws.request(json!({"op": "put", "key": k, "value": k})).await;
+        assert_eq!(r["ok"], true, "{r}");
+    }
+    let before = preference_lists(&url0, &keys).await;
+    cluster.add_node(false);
+    cluster.wait_converged(Duration::from_secs(60));
+    let after = preference_lists(&url0, &keys).await;
+    let by_id: BTreeMap<String, String> = cluster
+        .nodes
+        .iter()
+        .map(|n| (n.id.clone(), n.url()))
+        .collect();
+    let orphans: Vec<(String, String)> = keys
+        .iter()
+        .flat_map(|k| {
+            before[k]
+                .iter()
+                .filter(|old| !after[k].contains(old))
+                .map(|old| (k.clone(), old.clone()))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert!(orphans.len() > 10, "only {} keys moved", orphans.len());
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut left = 0;
+        for (k, holder) in &orphans {
+            let mut c = Ws::connect(&by_id[holder]).await;
+            left += usize::from(holds(&mut c, k).await);
+        }
+        if left == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{left} of {} given-up keys still held after 30 s",
+            orphans.len()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    for k in &keys {
+        let r = ws.request(json!({"op": "get", "key": k, "r": 2})).await;
+        assert_eq!(r["values"], json!([k]), "{k}: {r}");
+    }
+}
