@@ -250,7 +250,7 @@ struct GetFrame<'a> {
     key: &'a str,
     found: bool,
     values: Vec<WireValue<'a>>,
-    siblings: Vec<SiblingFrame<'a>>,
+    siblings: &'a [SiblingFrame<'a>],
     #[serde(skip_serializing_if = "Option::is_none")]
     counter: Option<i64>,
     context: String,
@@ -260,15 +260,8 @@ struct GetFrame<'a> {
 /// one more value (the decimal text of the merge of its live counter siblings).
 struct Shown<'a> {
     /// Live values in dot order, the counter last.
-    values: Vec<ShownValue<'a>>,
+    values: Vec<SiblingFrame<'a>>,
     counter: Option<i64>,
-}
-
-struct ShownValue<'a> {
-    value: std::borrow::Cow<'a, [u8]>,
-    timestamp_ms: u64,
-    expires_at_ms: Option<u64>,
-    counter: bool,
 }
 
 fn shown(state: &SiblingSet, now_ms: u64) -> Result<Shown<'_>, String> {
@@ -281,7 +274,7 @@ fn shown(state: &SiblingSet, now_ms: u64) -> Result<Shown<'_>, String> {
         .iter()
         .filter(|s| !s.counter)
         .filter_map(|s| {
-            Some(ShownValue {
+            Some(SiblingFrame {
                 value: s.live_value(now_ms)?.into(),
                 timestamp_ms: s.timestamp_ms,
                 expires_at_ms: s.expires_at_ms,
@@ -297,7 +290,7 @@ fn shown(state: &SiblingSet, now_ms: u64) -> Result<Shown<'_>, String> {
             .map(|s| s.timestamp_ms)
             .max()
             .unwrap_or(0);
-        values.push(ShownValue {
+        values.push(SiblingFrame {
             value: c.to_string().into_bytes().into(),
             timestamp_ms: newest,
             expires_at_ms: None,
@@ -309,13 +302,18 @@ fn shown(state: &SiblingSet, now_ms: u64) -> Result<Shown<'_>, String> {
 
 #[derive(Serialize)]
 struct SiblingFrame<'a> {
-    value: WireValue<'a>,
+    #[serde(serialize_with = "wire_value")]
+    value: std::borrow::Cow<'a, [u8]>,
     timestamp_ms: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     expires_at_ms: Option<u64>,
     /// Set on the value that shows the key's counter.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     counter: bool,
+}
+
+fn wire_value<S: serde::Serializer>(v: &[u8], ser: S) -> Result<S::Ok, S::Error> {
+    WireValue(v).serialize(ser)
 }
 
 /// `{"id", "ok": true, "key", "context"}`.
@@ -332,23 +330,14 @@ impl Answer {
         let framed = match &self {
             Answer::Get { key, state } => match shown(state, crate::now_ms()) {
                 Ok(shown) => {
-                    let siblings: Vec<SiblingFrame> = shown
-                        .values
-                        .iter()
-                        .map(|v| SiblingFrame {
-                            value: WireValue(&v.value),
-                            timestamp_ms: v.timestamp_ms,
-                            expires_at_ms: v.expires_at_ms,
-                            counter: v.counter,
-                        })
-                        .collect();
+                    let siblings = shown.values;
                     serde_json::to_string(&GetFrame {
                         id,
                         ok: true,
                         key,
                         found: !siblings.is_empty(),
-                        values: siblings.iter().map(|s| WireValue(s.value.0)).collect(),
-                        siblings,
+                        values: siblings.iter().map(|s| WireValue(&s.value)).collect(),
+                        siblings: &siblings,
                         counter: shown.counter,
                         context: state.context().encode_context(),
                     })
@@ -424,15 +413,8 @@ async fn run(node: &Arc<Node>, op: ClientOp, sloppy: Option<bool>) -> Result<Ans
         }
         ClientOp::Incr { key, by, w } => {
             let write = coordinator::Write::Increment { by };
-            let res = Box::pin(coordinator::write(
-                node,
-                key.clone(),
-                write,
-                String::new(),
-                w,
-                sloppy,
-            ))
-            .await?;
+            let res =
+                coordinator::write(node, key.clone(), write, String::new(), w, sloppy).await?;
             return Ok(Answer::Incremented {
                 key,
                 value: res.counter.unwrap_or(0),
