@@ -25,6 +25,13 @@
 //! also records a hash of the member's tokens, and it outlives restarts: a later generation
 //! with the same tokens is the removed incarnation coming back with stale data, and stays
 //! `Left`. A newcomer under the same id takes new tokens and is not concerned.
+//!
+//! Members that left are forgotten after a while ([`Membership::forget_left`]), so that a
+//! cluster that replaces nodes for years does not gossip every node it ever had. A forgotten
+//! member's last heartbeat is kept (locally, not gossiped): a peer that has not forgotten it
+//! yet, or an old view of it, cannot gossip it back; a later incarnation under the same id (a
+//! newer generation) is a new member. Removed members (`removenode`) are never forgotten: their
+//! removal is what keeps their stale data out if they come back.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -222,6 +229,10 @@ pub struct Membership {
     liveness: BTreeMap<String, Liveness>,
     /// Detector settings.
     config: DetectorConfig,
+    /// Local: when I first saw each member `Left`.
+    left_since: BTreeMap<String, u64>,
+    /// Local: the last heartbeat of each member I forgot; records no newer are ignored.
+    forgotten: BTreeMap<String, (u64, u64)>,
 }
 
 impl Membership {
@@ -237,7 +248,41 @@ impl Membership {
             members,
             liveness: BTreeMap::new(),
             config,
+            left_since: BTreeMap::new(),
+            forgotten: BTreeMap::new(),
         }
+    }
+
+    /// Forgets the members that have been `Left` in my view for `after_ms` or more, except
+    /// removed ones (see the module doc); returns their ids.
+    pub fn forget_left(&mut self, now_ms: u64, after_ms: u64) -> Vec<String> {
+        let left: BTreeSet<String> = self
+            .members
+            .values()
+            .filter(|m| m.id != self.me && m.effective_status() == MemberStatus::Left)
+            .filter(|m| m.order.as_ref().is_none_or(|o| o.tokens_hash.is_none()))
+            .map(|m| m.id.clone())
+            .collect();
+        self.left_since.retain(|id, _| left.contains(id));
+        let mut out = Vec::new();
+        for id in left {
+            let since = *self.left_since.entry(id.clone()).or_insert(now_ms);
+            if now_ms.saturating_sub(since) < after_ms {
+                continue;
+            }
+            if let Some(m) = self.members.remove(&id) {
+                self.forgotten.insert(id.clone(), m.heartbeat());
+            }
+            self.liveness.remove(&id);
+            self.left_since.remove(&id);
+            out.push(id);
+        }
+        out
+    }
+
+    /// Whether member `id` was forgotten with a heartbeat of at least `heartbeat`.
+    fn is_forgotten(&self, id: &str, heartbeat: (u64, u64)) -> bool {
+        self.forgotten.get(id).is_some_and(|h| *h >= heartbeat)
     }
 
     /// My record.
@@ -333,6 +378,12 @@ impl Membership {
             }
             match self.members.get_mut(&incoming.id) {
                 None => {
+                    // An old record of a member I forgot stays forgotten; a later incarnation
+                    // under its id is a new member.
+                    if self.is_forgotten(&incoming.id, incoming.heartbeat()) {
+                        continue;
+                    }
+                    self.forgotten.remove(&incoming.id);
                     self.members.insert(incoming.id.clone(), incoming.clone());
                     self.liveness.insert(
                         incoming.id.clone(),
@@ -630,6 +681,48 @@ mod tests {
 
     fn all(_: usize, _: usize) -> bool {
         true
+    }
+
+    #[test]
+    fn members_that_left_are_forgotten_and_not_gossiped_back_but_a_new_incarnation_joins() {
+        let mut nodes = cluster(&["a", "b", "c", "d"]);
+        let alive = [true; 4];
+        for t in 0..3 {
+            round(&mut nodes, &alive, t * 1000, all);
+        }
+        // c decommissions and stops; d was removed (removenode) while down.
+        nodes[2].update_me(|m| m.status = MemberStatus::Left);
+        nodes[0].remove("d");
+        let alive = [true, true, true, false];
+        for t in 3..6 {
+            round(&mut nodes, &alive, t * 1000, all);
+        }
+        let old_c = nodes[2].me().clone();
+        let alive = [true, true, false, false];
+        assert_eq!(nodes[0].state("c"), Some(NodeState::Left));
+        // Not before the delay, on every node that saw it leave.
+        assert!(nodes[0].forget_left(6_000, 10_000).is_empty());
+        assert!(nodes[1].forget_left(6_000, 10_000).is_empty());
+        assert_eq!(nodes[0].forget_left(16_000, 10_000), vec!["c".to_string()]);
+        assert_eq!(nodes[0].state("c"), None);
+        assert_eq!(nodes[0].digest().len(), 3, "d, removed, is kept");
+        // b has not forgotten c yet and gossips it: a stays without it.
+        round(&mut nodes, &alive, 16_000, all);
+        assert_eq!(nodes[0].state("c"), None);
+        nodes[0].merge(std::slice::from_ref(&old_c), 16_500);
+        assert_eq!(nodes[0].state("c"), None, "an old view of c is no news");
+        assert_eq!(nodes[1].forget_left(16_000, 10_000), vec!["c".to_string()]);
+        assert!(nodes
+            .iter_mut()
+            .take(2)
+            .all(|n| n.forget_left(99_000, 10_000).is_empty()));
+        assert_eq!(nodes[1].state("d"), Some(NodeState::Left));
+        // A newcomer under c's id (a later generation) is a new member.
+        let mut fresh = member("c", old_c.generation + 1);
+        fresh.status = MemberStatus::Joining;
+        let events = nodes[0].merge(&[fresh], 17_000);
+        assert_eq!(events, vec![MembershipEvent::Joined("c".into())]);
+        assert_eq!(nodes[0].state("c"), Some(NodeState::Joining));
     }
 
     #[test]

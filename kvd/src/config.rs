@@ -116,6 +116,10 @@ pub struct NodeArgs {
     /// drops the data of the ranges it gave up, as `cleanup` does (0: only on demand).
     #[arg(long)]
     pub cleanup_delay_s: Option<u64>,
+    /// Seconds after which a member that left (decommissioned) is forgotten: no longer in
+    /// `status` or gossip, its id free for a newcomer.
+    #[arg(long)]
+    pub forget_left_after_s: Option<u64>,
 }
 
 /// `--sync` as parsed from the command line or the file.
@@ -173,6 +177,7 @@ struct FileConfig {
     tombstone_grace_s: Option<u64>,
     hint_expiry_s: Option<u64>,
     cleanup_delay_s: Option<u64>,
+    forget_left_after_s: Option<u64>,
 }
 
 /// Everything a node runs with, resolved.
@@ -236,6 +241,8 @@ pub struct NodeConfig {
     pub hint_expiry: Duration,
     /// Delay of the automatic cleanup after a membership change (zero: only on demand).
     pub cleanup_delay: Duration,
+    /// How long a member that left stays in the membership.
+    pub forget_left_after: Duration,
 }
 
 impl NodeConfig {
@@ -362,6 +369,11 @@ impl NodeConfig {
             ),
             cleanup_delay: Duration::from_secs(
                 args.cleanup_delay_s.or(file.cleanup_delay_s).unwrap_or(60),
+            ),
+            forget_left_after: Duration::from_secs(
+                args.forget_left_after_s
+                    .or(file.forget_left_after_s)
+                    .unwrap_or(3 * 86_400),
             ),
         };
         let mut config = config;

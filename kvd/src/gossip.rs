@@ -59,7 +59,12 @@ pub async fn run(node: Arc<Node>) {
 async fn round(node: &Arc<Node>, remembered: &BTreeSet<String>) {
     let (events, targets, digest) = {
         let mut m = node.membership();
-        let events = m.tick(crate::now_ms());
+        let now = crate::now_ms();
+        let events = m.tick(now);
+        let after = node.config.forget_left_after.as_millis() as u64;
+        for id in m.forget_left(now, after) {
+            crate::info!("forgot member {id}, which left the cluster over {after} ms ago");
+        }
         let targets: Vec<String> = m
             .gossip_targets(FANOUT, crate::random_u64())
             .into_iter()

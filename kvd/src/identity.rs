@@ -50,7 +50,9 @@ impl Identity {
             id: id.to_string(),
             actor: format!("{id}~{incarnation:x}"),
             tokens: Vec::new(),
-            generation: 0,
+            // Time-based, so that a later incarnation under a reused id (after the cluster
+            // forgot the old one) has a newer generation than any record of the old one.
+            generation: crate::now_ms(),
             joining: false,
             weight: None,
             moving_from: None,

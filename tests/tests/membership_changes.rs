@@ -252,3 +252,82 @@ async fn a_departed_id_started_again_on_a_wiped_dir_joins_as_a_newcomer() {
     }
     assert!(owned > 0, "n4 replicates some of the keys");
 }
+
+/// A decommissioned member is forgotten after `--forget-left-after-s`: gone from `status` on
+/// every node, and its id is free for a newcomer, which joins and serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_left_is_forgotten_and_its_id_can_be_used_again() {
+    let mut opts = ClusterOpts::default();
+    opts.extra
+        .extend(["--forget-left-after-s", "2"].map(String::from));
+    let mut cluster = Cluster::start(4, opts);
+    // Restarts give n4 later generations than a fresh start would have.
+    for _ in 0..2 {
+        cluster.stop(3);
+        cluster.restart(3);
+    }
+    cluster.wait_converged(Duration::from_secs(60));
+    let mut ws = Ws::connect(&cluster.nodes[0].url()).await;
+    let d = ws
+        .request(json!({"op": "decommission", "node": "n4"}))
+        .await;
+    assert_eq!(d["ok"], true, "{d}");
+    cluster.stop(3);
+    let listed = |status: &serde_json::Value| {
+        status["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["id"] == "n4")
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut gone = true;
+        for n in &cluster.nodes[..3] {
+            let s = Ws::connect(&n.url())
+                .await
+                .request(json!({"op": "status"}))
+                .await;
+            gone &= !listed(&s);
+        }
+        if gone {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "n4 still listed after 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // Still forgotten a few gossip rounds later (nobody gossips it back).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for n in &cluster.nodes[..3] {
+        let s = Ws::connect(&n.url())
+            .await
+            .request(json!({"op": "status"}))
+            .await;
+        assert!(!listed(&s), "{} lists n4 again: {s}", n.id);
+    }
+    // A newcomer under the id joins.
+    std::fs::remove_dir_all(&cluster.nodes[3].data_dir).unwrap();
+    cluster.restart(3);
+    cluster.wait_converged(Duration::from_secs(60));
+    for n in &cluster.nodes[..3] {
+        let s = Ws::connect(&n.url())
+            .await
+            .request(json!({"op": "status"}))
+            .await;
+        let n4 = s["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["id"] == "n4")
+            .cloned();
+        assert_eq!(n4.map(|m| m["state"].clone()), Some(json!("up")), "{s}");
+    }
+    let r = Ws::connect(&cluster.nodes[3].url())
+        .await
+        .request(json!({"op": "put", "key": "again", "value": "v", "w": 3}))
+        .await;
+    assert_eq!(r["ok"], true, "{r}");
+}
