@@ -2,7 +2,7 @@
 //! hands it to the current replicas and drops it. Without it, a range that comes back (the
 //! newcomer is decommissioned) after its deletes' tombstones were purged brings the deleted
 //! values back; with it, deleted keys stay deleted and every other key is intact. Nodes also
-//! run it on their own, `--cleanup-delay-s` after a join completes.
+//! run it on their own, `--cleanup-delay-s` after a join completes or after they start.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -184,7 +184,7 @@ async fn cleanup_drops_what_a_node_gave_up_so_purged_deletes_stay_deleted_when_r
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nodes_clean_up_on_their_own_after_a_join_completes() {
+async fn nodes_clean_up_on_their_own_after_a_join_and_after_a_restart() {
     let mut opts = ClusterOpts {
         n: 2,
         w: 2,
@@ -202,7 +202,11 @@ async fn nodes_clean_up_on_their_own_after_a_join_completes() {
         assert_eq!(r["ok"], true, "{r}");
     }
     let before = preference_lists(&url0, &keys).await;
+    // n2 is down while n4 joins: it cleans up once it is started again.
+    cluster.kill(1);
     cluster.add_node(false);
+    cluster.wait_converged(Duration::from_secs(60));
+    cluster.restart(1);
     cluster.wait_converged(Duration::from_secs(60));
     let after = preference_lists(&url0, &keys).await;
     let by_id: BTreeMap<String, String> = cluster
