@@ -443,35 +443,11 @@ impl Node {
                 let minted = node
                     .mint(&key, value.as_deref(), ttl_ms, &ctx, crate::now_ms())
                     .await;
-                match minted {
-                    Ok(minted) => {
-                        node.count_capped(minted.capped);
-                        PeerResponse::Minted {
-                            state: minted.encoded,
-                            write_context: minted.write_context.encode_context(),
-                            capped: minted.capped,
-                        }
-                    }
-                    Err(e) => PeerResponse::Error {
-                        message: e.to_string(),
-                    },
-                }
+                node.minted_answer(minted)
             }
             PeerRequest::Increment { key, by } => {
-                match node.increment(&key, by, crate::now_ms()).await {
-                    Ok(minted) => {
-                        node.count_capped(minted.capped);
-                        PeerResponse::Minted {
-                            state: minted.encoded,
-                            write_context: minted.write_context.encode_context(),
-                            capped: minted.capped,
-                        }
-                    }
-                    Err(ReplicaError::Rejected(message)) => PeerResponse::Rejected { message },
-                    Err(e) => PeerResponse::Error {
-                        message: e.to_string(),
-                    },
-                }
+                let minted = node.increment(&key, by, crate::now_ms()).await;
+                node.minted_answer(minted)
             }
             PeerRequest::Replicate {
                 key,
@@ -613,6 +589,24 @@ impl Node {
             | PeerRequest::FetchStates { .. }) => {
                 blocking(move || Ok(crate::anti_entropy::serve(&node, req))).await
             }
+        }
+    }
+
+    /// The answer to a peer's `Mint` or `Increment`.
+    fn minted_answer(&self, minted: std::result::Result<Minted, ReplicaError>) -> PeerResponse {
+        match minted {
+            Ok(minted) => {
+                self.count_capped(minted.capped);
+                PeerResponse::Minted {
+                    state: minted.encoded,
+                    write_context: minted.write_context.encode_context(),
+                    capped: minted.capped,
+                }
+            }
+            Err(ReplicaError::Rejected(message)) => PeerResponse::Rejected { message },
+            Err(e) => PeerResponse::Error {
+                message: e.to_string(),
+            },
         }
     }
 

@@ -540,6 +540,15 @@ fn wait_http(node: &NodeProc, limit: Duration) {
     }
 }
 
+/// The value of the unlabelled counter `name` in node `addr`'s `/metrics` (0 when absent).
+pub fn metric(addr: &str, name: &str) -> u64 {
+    let text = http_get(addr, "/metrics").unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// A plain HTTP GET; the body when the status is 200.
 pub fn http_get(addr: &str, path: &str) -> Option<String> {
     http_get_full(addr, path).and_then(|(status, body)| (status == 200).then_some(body))

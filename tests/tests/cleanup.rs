@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use kv_tests::{http_get, kvcli, Cluster, ClusterOpts, Ws};
+use kv_tests::{kvcli, Cluster, ClusterOpts, Ws};
 use serde_json::{json, Value};
 
 async fn preference_lists(url: &str, keys: &[String]) -> BTreeMap<String, Vec<String>> {
@@ -36,37 +36,25 @@ async fn holds(ws: &mut Ws, key: &str) -> bool {
 }
 
 fn purged(addr: &str) -> u64 {
-    http_get(addr, "/metrics")
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("kv_tombstones_purged_total "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
+    kv_tests::metric(addr, "kv_tombstones_purged_total")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cleanup_drops_what_a_node_gave_up_so_purged_deletes_stay_deleted_when_ranges_return() {
+/// A cluster of 3 nodes with N=2 and `extra` flags, holding `count` keys `{prefix}0...` (each
+/// its own value); a connection to n1, and each key's preference list.
+async fn three_nodes_with_keys(
+    extra: &[&str],
+    prefix: &str,
+    count: usize,
+) -> (Cluster, Vec<String>, Ws, BTreeMap<String, Vec<String>>) {
     let mut opts = ClusterOpts {
         n: 2,
         w: 2,
         r: 2,
         ..ClusterOpts::default()
     };
-    opts.extra.extend(
-        [
-            "--anti-entropy-interval-s",
-            "0",
-            "--tombstone-grace-s",
-            "0",
-            "--hint-expiry-s",
-            "1",
-            "--cleanup-delay-s",
-            "0",
-        ]
-        .map(String::from),
-    );
-    let mut cluster = Cluster::start(3, opts);
-    let keys: Vec<String> = (0..400).map(|i| format!("k{i}")).collect();
+    opts.extra.extend(extra.iter().map(|s| s.to_string()));
+    let cluster = Cluster::start(3, opts);
+    let keys: Vec<String> = (0..count).map(|i| format!("{prefix}{i}")).collect();
     let url0 = cluster.nodes[0].url();
     let mut ws = Ws::connect(&url0).await;
     for k in &keys {
@@ -74,6 +62,23 @@ async fn cleanup_drops_what_a_node_gave_up_so_purged_deletes_stay_deleted_when_r
         assert_eq!(r["ok"], true, "{r}");
     }
     let before = preference_lists(&url0, &keys).await;
+    (cluster, keys, ws, before)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cleanup_drops_what_a_node_gave_up_so_purged_deletes_stay_deleted_when_ranges_return() {
+    let flags = [
+        "--anti-entropy-interval-s",
+        "0",
+        "--tombstone-grace-s",
+        "0",
+        "--hint-expiry-s",
+        "1",
+        "--cleanup-delay-s",
+        "0",
+    ];
+    let (mut cluster, keys, mut ws, before) = three_nodes_with_keys(&flags, "k", 400).await;
+    let url0 = cluster.nodes[0].url();
 
     // n4 joins: some keys move to it, and their old holder keeps a copy.
     cluster.add_node(false);
@@ -185,23 +190,9 @@ async fn cleanup_drops_what_a_node_gave_up_so_purged_deletes_stay_deleted_when_r
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_clean_up_on_their_own_after_a_join_and_after_a_restart() {
-    let mut opts = ClusterOpts {
-        n: 2,
-        w: 2,
-        r: 2,
-        ..ClusterOpts::default()
-    };
-    opts.extra
-        .extend(["--cleanup-delay-s", "1"].map(String::from));
-    let mut cluster = Cluster::start(3, opts);
-    let keys: Vec<String> = (0..200).map(|i| format!("a{i}")).collect();
+    let (mut cluster, keys, mut ws, before) =
+        three_nodes_with_keys(&["--cleanup-delay-s", "1"], "a", 200).await;
     let url0 = cluster.nodes[0].url();
-    let mut ws = Ws::connect(&url0).await;
-    for k in &keys {
-        let r = ws.request(json!({"op": "put", "key": k, "value": k})).await;
-        assert_eq!(r["ok"], true, "{r}");
-    }
-    let before = preference_lists(&url0, &keys).await;
     // n2 is down while n4 joins: it cleans up once it is started again.
     cluster.kill(1);
     cluster.add_node(false);

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use kv_tests::{http_get, kvcli, Cluster, ClusterOpts, Ws};
+use kv_tests::{kvcli, Cluster, ClusterOpts, Ws};
 use serde_json::{json, Value};
 
 fn now_ms() -> u64 {
@@ -16,12 +16,7 @@ fn now_ms() -> u64 {
 }
 
 fn purged(addr: &str) -> u64 {
-    http_get(addr, "/metrics")
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("kv_tombstones_purged_total "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
+    kv_tests::metric(addr, "kv_tombstones_purged_total")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
