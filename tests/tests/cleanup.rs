@@ -39,6 +39,19 @@ fn purged(addr: &str) -> u64 {
     kv_tests::metric(addr, "kv_tombstones_purged_total")
 }
 
+/// Reads every key with R=2: the deleted ones absent, the others with their own value.
+async fn check_all(ws: &mut Ws, keys: &[String], deleted: &[String], when: &str) {
+    for k in keys {
+        let r = ws.request(json!({"op": "get", "key": k, "r": 2})).await;
+        let expect = if deleted.contains(k) {
+            json!([])
+        } else {
+            json!([k])
+        };
+        assert_eq!(r["values"], expect, "{k} {when}: {r}");
+    }
+}
+
 /// A cluster of 3 nodes with N=2 and `extra` flags, holding `count` keys `{prefix}0...` (each
 /// its own value); a connection to n1, and each key's preference list.
 async fn three_nodes_with_keys(
@@ -140,15 +153,7 @@ async fn cleanup_drops_what_a_node_gave_up_so_purged_deletes_stay_deleted_when_r
         assert!(!holds(&mut c, k).await, "{holder} still holds {k}");
     }
     // Nothing else moved: every key reads back on its current replicas.
-    for k in &keys {
-        let r = ws.request(json!({"op": "get", "key": k, "r": 2})).await;
-        let expect = if deleted.contains(k) {
-            json!([])
-        } else {
-            json!([k])
-        };
-        assert_eq!(r["values"], expect, "{k}: {r}");
-    }
+    check_all(&mut ws, &keys, &deleted, "after cleanup").await;
 
     // The tombstones are purged once every replica has synced after the deletes.
     tokio::time::sleep(Duration::from_millis(1_200)).await;
@@ -172,15 +177,7 @@ async fn cleanup_drops_what_a_node_gave_up_so_purged_deletes_stay_deleted_when_r
     let (code, out, err) = kvcli(&["--node", &by_id["n4"], "decommission", "n4"]);
     assert_eq!(code, 0, "{out}{err}");
     cluster.stop(3);
-    for k in &keys {
-        let r = ws.request(json!({"op": "get", "key": k, "r": 2})).await;
-        let expect = if deleted.contains(k) {
-            json!([])
-        } else {
-            json!([k])
-        };
-        assert_eq!(r["values"], expect, "{k} after n4 left: {r}");
-    }
+    check_all(&mut ws, &keys, &deleted, "after n4 left").await;
     eprintln!(
         "{} keys moved to n4; cleanup dropped {removed}; {} deletes purged stayed deleted",
         orphans.len(),
@@ -233,8 +230,5 @@ async fn nodes_clean_up_on_their_own_after_a_join_and_after_a_restart() {
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    for k in &keys {
-        let r = ws.request(json!({"op": "get", "key": k, "r": 2})).await;
-        assert_eq!(r["values"], json!([k]), "{k}: {r}");
-    }
+    check_all(&mut ws, &keys, &[], "after the cleanups").await;
 }
