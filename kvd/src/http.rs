@@ -344,8 +344,12 @@ fn metrics_text(node: &Node) -> String {
             .load(std::sync::atomic::Ordering::Relaxed)
     );
     let ae = &node.anti_entropy;
-    let ae_counters: [(&str, &std::sync::atomic::AtomicU64); 8] = [
+    let ae_counters: [(&str, &std::sync::atomic::AtomicU64); 9] = [
         ("kv_hints_expired_total", &node.hints.expired),
+        (
+            "kv_cleanup_keys_removed_total",
+            &node.transfers.keys_cleaned,
+        ),
         ("kv_tombstones_purged_total", &node.agreements.purged),
         ("kv_anti_entropy_sessions_total", &ae.sessions),
         ("kv_anti_entropy_keys_repaired_total", &ae.keys_repaired),

@@ -61,6 +61,8 @@ pub struct Transfers {
     current: Mutex<Option<TransferProgress>>,
     /// Keys streamed in or out since start.
     pub keys_moved: AtomicU64,
+    /// Keys dropped by cleanups since start (handed to their replicas first).
+    pub keys_cleaned: AtomicU64,
 }
 
 impl Transfers {
@@ -712,6 +714,7 @@ async fn clean_range(
         .map_err(|e| e.to_string())??;
         keys += k;
         bytes += b;
+        node.transfers.keys_cleaned.fetch_add(k, Relaxed);
         node.transfers.update(|p| {
             p.keys += k;
             p.bytes += b;

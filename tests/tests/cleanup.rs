@@ -148,6 +148,12 @@ async fn cleanup_drops_what_a_node_gave_up_so_purged_deletes_stay_deleted_when_r
         orphans.len()
     );
     assert!(nodes.iter().all(|n| n["ranges_skipped"] == 0), "{report}");
+    let counted: u64 = cluster
+        .nodes
+        .iter()
+        .map(|n| kv_tests::metric(&n.addr, "kv_cleanup_keys_removed_total"))
+        .sum();
+    assert_eq!(counted, removed, "kv_cleanup_keys_removed_total");
     for (k, holder) in &orphans {
         let mut c = Ws::connect(&by_id[holder]).await;
         assert!(!holds(&mut c, k).await, "{holder} still holds {k}");
