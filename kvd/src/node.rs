@@ -346,6 +346,13 @@ impl Node {
                 MembershipEvent::AddressChanged(_) => placement_changed = true,
                 MembershipEvent::Restarted { id, generation } => {
                     crate::info!("member {id} restarted (generation {generation})");
+                    // A quick restart is never seen down: forget the failed connections to
+                    // the old process.
+                    if *id != self.id {
+                        if let Some(addr) = self.addr_of(id) {
+                            self.peers.clear_failure(&addr);
+                        }
+                    }
                 }
             }
         }
@@ -767,8 +774,11 @@ async fn ask_cluster(
     let mut last_error = String::from("no address to ask");
     while Instant::now() < deadline {
         for addr in addrs {
+            // Only asking: my own record is not sent. A fresh record of me (a wiped data dir)
+            // has a newer generation than the cluster's record of my id, and would replace
+            // the tokens the cluster knows for it before I could take them back.
             let req = PeerRequest::Gossip {
-                members: membership.digest(),
+                members: Vec::new(),
             };
             match peers.call(addr, &req, Duration::from_secs(2)).await {
                 Ok(PeerResponse::Gossip { members }) => {

@@ -485,8 +485,15 @@ mod tests {
         assert!(found > 1500 && found < 3000, "{found}");
         let miss = rs.iter().find(|r| r.benchmark == "readmissing").unwrap();
         assert!(miss.detail.starts_with("0 of"));
+        // The scan sees every distinct key. readrandom's hits count a key drawn twice twice, so
+        // they are only close to that number (about 1,900 of 3,000 each, within a few dozen;
+        // readwhilewriting adds a timing-dependent few): a broken scan is far off.
         let scan = rs.iter().find(|r| r.benchmark == "scan").unwrap();
-        assert!(scan.ops >= found);
+        assert!(
+            scan.ops >= found * 9 / 10,
+            "scan {} found {found}",
+            scan.ops
+        );
         assert!(results_json(&rs).starts_with("{\"results\":[{\"benchmark\":\"fillseq\""));
     }
 }
