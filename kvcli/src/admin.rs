@@ -125,6 +125,111 @@ pub async fn repair(client: &Client, node: Option<String>, env: &Env) -> Result<
     Ok(())
 }
 
+/// One page of the cluster's keys in token order (the `scan` operation) from `cursor`, which
+/// becomes the next page's cursor (`None` once the ring is done).
+async fn scan_page(
+    client: &Client,
+    cursor: &mut Option<String>,
+) -> Result<Vec<Value>, ClientError> {
+    let page = client
+        .request_within(
+            &ClientOp::Scan {
+                cursor: cursor.clone(),
+                limit: Some(1000),
+            },
+            Duration::from_secs(120),
+        )
+        .await?;
+    *cursor = page["cursor"].as_str().map(str::to_string);
+    Ok(page["entries"].as_array().cloned().unwrap_or_default())
+}
+
+/// `keys [PATTERN] [--limit N]`: the keys holding a live value that match the glob `PATTERN`
+/// (`*` any run, `?` one character, `\` escapes), walking the whole ring like `export`.
+pub async fn keys(
+    client: &Client,
+    pattern: &str,
+    limit: Option<u64>,
+    env: &Env,
+) -> Result<(), ClientError> {
+    let mut found = Vec::new();
+    let mut cursor: Option<String> = None;
+    'pages: loop {
+        for e in scan_page(client, &mut cursor).await? {
+            let Some(key) = e["key"].as_str() else {
+                continue;
+            };
+            if !glob_match(pattern, key) {
+                continue;
+            }
+            if env.json {
+                found.push(key.to_string());
+            } else {
+                println!("{key}");
+            }
+            if limit.is_some_and(|l| found.len() as u64 >= l) {
+                break 'pages;
+            }
+        }
+        if cursor.is_none() {
+            break;
+        }
+    }
+    if env.json {
+        println!("{}", json!({ "keys": found, "count": found.len() }));
+    }
+    Ok(())
+}
+
+/// Whether `text` matches the glob `pattern`: `*` matches any run of characters, `?` any one,
+/// `\` makes the next character literal. Linear backtracking on the last `*`.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    #[derive(Clone, Copy, PartialEq)]
+    enum Tok {
+        Lit(char),
+        One,
+        Any,
+    }
+    let mut toks = Vec::new();
+    let mut chars = pattern.chars();
+    while let Some(c) = chars.next() {
+        toks.push(match c {
+            '*' => Tok::Any,
+            '?' => Tok::One,
+            '\\' => Tok::Lit(chars.next().unwrap_or('\\')),
+            c => Tok::Lit(c),
+        });
+    }
+    let text: Vec<char> = text.chars().collect();
+    let (mut p, mut t) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while t < text.len() {
+        match toks.get(p) {
+            Some(Tok::Any) => {
+                star = Some((p, t));
+                p += 1;
+            }
+            Some(Tok::One) => {
+                p += 1;
+                t += 1;
+            }
+            Some(Tok::Lit(c)) if *c == text[t] => {
+                p += 1;
+                t += 1;
+            }
+            _ => match star {
+                Some((sp, st)) => {
+                    p = sp + 1;
+                    t = st + 1;
+                    star = Some((sp, st + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    toks[p..].iter().all(|t| *t == Tok::Any)
+}
+
 /// `cleanup [--all]`: on the connected node, or on every up member one after the other.
 pub async fn cleanup(client: &Client, all: bool, env: &Env) -> Result<(), ClientError> {
     const FIELDS: [&str; 5] = [
@@ -304,16 +409,8 @@ pub async fn export(client: &Client, out: Option<String>, env: &Env) -> Result<(
     let (mut keys, mut lines) = (0u64, 0u64);
     let mut cursor: Option<String> = None;
     loop {
-        let page = client
-            .request_within(
-                &ClientOp::Scan {
-                    cursor: cursor.clone(),
-                    limit: Some(1000),
-                },
-                Duration::from_secs(120),
-            )
-            .await?;
-        for e in page["entries"].as_array().cloned().unwrap_or_default() {
+        let page = scan_page(client, &mut cursor).await?;
+        for e in page.iter() {
             keys += 1;
             for sibling in e["siblings"].as_array().cloned().unwrap_or_default() {
                 // A counter is exported as its value, and imported as an increment by it.
@@ -332,9 +429,8 @@ pub async fn export(client: &Client, out: Option<String>, env: &Env) -> Result<(
         }
         pb.set_message(format!("{keys} keys"));
         pb.tick();
-        match page["cursor"].as_str() {
-            Some(c) => cursor = Some(c.to_string()),
-            None => break,
+        if cursor.is_none() {
+            break;
         }
     }
     sink.flush()
@@ -348,4 +444,38 @@ pub async fn export(client: &Client, out: Option<String>, env: &Env) -> Result<(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::glob_match;
+
+    #[test]
+    fn globs_match_as_in_redis_keys() {
+        for (p, t) in [
+            ("*", ""),
+            ("*", "anything"),
+            ("user:*", "user:42"),
+            ("user:*", "user:"),
+            ("*:42", "user:42"),
+            ("u?er:*", "user:1"),
+            ("a*b*c", "aXXbYYc"),
+            ("a*b*c", "abc"),
+            ("*a*a*", "banana"),
+            (r"star\*", "star*"),
+            ("héllo?", "héllo!"),
+        ] {
+            assert!(glob_match(p, t), "{p} should match {t}");
+        }
+        for (p, t) in [
+            ("user:*", "users:1"),
+            ("u?er", "uer"),
+            ("a*b*c", "aXXbYY"),
+            (r"star\*", "starX"),
+            ("exact", "exactly"),
+            ("", "x"),
+        ] {
+            assert!(!glob_match(p, t), "{p} should not match {t}");
+        }
+    }
 }

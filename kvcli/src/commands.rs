@@ -145,6 +145,17 @@ pub enum Command {
         #[arg(id = "removenode_node", value_name = "NODE")]
         node: String,
     },
+    /// The keys holding a value that match PATTERN (a glob: * any run, ? one character)
+    ///
+    /// Walks the whole ring in token order, like export: keys come in no particular order.
+    Keys {
+        /// The glob to match (quote it in the shell).
+        #[arg(default_value = "*")]
+        pattern: String,
+        /// Stop after this many keys.
+        #[arg(long)]
+        limit: Option<u64>,
+    },
     /// Every live value as {"key":...,"value":...} JSON lines (one line per sibling).
     Export {
         /// Write to this file instead of standard output.
@@ -403,6 +414,9 @@ pub async fn run(client: &Client, cmd: Command, env: &Env) -> Outcome {
         Command::Decommission { node } => crate::admin::decommission(client, node, env).await?,
         Command::RemoveNode { node } => crate::admin::remove_node(client, node, env).await?,
         Command::Export { out } => crate::admin::export(client, out, env).await?,
+        Command::Keys { pattern, limit } => {
+            crate::admin::keys(client, &pattern, limit, env).await?
+        }
         Command::Bench(args) => crate::bench::run(client, args, env).await?,
         Command::Autoscale(args) => crate::autoscale::run(client, *args, env).await?,
         Command::Import {

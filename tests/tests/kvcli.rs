@@ -34,6 +34,23 @@ fn one_shot_commands_and_script_mode() {
     assert_eq!(code, 0);
     assert!(out.starts_with("hello world\n"), "{out}");
 
+    // keys: a glob over every key of the cluster.
+    for k in ["user:1", "user:2", "order:1"] {
+        let (code, _, err) = kvcli(&[n[0], n[1], "put", k, "v"]);
+        assert_eq!(code, 0, "{err}");
+    }
+    let (code, out, err) = kvcli(&[n[0], n[1], "keys", "user:*"]);
+    assert_eq!(code, 0, "{err}");
+    let mut listed: Vec<&str> = out.lines().collect();
+    listed.sort();
+    assert_eq!(listed, ["user:1", "user:2"]);
+    let (code, out, _) = kvcli(&[n[0], n[1], "--json", "keys"]);
+    assert_eq!(code, 0);
+    assert_eq!(json(out.trim())["count"], 4, "{out}");
+    let (code, out, _) = kvcli(&[n[0], n[1], "--json", "keys", "*:1", "--limit", "1"]);
+    assert_eq!(code, 0);
+    assert_eq!(json(out.trim())["count"], 1, "{out}");
+
     let (code, out, _) = kvcli(&[n[0], n[1], "--json", "get", "absent"]);
     assert_eq!(code, 0, "an absent key is not an error");
     assert_eq!(json(out.trim())["found"], false);
