@@ -1,6 +1,7 @@
 //! Join and leave under traffic: a 6th node joins while clients write and another node is
-//! decommissioned; no acknowledged write is lost, preference lists no longer name the departed
-//! node, and the newcomer holds locally the keys it serves.
+//! decommissioned, and the old owners clean up what they gave up; no acknowledged write is
+//! lost, preference lists no longer name the departed node, and the newcomer holds locally the
+//! keys it serves.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -11,7 +12,11 @@ use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_node_joins_and_another_leaves_under_load_without_losing_writes() {
-    let mut cluster = Cluster::start(5, ClusterOpts::default());
+    // The nodes clean up what they gave the newcomer a second after its join, under the load.
+    let mut opts = ClusterOpts::default();
+    opts.extra
+        .extend(["--cleanup-delay-s", "1"].map(String::from));
+    let mut cluster = Cluster::start(5, opts);
     let mut seed = Ws::connect(&cluster.nodes[0].url()).await;
     for i in 0..500 {
         let r = seed
@@ -42,6 +47,20 @@ async fn a_node_joins_and_another_leaves_under_load_without_losing_writes() {
         .await;
     assert_eq!(d["ok"], true, "{d}");
     assert!(d["moved_keys"].as_u64().unwrap() > 0, "{d}");
+    // The writers keep going until the cleanups have dropped what the newcomer took over.
+    let serving = [0usize, 1, 2, 3, newcomer];
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let cleaned = loop {
+        let cleaned: u64 = serving
+            .iter()
+            .map(|&i| kv_tests::metric(&cluster.nodes[i].addr, "kv_cleanup_keys_removed_total"))
+            .sum();
+        if cleaned > 0 || std::time::Instant::now() > deadline {
+            break cleaned;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(cleaned > 0, "no cleanup ran within 60 s of the join");
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, Ordering::Relaxed);
     let mut acked: Vec<String> = (0..500).map(|i| format!("pre{i}")).collect();
@@ -98,7 +117,8 @@ async fn a_node_joins_and_another_leaves_under_load_without_losing_writes() {
     }
     assert!(served > 0, "the newcomer serves some keys");
     println!(
-        "{} acknowledged writes checked; the newcomer serves {served} of them",
+        "{} acknowledged writes checked; the newcomer serves {served} of them; cleanups \
+         dropped {cleaned} keys under the load",
         acked.len()
     );
 }
