@@ -39,6 +39,30 @@ fn purged(addr: &str) -> u64 {
     kv_tests::metric(addr, "kv_tombstones_purged_total")
 }
 
+/// The nodes' URLs by id, and every (key, node) where the node replicated the key `before`
+/// and no longer does `after`.
+#[allow(clippy::type_complexity)]
+fn given_up(
+    cluster: &Cluster,
+    before: &BTreeMap<String, Vec<String>>,
+    after: &BTreeMap<String, Vec<String>>,
+) -> (BTreeMap<String, String>, Vec<(String, String)>) {
+    let by_id = cluster
+        .nodes
+        .iter()
+        .map(|n| (n.id.clone(), n.url()))
+        .collect();
+    let mut out = Vec::new();
+    for (k, old) in before {
+        for holder in old {
+            if !after[k].contains(holder) {
+                out.push((k.clone(), holder.clone()));
+            }
+        }
+    }
+    (by_id, out)
+}
+
 /// Reads every key with R=2: the deleted ones absent, the others with their own value.
 async fn check_all(ws: &mut Ws, keys: &[String], deleted: &[String], when: &str) {
     for k in keys {
@@ -100,19 +124,7 @@ async fn cleanup_drops_what_a_node_gave_up_so_purged_deletes_stay_deleted_when_r
         cluster.wait_state(i, 3, "up", Duration::from_secs(60));
     }
     let after = preference_lists(&url0, &keys).await;
-    let by_id: BTreeMap<String, String> = cluster
-        .nodes
-        .iter()
-        .map(|n| (n.id.clone(), n.url()))
-        .collect();
-    let mut orphans: Vec<(String, String)> = Vec::new(); // (key, old holder)
-    for k in &keys {
-        for old in &before[k] {
-            if !after[k].contains(old) {
-                orphans.push((k.clone(), old.clone()));
-            }
-        }
-    }
+    let (by_id, orphans) = given_up(&cluster, &before, &after);
     assert!(orphans.len() > 30, "only {} keys moved", orphans.len());
     for (k, holder) in &orphans {
         let mut c = Ws::connect(&by_id[holder]).await;
@@ -203,21 +215,7 @@ async fn nodes_clean_up_on_their_own_after_a_join_and_after_a_restart() {
     cluster.restart(1);
     cluster.wait_converged(Duration::from_secs(60));
     let after = preference_lists(&url0, &keys).await;
-    let by_id: BTreeMap<String, String> = cluster
-        .nodes
-        .iter()
-        .map(|n| (n.id.clone(), n.url()))
-        .collect();
-    let orphans: Vec<(String, String)> = keys
-        .iter()
-        .flat_map(|k| {
-            before[k]
-                .iter()
-                .filter(|old| !after[k].contains(old))
-                .map(|old| (k.clone(), old.clone()))
-                .collect::<Vec<_>>()
-        })
-        .collect();
+    let (by_id, orphans) = given_up(&cluster, &before, &after);
     assert!(orphans.len() > 10, "only {} keys moved", orphans.len());
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
