@@ -244,11 +244,22 @@ impl MerkleTree {
     /// encoded version. The length prefix keeps (`ab`, `c`) and (`a`, `bc`) apart. Never 0, so
     /// that XOR-ing a digest always changes its leaf.
     pub fn key_digest(key: &[u8], version: &[u8]) -> u64 {
-        let mut buf = Vec::with_capacity(8 + key.len() + version.len());
-        buf.extend_from_slice(&(key.len() as u64).to_le_bytes());
-        buf.extend_from_slice(key);
-        buf.extend_from_slice(version);
-        match seeded_hash(&buf, DIGEST_SEED) {
+        /// Inputs up to this size are laid out on the stack: every write digests its key's
+        /// old and new versions, and most are small.
+        const STACK: usize = 512;
+        let len = 8 + key.len() + version.len();
+        let mut stack = [0u8; STACK];
+        let mut heap = Vec::new();
+        let buf: &mut [u8] = if len <= STACK {
+            &mut stack[..len]
+        } else {
+            heap.resize(len, 0);
+            &mut heap
+        };
+        buf[..8].copy_from_slice(&(key.len() as u64).to_le_bytes());
+        buf[8..8 + key.len()].copy_from_slice(key);
+        buf[8 + key.len()..].copy_from_slice(version);
+        match seeded_hash(buf, DIGEST_SEED) {
             0 => 1,
             h => h,
         }
@@ -720,6 +731,20 @@ mod tests {
         assert_ne!(d, MerkleTree::key_digest(b"a", b"bc"));
         assert_ne!(d, MerkleTree::key_digest(b"ab", b"d"));
         assert_ne!(MerkleTree::key_digest(b"", b""), 0);
+        // The digest is xxh3 of (key length, key, version) laid out in one buffer, small or
+        // large: nodes compare each other's trees, so the definition must not change.
+        for (k, v) in [
+            (&b"key"[..], vec![7u8; 100]),
+            (&b"key"[..], vec![9u8; 2000]),
+        ] {
+            let mut whole = (k.len() as u64).to_le_bytes().to_vec();
+            whole.extend_from_slice(k);
+            whole.extend_from_slice(&v);
+            assert_eq!(
+                MerkleTree::key_digest(k, &v),
+                seeded_hash(&whole, DIGEST_SEED)
+            );
+        }
     }
 
     #[test]

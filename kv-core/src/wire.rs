@@ -191,9 +191,11 @@ pub const MAX_TTL_S: u64 = 20 * 365 * 24 * 3600;
 
 /// Every field any request may carry; which are required depends on `op`.
 #[derive(Deserialize)]
-struct RawRequest {
+struct RawRequest<'a> {
     id: u64,
-    op: String,
+    /// Borrowed from the frame: one allocation fewer per request.
+    #[serde(borrow)]
+    op: std::borrow::Cow<'a, str>,
     #[serde(default)]
     key: Option<String>,
     #[serde(default)]
@@ -258,7 +260,7 @@ pub fn decode_request(text: &str, limits: &Limits) -> Result<Request, (Option<u6
     validate(raw, limits).map_err(|e| (Some(id), e))
 }
 
-fn validate(raw: RawRequest, limits: &Limits) -> Result<Request, WireError> {
+fn validate(raw: RawRequest<'_>, limits: &Limits) -> Result<Request, WireError> {
     let key = |raw_key: Option<String>| -> Result<String, WireError> {
         let key =
             raw_key.ok_or_else(|| WireError::bad_request(format!("'{}' needs a key", raw.op)))?;
@@ -291,7 +293,7 @@ fn validate(raw: RawRequest, limits: &Limits) -> Result<Request, WireError> {
             raw.op
         )));
     }
-    let op = match raw.op.as_str() {
+    let op = match &*raw.op {
         "get" => ClientOp::Get {
             key: key(raw.key)?,
             r: quorum("r", raw.r)?,
