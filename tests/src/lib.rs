@@ -540,6 +540,33 @@ fn wait_http(node: &NodeProc, limit: Duration) {
     }
 }
 
+/// Node flags under which tombstones (and expired values) are purged as soon as every replica
+/// has synced after them: no periodic anti-entropy (tests run `repair`), no grace period,
+/// hints expire after a second. See [`purge_now`].
+pub const PURGE_SOON: [&str; 6] = [
+    "--anti-entropy-interval-s",
+    "0",
+    "--tombstone-grace-s",
+    "0",
+    "--hint-expiry-s",
+    "1",
+];
+
+/// On nodes started with [`PURGE_SOON`]: waits out the hint expiry, then runs `repair` on every
+/// node of `urls` twice (the first round syncs every replica, the second purges).
+pub async fn purge_now(urls: &[String]) {
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    for _ in 0..2 {
+        for url in urls {
+            let r = Ws::connect(url)
+                .await
+                .request(json!({"op": "repair"}))
+                .await;
+            assert_eq!(r["ok"], true, "repair on {url}: {r}");
+        }
+    }
+}
+
 /// The value of the unlabelled counter `name` in node `addr`'s `/metrics` (0 when absent).
 pub fn metric(addr: &str, name: &str) -> u64 {
     let text = http_get(addr, "/metrics").unwrap_or_default();

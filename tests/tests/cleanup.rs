@@ -104,16 +104,7 @@ async fn three_nodes_with_keys(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cleanup_drops_what_a_node_gave_up_so_purged_deletes_stay_deleted_when_ranges_return() {
-    let flags = [
-        "--anti-entropy-interval-s",
-        "0",
-        "--tombstone-grace-s",
-        "0",
-        "--hint-expiry-s",
-        "1",
-        "--cleanup-delay-s",
-        "0",
-    ];
+    let flags = [&kv_tests::PURGE_SOON[..], &["--cleanup-delay-s", "0"]].concat();
     let (mut cluster, keys, mut ws, before) = three_nodes_with_keys(&flags, "k", 400).await;
     let url0 = cluster.nodes[0].url();
 
@@ -174,16 +165,8 @@ async fn cleanup_drops_what_a_node_gave_up_so_purged_deletes_stay_deleted_when_r
     check_all(&mut ws, &keys, &deleted, "after cleanup").await;
 
     // The tombstones are purged once every replica has synced after the deletes.
-    tokio::time::sleep(Duration::from_millis(1_200)).await;
-    for _ in 0..2 {
-        for n in &cluster.nodes {
-            let r = Ws::connect(&n.url())
-                .await
-                .request(json!({"op": "repair"}))
-                .await;
-            assert_eq!(r["ok"], true, "{r}");
-        }
-    }
+    let urls: Vec<String> = cluster.nodes.iter().map(|n| n.url()).collect();
+    kv_tests::purge_now(&urls).await;
     let purged_total: u64 = cluster.nodes.iter().map(|n| purged(&n.addr)).sum();
     assert!(
         purged_total >= deleted.len() as u64,

@@ -22,17 +22,7 @@ fn purged(addr: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn values_expire_everywhere_are_replaced_purged_and_exported_with_their_expiry() {
     let mut opts = ClusterOpts::default();
-    opts.extra.extend(
-        [
-            "--anti-entropy-interval-s",
-            "0",
-            "--tombstone-grace-s",
-            "0",
-            "--hint-expiry-s",
-            "1",
-        ]
-        .map(String::from),
-    );
+    opts.extra.extend(kv_tests::PURGE_SOON.map(String::from));
     let cluster = Cluster::start(3, opts);
     let urls: Vec<String> = cluster.nodes.iter().map(|n| n.url()).collect();
     let mut ws = Ws::connect(&urls[0]).await;
@@ -123,16 +113,7 @@ async fn values_expire_everywhere_are_replaced_purged_and_exported_with_their_ex
 
     // Purged like tombstones once every replica synced after the expiry (less the allowed
     // clock skew of 1 s): the expired keys leave no state.
-    tokio::time::sleep(Duration::from_millis(1_200)).await;
-    for _ in 0..2 {
-        for url in &urls {
-            let r = Ws::connect(url)
-                .await
-                .request(json!({"op": "repair"}))
-                .await;
-            assert_eq!(r["ok"], true, "{r}");
-        }
-    }
+    kv_tests::purge_now(&urls).await;
     let mut total = 0;
     for (i, url) in urls.iter().enumerate() {
         let mut c = Ws::connect(url).await;
