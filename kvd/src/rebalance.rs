@@ -373,6 +373,40 @@ pub async fn run_join(node: Arc<Node>) {
     );
 }
 
+/// One page of this node's data of `range` after engine key `after` (see [`read_chunk`]), read
+/// on the blocking pool.
+async fn read_page(
+    node: &Arc<Node>,
+    range: TokenRange,
+    after: Option<Vec<u8>>,
+) -> Result<(Vec<KeyState>, Option<Vec<u8>>), String> {
+    let n = node.clone();
+    tokio::task::spawn_blocking(move || read_chunk(&n, range, after.as_deref(), CHUNK_BYTES))
+        .await
+        .map_err(|e| e.to_string())?
+}
+
+/// The bytes of `entries` (keys and states), as throttles and progress count them.
+fn size_of(entries: &[KeyState]) -> u64 {
+    entries
+        .iter()
+        .map(|e| (e.key.len() + e.state.len()) as u64)
+        .sum()
+}
+
+/// Has node `to` merge `entries` into its replica.
+async fn send_batch(node: &Node, to: &str, entries: Vec<KeyState>) -> Result<(), String> {
+    let addr = node
+        .addr_of(to)
+        .ok_or_else(|| format!("{to} is not a member"))?;
+    let req = PeerRequest::MergeBatch { entries };
+    match node.peers.call(&addr, &req, Duration::from_secs(60)).await {
+        Ok(PeerResponse::Ack) => Ok(()),
+        Ok(other) => Err(format!("{to}: unexpected answer {other:?}")),
+        Err(e) => Err(format!("{to}: {e}")),
+    }
+}
+
 /// Pushes this node's data of `range` to node `to`; returns the keys sent.
 async fn push_range(
     node: &Arc<Node>,
@@ -380,37 +414,14 @@ async fn push_range(
     to: &str,
     throttle: &mut Throttle,
 ) -> Result<u64, String> {
-    let addr = node
-        .addr_of(to)
-        .ok_or_else(|| format!("{to} is not a member"))?;
     let mut moved = 0;
     let mut after_key: Option<Vec<u8>> = None;
     loop {
-        let n = node.clone();
-        let cursor = after_key.clone();
-        let (entries, next) = tokio::task::spawn_blocking(move || {
-            read_chunk(&n, range, cursor.as_deref(), CHUNK_BYTES)
-        })
-        .await
-        .map_err(|e| e.to_string())??;
+        let (entries, next) = read_page(node, range, after_key.clone()).await?;
         let count = entries.len() as u64;
-        let bytes: u64 = entries
-            .iter()
-            .map(|e| (e.key.len() + e.state.len()) as u64)
-            .sum();
+        let bytes = size_of(&entries);
         if count > 0 {
-            let resp = node
-                .peers
-                .call(
-                    &addr,
-                    &PeerRequest::MergeBatch { entries },
-                    Duration::from_secs(60),
-                )
-                .await
-                .map_err(|e| format!("{to}: {e}"))?;
-            if !matches!(resp, PeerResponse::Ack) {
-                return Err(format!("{to}: unexpected answer {resp:?}"));
-            }
+            send_batch(node, to, entries).await?;
         }
         moved += count;
         node.transfers.keys_moved.fetch_add(count, Relaxed);
@@ -658,13 +669,7 @@ async fn clean_range(
     let (mut keys, mut bytes) = (0, 0);
     let mut after: Option<Vec<u8>> = None;
     loop {
-        let n = node.clone();
-        let cursor = after.clone();
-        let (entries, next) = tokio::task::spawn_blocking(move || {
-            read_chunk(&n, range, cursor.as_deref(), CHUNK_BYTES)
-        })
-        .await
-        .map_err(|e| e.to_string())??;
+        let (entries, next) = read_page(node, range, after.clone()).await?;
         if entries.is_empty() {
             return Ok((keys, bytes));
         }
@@ -678,22 +683,9 @@ async fn clean_range(
         if let Some(down) = replicas.iter().find(|r| !node.is_up(r)) {
             return Err(format!("replica {down} is down"));
         }
-        let size: u64 = entries
-            .iter()
-            .map(|e| (e.key.len() + e.state.len()) as u64)
-            .sum();
+        let size = size_of(&entries);
         for to in replicas {
-            let addr = node
-                .addr_of(to)
-                .ok_or_else(|| format!("{to} is not a member"))?;
-            let req = PeerRequest::MergeBatch {
-                entries: entries.clone(),
-            };
-            match node.peers.call(&addr, &req, Duration::from_secs(60)).await {
-                Ok(PeerResponse::Ack) => {}
-                Ok(other) => return Err(format!("{to}: unexpected answer {other:?}")),
-                Err(e) => return Err(format!("{to}: {e}")),
-            }
+            send_batch(node, to, entries.clone()).await?;
             throttle.account(size).await;
         }
         let n = node.clone();
