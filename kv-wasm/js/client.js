@@ -266,7 +266,10 @@ export function createSdk(wasm, resolveWebSocket) {
       return this.#request((id) => wasm.encodePut(id, key, value, options.context, options.w, options.ttlSeconds));
     }
 
-    /** Writes a versioned tombstone. */
+    /**
+     * Writes a versioned tombstone over what `options.context` saw; without a context the node
+     * reads the key first and deletes every sibling that read finds.
+     */
     delete(key, options = {}) {
       return this.#request((id) => wasm.encodeDelete(id, key, options.context, options.w));
     }

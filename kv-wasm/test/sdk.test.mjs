@@ -146,6 +146,17 @@ describe('kv-wasm SDK against a 3-node cluster', () => {
     assert.deepEqual((await c.get('gone')).values, ['back']);
   });
 
+  test('delete without a context deletes every sibling a read finds', async () => {
+    const [a, b] = [await connect(0), await connect(1)];
+    await a.put('both', 'one');
+    await b.put('both', 'two');
+    assert.equal((await a.get('both', { r: 3 })).values.length, 2);
+    await b.delete('both');
+    const after = await a.get('both', { r: 3 });
+    assert.equal(after.found, false);
+    assert.deepEqual(after.values, []);
+  });
+
   test('a value put with ttlSeconds carries its expiry and then reads as deleted', async () => {
     const c = await connect(0);
     const before = Date.now();

@@ -58,7 +58,7 @@ pub enum Command {
         /// Write quorum for this request.
         #[arg(long)]
         w: Option<usize>,
-        /// Delete without any context even in the REPL (concurrent values stay).
+        /// Delete without the REPL's remembered context: the node deletes what a read finds now.
         #[arg(long, conflicts_with = "context")]
         blind: bool,
     },
@@ -255,8 +255,13 @@ fn write_context(env: &Env, key: &str, given: Option<String>, blind: bool, what:
                 println!(
                     "{}",
                     env.out.yellow(&format!(
-                        "(with the context of your last {} of {key}: this {what} replaces the {seen} it saw; --blind to keep them)",
-                        r.from
+                        "(with the context of your last {} of {key}: this {what} replaces the {seen} it saw; {})",
+                        r.from,
+                        if what == "delete" {
+                            "--blind to delete what is stored now"
+                        } else {
+                            "--blind to keep them"
+                        }
                     ))
                 );
             }

@@ -404,6 +404,11 @@ async fn run(node: &Arc<Node>, op: ClientOp, sloppy: Option<bool>) -> Result<Ans
             });
         }
         ClientOp::Delete { key, context, w } => {
+            let context = if context.is_empty() {
+                Box::pin(context_to_delete(node, &key, sloppy)).await?
+            } else {
+                context
+            };
             let write = coordinator::Write::Delete;
             let res = coordinator::write(node, key.clone(), write, context, w, sloppy).await?;
             return Ok(Answer::Written {
@@ -439,6 +444,27 @@ async fn run(node: &Arc<Node>, op: ClientOp, sloppy: Option<bool>) -> Result<Ans
             .map_err(|e| WireError::new(ErrorCode::Unavailable, e)),
     };
     other.map(Answer::Other)
+}
+
+/// The context a delete without one uses: that of a read at the default R, now. A tombstone
+/// with no context would be concurrent with every stored version and delete nothing; like
+/// Riak's delete, this one replaces what the read finds (with R + W > N, every acknowledged
+/// write), while a version written after the read stays, as a sibling.
+async fn context_to_delete(
+    node: &Arc<Node>,
+    key: &str,
+    sloppy: Option<bool>,
+) -> Result<String, WireError> {
+    match coordinator::read(node, key.to_string(), None, sloppy).await {
+        Ok(state) => Ok(state.context().encode_context()),
+        Err(e) => Err(WireError::new(
+            e.code,
+            format!(
+                "a delete without a context reads the key first, to know what it deletes: {}",
+                e.message
+            ),
+        )),
+    }
 }
 
 /// `repair`: anti-entropy now on this node, or on `target`.

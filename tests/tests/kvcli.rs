@@ -93,6 +93,22 @@ fn one_shot_commands_and_script_mode() {
     let (_, out, _) = kvcli(&[n[0], n[1], "--json", "get", "greeting"]);
     assert_eq!(json(out.trim())["found"], false);
 
+    // Without a context, one-shot: two blind puts are siblings, and the delete removes both.
+    for v in ["one", "two"] {
+        let (code, _, _) = kvcli(&[n[0], n[1], "put", "twice", v]);
+        assert_eq!(code, 0);
+    }
+    let (_, out, _) = kvcli(&[n[0], n[1], "--json", "get", "twice"]);
+    assert_eq!(
+        json(out.trim())["values"].as_array().unwrap().len(),
+        2,
+        "{out}"
+    );
+    let (code, _, err) = kvcli(&[n[0], n[1], "delete", "twice"]);
+    assert_eq!(code, 0, "{err}");
+    let (_, out, _) = kvcli(&[n[0], n[1], "--json", "get", "twice"]);
+    assert_eq!(json(out.trim())["found"], false, "{out}");
+
     // Script mode: one JSON document per line, a failed line reported and the rest run.
     let script = "put a 1\nput b \"two words\"\nfrobnicate\nget b\n# a comment\nget a\n";
     let (code, out, err) = kvcli_with_stdin(&[n[0], n[1], "--json"], Some(script));

@@ -438,14 +438,10 @@ get s
     );
     assert_eq!(docs[9]["nodes"].as_array().unwrap().len(), 3);
 
-    // After the failed line the script went on. The delete was blind (script mode keeps no
-    // contexts): concurrent with "merged", it leaves that value live.
-    assert_eq!(
-        docs[10]["values"],
-        serde_json::json!(["merged"]),
-        "{}",
-        docs[10]
-    );
+    // After the failed line the script went on. The delete had no context (script mode keeps
+    // none, and --blind ignores the REPL's): the node read the key and deleted what it found.
+    assert_eq!(docs[10]["found"], false, "{}", docs[10]);
+    assert_eq!(docs[10]["values"], serde_json::json!([]), "{}", docs[10]);
 
     // A member id that does not exist is a usage error.
     let (code, _, err) = kvcli(&["--node", &node, "metrics", "nosuch"]);

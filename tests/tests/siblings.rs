@@ -78,4 +78,31 @@ async fn concurrent_writes_become_siblings_and_a_merged_write_resolves_them() {
         .await;
     assert_eq!(r["found"], false, "{r}");
     assert_eq!(r["values"], json!([]), "{r}");
+
+    // A delete without a context deletes what a quorum read finds: every sibling, written
+    // through any coordinator (a tombstone concurrent with them would delete nothing).
+    a.request(json!({"op": "put", "key": "gone", "value": "one"}))
+        .await;
+    b.request(json!({"op": "put", "key": "gone", "value": "two"}))
+        .await;
+    let d = b.request(json!({"op": "delete", "key": "gone"})).await;
+    assert_eq!(d["ok"], true, "{d}");
+    for node in &cluster.nodes {
+        let mut c = Ws::connect(&node.url()).await;
+        let r = c.request(json!({"op": "get", "key": "gone", "r": 3})).await;
+        assert_eq!(r["found"], false, "through {}: {r}", node.id);
+    }
+    // A write after it is a new value, and a delete of a key nobody wrote is harmless.
+    a.request(json!({"op": "put", "key": "gone", "value": "three"}))
+        .await;
+    let r = b.request(json!({"op": "get", "key": "gone", "r": 3})).await;
+    assert_eq!(sorted_values(&r), ["three"], "{r}");
+    let d = a
+        .request(json!({"op": "delete", "key": "never-written"}))
+        .await;
+    assert_eq!(d["ok"], true, "{d}");
+    let r = a
+        .request(json!({"op": "get", "key": "never-written"}))
+        .await;
+    assert_eq!(r["found"], false, "{r}");
 }

@@ -60,6 +60,26 @@ async fn a_write_that_cannot_meet_its_quorum_is_unavailable_and_names_the_replic
         .await;
     assert_eq!(r["error"]["code"], "unavailable", "{r}");
 
+    // A delete without a context reads first, at the default R=2: not met, and it says why.
+    // With the context of the R=1 read it is a W=1 write like the put.
+    let d = ws
+        .request(json!({"op": "delete", "key": key, "w": 1, "sloppy": false}))
+        .await;
+    assert_eq!(d["error"]["code"], "unavailable", "{d}");
+    let msg = d["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("reads the key first"), "{msg}");
+    let read = ws
+        .request(json!({"op": "get", "key": key, "r": 1, "sloppy": false}))
+        .await;
+    let d = ws
+        .request(json!({"op": "delete", "key": key, "w": 1, "sloppy": false, "context": read["context"]}))
+        .await;
+    assert_eq!(d["ok"], true, "{d}");
+    let r = ws
+        .request(json!({"op": "get", "key": key, "r": 1, "sloppy": false}))
+        .await;
+    assert_eq!(r["found"], false, "{r}");
+
     // The same write under a sloppy quorum: stand-ins keep hints for the two down replicas.
     let r = ws
         .request(json!({"op": "put", "key": key, "value": "v3", "w": 2}))
