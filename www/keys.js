@@ -179,7 +179,7 @@ export function setupKeys({ sdk, url, onKey, report }) {
     const c = await kv();
     const context = contextFor(key);
     await c.delete(key, { context });
-    note(`deleted ${JSON.stringify(key)}${context ? ' with the context of the last get' : ' (no context: every sibling a read found)'}`);
+    note(`deleted ${JSON.stringify(key)}${context !== undefined ? ' with the context of the last get' : ' (no context: every sibling a read found)'}`);
     await get(key);
   }));
 }

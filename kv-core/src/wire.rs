@@ -128,10 +128,12 @@ pub enum ClientOp {
         w: Option<usize>,
         ttl_s: Option<u64>,
     },
-    /// Write a tombstone.
+    /// Write a tombstone over what `context` saw. Without a context (`None`: no field, unlike
+    /// `""`, the context of a read that found nothing) the node reads the key first and
+    /// deletes what that read finds.
     Delete {
         key: String,
-        context: String,
+        context: Option<String>,
         w: Option<usize>,
     },
     /// Add `by` (negative to subtract) to the key's counter.
@@ -323,7 +325,7 @@ fn validate(raw: RawRequest<'_>, limits: &Limits) -> Result<Request, WireError> 
         }
         "delete" => ClientOp::Delete {
             key: key(raw.key)?,
-            context: raw.context.unwrap_or_default(),
+            context: raw.context,
             w: quorum("w", raw.w)?,
         },
         "incr" => ClientOp::Incr {
@@ -433,7 +435,7 @@ pub fn encode_request(id: u64, op: &ClientOp) -> String {
         }
         ClientOp::Delete { key, context: c, w } => {
             out.key = Some(key);
-            out.context = non_empty(c);
+            out.context = c.as_deref();
             out.w = *w;
         }
         ClientOp::Incr { key, by, w } => {
@@ -630,7 +632,18 @@ mod tests {
             decode(r#"{"id":2,"op":"delete","key":"k"}"#).unwrap().op,
             ClientOp::Delete {
                 key: "k".into(),
-                context: String::new(),
+                context: None,
+                w: None
+            }
+        );
+        // An empty context is a context (of a read that found nothing), not a missing one.
+        assert_eq!(
+            decode(r#"{"id":2,"op":"delete","key":"k","context":""}"#)
+                .unwrap()
+                .op,
+            ClientOp::Delete {
+                key: "k".into(),
+                context: Some(String::new()),
                 w: None
             }
         );
@@ -730,7 +743,17 @@ mod tests {
             },
             ClientOp::Delete {
                 key: "k".into(),
-                context: "c".into(),
+                context: Some("c".into()),
+                w: None,
+            },
+            ClientOp::Delete {
+                key: "k".into(),
+                context: Some(String::new()),
+                w: None,
+            },
+            ClientOp::Delete {
+                key: "k".into(),
+                context: None,
                 w: None,
             },
             ClientOp::Status,

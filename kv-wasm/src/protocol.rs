@@ -245,9 +245,15 @@ pub fn encode_delete(
     context: Option<&str>,
     w: Option<usize>,
 ) -> Result<String> {
+    // No context asks the node to delete what it reads now; "" (a read that found nothing)
+    // is kept as a context that saw nothing.
+    let context = match context {
+        Some(c) => Some(context_arg(Some(c))?),
+        None => None,
+    };
     let op = ClientOp::Delete {
         key: key.to_owned(),
-        context: context_arg(context)?,
+        context,
         w,
     };
     Ok(encode_request(check_id(id)?, &op))
@@ -329,10 +335,26 @@ mod tests {
             req.op,
             ClientOp::Delete {
                 key: "k".into(),
-                context: ctx,
+                context: Some(ctx),
                 w: None
             }
         );
+        // No context stays none (the node deletes what it reads); "" stays a context.
+        for (given, sent) in [(None, None), (Some(""), Some(String::new()))] {
+            let req = decode_request(
+                &encode_delete(12, "k", given, None).unwrap(),
+                &Limits::default(),
+            )
+            .unwrap();
+            assert_eq!(
+                req.op,
+                ClientOp::Delete {
+                    key: "k".into(),
+                    context: sent,
+                    w: None
+                }
+            );
+        }
         let req = decode_request(&encode_simple(11, "ping").unwrap(), &Limits::default()).unwrap();
         assert_eq!(req.op, ClientOp::Ping);
     }

@@ -236,13 +236,20 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 pub type Outcome = Result<(), ClientError>;
 
 /// The context a write uses: `--context` if given; in the REPL, unless `--blind`, the
-/// remembered one (announced on stdout); else none (blind).
-fn write_context(env: &Env, key: &str, given: Option<String>, blind: bool, what: &str) -> String {
-    if let Some(c) = given {
-        return c;
+/// remembered one (announced on stdout); else none: a blind put, or a delete of what the node
+/// reads at that moment.
+fn write_context(
+    env: &Env,
+    key: &str,
+    given: Option<String>,
+    blind: bool,
+    what: &str,
+) -> Option<String> {
+    if given.is_some() {
+        return given;
     }
     if blind {
-        return String::new();
+        return None;
     }
     match env.recall(key) {
         Some(r) => {
@@ -265,9 +272,9 @@ fn write_context(env: &Env, key: &str, given: Option<String>, blind: bool, what:
                     ))
                 );
             }
-            r.context
+            Some(r.context)
         }
-        None => String::new(),
+        None => None,
     }
 }
 
@@ -295,7 +302,7 @@ pub async fn run(client: &Client, cmd: Command, env: &Env) -> Outcome {
             blind,
             ttl,
         } => {
-            let context = write_context(env, &key, context, blind, "put");
+            let context = write_context(env, &key, context, blind, "put").unwrap_or_default();
             let v = client
                 .request(&ClientOp::Put {
                     key: key.clone(),

@@ -404,10 +404,9 @@ async fn run(node: &Arc<Node>, op: ClientOp, sloppy: Option<bool>) -> Result<Ans
             });
         }
         ClientOp::Delete { key, context, w } => {
-            let context = if context.is_empty() {
-                Box::pin(context_to_delete(node, &key, sloppy)).await?
-            } else {
-                context
+            let context = match context {
+                Some(context) => context,
+                None => Box::pin(context_to_delete(node, &key, sloppy)).await?,
             };
             let write = coordinator::Write::Delete;
             let res = coordinator::write(node, key.clone(), write, context, w, sloppy).await?;
@@ -446,10 +445,12 @@ async fn run(node: &Arc<Node>, op: ClientOp, sloppy: Option<bool>) -> Result<Ans
     other.map(Answer::Other)
 }
 
-/// The context a delete without one uses: that of a read at the default R, now. A tombstone
-/// with no context would be concurrent with every stored version and delete nothing; like
-/// Riak's delete, this one replaces what the read finds (with R + W > N, every acknowledged
-/// write), while a version written after the read stays, as a sibling.
+/// The context a delete without one (no `context` field) uses: that of a read at the default
+/// R, now. A tombstone with no context would be concurrent with every stored version and
+/// delete nothing; like Riak's delete, this one replaces what the read finds (with R + W > N,
+/// every acknowledged write), while a version written after the read stays, as a sibling. An
+/// empty context is a context: that of a read that found nothing, which deletes nothing
+/// written since.
 async fn context_to_delete(
     node: &Arc<Node>,
     key: &str,

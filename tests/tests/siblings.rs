@@ -105,4 +105,17 @@ async fn concurrent_writes_become_siblings_and_a_merged_write_resolves_them() {
         .request(json!({"op": "get", "key": "never-written"}))
         .await;
     assert_eq!(r["found"], false, "{r}");
+
+    // An empty context is a context: that of a read that found nothing. A delete with it
+    // deletes nothing written after that read.
+    let read = a.request(json!({"op": "get", "key": "late"})).await;
+    assert_eq!(read["context"], "", "{read}");
+    b.request(json!({"op": "put", "key": "late", "value": "written after the read"}))
+        .await;
+    let d = a
+        .request(json!({"op": "delete", "key": "late", "context": read["context"]}))
+        .await;
+    assert_eq!(d["ok"], true, "{d}");
+    let r = b.request(json!({"op": "get", "key": "late", "r": 3})).await;
+    assert_eq!(sorted_values(&r), ["written after the read"], "{r}");
 }
