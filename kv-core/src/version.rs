@@ -417,6 +417,12 @@ impl Sibling {
     }
 }
 
+/// Whether `s` holds exactly `value`, with no expiry and not as a counter: what a plain write
+/// of `value` replaces (see [`SiblingSet::update`]).
+fn same_plain_value(s: &Sibling, value: Option<&[u8]>) -> bool {
+    !s.counter && s.expires_at_ms.is_none() && s.value.as_deref() == value
+}
+
 /// What [`SiblingSet::update`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpdateOutcome {
@@ -511,7 +517,11 @@ impl SiblingSet {
     ///
     /// Siblings whose dot `ctx` covers are overwritten; everything in `ctx` becomes causally
     /// before the new write; the new dot is `(actor, cc[actor] + 1)`. A blind write keeps every
-    /// existing sibling, and two writes with the same `ctx` through the same actor both survive.
+    /// existing sibling, and two writes with the same `ctx` through the same actor both survive,
+    /// with one exception: a value write also replaces a sibling holding the very same bytes
+    /// (neither of them expiring, nor a counter). Keeping it would show one value twice: a
+    /// retried put, or an import over the data it was exported from, would add a sibling each
+    /// time. Its dot is in `cc`, so the replacement converges like an overwrite.
     ///
     /// Siblings cap: if more than [`MAX_SIBLINGS`] siblings would remain, the oldest ones other
     /// than the new write (by timestamp, then dot) are dropped until the cap holds. Their dots
@@ -602,8 +612,12 @@ impl SiblingSet {
         ttl_ms: Option<u64>,
         counter: bool,
     ) -> UpdateOutcome {
-        self.siblings
-            .retain(|s| !ctx.covers(&s.dot) && s.expires_at_ms.is_none_or(|at| at > now_ms));
+        let plain = value.is_some() && ttl_ms.is_none() && !counter;
+        self.siblings.retain(|s| {
+            !ctx.covers(&s.dot)
+                && s.expires_at_ms.is_none_or(|at| at > now_ms)
+                && !(plain && same_plain_value(s, value.as_deref()))
+        });
         self.cc.merge_in(ctx);
         let dot = self.cc.increment(actor);
         let expires_at_ms = match &value {
@@ -1099,6 +1113,32 @@ mod tests {
         );
     }
 
+    /// A write of bytes a concurrent sibling already holds replaces it instead of showing the
+    /// value twice; values that expire and counters are left alone, and other replicas drop the
+    /// replaced sibling when they sync.
+    #[test]
+    fn a_write_of_the_same_bytes_replaces_the_equal_sibling() {
+        let mut s = SiblingSet::new();
+        s.update(&VersionVector::new(), "A", val("x"), 1);
+        s.update(&VersionVector::new(), "A", val("y"), 2);
+        let other = s.clone();
+        // A blind retry of x: still x and y, x now at the new dot.
+        let out = s.update(&VersionVector::new(), "B", val("x"), 3);
+        assert_eq!(s.values(), vec![b"y".as_slice(), b"x".as_slice()]);
+        assert!(s.siblings().iter().any(|x| x.dot == out.dot));
+        assert_eq!(other.synced(&s).encode(), s.encode());
+        // A value with a time to live is a different version, and is not replaced either.
+        s.update_expiring(&VersionVector::new(), "A", val("y"), 4, Some(1000));
+        assert_eq!(s.values().len(), 3);
+        s.update(&VersionVector::new(), "A", val("y"), 5);
+        assert_eq!(s.values().len(), 3, "only the plain y is replaced");
+        // A tombstone does not replace a tombstone (reads show neither).
+        let mut d = SiblingSet::new();
+        d.update(&VersionVector::new(), "A", None, 1);
+        d.update(&VersionVector::new(), "A", None, 2);
+        assert_eq!(d.siblings().len(), 2);
+    }
+
     /// Two clients read the same version and both write through the same coordinator: plain
     /// vector clocks would make the second write overwrite the first; here both survive.
     #[test]
@@ -1480,6 +1520,16 @@ mod tests {
                     .filter(|s| s.expires_at_ms.is_some_and(|e| e <= t as u64))
                     .map(|s| s.dot.clone()),
             );
+            // And a plain value write replaces a plain sibling of the same bytes.
+            if ttl.is_none() && value.is_some() {
+                overwritten.extend(
+                    reps[at]
+                        .siblings()
+                        .iter()
+                        .filter(|s| same_plain_value(s, value.as_deref()))
+                        .map(|s| s.dot.clone()),
+                );
+            }
             let out = reps[at].update_expiring(&ctx, actors[at], value, t as u64, ttl);
             assert_eq!(out.dropped, 0);
             written.insert(out.dot);
