@@ -151,6 +151,8 @@ pub enum ClientOp {
     /// Hand the data of the ranges this node no longer replicates to their replicas, then
     /// drop it here.
     Cleanup,
+    /// Copy this node's data, as it stands, to a snapshot named `name` (default: the time).
+    Snapshot { name: Option<String> },
     /// Run anti-entropy now.
     Repair { node: Option<String> },
     /// Drain a node and remove it from the ring.
@@ -179,6 +181,7 @@ impl ClientOp {
             ClientOp::Ring { .. } => "ring",
             ClientOp::Hints => "hints",
             ClientOp::Cleanup => "cleanup",
+            ClientOp::Snapshot { .. } => "snapshot",
             ClientOp::Repair { .. } => "repair",
             ClientOp::Decommission { .. } => "decommission",
             ClientOp::RemoveNode { .. } => "removenode",
@@ -224,6 +227,8 @@ struct RawRequest<'a> {
     cursor: Option<String>,
     #[serde(default)]
     limit: Option<usize>,
+    #[serde(default)]
+    name: Option<String>,
 }
 
 /// Used to recover the id of a request whose other fields did not decode.
@@ -342,6 +347,7 @@ fn validate(raw: RawRequest<'_>, limits: &Limits) -> Result<Request, WireError> 
         },
         "hints" => ClientOp::Hints,
         "cleanup" => ClientOp::Cleanup,
+        "snapshot" => ClientOp::Snapshot { name: raw.name },
         "repair" => ClientOp::Repair { node: raw.node },
         "decommission" => ClientOp::Decommission {
             node: raw
@@ -446,6 +452,7 @@ pub fn encode_request(id: u64, op: &ClientOp) -> String {
         ClientOp::Ring { key } => out.key = key.as_deref(),
         ClientOp::Repair { node } => out.node = node.as_deref(),
         ClientOp::Decommission { node } | ClientOp::RemoveNode { node } => out.node = Some(node),
+        ClientOp::Snapshot { name } => out.name = name.as_deref(),
         ClientOp::Scan { cursor, limit } => {
             out.cursor = cursor.as_deref();
             out.limit = *limit;
@@ -489,6 +496,8 @@ struct OutRequest<'a> {
     cursor: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     limit: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<&'a str>,
 }
 
 /// A value as JSON: a string when it is UTF-8 text, else `{"value_b64": "..."}`.
@@ -764,6 +773,10 @@ mod tests {
             },
             ClientOp::Decommission { node: "n2".into() },
             ClientOp::RemoveNode { node: "n3".into() },
+            ClientOp::Snapshot { name: None },
+            ClientOp::Snapshot {
+                name: Some("daily".into()),
+            },
             ClientOp::Ping,
             ClientOp::Scan {
                 cursor: Some("c".into()),

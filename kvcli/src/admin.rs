@@ -271,6 +271,82 @@ pub async fn cleanup(client: &Client, all: bool, env: &Env) -> Result<(), Client
         }
         return Ok(());
     }
+    let mut out = Vec::new();
+    for (id, v) in on_every_up_member(client, "cleanup", &ClientOp::Cleanup, env).await? {
+        if !env.json {
+            say(&format!(" on {id}"), &v);
+        }
+        let mut fields = pick(&v);
+        fields.insert("node".into(), Value::String(id));
+        out.push(Value::Object(fields));
+    }
+    if env.json {
+        println!("{}", serde_json::json!({ "nodes": out }));
+    }
+    Ok(())
+}
+
+/// `snapshot [NAME] [--all]`: on the connected node, or on every up member one after the
+/// other (under the same name).
+pub async fn snapshot(
+    client: &Client,
+    name: Option<String>,
+    all: bool,
+    env: &Env,
+) -> Result<(), ClientError> {
+    // Every member's snapshot of one --all run has the same name.
+    let name = name.or_else(|| {
+        all.then(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis().to_string())
+                .unwrap_or_default()
+        })
+    });
+    let op = ClientOp::Snapshot { name };
+    let say = |v: &Value| {
+        println!(
+            "snapshot {} on {}: {} tables, {} bytes, in {}",
+            v["name"].as_str().unwrap_or_default(),
+            v["node"].as_str().unwrap_or_default(),
+            v["tables"],
+            v["bytes"],
+            v["path"].as_str().unwrap_or_default()
+        );
+    };
+    if !all {
+        let pb = crate::progress::spinner("snapshot");
+        let v = client.request_within(&op, LONG).await;
+        pb.finish_and_clear();
+        let v = v?;
+        if env.json {
+            println!("{v}");
+        } else {
+            say(&v);
+        }
+        return Ok(());
+    }
+    let mut out = Vec::new();
+    for (_, v) in on_every_up_member(client, "snapshot", &op, env).await? {
+        if !env.json {
+            say(&v);
+        }
+        out.push(v);
+    }
+    if env.json {
+        println!("{}", serde_json::json!({ "nodes": out }));
+    }
+    Ok(())
+}
+
+/// Runs `op` on every up member, one after the other, each behind a spinner labelled `what`;
+/// stops at the first failure. Answers by member id, in `status` order.
+async fn on_every_up_member(
+    client: &Client,
+    what: &str,
+    op: &ClientOp,
+    env: &Env,
+) -> Result<Vec<(String, Value)>, ClientError> {
     let status = client.request(&ClientOp::Status).await?;
     let members: Vec<(String, String)> = status["nodes"]
         .as_array()
@@ -288,25 +364,16 @@ pub async fn cleanup(client: &Client, all: bool, env: &Env) -> Result<(), Client
     };
     let mut out = Vec::new();
     for (id, addr) in members {
-        let pb = crate::progress::spinner(&format!("cleanup {id}"));
+        let pb = crate::progress::spinner(&format!("{what} {id}"));
         let url = format!("{scheme}://{addr}");
         let answer = match Client::connect(&url, env.token.as_deref(), env.timeout).await {
-            Ok(c) => c.request_within(&ClientOp::Cleanup, LONG).await,
+            Ok(c) => c.request_within(op, LONG).await,
             Err(e) => Err(e),
         };
         pb.finish_and_clear();
-        let v = answer?;
-        if !env.json {
-            say(&format!(" on {id}"), &v);
-        }
-        let mut fields = pick(&v);
-        fields.insert("node".into(), Value::String(id));
-        out.push(Value::Object(fields));
+        out.push((id, answer?));
     }
-    if env.json {
-        println!("{}", serde_json::json!({ "nodes": out }));
-    }
-    Ok(())
+    Ok(out)
 }
 
 /// Runs a membership change `op` about `node` (`decommission`, `removenode`) with a bar fed

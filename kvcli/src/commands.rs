@@ -131,6 +131,15 @@ pub enum Command {
         #[arg(long)]
         all: bool,
     },
+    /// Copy this node's data as it stands to DATA_DIR/snapshots/NAME/storage (hard links:
+    /// no disk until compaction replaces the tables); --all does it on every member in turn.
+    Snapshot {
+        /// The snapshot's name (letters, digits, '.', '_', '-'); default: the time in ms.
+        name: Option<String>,
+        /// Every up member, one after the other, under the same name.
+        #[arg(long)]
+        all: bool,
+    },
     /// Drain NODE: its data moves to the new owners, then it leaves the ring.
     Decommission {
         /// The node's id.
@@ -423,6 +432,7 @@ pub async fn run(client: &Client, cmd: Command, env: &Env) -> Outcome {
         Command::Hints => crate::admin::hints(client, env).await?,
         Command::Repair { node } => crate::admin::repair(client, node, env).await?,
         Command::Cleanup { all } => crate::admin::cleanup(client, all, env).await?,
+        Command::Snapshot { name, all } => crate::admin::snapshot(client, name, all, env).await?,
         Command::Decommission { node } => crate::admin::decommission(client, node, env).await?,
         Command::RemoveNode { node } => crate::admin::remove_node(client, node, env).await?,
         Command::Export { out } => crate::admin::export(client, out, env).await?,

@@ -437,6 +437,9 @@ async fn run(node: &Arc<Node>, op: ClientOp, sloppy: Option<bool>) -> Result<Ans
         ClientOp::Repair { node: target } => Box::pin(repair(node, target)).await,
         ClientOp::Decommission { node: target } => Box::pin(decommission(node, target)).await,
         ClientOp::RemoveNode { node: target } => Box::pin(remove_node(node, target)).await,
+        ClientOp::Snapshot { name } => Box::pin(crate::snapshot::take(node, name))
+            .await
+            .map(|taken| serde_json::to_value(taken).unwrap_or_default()),
         ClientOp::Cleanup => Box::pin(crate::rebalance::run_cleanup(node))
             .await
             .map(|stats| serde_json::to_value(stats).unwrap_or_default())

@@ -31,6 +31,7 @@ pub mod rebalance;
 pub mod replica;
 pub mod scan;
 pub mod server;
+pub mod snapshot;
 pub mod tls;
 pub mod tombstones;
 

@@ -84,6 +84,20 @@ impl Node {
         let engine = open_engine(&config)?;
         let report = engine.recovery_report();
         crate::info!("storage opened: {report:?}");
+        // Storage restored from a snapshot: versions this node minted after the snapshot may
+        // live on other replicas under its actor name, so it takes a new one and can never
+        // mint one of those dots again for another write.
+        let marker = crate::snapshot::marker(&config.data_dir);
+        let restored = marker.exists();
+        if restored {
+            let fresh = Identity::fresh(&id).actor;
+            crate::info!(
+                "storage restored from a snapshot: versions are minted as {fresh} from now on \
+                 (was {})",
+                identity.actor
+            );
+            identity.actor = fresh;
+        }
 
         let mut me = Member::new(&id, &config.listen, identity.generation + 1);
         me.dc = config.dc.clone();
@@ -115,6 +129,10 @@ impl Node {
         identity.weight = Some(config.weight);
         identity.generation += 1;
         identity.save(&config.data_dir)?;
+        if restored {
+            std::fs::remove_file(&marker)
+                .map_err(|e| Error::DataDir(format!("cannot remove {}: {e}", marker.display())))?;
+        }
         let tokens = identity.tokens.clone();
         let status = if identity.left {
             MemberStatus::Left

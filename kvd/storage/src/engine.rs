@@ -57,6 +57,17 @@ pub struct TornTail {
     pub reason: String,
 }
 
+/// What [`Engine::checkpoint`] wrote.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// Tables hard-linked into the checkpoint.
+    pub tables_linked: usize,
+    /// Tables copied (linking failed).
+    pub tables_copied: usize,
+    /// Bytes of the tables.
+    pub bytes: u64,
+}
+
 /// What `Engine::open` found and did; the daemon logs it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RecoveryReport {
@@ -580,6 +591,20 @@ impl Engine {
     /// tables.
     pub fn flush(&self) -> Result<()> {
         self.inner.flush()
+    }
+
+    /// Writes a consistent copy of the data to `dest`, a directory that must not exist yet,
+    /// which [`Engine::open`] opens as it stood (a backup, as RocksDB's checkpoints and
+    /// Cassandra's snapshots): flushes the memtable, then hard-links every live table into
+    /// `dest` (copying it where linking fails, e.g. across file systems) and writes a manifest
+    /// naming exactly them, so no commit log is needed. Tables are immutable, so a linked
+    /// copy costs no space until compaction replaces the original. Writes made after the
+    /// flush are not in it.
+    ///
+    /// Errors: `InvalidArgument` when `dest` exists; `Io` for failed system calls (a partly
+    /// written `dest` is left for the caller to remove).
+    pub fn checkpoint(&self, dest: &Path) -> Result<Checkpoint> {
+        self.inner.checkpoint(dest)
     }
 
     /// Full manual compaction: flushes, then merges every table into the deepest level,
@@ -1218,6 +1243,40 @@ impl Inner {
         Ok(())
     }
 
+    fn checkpoint(&self, dest: &Path) -> Result<Checkpoint> {
+        if dest.exists() {
+            return Err(Error::InvalidArgument(format!(
+                "{} exists: a checkpoint goes to a new directory",
+                dest.display()
+            )));
+        }
+        self.flush()?;
+        // Holding the version keeps its tables on disk while they are linked, whatever
+        // compaction does meanwhile.
+        let version = self.snapshot().2;
+        let next_file = self.next_file.load(Ordering::SeqCst);
+        std::fs::create_dir_all(dest).map_err(|e| Error::io(dest, e))?;
+        let manifest = version.to_manifest(next_file, next_file);
+        let mut out = Checkpoint::default();
+        for (_, meta) in &manifest.tables {
+            let from = crate::sstable::table_path(&self.dir, meta.number);
+            let to = crate::sstable::table_path(dest, meta.number);
+            if std::fs::hard_link(&from, &to).is_ok() {
+                out.tables_linked += 1;
+            } else {
+                std::fs::copy(&from, &to).map_err(|e| Error::io(&to, e))?;
+                std::fs::File::open(&to)
+                    .and_then(|f| f.sync_all())
+                    .map_err(|e| Error::io(&to, e))?;
+                out.tables_copied += 1;
+            }
+            out.bytes += meta.size;
+        }
+        crate::fsutil::sync_dir(dest)?;
+        manifest.store(dest)?;
+        Ok(out)
+    }
+
     fn compact_step(&self) -> Result<bool> {
         let _c = lock(&self.compaction_lock);
         let v = self.snapshot().2;
@@ -1450,5 +1509,62 @@ mod tests {
         let e = Engine::open(dir.path(), opts).unwrap();
         assert_eq!(e.get(b"a").unwrap(), Some(b"1".to_vec()));
         assert_eq!(e.get(b"c").unwrap(), None);
+    }
+
+    #[test]
+    fn a_checkpoint_opens_as_the_data_stood_and_outlives_compaction_of_the_original() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = Options {
+            background_work: false,
+            ..Options::default()
+        };
+        let e = Engine::open(dir.path().join("db"), opts.clone()).unwrap();
+        for i in 0..500u32 {
+            e.put(format!("k{i:04}").as_bytes(), b"old").unwrap();
+        }
+        e.flush().unwrap();
+        // Some in tables, some only in the memtable (and the commit log), some deleted.
+        for i in 0..100u32 {
+            e.put(format!("k{i:04}").as_bytes(), b"new").unwrap();
+        }
+        for i in 400..500u32 {
+            e.delete(format!("k{i:04}").as_bytes()).unwrap();
+        }
+        let snap = dir.path().join("snap");
+        let c = e.checkpoint(&snap).unwrap();
+        assert_eq!(c.tables_linked + c.tables_copied, 2, "{c:?}");
+        assert!(c.bytes > 0);
+        assert!(
+            !std::fs::read_dir(&snap).unwrap().any(|f| f
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".log")),
+            "no commit log needed"
+        );
+        // A second checkpoint to the same place is refused.
+        assert!(matches!(
+            e.checkpoint(&snap),
+            Err(Error::InvalidArgument(_))
+        ));
+        // The original moves on: overwrites, and a full compaction that drops the tables the
+        // checkpoint links to.
+        for i in 0..500u32 {
+            e.put(format!("k{i:04}").as_bytes(), b"later").unwrap();
+        }
+        e.compact().unwrap();
+        drop(e);
+        let c = Engine::open(&snap, opts).unwrap();
+        for i in 0..500u32 {
+            let want = match i {
+                0..100 => Some(b"new".to_vec()),
+                400.. => None,
+                _ => Some(b"old".to_vec()),
+            };
+            assert_eq!(c.get(format!("k{i:04}").as_bytes()).unwrap(), want, "k{i}");
+        }
+        // And it is a live engine of its own.
+        c.put(b"k0000", b"restored").unwrap();
+        assert_eq!(c.get(b"k0000").unwrap(), Some(b"restored".to_vec()));
     }
 }

@@ -62,7 +62,7 @@ mod stats;
 mod version;
 
 pub use batch::{WriteBatch, WriteOp};
-pub use engine::{Engine, RecoveryReport, Ticket, TornTail};
+pub use engine::{Checkpoint, Engine, RecoveryReport, Ticket, TornTail};
 pub use error::{Error, Result};
 pub use iter::Scan;
 pub use options::{Options, PurgePredicate, SyncMode};

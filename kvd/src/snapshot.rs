@@ -1,0 +1,167 @@
+//! Snapshots: a consistent copy of this node's data, taken while it serves (Cassandra's
+//! `nodetool snapshot`, RocksDB's checkpoints).
+//!
+//! `{"op":"snapshot","name":NAME}` flushes the memtable and hard-links every live table into
+//! `DATA_DIR/snapshots/NAME/storage`, with a manifest of its own: an engine directory that
+//! opens as the data stood. Tables are immutable, so a snapshot costs no disk until compaction
+//! replaces the tables it shares. Restoring is done with the node stopped: its `storage`
+//! directory is replaced by the snapshot's (README). The snapshot carries a marker file, so
+//! the restored node knows to mint versions under a new actor name: the dots it minted after
+//! the snapshot may live on other replicas, and minting one again for another write would
+//! make two writes one version.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use kv_core::wire::WireError;
+use serde::Serialize;
+
+use crate::node::Node;
+
+/// Where snapshots live, under the data dir.
+pub const SNAPSHOTS_DIR: &str = "snapshots";
+
+/// A file in every snapshot's `storage`, describing it. Found in a node's own `storage` at
+/// start, it says the storage was restored: the node then mints versions under a new actor
+/// name and removes the file.
+const MARKER: &str = "SNAPSHOT";
+
+/// The marker's path in the storage of the node whose data dir is `data_dir`.
+pub fn marker(data_dir: &Path) -> PathBuf {
+    data_dir.join("storage").join(MARKER)
+}
+
+/// The answer to a snapshot request.
+#[derive(Debug, Serialize)]
+pub struct Taken {
+    /// This node's id.
+    pub node: String,
+    /// The snapshot's name.
+    pub name: String,
+    /// Its directory (an engine directory: `storage` of a stopped node can be replaced by it).
+    pub path: String,
+    /// Tables in it.
+    pub tables: usize,
+    /// Their bytes.
+    pub bytes: u64,
+}
+
+/// Takes a snapshot named `name` (default: the time in milliseconds).
+pub async fn take(node: &Arc<Node>, name: Option<String>) -> Result<Taken, WireError> {
+    let name = name.unwrap_or_else(|| crate::now_ms().to_string());
+    check_name(&name)?;
+    let dir = node.config.data_dir.join(SNAPSHOTS_DIR).join(&name);
+    if dir.exists() {
+        return Err(WireError::bad_request(format!(
+            "a snapshot named {name} exists on {} ({}): pick another name or remove it",
+            node.id,
+            dir.display()
+        )));
+    }
+    let dest: PathBuf = dir.join("storage");
+    let n = node.clone();
+    let about = serde_json::json!({
+        "node": node.id,
+        "name": name,
+        "taken_at_ms": crate::now_ms(),
+    })
+    .to_string();
+    let taken = tokio::task::spawn_blocking(move || {
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let written = n
+            .replica
+            .engine()
+            .checkpoint(&dest)
+            .map_err(|e| e.to_string())
+            .and_then(|c| {
+                let path = dest.join(MARKER);
+                std::fs::File::create(&path)
+                    .and_then(|mut f| {
+                        f.write_all(about.as_bytes())?;
+                        f.sync_all()
+                    })
+                    .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+                Ok(c)
+            });
+        if written.is_err() {
+            // Leave nothing half written under the name.
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        written
+    })
+    .await
+    .map_err(|e| internal(e.to_string()))?
+    .map_err(internal)?;
+    let path = node
+        .config
+        .data_dir
+        .join(SNAPSHOTS_DIR)
+        .join(&name)
+        .join("storage");
+    crate::info!(
+        "snapshot {name}: {} tables, {} bytes, in {}",
+        taken.tables_linked + taken.tables_copied,
+        taken.bytes,
+        path.display()
+    );
+    Ok(Taken {
+        node: node.id.clone(),
+        name,
+        path: path.display().to_string(),
+        tables: taken.tables_linked + taken.tables_copied,
+        bytes: taken.bytes,
+    })
+}
+
+fn internal(why: String) -> WireError {
+    WireError::new(
+        kv_core::wire::ErrorCode::Internal,
+        format!("snapshot failed: {why}"),
+    )
+}
+
+/// A name is 1 to 64 letters, digits, `.`, `_` or `-`, not starting with `.`: one directory
+/// name, never a path.
+fn check_name(name: &str) -> Result<(), WireError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(WireError::bad_request(format!(
+            "bad snapshot name {name:?}: use 1 to 64 letters, digits, '.', '_' or '-', not \
+             starting with '.'"
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_one_directory_never_a_path() {
+        for good in ["daily", "2026-11-26", "before_upgrade.1", "1795711023085"] {
+            assert!(check_name(good).is_ok(), "{good}");
+        }
+        let long = "x".repeat(65);
+        for bad in [
+            "",
+            "..",
+            ".hidden",
+            "a/b",
+            "../up",
+            "sp ace",
+            "é",
+            long.as_str(),
+        ] {
+            assert!(check_name(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,136 @@
+//! `snapshot`: a consistent copy of a node's data taken while it serves. Restored (the node
+//! stopped, its `storage` replaced by the snapshot's), the node serves the data as it stood
+//! when the snapshot was taken: later overwrites, deletes and new keys are gone, and it mints
+//! versions under a new actor name.
+
+use kv_tests::{kvcli, Cluster, ClusterOpts, Ws};
+use serde_json::{json, Value};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restored_snapshot_serves_the_data_as_it_stood() {
+    let mut cluster = Cluster::start(
+        1,
+        ClusterOpts {
+            n: 1,
+            w: 1,
+            r: 1,
+            ..ClusterOpts::default()
+        },
+    );
+    let url = cluster.nodes[0].url();
+    let mut ws = Ws::connect(&url).await;
+    for i in 0..300 {
+        let r = ws
+            .request(json!({"op": "put", "key": format!("k{i}"), "value": "v1"}))
+            .await;
+        assert_eq!(r["ok"], true, "{r}");
+    }
+
+    let (code, out, err) = kvcli(&["--node", &url, "--json", "snapshot", "before"]);
+    assert_eq!(code, 0, "{err}");
+    let taken: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(taken["name"], "before", "{taken}");
+    assert_eq!(taken["node"], cluster.nodes[0].id.as_str(), "{taken}");
+    assert!(taken["tables"].as_u64().unwrap() >= 1, "{taken}");
+    assert!(taken["bytes"].as_u64().unwrap() > 0, "{taken}");
+    let snap = cluster.nodes[0].data_dir.join("snapshots/before/storage");
+    assert_eq!(taken["path"], snap.display().to_string(), "{taken}");
+
+    // The same name twice, and a name that is a path, are refused.
+    let (code, _, err) = kvcli(&["--node", &url, "snapshot", "before"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("exists"), "{err}");
+    let r = ws
+        .request(json!({"op": "snapshot", "name": "../escape"}))
+        .await;
+    assert_eq!(r["error"]["code"], "bad_request", "{r}");
+    assert!(!cluster.nodes[0].data_dir.join("escape").exists());
+
+    // The node moves on: overwrites, deletes, new keys.
+    for i in 0..100 {
+        ws.request(json!({"op": "put", "key": format!("k{i}"), "value": "v2", "context": ""}))
+            .await;
+    }
+    for i in 100..200 {
+        let r = ws
+            .request(json!({"op": "delete", "key": format!("k{i}")}))
+            .await;
+        assert_eq!(r["ok"], true, "{r}");
+    }
+    for i in 300..400 {
+        ws.request(json!({"op": "put", "key": format!("k{i}"), "value": "new"}))
+            .await;
+    }
+    let r = ws.request(json!({"op": "get", "key": "k150"})).await;
+    assert_eq!(r["found"], false, "{r}");
+    drop(ws);
+
+    // Restore: stop, replace storage by the snapshot, start. The node mints versions under a
+    // new actor name from then on (its dots after the snapshot must never be minted again).
+    let identity = cluster.nodes[0].data_dir.join("node-identity.json");
+    let actor = || {
+        let id = std::fs::read(&identity).unwrap();
+        serde_json::from_slice::<Value>(&id).unwrap()["actor"].clone()
+    };
+    let before = actor();
+    assert!(snap.join("SNAPSHOT").exists());
+    assert_eq!(cluster.stop(0), Some(0));
+    let storage = cluster.nodes[0].data_dir.join("storage");
+    std::fs::remove_dir_all(&storage).unwrap();
+    std::fs::rename(&snap, &storage).unwrap();
+    cluster.restart(0);
+    assert_ne!(actor(), before);
+    assert!(!storage.join("SNAPSHOT").exists(), "the marker is consumed");
+    let mut ws = Ws::connect(&url).await;
+    for i in 0..400 {
+        let r = ws
+            .request(json!({"op": "get", "key": format!("k{i}")}))
+            .await;
+        assert_eq!(r["ok"], true, "{r}");
+        if i < 300 {
+            assert_eq!(r["values"], json!(["v1"]), "k{i}: {r}");
+        } else {
+            assert_eq!(r["found"], false, "k{i}: {r}");
+        }
+    }
+}
+
+#[test]
+fn snapshot_all_takes_one_name_on_every_member() {
+    let cluster = Cluster::start(3, ClusterOpts::default());
+    let url = cluster.nodes[0].url();
+    for i in 0..50 {
+        let (code, _, err) = kvcli(&["--node", &url, "put", &format!("k{i}"), "v"]);
+        assert_eq!(code, 0, "{err}");
+    }
+    let (code, out, err) = kvcli(&["--node", &url, "--json", "snapshot", "--all"]);
+    assert_eq!(code, 0, "{err}");
+    let all: Value = serde_json::from_str(out.trim()).unwrap();
+    let nodes = all["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 3, "{all}");
+    let name = nodes[0]["name"].as_str().unwrap();
+    for (n, node) in nodes.iter().enumerate() {
+        assert_eq!(node["name"], name, "{all}");
+        let member = cluster
+            .nodes
+            .iter()
+            .find(|p| p.id == node["node"].as_str().unwrap())
+            .unwrap_or_else(|| panic!("member {n}: {all}"));
+        assert!(
+            member
+                .data_dir
+                .join("snapshots")
+                .join(name)
+                .join("storage/MANIFEST")
+                .exists(),
+            "{all}"
+        );
+        // N=3 on 3 nodes: every member holds every key, so every snapshot has tables.
+        assert!(node["tables"].as_u64().unwrap() >= 1, "{all}");
+    }
+    // Human output: one line per member.
+    let (code, out, err) = kvcli(&["--node", &url, "snapshot", "--all", "second"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.lines().count(), 3, "{out}");
+    assert!(out.contains("snapshot second on"), "{out}");
+}
