@@ -84,16 +84,25 @@ impl Node {
         let engine = open_engine(&config)?;
         let report = engine.recovery_report();
         crate::info!("storage opened: {report:?}");
-        // Storage restored from a snapshot: versions this node minted after the snapshot may
-        // live on other replicas under its actor name, so it takes a new one and can never
-        // mint one of those dots again for another write.
+        // Versions this node minted may live on other replicas while its own storage lost
+        // them: after a restore from a snapshot, or after an unclean stop (the commit log had
+        // to be replayed) when writes are acknowledged before their fsync (a power loss takes
+        // the last unsynced writes). It then takes a new actor name, so it can never mint one
+        // of those dots again for another write, which would make two writes one version.
         let marker = crate::snapshot::marker(&config.data_dir);
         let restored = marker.exists();
-        if restored {
+        let unclean = report.records_replayed > 0 || report.torn_tail.is_some();
+        let why = if restored {
+            Some("storage restored from a snapshot")
+        } else if unclean && config.sync != kvd_storage::SyncMode::Always {
+            Some("unclean stop with --sync interval or none")
+        } else {
+            None
+        };
+        if let Some(why) = why.filter(|_| !report.created) {
             let fresh = Identity::fresh(&id).actor;
             crate::info!(
-                "storage restored from a snapshot: versions are minted as {fresh} from now on \
-                 (was {})",
+                "{why}: versions are minted as {fresh} from now on (was {})",
                 identity.actor
             );
             identity.actor = fresh;
