@@ -241,6 +241,18 @@ impl Default for ClusterOpts {
     }
 }
 
+impl ClusterOpts {
+    /// One replica per key, W = R = 1: what a single-node cluster runs with.
+    pub fn one_replica() -> ClusterOpts {
+        ClusterOpts {
+            n: 1,
+            w: 1,
+            r: 1,
+            ..ClusterOpts::default()
+        }
+    }
+}
+
 /// One node process of a test cluster.
 pub struct NodeProc {
     /// Node id (`n1`, `n2`, ...).

@@ -7,15 +7,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_frames_get_error_answers_and_the_connection_lives_on() {
-    let cluster = Cluster::start(
-        1,
-        ClusterOpts {
-            n: 1,
-            w: 1,
-            r: 1,
-            ..ClusterOpts::default()
-        },
-    );
+    let cluster = Cluster::start(1, ClusterOpts::one_replica());
     let mut ws = Ws::connect(&cluster.nodes[0].url()).await;
 
     let r = ws.send_raw("this is not json").await;

@@ -126,15 +126,7 @@ fn one_shot_commands_and_script_mode() {
 
 #[test]
 fn errors_are_one_line_with_meaningful_exit_codes() {
-    let cluster = Cluster::start(
-        1,
-        ClusterOpts {
-            n: 1,
-            w: 1,
-            r: 1,
-            ..ClusterOpts::default()
-        },
-    );
+    let cluster = Cluster::start(1, ClusterOpts::one_replica());
     let node = cluster.nodes[0].url();
 
     let (code, _, err) = kvcli(&["--node", "ws://127.0.0.1:1", "get", "k"]);

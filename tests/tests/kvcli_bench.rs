@@ -6,15 +6,7 @@ use kv_tests::{kvcli, Cluster, ClusterOpts};
 use serde_json::Value;
 
 fn one_node() -> Cluster {
-    Cluster::start(
-        1,
-        ClusterOpts {
-            n: 1,
-            w: 1,
-            r: 1,
-            ..ClusterOpts::default()
-        },
-    )
+    Cluster::start(1, ClusterOpts::one_replica())
 }
 
 fn bench(node: &str, extra: &[&str]) -> (i32, Value, String) {

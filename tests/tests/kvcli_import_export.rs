@@ -65,15 +65,7 @@ fn import_then_read_every_key_back() {
 
 #[test]
 fn malformed_lines_are_named_and_the_rest_imported() {
-    let cluster = Cluster::start(
-        1,
-        ClusterOpts {
-            n: 1,
-            w: 1,
-            r: 1,
-            ..ClusterOpts::default()
-        },
-    );
+    let cluster = Cluster::start(1, ClusterOpts::one_replica());
     let node = cluster.nodes[0].url();
     let input = format!(
         "{}\nnot json\n\n{}\n{}\n{}\n",

@@ -214,15 +214,7 @@ fn sorted_values(v: &Value) -> Vec<String> {
 
 #[test]
 fn repl_siblings_contexts_completion_and_history() {
-    let mut cluster = Cluster::start(
-        1,
-        ClusterOpts {
-            n: 1,
-            w: 1,
-            r: 1,
-            ..ClusterOpts::default()
-        },
-    );
+    let mut cluster = Cluster::start(1, ClusterOpts::one_replica());
     let node = cluster.nodes[0].url();
     let home = tempfile::tempdir().unwrap();
     // Two blind writes: two siblings.

@@ -12,12 +12,7 @@ use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
 fn one_node(extra: &[&str]) -> Cluster {
-    let mut opts = ClusterOpts {
-        n: 1,
-        w: 1,
-        r: 1,
-        ..ClusterOpts::default()
-    };
+    let mut opts = ClusterOpts::one_replica();
     opts.extra.extend(extra.iter().map(|s| s.to_string()));
     Cluster::start(1, opts)
 }

@@ -4,20 +4,23 @@
 //! versions under a new actor name, as a node does after an unclean stop without
 //! `--sync always`.
 
+use std::path::Path;
+
 use kv_tests::{kvcli, Cluster, ClusterOpts, Ws};
 use serde_json::{json, Value};
 
+/// The name the node whose data dir is `data` mints versions with.
+fn actor_of(data: &Path) -> String {
+    let id = std::fs::read(data.join("node-identity.json")).unwrap();
+    serde_json::from_slice::<Value>(&id).unwrap()["actor"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restored_snapshot_serves_the_data_as_it_stood() {
-    let mut cluster = Cluster::start(
-        1,
-        ClusterOpts {
-            n: 1,
-            w: 1,
-            r: 1,
-            ..ClusterOpts::default()
-        },
-    );
+    let mut cluster = Cluster::start(1, ClusterOpts::one_replica());
     let url = cluster.nodes[0].url();
     let mut ws = Ws::connect(&url).await;
     for i in 0..300 {
@@ -68,11 +71,8 @@ async fn a_restored_snapshot_serves_the_data_as_it_stood() {
 
     // Restore: stop, replace storage by the snapshot, start. The node mints versions under a
     // new actor name from then on (its dots after the snapshot must never be minted again).
-    let identity = cluster.nodes[0].data_dir.join("node-identity.json");
-    let actor = || {
-        let id = std::fs::read(&identity).unwrap();
-        serde_json::from_slice::<Value>(&id).unwrap()["actor"].clone()
-    };
+    let data = cluster.nodes[0].data_dir.clone();
+    let actor = || actor_of(&data);
     let before = actor();
     assert!(snap.join("SNAPSHOT").exists());
     assert_eq!(cluster.stop(0), Some(0));
@@ -190,23 +190,9 @@ async fn a_restored_node_never_numbers_a_new_write_like_one_it_made_after_the_sn
 /// on other replicas. A clean stop, or an unclean one with `--sync always`, keeps the name.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unclean_stop_without_sync_always_gives_the_node_a_new_actor() {
-    let mut cluster = Cluster::start(
-        1,
-        ClusterOpts {
-            n: 1,
-            w: 1,
-            r: 1,
-            ..ClusterOpts::default()
-        },
-    );
-    let identity = cluster.nodes[0].data_dir.join("node-identity.json");
-    let actor = || {
-        let id = std::fs::read(&identity).unwrap();
-        serde_json::from_slice::<Value>(&id).unwrap()["actor"]
-            .as_str()
-            .unwrap()
-            .to_string()
-    };
+    let mut cluster = Cluster::start(1, ClusterOpts::one_replica());
+    let data = cluster.nodes[0].data_dir.clone();
+    let actor = || actor_of(&data);
     let url = cluster.nodes[0].url();
     let write = |v: &'static str| {
         let url = url.clone();

@@ -21,15 +21,7 @@ async fn ownership(url: &str, id: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_restarted_with_twice_the_weight_takes_about_twice_the_data() {
-    let mut cluster = Cluster::start(
-        4,
-        ClusterOpts {
-            n: 1,
-            w: 1,
-            r: 1,
-            ..ClusterOpts::default()
-        },
-    );
+    let mut cluster = Cluster::start(4, ClusterOpts::one_replica());
     let url = cluster.nodes[0].url();
     let mut ws = Ws::connect(&url).await;
     for i in 0..600 {
