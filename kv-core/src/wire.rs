@@ -153,6 +153,10 @@ pub enum ClientOp {
     Cleanup,
     /// Copy this node's data, as it stands, to a snapshot named `name` (default: the time).
     Snapshot { name: Option<String> },
+    /// This node's snapshots.
+    Snapshots,
+    /// Remove this node's snapshot `name`.
+    ClearSnapshot { name: String },
     /// Run anti-entropy now.
     Repair { node: Option<String> },
     /// Drain a node and remove it from the ring.
@@ -182,6 +186,8 @@ impl ClientOp {
             ClientOp::Hints => "hints",
             ClientOp::Cleanup => "cleanup",
             ClientOp::Snapshot { .. } => "snapshot",
+            ClientOp::Snapshots => "snapshots",
+            ClientOp::ClearSnapshot { .. } => "clear_snapshot",
             ClientOp::Repair { .. } => "repair",
             ClientOp::Decommission { .. } => "decommission",
             ClientOp::RemoveNode { .. } => "removenode",
@@ -348,6 +354,12 @@ fn validate(raw: RawRequest<'_>, limits: &Limits) -> Result<Request, WireError> 
         "hints" => ClientOp::Hints,
         "cleanup" => ClientOp::Cleanup,
         "snapshot" => ClientOp::Snapshot { name: raw.name },
+        "snapshots" => ClientOp::Snapshots,
+        "clear_snapshot" => ClientOp::ClearSnapshot {
+            name: raw
+                .name
+                .ok_or_else(|| WireError::bad_request("'clear_snapshot' needs a name"))?,
+        },
         "repair" => ClientOp::Repair { node: raw.node },
         "decommission" => ClientOp::Decommission {
             node: raw
@@ -453,11 +465,16 @@ pub fn encode_request(id: u64, op: &ClientOp) -> String {
         ClientOp::Repair { node } => out.node = node.as_deref(),
         ClientOp::Decommission { node } | ClientOp::RemoveNode { node } => out.node = Some(node),
         ClientOp::Snapshot { name } => out.name = name.as_deref(),
+        ClientOp::ClearSnapshot { name } => out.name = Some(name),
         ClientOp::Scan { cursor, limit } => {
             out.cursor = cursor.as_deref();
             out.limit = *limit;
         }
-        ClientOp::Status | ClientOp::Hints | ClientOp::Ping | ClientOp::Cleanup => {}
+        ClientOp::Status
+        | ClientOp::Hints
+        | ClientOp::Ping
+        | ClientOp::Cleanup
+        | ClientOp::Snapshots => {}
     }
     serde_json::to_string(&out).expect("a request always serializes")
 }
@@ -776,6 +793,10 @@ mod tests {
             ClientOp::Snapshot { name: None },
             ClientOp::Snapshot {
                 name: Some("daily".into()),
+            },
+            ClientOp::Snapshots,
+            ClientOp::ClearSnapshot {
+                name: "daily".into(),
             },
             ClientOp::Ping,
             ClientOp::Scan {

@@ -286,33 +286,78 @@ pub async fn cleanup(client: &Client, all: bool, env: &Env) -> Result<(), Client
     Ok(())
 }
 
-/// `snapshot [NAME] [--all]`: on the connected node, or on every up member one after the
-/// other (under the same name).
+/// What `snapshot` does.
+pub enum SnapshotCmd {
+    /// Take one, named or named by the time.
+    Take(Option<String>),
+    /// List the snapshots kept.
+    List,
+    /// Remove one.
+    Clear(String),
+}
+
+/// `snapshot [NAME] [--list | --clear] [--all]`: on the connected node, or on every up member
+/// one after the other (a snapshot taken under the same name).
 pub async fn snapshot(
     client: &Client,
-    name: Option<String>,
+    what: SnapshotCmd,
     all: bool,
     env: &Env,
 ) -> Result<(), ClientError> {
-    // Every member's snapshot of one --all run has the same name.
-    let name = name.or_else(|| {
-        all.then(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis().to_string())
-                .unwrap_or_default()
-        })
-    });
-    let op = ClientOp::Snapshot { name };
+    let op = match what {
+        // Every member's snapshot of one --all run has the same name.
+        SnapshotCmd::Take(name) => ClientOp::Snapshot {
+            name: name.or_else(|| {
+                all.then(|| {
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_millis().to_string())
+                        .unwrap_or_default()
+                })
+            }),
+        },
+        SnapshotCmd::List => ClientOp::Snapshots,
+        SnapshotCmd::Clear(name) => ClientOp::ClearSnapshot { name },
+    };
     let say = |v: &Value| {
-        println!(
-            "snapshot {} on {}: {} tables, {} bytes, in {}",
-            v["name"].as_str().unwrap_or_default(),
-            v["node"].as_str().unwrap_or_default(),
-            v["tables"],
-            v["bytes"],
-            v["path"].as_str().unwrap_or_default()
-        );
+        let node = v["node"].as_str().unwrap_or_default();
+        let name = v["name"].as_str().unwrap_or_default();
+        match &op {
+            ClientOp::Snapshot { .. } => println!(
+                "snapshot {name} on {node}: {} tables, {}, in {}",
+                v["tables"],
+                crate::commands::human_bytes(v["bytes"].as_u64().unwrap_or(0)),
+                v["path"].as_str().unwrap_or_default()
+            ),
+            ClientOp::ClearSnapshot { .. } => println!(
+                "snapshot {name} removed from {node} ({})",
+                crate::commands::human_bytes(v["bytes"].as_u64().unwrap_or(0))
+            ),
+            _ => {
+                let list = v["snapshots"].as_array().cloned().unwrap_or_default();
+                if list.is_empty() {
+                    println!("{node}: no snapshots");
+                }
+                let now_ms = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64);
+                for s in list {
+                    let age_s =
+                        now_ms.saturating_sub(s["taken_at_ms"].as_u64().unwrap_or(0)) / 1000;
+                    let age = match age_s {
+                        0..120 => format!("{age_s} s"),
+                        120..7200 => format!("{} min", age_s / 60),
+                        7200..172_800 => format!("{} h", age_s / 3600),
+                        _ => format!("{} days", age_s / 86_400),
+                    };
+                    println!(
+                        "{node}: {}, taken {age} ago, {}",
+                        s["name"].as_str().unwrap_or_default(),
+                        crate::commands::human_bytes(s["bytes"].as_u64().unwrap_or(0))
+                    );
+                }
+            }
+        }
     };
     if !all {
         let pb = crate::progress::spinner("snapshot");
@@ -327,7 +372,7 @@ pub async fn snapshot(
         return Ok(());
     }
     let mut out = Vec::new();
-    for (_, v) in on_every_up_member(client, "snapshot", &op, env).await? {
+    for (_, v) in on_every_up_member(client, op.name(), &op, env).await? {
         if !env.json {
             say(&v);
         }

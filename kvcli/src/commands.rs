@@ -133,12 +133,20 @@ pub enum Command {
     },
     /// Copy this node's data as it stands to DATA_DIR/snapshots/NAME/storage (hard links:
     /// no disk until compaction replaces the tables); --all does it on every member in turn.
+    ///
+    /// --list shows the snapshots kept; NAME --clear removes one.
     Snapshot {
         /// The snapshot's name (letters, digits, '.', '_', '-'); default: the time in ms.
         name: Option<String>,
         /// Every up member, one after the other, under the same name.
         #[arg(long)]
         all: bool,
+        /// List the snapshots kept instead of taking one.
+        #[arg(long, conflicts_with_all = ["name", "clear"])]
+        list: bool,
+        /// Remove snapshot NAME instead of taking one.
+        #[arg(long, requires = "name")]
+        clear: bool,
     },
     /// Drain NODE: its data moves to the new owners, then it leaves the ring.
     Decommission {
@@ -432,7 +440,19 @@ pub async fn run(client: &Client, cmd: Command, env: &Env) -> Outcome {
         Command::Hints => crate::admin::hints(client, env).await?,
         Command::Repair { node } => crate::admin::repair(client, node, env).await?,
         Command::Cleanup { all } => crate::admin::cleanup(client, all, env).await?,
-        Command::Snapshot { name, all } => crate::admin::snapshot(client, name, all, env).await?,
+        Command::Snapshot {
+            name,
+            all,
+            list,
+            clear,
+        } => {
+            let what = match (list, clear, name) {
+                (true, _, _) => crate::admin::SnapshotCmd::List,
+                (_, true, Some(name)) => crate::admin::SnapshotCmd::Clear(name),
+                (_, _, name) => crate::admin::SnapshotCmd::Take(name),
+            };
+            crate::admin::snapshot(client, what, all, env).await?
+        }
         Command::Decommission { node } => crate::admin::decommission(client, node, env).await?,
         Command::RemoveNode { node } => crate::admin::remove_node(client, node, env).await?,
         Command::Export { out } => crate::admin::export(client, out, env).await?,

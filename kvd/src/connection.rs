@@ -440,6 +440,8 @@ async fn run(node: &Arc<Node>, op: ClientOp, sloppy: Option<bool>) -> Result<Ans
         ClientOp::Snapshot { name } => Box::pin(crate::snapshot::take(node, name))
             .await
             .map(|taken| serde_json::to_value(taken).unwrap_or_default()),
+        ClientOp::Snapshots => Box::pin(crate::snapshot::list(node)).await,
+        ClientOp::ClearSnapshot { name } => Box::pin(crate::snapshot::clear(node, name)).await,
         ClientOp::Cleanup => Box::pin(crate::rebalance::run_cleanup(node))
             .await
             .map(|stats| serde_json::to_value(stats).unwrap_or_default())

@@ -92,8 +92,8 @@ pub async fn take(node: &Arc<Node>, name: Option<String>) -> Result<Taken, WireE
         written
     })
     .await
-    .map_err(|e| internal(e.to_string()))?
-    .map_err(internal)?;
+    .map_err(|e| internal(format!("snapshot failed: {e}")))?
+    .map_err(|e| internal(format!("snapshot failed: {e}")))?;
     let path = node
         .config
         .data_dir
@@ -115,11 +115,74 @@ pub async fn take(node: &Arc<Node>, name: Option<String>) -> Result<Taken, WireE
     })
 }
 
+/// This node's snapshots, by name: `{"node","snapshots":[{"name","taken_at_ms","bytes"}]}`.
+/// `bytes` counts the snapshot's files, most of them shared with the live data until
+/// compaction replaces them.
+pub async fn list(node: &Arc<Node>) -> Result<serde_json::Value, WireError> {
+    let root = node.config.data_dir.join(SNAPSHOTS_DIR);
+    let listed = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<serde_json::Value>> {
+        let entries = match std::fs::read_dir(&root) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let mut out = Vec::new();
+        for entry in entries {
+            let entry = entry?;
+            let storage = entry.path().join("storage");
+            // Only complete snapshots carry their marker.
+            let Ok(about) = std::fs::read(storage.join(MARKER)) else {
+                continue;
+            };
+            let about: serde_json::Value = serde_json::from_slice(&about).unwrap_or_default();
+            let mut bytes = 0;
+            for f in std::fs::read_dir(&storage)? {
+                bytes += f?.metadata()?.len();
+            }
+            out.push(serde_json::json!({
+                "name": entry.file_name().to_string_lossy(),
+                "taken_at_ms": about["taken_at_ms"],
+                "bytes": bytes,
+            }));
+        }
+        out.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+        Ok(out)
+    })
+    .await
+    .map_err(|e| internal(e.to_string()))?
+    .map_err(|e| internal(format!("cannot list the snapshots: {e}")))?;
+    Ok(serde_json::json!({ "node": node.id, "snapshots": listed }))
+}
+
+/// Removes snapshot `name`: `{"node","name","bytes"}` (`bytes`: what its files held).
+pub async fn clear(node: &Arc<Node>, name: String) -> Result<serde_json::Value, WireError> {
+    check_name(&name)?;
+    let dir = node.config.data_dir.join(SNAPSHOTS_DIR).join(&name);
+    if !dir.is_dir() {
+        return Err(WireError::bad_request(format!(
+            "{} has no snapshot named {name}",
+            node.id
+        )));
+    }
+    let bytes = tokio::task::spawn_blocking(move || -> std::io::Result<u64> {
+        let mut bytes = 0;
+        if let Ok(files) = std::fs::read_dir(dir.join("storage")) {
+            for f in files {
+                bytes += f?.metadata()?.len();
+            }
+        }
+        std::fs::remove_dir_all(&dir)?;
+        Ok(bytes)
+    })
+    .await
+    .map_err(|e| internal(e.to_string()))?
+    .map_err(|e| internal(format!("cannot remove snapshot {name}: {e}")))?;
+    crate::info!("snapshot {name} removed");
+    Ok(serde_json::json!({ "node": node.id, "name": name, "bytes": bytes }))
+}
+
 fn internal(why: String) -> WireError {
-    WireError::new(
-        kv_core::wire::ErrorCode::Internal,
-        format!("snapshot failed: {why}"),
-    )
+    WireError::new(kv_core::wire::ErrorCode::Internal, why)
 }
 
 /// A name is 1 to 64 letters, digits, `.`, `_` or `-`, not starting with `.`: one directory

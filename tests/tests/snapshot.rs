@@ -134,6 +134,46 @@ fn snapshot_all_takes_one_name_on_every_member() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(out.lines().count(), 3, "{out}");
     assert!(out.contains("snapshot second on"), "{out}");
+
+    // Listed on every member, then one removed everywhere.
+    let list = |cluster: &Cluster| -> Vec<Vec<String>> {
+        let url = cluster.nodes[0].url();
+        let (code, out, err) = kvcli(&["--node", &url, "--json", "snapshot", "--list", "--all"]);
+        assert_eq!(code, 0, "{err}");
+        let all: Value = serde_json::from_str(out.trim()).unwrap();
+        all["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| {
+                n["snapshots"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|s| {
+                        assert!(s["bytes"].as_u64().unwrap() > 0, "{s}");
+                        assert!(s["taken_at_ms"].as_u64().unwrap() > 0, "{s}");
+                        s["name"].as_str().unwrap().to_string()
+                    })
+                    .collect()
+            })
+            .collect()
+    };
+    let mut both = vec![name.to_string(), "second".to_string()];
+    both.sort();
+    assert_eq!(list(&cluster), vec![both; 3]);
+    let (code, out, err) = kvcli(&["--node", &url, "snapshot", "second", "--clear", "--all"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.lines().count(), 3, "{out}");
+    assert_eq!(list(&cluster), vec![vec![name.to_string()]; 3]);
+    for node in &cluster.nodes {
+        assert!(!node.data_dir.join("snapshots/second").exists());
+    }
+    let (code, _, err) = kvcli(&["--node", &url, "snapshot", "second", "--clear"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("no snapshot named second"), "{err}");
+    let (code, _, err) = kvcli(&["--node", &url, "snapshot", "--clear"]);
+    assert_eq!(code, 2, "--clear needs a name: {err}");
 }
 
 /// Why a restored node takes a new actor name: the version it minted after the snapshot lives
