@@ -1,0 +1,112 @@
+//! `kvd dev`, the README's first command: a ready local cluster, and the same cluster with its
+//! data when the command is run again over the same directory (it used to wait for a ring of
+//! exactly the nodes started so far, which a restarted node never shows, and gave up).
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use kv_tests::{kvcli, kvd_bin};
+use serde_json::Value;
+
+/// Three consecutive free ports on 127.0.0.1 (the first is returned).
+fn free_ports(k: u16) -> u16 {
+    for _ in 0..200 {
+        let base = kv_tests::free_port();
+        if base > u16::MAX - k {
+            continue;
+        }
+        let held: Vec<_> = (0..k)
+            .map_while(|i| TcpListener::bind(("127.0.0.1", base + i)).ok())
+            .collect();
+        if held.len() == k as usize {
+            return base;
+        }
+    }
+    panic!("no {k} consecutive free ports");
+}
+
+/// A running `kvd dev`; dropping it sends SIGTERM (which stops every node it started) and
+/// waits, then kills it.
+struct Dev(Child);
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on our own child's pid with a valid signal.
+        unsafe {
+            libc::kill(self.0.id() as i32, libc::SIGTERM);
+        }
+        for _ in 0..300 {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `kvd dev --nodes 3` in `dir` and waits for its "ready" line.
+fn start(dir: &std::path::Path, base: u16) -> Dev {
+    let mut child = Command::new(kvd_bin())
+        .args([
+            "dev",
+            "--nodes",
+            "3",
+            "--base-port",
+            &base.to_string(),
+            "--dir",
+        ])
+        .arg(dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start kvd dev");
+    let out = child.stdout.take().unwrap();
+    let dev = Dev(child);
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut seen = Vec::new();
+    while std::time::Instant::now() < deadline {
+        match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(line) if line.contains("is ready") => return dev,
+            Ok(line) => seen.push(line),
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    panic!("kvd dev did not say it was ready: {seen:?}");
+}
+
+#[test]
+fn kvd_dev_starts_a_ready_cluster_and_starts_it_again_with_its_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = free_ports(3);
+    let url = format!("ws://127.0.0.1:{base}");
+    {
+        let _dev = start(dir.path(), base);
+        let (code, _, err) = kvcli(&["--node", &url, "put", "hello", "world"]);
+        assert_eq!(code, 0, "{err}");
+        let (code, out, err) = kvcli(&["--node", &url, "--json", "status"]);
+        assert_eq!(code, 0, "{err}");
+        let status: Value = serde_json::from_str(out.trim()).unwrap();
+        assert_eq!(status["nodes"].as_array().unwrap().len(), 3, "{status}");
+    }
+    // The same command again over the same directory: the same cluster, with its data.
+    let _dev = start(dir.path(), base);
+    let (code, out, err) = kvcli(&["--node", &url, "--json", "get", "hello"]);
+    assert_eq!(code, 0, "{err}");
+    let got: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(got["values"], serde_json::json!(["world"]), "{got}");
+    let second = format!("ws://127.0.0.1:{}", base + 2);
+    let (code, _, err) = kvcli(&["--node", &second, "put", "again", "yes"]);
+    assert_eq!(code, 0, "{err}");
+}
