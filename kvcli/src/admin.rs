@@ -307,14 +307,7 @@ pub async fn snapshot(
     let op = match what {
         // Every member's snapshot of one --all run has the same name.
         SnapshotCmd::Take(name) => ClientOp::Snapshot {
-            name: name.or_else(|| {
-                all.then(|| {
-                    std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map(|d| d.as_millis().to_string())
-                        .unwrap_or_default()
-                })
-            }),
+            name: name.or_else(|| all.then(|| crate::commands::unix_ms().to_string())),
         },
         SnapshotCmd::List => ClientOp::Snapshots,
         SnapshotCmd::Clear(name) => ClientOp::ClearSnapshot { name },
@@ -338,18 +331,10 @@ pub async fn snapshot(
                 if list.is_empty() {
                     println!("{node}: no snapshots");
                 }
-                let now_ms = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis() as u64);
+                let now_ms = crate::commands::unix_ms();
                 for s in list {
-                    let age_s =
-                        now_ms.saturating_sub(s["taken_at_ms"].as_u64().unwrap_or(0)) / 1000;
-                    let age = match age_s {
-                        0..120 => format!("{age_s} s"),
-                        120..7200 => format!("{} min", age_s / 60),
-                        7200..172_800 => format!("{} h", age_s / 3600),
-                        _ => format!("{} days", age_s / 86_400),
-                    };
+                    let taken = s["taken_at_ms"].as_u64().unwrap_or(0);
+                    let age = crate::commands::human_secs(now_ms.saturating_sub(taken) / 1000);
                     println!(
                         "{node}: {}, taken {age} ago, {}",
                         s["name"].as_str().unwrap_or_default(),

@@ -23,7 +23,9 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
+
+use crate::commands::unix_ms;
 
 use clap::Args;
 use kv_core::autoscale::{
@@ -229,13 +231,6 @@ pub async fn run(client: &Client, args: AutoscaleArgs, env: &Env) -> Result<(), 
     // An error is printed by main, after the summary of what is left running.
     a.finish().await;
     outcome
-}
-
-/// Milliseconds since the Unix epoch, for the JSON lines.
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// `HH:MM:SS` (UTC) for the readable lines.

@@ -621,9 +621,7 @@ fn print_get(v: &Value, env: &Env) {
         Err(_) => x.to_string(),
     };
     // Write times of the siblings, when the node gives them, in the order of `values`.
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
+    let now_ms = unix_ms();
     let ages: Vec<Option<String>> = v["siblings"]
         .as_array()
         .map(|a| {
@@ -851,6 +849,13 @@ pub fn human_bytes(b: u64) -> String {
     } else {
         format!("{v:.1} {}", UNITS[u])
     }
+}
+
+/// Milliseconds since the Unix epoch (0 on a clock before it).
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// A duration in the two largest units (`3m20s`, `2d4h`).

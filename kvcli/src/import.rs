@@ -61,12 +61,6 @@ fn ttl_left(expires_at_ms: u64, now_ms: u64) -> Option<u64> {
     (expires_at_ms > now_ms).then(|| (expires_at_ms - now_ms).div_ceil(1000))
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 /// Imports `path` (`-` for standard input) with at most `concurrency` puts in flight.
 ///
 /// Errors: [`ClientError::Failed`] when the file cannot be read or any line failed (after all
@@ -127,7 +121,7 @@ pub async fn run(
         // not at all once that has passed.
         let ttl_s = match expires_at_ms {
             None => None,
-            Some(at) => match ttl_left(at, now_ms()) {
+            Some(at) => match ttl_left(at, crate::commands::unix_ms()) {
                 Some(t) => Some(t),
                 None => {
                     expired += 1;

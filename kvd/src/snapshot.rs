@@ -60,6 +60,7 @@ pub async fn take(node: &Arc<Node>, name: Option<String>) -> Result<Taken, WireE
         )));
     }
     let dest: PathBuf = dir.join("storage");
+    let path = dest.display().to_string();
     let n = node.clone();
     let about = serde_json::json!({
         "node": node.id,
@@ -94,22 +95,16 @@ pub async fn take(node: &Arc<Node>, name: Option<String>) -> Result<Taken, WireE
     .await
     .map_err(|e| internal(format!("snapshot failed: {e}")))?
     .map_err(|e| internal(format!("snapshot failed: {e}")))?;
-    let path = node
-        .config
-        .data_dir
-        .join(SNAPSHOTS_DIR)
-        .join(&name)
-        .join("storage");
     crate::info!(
         "snapshot {name}: {} tables, {} bytes, in {}",
         taken.tables_linked + taken.tables_copied,
         taken.bytes,
-        path.display()
+        path
     );
     Ok(Taken {
         node: node.id.clone(),
         name,
-        path: path.display().to_string(),
+        path,
         tables: taken.tables_linked + taken.tables_copied,
         bytes: taken.bytes,
     })
