@@ -367,6 +367,11 @@ impl ReadTracker {
         &self.merged
     }
 
+    /// The merge, taking the tracker: for a read that needs nothing more from it.
+    pub fn into_merged(self) -> SiblingSet {
+        self.merged
+    }
+
     /// Replicas whose answer differs from the merge: a `Found` set other than the merge, or
     /// `NotFound` while the merge holds anything (even only tombstones or a context). These
     /// are the replicas to send the merge to (read repair). Replicas that failed or have not

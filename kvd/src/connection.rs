@@ -10,6 +10,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::future::{Fuse, FusedFuture, FutureExt};
 use futures_util::stream::FuturesUnordered;
 use futures_util::{SinkExt, StreamExt};
 use kv_core::version::SiblingSet;
@@ -40,6 +41,10 @@ use crate::peer::{PeerRequest, PeerResponse};
 pub async fn serve(node: Arc<Node>, ws: WebSocketStream<crate::tls::Io>, read_only: bool) {
     let (mut sink, mut stream) = ws.split();
     let max_in_flight = node.config.max_in_flight;
+    // The first request in flight runs in a slot inside this task's own future; only the
+    // requests a client pipelines behind it go to `running`, each a heap-allocated task of
+    // some 2.4 KB (past the allocator's per-thread cache: the slow path every time).
+    let mut inline = std::pin::pin!(Fuse::terminated());
     let mut running = FuturesUnordered::new();
     let mut shutdown = node.shutdown_signal();
     // A connection with nothing in flight and no complete frame for this long is closed.
@@ -55,6 +60,7 @@ pub async fn serve(node: Arc<Node>, ws: WebSocketStream<crate::tls::Io>, read_on
         let answer = tokio::select! {
             biased;
             _ = &mut shutting_down => break,
+            answer = inline.as_mut(), if !inline.is_terminated() => answer,
             Some(answer) = running.next(), if !running.is_empty() => answer,
             next = stream.next() => {
                 last_frame = Instant::now();
@@ -70,10 +76,15 @@ pub async fn serve(node: Arc<Node>, ws: WebSocketStream<crate::tls::Io>, read_on
                     }
                     None => break,
                 };
-                match accept(&node, msg, read_only, running.len() >= max_in_flight) {
+                let in_flight = running.len() + usize::from(!inline.is_terminated());
+                match accept(&node, msg, read_only, in_flight >= max_in_flight) {
                     Accepted::Run(req) => {
-                        let node = node.clone();
-                        running.push(async move { handle(&node, req).await });
+                        let request = handle_owned(node.clone(), req);
+                        if inline.is_terminated() {
+                            inline.set(request.fuse());
+                        } else {
+                            running.push(request);
+                        }
                         continue;
                     }
                     Accepted::Refused(answer) => answer,
@@ -89,7 +100,10 @@ pub async fn serve(node: Arc<Node>, ws: WebSocketStream<crate::tls::Io>, read_on
                 continue;
             }
             _ = idle_check.tick() => {
-                if running.is_empty() && last_frame.elapsed() >= idle_timeout {
+                if running.is_empty()
+                    && inline.is_terminated()
+                    && last_frame.elapsed() >= idle_timeout
+                {
                     break;
                 }
                 continue;
@@ -104,6 +118,10 @@ pub async fn serve(node: Arc<Node>, ws: WebSocketStream<crate::tls::Io>, read_on
     // completes its replication), unless the node is shutting down.
     drop(shutting_down);
     if !*shutdown.borrow() {
+        if !inline.is_terminated() {
+            let answer = inline.await;
+            let _ = sink.feed(Message::text(answer)).await;
+        }
         while let Some(answer) = running.next().await {
             let _ = sink.feed(Message::text(answer)).await;
         }
@@ -198,6 +216,11 @@ fn allowed_read_only(op: &ClientOp) -> bool {
             | ClientOp::Scan { .. }
             | ClientOp::Ping
     )
+}
+
+/// [`handle`] owning its node handle: one future type for both of `serve`'s places.
+async fn handle_owned(node: Arc<Node>, req: Request) -> String {
+    handle(&node, req).await
 }
 
 /// Runs one request and returns its answer frame.
@@ -331,16 +354,28 @@ impl Answer {
             Answer::Get { key, state } => match shown(state, crate::now_ms()) {
                 Ok(shown) => {
                     let siblings = shown.values;
-                    serde_json::to_string(&GetFrame {
-                        id,
-                        ok: true,
-                        key,
-                        found: !siblings.is_empty(),
-                        values: siblings.iter().map(|s| WireValue(&s.value)).collect(),
-                        siblings: &siblings,
-                        counter: shown.counter,
-                        context: state.context().encode_context(),
-                    })
+                    let context = state.context().encode_context();
+                    // Values twice (in `values` and `siblings`), escapes, and the rest.
+                    let capacity = 160
+                        + 2 * key.len()
+                        + context.len()
+                        + siblings
+                            .iter()
+                            .map(|s| 2 * s.value.len() + 64)
+                            .sum::<usize>();
+                    json_with_capacity(
+                        &GetFrame {
+                            id,
+                            ok: true,
+                            key,
+                            found: !siblings.is_empty(),
+                            values: siblings.iter().map(|s| WireValue(&s.value)).collect(),
+                            siblings: &siblings,
+                            counter: shown.counter,
+                            context,
+                        },
+                        capacity,
+                    )
                 }
                 Err(e) => Err(serde::ser::Error::custom(e)),
             },
@@ -355,12 +390,15 @@ impl Answer {
                 "value": value,
                 "context": context,
             })),
-            Answer::Written { key, context } => serde_json::to_string(&WrittenFrame {
-                id,
-                ok: true,
-                key,
-                context,
-            }),
+            Answer::Written { key, context } => json_with_capacity(
+                &WrittenFrame {
+                    id,
+                    ok: true,
+                    key,
+                    context,
+                },
+                64 + 2 * key.len() + context.len(),
+            ),
             Answer::Other(_) => Ok(String::new()),
         };
         match (self, framed) {
@@ -372,6 +410,14 @@ impl Answer {
             ),
         }
     }
+}
+
+/// `value` as JSON text, written into a buffer of `capacity` bytes reserved at once (an
+/// answer grown from empty is reallocated and copied three or four times).
+fn json_with_capacity<T: Serialize>(value: &T, capacity: usize) -> serde_json::Result<String> {
+    let mut buf = Vec::with_capacity(capacity);
+    serde_json::to_writer(&mut buf, value)?;
+    String::from_utf8(buf).map_err(serde::ser::Error::custom)
 }
 
 async fn run(node: &Arc<Node>, op: ClientOp, sloppy: Option<bool>) -> Result<Answer, WireError> {

@@ -262,6 +262,17 @@ pub async fn write(
         Write::Increment { .. } => Some(counter_value(&state)?),
         _ => None,
     };
+    if plan.extras.is_empty()
+        && matches!(plan.tracker.decision(), Decision::Succeeded)
+        && plan.tracker.pending().is_empty()
+    {
+        // Nobody is left to send the new state to (N = 1, or the others failed while the
+        // write looked for a minter, without a stand-in): what FanOut would find.
+        return Ok(WriteResult {
+            context: write_context,
+            counter,
+        });
+    }
     let mut fan = FanOut::start(node, key, state, &minter, plan, deadline);
     let decided = loop {
         match fan.plan.tracker.decision() {
@@ -557,8 +568,8 @@ pub async fn read(
         }
         other => other,
     };
-    let mut running: FuturesUnordered<BoxFuture<'static, (String, ReadReply)>> =
-        FuturesUnordered::new();
+    // Made on the first remote target: a read this node answers alone needs none.
+    let mut running: Option<FuturesUnordered<BoxFuture<'static, (String, ReadReply)>>> = None;
     for t in targets {
         let target = t.node;
         if !node.is_up(&target) {
@@ -582,11 +593,33 @@ pub async fn read(
             }
         }
         let (node, key) = (node.clone(), key.clone());
-        running.push(Box::pin(async move {
-            let reply = read_one(&node, &target, key, with_hints, deadline).await;
-            (target, reply)
-        }));
+        running
+            .get_or_insert_with(FuturesUnordered::new)
+            .push(Box::pin(async move {
+                let reply = read_one(&node, &target, key, with_hints, deadline).await;
+                (target, reply)
+            }));
     }
+    let Some(mut running) = running else {
+        // Every target answered (or failed) above.
+        return match tracker.decision() {
+            Decision::Succeeded if tracker.stale_replicas().is_empty() => Ok(tracker.into_merged()),
+            Decision::Succeeded => {
+                let merged = tracker.merged();
+                repair_stale(
+                    node,
+                    tracker,
+                    FuturesUnordered::new(),
+                    stand_ins,
+                    key,
+                    deadline,
+                );
+                Ok(merged)
+            }
+            Decision::Failed(f) => Err(unavailable("R", r, tracker.answers(), &f)),
+            Decision::Pending => Err(unavailable("R", r, tracker.answers(), &tracker.failures())),
+        };
+    };
     loop {
         match tracker.decision() {
             Decision::Succeeded => break,
@@ -605,12 +638,24 @@ pub async fn read(
             }
         }
     }
-    let merged = tracker.merged();
     if running.is_empty() && tracker.stale_replicas().is_empty() {
-        return Ok(merged);
+        return Ok(tracker.into_merged());
     }
-    // Read repair: wait for the remaining answers (until the deadline), then bring every
-    // replica that answered something older than the merge up to date.
+    let merged = tracker.merged();
+    repair_stale(node, tracker, running, stand_ins, key, deadline);
+    Ok(merged)
+}
+
+/// Read repair: waits for the remaining answers (until the deadline), then brings every
+/// replica that answered something older than the merge up to date.
+fn repair_stale(
+    node: &Arc<Node>,
+    mut tracker: ReadTracker,
+    mut running: FuturesUnordered<BoxFuture<'static, (String, ReadReply)>>,
+    stand_ins: Vec<String>,
+    key: String,
+    deadline: Instant,
+) {
     let node = node.clone();
     tokio::spawn(async move {
         while let Ok(Some((from, reply))) =
@@ -635,7 +680,6 @@ pub async fn read(
             }
         }
     });
-    Ok(merged)
 }
 
 async fn read_one(
