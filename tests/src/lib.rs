@@ -722,7 +722,36 @@ impl Ws {
         self.read_id(None).await
     }
 
+    /// Sends every frame before reading any answer (a pipelining client), then reads one
+    /// answer per frame, by id; panics on a second answer for an id.
+    pub async fn pipeline(&mut self, frames: &[String]) -> std::collections::BTreeMap<u64, Value> {
+        for f in frames {
+            self.ws
+                .feed(Message::text(f.clone()))
+                .await
+                .expect("queue a frame");
+        }
+        self.ws.flush().await.expect("send the frames");
+        let mut answers = std::collections::BTreeMap::new();
+        while answers.len() < frames.len() {
+            let v = self.next_answer().await;
+            let id = v["id"].as_u64().unwrap_or(0);
+            assert!(answers.insert(id, v).is_none(), "two answers for id {id}");
+        }
+        answers
+    }
+
     async fn read_id(&mut self, id: Option<u64>) -> Value {
+        loop {
+            let v = self.next_answer().await;
+            if id.is_none() || v["id"].as_u64() == id {
+                return v;
+            }
+        }
+    }
+
+    /// The next text frame, as JSON.
+    async fn next_answer(&mut self) -> Value {
         loop {
             let msg = tokio::time::timeout(Duration::from_secs(20), self.ws.next())
                 .await
@@ -730,10 +759,7 @@ impl Ws {
                 .expect("the connection is open")
                 .expect("a readable frame");
             if let Message::Text(t) = msg {
-                let v: Value = serde_json::from_str(&t).expect("answers are JSON");
-                if id.is_none() || v["id"].as_u64() == id {
-                    return v;
-                }
+                return serde_json::from_str(&t).expect("answers are JSON");
             }
         }
     }
