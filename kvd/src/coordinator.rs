@@ -600,32 +600,16 @@ pub async fn read(
                 (target, reply)
             }));
     }
-    let Some(mut running) = running else {
-        // Every target answered (or failed) above.
-        return match tracker.decision() {
-            Decision::Succeeded if tracker.stale_replicas().is_empty() => Ok(tracker.into_merged()),
-            Decision::Succeeded => {
-                let merged = tracker.merged();
-                repair_stale(
-                    node,
-                    tracker,
-                    FuturesUnordered::new(),
-                    stand_ins,
-                    key,
-                    deadline,
-                );
-                Ok(merged)
-            }
-            Decision::Failed(f) => Err(unavailable("R", r, tracker.answers(), &f)),
-            Decision::Pending => Err(unavailable("R", r, tracker.answers(), &tracker.failures())),
-        };
-    };
     loop {
         match tracker.decision() {
             Decision::Succeeded => break,
             Decision::Failed(f) => return Err(unavailable("R", r, tracker.answers(), &f)),
             Decision::Pending => {}
         }
+        // Nothing was sent to wait for: every target answered or failed above.
+        let Some(running) = running.as_mut() else {
+            return Err(unavailable("R", r, tracker.answers(), &tracker.failures()));
+        };
         match tokio::time::timeout_at(deadline.into(), running.next()).await {
             Ok(Some((from, reply))) => {
                 let reply = settle(&from, reply);
@@ -638,24 +622,15 @@ pub async fn read(
             }
         }
     }
-    if running.is_empty() && tracker.stale_replicas().is_empty() {
+    if running.as_ref().is_none_or(FuturesUnordered::is_empty)
+        && tracker.stale_replicas().is_empty()
+    {
         return Ok(tracker.into_merged());
     }
     let merged = tracker.merged();
-    repair_stale(node, tracker, running, stand_ins, key, deadline);
-    Ok(merged)
-}
-
-/// Read repair: waits for the remaining answers (until the deadline), then brings every
-/// replica that answered something older than the merge up to date.
-fn repair_stale(
-    node: &Arc<Node>,
-    mut tracker: ReadTracker,
-    mut running: FuturesUnordered<BoxFuture<'static, (String, ReadReply)>>,
-    stand_ins: Vec<String>,
-    key: String,
-    deadline: Instant,
-) {
+    let mut running = running.unwrap_or_default();
+    // Read repair: wait for the remaining answers (until the deadline), then bring every
+    // replica that answered something older than the merge up to date.
     let node = node.clone();
     tokio::spawn(async move {
         while let Ok(Some((from, reply))) =
@@ -680,6 +655,7 @@ fn repair_stale(
             }
         }
     });
+    Ok(merged)
 }
 
 async fn read_one(
