@@ -327,11 +327,18 @@ impl VersionVector {
         if self.is_empty() {
             return String::new();
         }
-        // Format byte, count, and per actor its length, bytes and counter (varints).
-        let mut bytes = Vec::with_capacity(11 + self.0.keys().map(|a| a.len() + 15).sum::<usize>());
-        bytes.push(FORMAT_V1);
-        self.encode_into(&mut bytes);
-        URL_SAFE_NO_PAD.encode(bytes)
+        thread_local! {
+            /// The binary form before base64, kept for its allocation (one per answer).
+            static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        SCRATCH.with(|scratch| {
+            let mut bytes = scratch.borrow_mut();
+            bytes.clear();
+            // Format byte, count, and per actor its length, bytes and counter (varints).
+            bytes.push(FORMAT_V1);
+            self.encode_into(&mut bytes);
+            URL_SAFE_NO_PAD.encode(&*bytes)
+        })
     }
 }
 

@@ -62,6 +62,8 @@ pub(crate) struct SegmentWriter {
     pub(crate) len: u64,
     /// The segment's reserved blocks mapped into memory, when the file system allows it.
     map: Option<Mapping>,
+    /// Where groups are framed before their append, kept for its allocation.
+    scratch: Vec<u8>,
 }
 
 impl SegmentWriter {
@@ -112,7 +114,26 @@ impl SegmentWriter {
             path,
             len: 0,
             map,
+            scratch: Vec::new(),
         })
+    }
+
+    /// Frames `batches` (one record each) and appends them together; gives the bytes
+    /// appended.
+    pub(crate) fn append_batches(&mut self, batches: &[WriteBatch]) -> Result<usize> {
+        let mut frames = std::mem::take(&mut self.scratch);
+        frames.clear();
+        frames.reserve(batches.iter().map(|b| b.bytes + 16 + b.len() * 4).sum());
+        for b in batches {
+            frame_batch(b, &mut frames);
+        }
+        let res = self.append(&frames);
+        let n = frames.len();
+        // Not the buffer of a rare huge group: that memory goes back.
+        if frames.capacity() <= 1 << 20 {
+            self.scratch = frames;
+        }
+        res.map(|()| n)
     }
 
     /// Appends already framed records: a copy into the mapped segment, or one system call.

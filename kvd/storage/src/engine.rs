@@ -119,6 +119,9 @@ struct State {
 /// The group-commit queue.
 struct Commit {
     queue: Vec<WriteBatch>,
+    /// An emptied queue kept for its allocation: the leader swaps it in for the queue it
+    /// takes, and gives the taken one back empty.
+    spare: Vec<WriteBatch>,
     /// Ticket of `queue[0]`.
     first_ticket: u64,
     next_ticket: u64,
@@ -437,6 +440,7 @@ impl Engine {
             }),
             commit: Mutex::new(Commit {
                 queue: Vec::new(),
+                spare: Vec::new(),
                 first_ticket: 0,
                 next_ticket: 0,
                 done_upto: 0,
@@ -798,14 +802,20 @@ impl Inner {
         let mut first: Option<Result<()>> = None;
         let mut round = 0;
         loop {
-            let batches = std::mem::take(&mut c.queue);
+            let spare = std::mem::take(&mut c.spare);
+            let mut batches = std::mem::replace(&mut c.queue, spare);
             let start = c.first_ticket;
             let end = c.next_ticket;
             c.first_ticket = end;
             c.leader = true;
             drop(c);
-            let res = self.commit_group(batches);
+            let res = self.commit_group(&mut batches);
+            batches.clear();
             c = lock(&self.commit);
+            // Not the queue of a rare huge group: that allocation goes.
+            if c.spare.capacity() < batches.capacity() && batches.capacity() <= 1024 {
+                c.spare = batches;
+            }
             c.done_upto = end;
             if res.is_err() && c.failed_from.is_none() {
                 c.failed_from = Some(start);
@@ -917,7 +927,8 @@ impl Inner {
 
     /// Writes one group to the commit log and the memtable. Any failure poisons the engine:
     /// a partly written record would otherwise sit before later acknowledged ones.
-    fn commit_group(&self, batches: Vec<WriteBatch>) -> Result<()> {
+    /// Takes the batches out of `batches` (leaving its allocation for the next group).
+    fn commit_group(&self, batches: &mut Vec<WriteBatch>) -> Result<()> {
         self.check_writable()?;
         let mut wal = lock(&self.wal);
         let res = self.commit_group_locked(&mut wal, batches);
@@ -927,7 +938,11 @@ impl Inner {
         res
     }
 
-    fn commit_group_locked(&self, wal: &mut SegmentWriter, batches: Vec<WriteBatch>) -> Result<()> {
+    fn commit_group_locked(
+        &self,
+        wal: &mut SegmentWriter,
+        batches: &mut Vec<WriteBatch>,
+    ) -> Result<()> {
         let mem = self
             .state
             .read()
@@ -939,14 +954,8 @@ impl Inner {
         } else {
             mem
         };
-        let mut frames =
-            Vec::with_capacity(batches.iter().map(|b| b.bytes + 16 + b.len() * 4).sum());
-        let mut user = 0;
-        for b in &batches {
-            commit_log::frame_batch(b, &mut frames);
-            user += b.bytes;
-        }
-        wal.append(&frames)?;
+        let user: usize = batches.iter().map(|b| b.bytes).sum();
+        let framed = wal.append_batches(batches)?;
         match self.opts.sync {
             SyncMode::Always => {
                 wal.sync()?;
@@ -959,8 +968,8 @@ impl Inner {
         stats::add(&c.writes, batches.len() as u64);
         stats::add(&c.write_groups, 1);
         stats::add(&c.user_bytes, user as u64);
-        stats::add(&c.wal_bytes, frames.len() as u64);
-        for b in batches {
+        stats::add(&c.wal_bytes, framed as u64);
+        for b in batches.drain(..) {
             mem.apply_owned(b);
         }
         Ok(())
