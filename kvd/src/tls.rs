@@ -19,7 +19,7 @@ use std::pin::Pin;
 use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, BufReader, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::rustls::crypto::ring;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
@@ -152,12 +152,23 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     Ok(certs)
 }
 
+/// Bytes a plain connection reads from its socket at a time (buffered here, so the
+/// WebSocket layer's own reads, which zero their buffer first, can stay small).
+pub const SOCKET_READ_BUFFER: usize = 8 * 1024;
+
 /// An accepted connection: plain TCP or TLS over TCP.
 pub enum Io {
     /// No TLS configured.
-    Plain(TcpStream),
+    Plain(BufReader<TcpStream>),
     /// After a completed TLS handshake.
     Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+impl Io {
+    /// A plain connection, read through a buffer.
+    pub fn plain(stream: TcpStream) -> Io {
+        Io::Plain(BufReader::with_capacity(SOCKET_READ_BUFFER, stream))
+    }
 }
 
 impl AsyncRead for Io {
