@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Memory and disk per key of one node (`--n 1`): load RECORDS distinct keys of SIZE-byte values
-# with `kvcli bench --workload put` (each key written once, uniform order), then read the
+# with `kvcli bench --workload put` (each key written once by its load phase), then read the
 # node's resident memory and its data dir's size, before and after a full compaction
 # (restart: the memtable is flushed on a clean stop).
 #   kvd/bench/footprint.sh            # RECORDS=1000000 SIZE=100
@@ -25,8 +25,9 @@ start() {
 rss_mib() { awk '/VmRSS/ {printf "%.1f", $2/1024}' "/proc/$PID/status"; }
 start
 idle=$(rss_mib)
-# --ops = --records with a uniform choice writes most keys; the key names are key-<i>
-"$KVCLI" --node "ws://127.0.0.1:$PORT" bench --workload put --clients 50 --ops "$RECORDS" \
+# The bench's load phase writes each of the RECORDS keys (key-<i>) once; the measured phase
+# is then a single put, so each key holds one version.
+"$KVCLI" --node "ws://127.0.0.1:$PORT" bench --workload put --clients 50 --ops 1 \
   --records "$RECORDS" --value-size "$SIZE" --json >"$WORK/load.json"
 loaded=$(rss_mib)
 keys=$(curl -sf "http://127.0.0.1:$PORT/metrics" | awk '/^kv_keys / {print $2}')
