@@ -91,6 +91,13 @@ impl Node {
         // of those dots again for another write, which would make two writes one version.
         let marker = crate::snapshot::marker(&config.data_dir);
         let restored = marker.exists();
+        if restored {
+            let text = std::fs::read(&marker).unwrap_or_default();
+            let grace = config.tombstone_grace;
+            if let Some(w) = crate::snapshot::restore_warning(&text, crate::now_ms(), grace) {
+                crate::warn!("{w}");
+            }
+        }
         let unclean = report.records_replayed > 0 || report.torn_tail.is_some();
         let why = if restored {
             Some("storage restored from a snapshot")

@@ -13,6 +13,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use kv_core::wire::WireError;
 use serde::Serialize;
@@ -30,6 +31,31 @@ const MARKER: &str = "SNAPSHOT";
 /// The marker's path in the storage of the node whose data dir is `data_dir`.
 pub fn marker(data_dir: &Path) -> PathBuf {
     data_dir.join("storage").join(MARKER)
+}
+
+/// What a node restored from a snapshot should warn about, from the snapshot's marker
+/// (`marker_text`) and the time now: `Some(message)` when the snapshot is older than
+/// `tombstone_grace`, so deletes whose tombstones were purged since may come back. A marker
+/// that does not parse or gives no time yields nothing: the restore itself is fine.
+pub fn restore_warning(
+    marker_text: &[u8],
+    now_ms: u64,
+    tombstone_grace: Duration,
+) -> Option<String> {
+    let about: serde_json::Value = serde_json::from_slice(marker_text).ok()?;
+    let taken = about["taken_at_ms"].as_u64()?;
+    let age = Duration::from_millis(now_ms.saturating_sub(taken));
+    if age <= tombstone_grace {
+        return None;
+    }
+    Some(format!(
+        "storage restored from snapshot {} taken {} s ago, older than --tombstone-grace-s ({} s): \
+         keys deleted since it was taken whose tombstones were purged on the other replicas \
+         will come back from this node; run `kvcli repair` now and check such keys",
+        about["name"].as_str().unwrap_or("?"),
+        age.as_secs(),
+        tombstone_grace.as_secs()
+    ))
 }
 
 /// The answer to a snapshot request.
@@ -202,6 +228,26 @@ fn check_name(name: &str) -> Result<(), WireError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_restore_older_than_the_tombstone_grace_is_warned_about() {
+        let day = Duration::from_secs(86_400);
+        let marker = |taken: u64| json_marker(taken).into_bytes();
+        let now = 10 * 86_400_000;
+        assert_eq!(restore_warning(&marker(now - 3_600_000), now, day), None);
+        assert_eq!(restore_warning(&marker(now - 86_400_000), now, day), None);
+        let w = restore_warning(&marker(now - 2 * 86_400_000), now, day).expect("a warning");
+        assert!(w.contains("snapshot nightly taken 172800 s ago"), "{w}");
+        assert!(w.contains("--tombstone-grace-s (86400 s)"), "{w}");
+        assert!(w.contains("kvcli repair"), "{w}");
+        // A marker without a time (or not JSON) restores without a warning.
+        assert_eq!(restore_warning(b"{}", now, day), None);
+        assert_eq!(restore_warning(b"not json", now, day), None);
+    }
+
+    fn json_marker(taken_at_ms: u64) -> String {
+        serde_json::json!({"node": "n1", "name": "nightly", "taken_at_ms": taken_at_ms}).to_string()
+    }
 
     #[test]
     fn names_are_one_directory_never_a_path() {

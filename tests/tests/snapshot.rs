@@ -275,3 +275,56 @@ async fn an_unclean_stop_without_sync_always_gives_the_node_a_new_actor() {
     values.sort();
     assert_eq!(values, ["a", "b", "c"], "{r}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restoring_a_snapshot_older_than_the_tombstone_grace_is_warned_about() {
+    let mut cluster = Cluster::start(1, ClusterOpts::one_replica());
+    let url = cluster.nodes[0].url();
+    let mut ws = Ws::connect(&url).await;
+    let r = ws
+        .request(json!({"op": "put", "key": "k", "value": "v"}))
+        .await;
+    assert_eq!(r["ok"], true, "{r}");
+    drop(ws);
+    for name in ["fresh", "old"] {
+        let (code, _, err) = kvcli(&["--node", &url, "snapshot", name]);
+        assert_eq!(code, 0, "{err}");
+    }
+    let data = cluster.nodes[0].data_dir.clone();
+    let restore = |cluster: &mut Cluster, name: &str| {
+        assert_eq!(cluster.stop(0), Some(0));
+        let storage = data.join("storage");
+        std::fs::remove_dir_all(&storage).unwrap();
+        std::fs::rename(data.join(format!("snapshots/{name}/storage")), &storage).unwrap();
+        cluster.restart(0);
+    };
+    let warning = "older than --tombstone-grace-s";
+
+    // A snapshot taken a moment ago restores quietly.
+    restore(&mut cluster, "fresh");
+    assert!(!std::fs::read_to_string(&cluster.nodes[0].log)
+        .unwrap()
+        .contains(warning));
+
+    // One taken (by its marker) two days ago, past the default grace of one day: the node
+    // still starts and serves it, and says deletes may come back.
+    let marker = data.join("snapshots/old/storage/SNAPSHOT");
+    let mut about: Value = serde_json::from_slice(&std::fs::read(&marker).unwrap()).unwrap();
+    let taken = about["taken_at_ms"].as_u64().unwrap();
+    about["taken_at_ms"] = json!(taken - 2 * 86_400_000);
+    std::fs::write(&marker, about.to_string()).unwrap();
+    restore(&mut cluster, "old");
+    let logs = std::fs::read_to_string(&cluster.nodes[0].log).unwrap();
+    let line = logs
+        .lines()
+        .find(|l| l.contains(warning))
+        .unwrap_or_else(|| panic!("no warning in the log:\n{logs}"));
+    assert!(
+        line.contains("WARN") && line.contains("snapshot old"),
+        "{line}"
+    );
+    assert!(line.contains("kvcli repair"), "{line}");
+    let mut ws = Ws::connect(&url).await;
+    let r = ws.request(json!({"op": "get", "key": "k"})).await;
+    assert_eq!(r["values"], json!(["v"]), "{r}");
+}
