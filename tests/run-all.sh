@@ -63,3 +63,17 @@ if [ ! -d www/node_modules/playwright-core ]; then
   (cd www && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund)
 fi
 node --test www/test/*.test.mjs
+
+# --- benchmarks: every script of kvd/bench with tiny settings, so they keep working ---
+# They compare against Redis (redis-server, redis-benchmark) and RocksDB (db_bench), and count
+# instructions and allocations under valgrind.
+if ! have redis-server || ! have redis-benchmark; then
+  apt-get update && apt-get install -y redis-server redis-tools
+fi
+if ! have db_bench; then
+  apt-get update && apt-get install -y rocksdb-tools
+fi
+if ! have valgrind; then
+  apt-get update && apt-get install -y valgrind
+fi
+kvd/bench/smoke.sh

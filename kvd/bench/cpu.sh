@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# CPU time per request, user and kernel, of each process of the one-node comparison with
+# Redis (kvd/bench/vs-redis.sh): kvd and kvcli, redis-server and redis-benchmark, side by side
+# in one run. Throughput on a shared 2-core machine moves by a third between runs; CPU per
+# request moves much less, and it says where the time goes (server or client, user or kernel).
+#
+#   kvd/bench/cpu.sh                 # 300,000 puts and gets, 50 clients, 20,000 keys, 100 B
+#   OPS=100000 ROUNDS=3 kvd/bench/cpu.sh
+#
+# Server CPU is read from /proc/PID/stat around each client run, client CPU from the child's
+# rusage. `kvcli bench` first writes its records (a get and a put each) before the measured
+# phase; a run of one operation measures that load alone, and is subtracted, so the figures
+# are those of the measured requests only. Needs redis-server and redis-benchmark
+# (apt-get install -y redis-server redis-tools); builds kvd and kvcli in release mode. Ports
+# are picked at run time; everything started is stopped.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+OPS=${OPS:-300000}
+CLIENTS=${CLIENTS:-50}
+RECORDS=${RECORDS:-20000}
+SIZE=${SIZE:-100}
+ROUNDS=${ROUNDS:-1}
+for tool in redis-server redis-benchmark; do
+  command -v "$tool" >/dev/null || { echo "$tool is missing: apt-get install -y redis-server redis-tools" >&2; exit 2; }
+done
+cargo build --release -q -p kvd -p kvcli
+KVD=$PWD/target/release/kvd
+KVCLI=$PWD/target/release/kvcli
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
+trap cleanup EXIT
+
+RPORT=$(free_port)
+mkdir -p "$WORK/redis"
+redis-server --port "$RPORT" --bind 127.0.0.1 --dir "$WORK/redis" --save '' \
+  --appendonly yes --appendfsync everysec --daemonize no >"$WORK/redis.log" 2>&1 &
+RPID=$!
+PIDS+=("$RPID")
+KPORT=$(free_port)
+"$KVD" --listen "127.0.0.1:$KPORT" --data-dir "$WORK/kvd" --n 1 --w 1 --r 1 --sync interval \
+  --anti-entropy-interval-s 0 >"$WORK/kvd.log" 2>&1 &
+KPID=$!
+PIDS+=("$KPID")
+for _ in $(seq 100); do
+  redis-cli -p "$RPORT" ping >/dev/null 2>&1 && curl -sf "http://127.0.0.1:$KPORT/health" >/dev/null && break
+  sleep 0.1
+done
+
+# measure SERVER_PID CMD...: runs CMD with stdout to $WORK/out and prints
+# "server_user server_sys client_user client_sys" in seconds.
+measure() {
+  local pid=$1
+  shift
+  python3 - "$pid" "$WORK/out" "$@" <<'PY'
+import os, resource, subprocess, sys
+pid, out, cmd = sys.argv[1], sys.argv[2], sys.argv[3:]
+tick = os.sysconf("SC_CLK_TCK")
+def server():
+    f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return int(f[11]) / tick, int(f[12]) / tick  # utime, stime
+before = server()
+with open(out, "w") as o:
+    subprocess.run(cmd, stdout=o, stderr=subprocess.DEVNULL, check=True)
+after = server()
+r = resource.getrusage(resource.RUSAGE_CHILDREN)
+print(after[0] - before[0], after[1] - before[1], r.ru_utime, r.ru_stime)
+PY
+}
+kvcli_bench() { # kvcli_bench WORKLOAD OPS
+  measure "$KPID" "$KVCLI" --node "ws://127.0.0.1:$KPORT" bench --workload "$1" --clients "$CLIENTS" \
+    --ops "$2" --records "$RECORDS" --value-size "$SIZE" --json
+}
+redis_bench() { # redis_bench TEST OPS
+  measure "$RPID" redis-benchmark -p "$RPORT" -t "$1" -n "$2" -c "$CLIENTS" -d "$SIZE" -r "$RECORDS" -q
+}
+row() { # row NAME OPS "a b c d" ["base: a b c d"]
+  python3 - "$@" <<'PY'
+import sys
+name, ops, run = sys.argv[1], int(sys.argv[2]), list(map(float, sys.argv[3].split()))
+base = list(map(float, sys.argv[4].split())) if len(sys.argv) > 4 else [0.0] * 4
+su, ss, cu, cs = (1e6 * (r - b) / ops for r, b in zip(run, base))
+print(f"  {name:22} {su + ss:7.2f} {su:6.2f} {ss:6.2f}   {cu + cs:7.2f} {cu:6.2f} {cs:6.2f}")
+PY
+}
+
+echo "CPU µs per request: $OPS requests, $CLIENTS clients, $RECORDS keys, $SIZE B values, $(nproc) cores"
+kvcli_bench put 1 >/dev/null # every record exists before the first measured load
+redis_bench set "$OPS" >/dev/null
+for round in $(seq "$ROUNDS"); do
+  echo "round $round"
+  echo "                          server   user kernel    client   user kernel"
+  for w in put get; do
+    load=$(kvcli_bench "$w" 1)
+    run=$(kvcli_bench "$w" "$OPS")
+    row "kvd $w / kvcli" "$OPS" "$run" "$load"
+  done
+  for t in set get; do
+    row "redis $t / benchmark" "$OPS" "$(redis_bench "$t" "$OPS")"
+  done
+done
