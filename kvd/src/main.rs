@@ -35,8 +35,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Some(Command::BenchStorage(args)) => kvd::bench::run(args),
         Some(Command::Dev(args)) => runtime().and_then(|rt| rt.block_on(kvd::dev::run(args))),
-        None => NodeConfig::resolve(cli.node)
-            .and_then(|config| runtime().and_then(|rt| rt.block_on(run_node(config)))),
+        None => NodeConfig::resolve(cli.node).and_then(|config| {
+            runtime_with(config.worker_threads).and_then(|rt| rt.block_on(run_node(config)))
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -48,7 +49,16 @@ fn main() -> ExitCode {
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
+    runtime_with(None)
+}
+
+/// The multi-threaded runtime, with `workers` threads when given (else one per core).
+fn runtime_with(workers: Option<usize>) -> Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = workers {
+        builder.worker_threads(n);
+    }
+    builder
         .enable_all()
         .build()
         .map_err(|e| Error::Io(format!("cannot start the async runtime: {e}")))
