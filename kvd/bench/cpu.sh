@@ -21,34 +21,9 @@ CLIENTS=${CLIENTS:-50}
 RECORDS=${RECORDS:-20000}
 SIZE=${SIZE:-100}
 ROUNDS=${ROUNDS:-1}
-for tool in redis-server redis-benchmark; do
-  command -v "$tool" >/dev/null || { echo "$tool is missing: apt-get install -y redis-server redis-tools" >&2; exit 2; }
-done
-cargo build --release -q -p kvd -p kvcli
-KVD=$PWD/target/release/kvd
-KVCLI=$PWD/target/release/kvcli
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
-trap cleanup EXIT
-
-RPORT=$(free_port)
-mkdir -p "$WORK/redis"
-redis-server --port "$RPORT" --bind 127.0.0.1 --dir "$WORK/redis" --save '' \
-  --appendonly yes --appendfsync everysec --daemonize no >"$WORK/redis.log" 2>&1 &
-RPID=$!
-PIDS+=("$RPID")
-KPORT=$(free_port)
-"$KVD" --listen "127.0.0.1:$KPORT" --data-dir "$WORK/kvd" --n 1 --w 1 --r 1 --sync interval \
-  --anti-entropy-interval-s 0 >"$WORK/kvd.log" 2>&1 &
-KPID=$!
-PIDS+=("$KPID")
-for _ in $(seq 100); do
-  redis-cli -p "$RPORT" ping >/dev/null 2>&1 && curl -sf "http://127.0.0.1:$KPORT/health" >/dev/null && break
-  sleep 0.1
-done
+SYNC=interval
+REDIS_FSYNC=everysec
+source kvd/bench/pair.sh
 
 # measure SERVER_PID CMD...: runs CMD with stdout to $WORK/out and prints
 # "server_user server_sys client_user client_sys" in seconds.

@@ -24,32 +24,7 @@ case "$SYNC" in
   *) echo "SYNC must be interval, always or none" >&2; exit 2 ;;
 esac
 
-for tool in redis-server redis-benchmark; do
-  command -v "$tool" >/dev/null || { echo "$tool is missing: apt-get install -y redis-server redis-tools" >&2; exit 2; }
-done
-cargo build --release -q -p kvd -p kvcli
-KVD=target/release/kvd
-KVCLI=target/release/kvcli
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
-trap cleanup EXIT
-
-RPORT=$(free_port)
-mkdir -p "$WORK/redis"
-redis-server --port "$RPORT" --bind 127.0.0.1 --dir "$WORK/redis" --save '' \
-  --appendonly yes --appendfsync "$REDIS_FSYNC" --daemonize no >"$WORK/redis.log" 2>&1 &
-PIDS+=($!)
-KPORT=$(free_port)
-"$KVD" --listen "127.0.0.1:$KPORT" --data-dir "$WORK/kvd" --n 1 --w 1 --r 1 --sync "$SYNC" \
-  --anti-entropy-interval-s 0 >"$WORK/kvd.log" 2>&1 &
-PIDS+=($!)
-for _ in $(seq 100); do
-  redis-cli -p "$RPORT" ping >/dev/null 2>&1 && curl -sf "http://127.0.0.1:$KPORT/health" >/dev/null && break
-  sleep 0.1
-done
+source kvd/bench/pair.sh
 
 # redis-benchmark --csv: "test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms","p95_latency_ms","p99_latency_ms","max_latency_ms"
 redis_run() {
