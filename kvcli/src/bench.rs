@@ -57,6 +57,10 @@ pub struct BenchArgs {
     /// Read quorum of each get.
     #[arg(long)]
     pub r: Option<usize>,
+    /// Threads that run the clients (default: one per core; redis-benchmark runs on one). A
+    /// one-shot command's setting: the REPL's threads are already running.
+    #[arg(long)]
+    pub threads: Option<usize>,
 }
 
 /// Context shards: enough that 50+ clients rarely meet on one lock.

@@ -149,10 +149,19 @@ fn main() -> ExitCode {
         error_line("--timeout must be a positive number of seconds");
         return ExitCode::from(2);
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let threads = match &cli.command {
+        Some(Command::Bench(args)) => args.threads,
+        _ => None,
+    };
+    if threads == Some(0) {
+        error_line("bench: --threads must be at least 1");
+        return ExitCode::from(2);
+    }
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = threads {
+        builder.worker_threads(n);
+    }
+    let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             error_line(&format!("cannot start the async runtime: {e}"));

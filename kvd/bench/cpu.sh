@@ -6,6 +6,7 @@
 #
 #   kvd/bench/cpu.sh                 # 300,000 puts and gets, 50 clients, 20,000 keys, 100 B
 #   OPS=100000 ROUNDS=3 kvd/bench/cpu.sh
+#   THREADS=1 kvd/bench/cpu.sh       # one worker thread for kvd and for kvcli
 #
 # Server CPU is read from /proc/PID/stat around each client run, client CPU from the child's
 # rusage. `kvcli bench` first writes its records (a get and a put each) before the measured
@@ -47,7 +48,7 @@ PY
 }
 kvcli_bench() { # kvcli_bench WORKLOAD OPS
   measure "$KPID" "$KVCLI" --node "ws://127.0.0.1:$KPORT" bench --workload "$1" --clients "$CLIENTS" \
-    --ops "$2" --records "$RECORDS" --value-size "$SIZE" --json
+    --ops "$2" --records "$RECORDS" --value-size "$SIZE" ${THREADS:+--threads "$THREADS"} --json
 }
 redis_bench() { # redis_bench TEST OPS
   measure "$RPID" redis-benchmark -p "$RPORT" -t "$1" -n "$2" -c "$CLIENTS" -d "$SIZE" -r "$RECORDS" -q

@@ -1,7 +1,8 @@
 # Sourced by the one-node comparisons with Redis (vs-redis.sh, cpu.sh): starts one kvd
 # (`--n 1`, `--sync $SYNC`) and one redis-server (AOF on, `appendfsync $REDIS_FSYNC`) on ports
-# picked at run time, in a work dir removed at exit, and stops both at exit. Sets KVD, KVCLI
-# (release builds), WORK, KPORT, KPID, RPORT, RPID.
+# picked at run time, in a work dir removed at exit, and stops both at exit. With THREADS set,
+# kvd runs that many worker threads (`--worker-threads`), and so should the client. Sets KVD,
+# KVCLI (release builds), WORK, KPORT, KPID, RPORT, RPID.
 for tool in redis-server redis-benchmark; do
   command -v "$tool" >/dev/null || { echo "$tool is missing: apt-get install -y redis-server redis-tools" >&2; exit 2; }
 done
@@ -23,7 +24,7 @@ RPID=$!
 PIDS+=("$RPID")
 KPORT=$(free_port)
 "$KVD" --listen "127.0.0.1:$KPORT" --data-dir "$WORK/kvd" --n 1 --w 1 --r 1 --sync "$SYNC" \
-  --anti-entropy-interval-s 0 >"$WORK/kvd.log" 2>&1 &
+  --anti-entropy-interval-s 0 ${THREADS:+--worker-threads "$THREADS"} >"$WORK/kvd.log" 2>&1 &
 KPID=$!
 PIDS+=("$KPID")
 for _ in $(seq 100); do

@@ -30,6 +30,7 @@ check() {
 }
 
 check vs-redis '^  write +[0-9]+' env OPS=2000 RECORDS=1000 kvd/bench/vs-redis.sh
+check "vs-redis THREADS=1" '^  write +[0-9]+' env THREADS=1 OPS=2000 RECORDS=1000 kvd/bench/vs-redis.sh
 check "vs-redis --sync always" '^  write +[0-9]+' env SYNC=always OPS=2000 RECORDS=1000 kvd/bench/vs-redis.sh
 check cpu 'kvd put / kvcli +[0-9.]+' env OPS=2000 RECORDS=1000 kvd/bench/cpu.sh
 check vs-rocksdb '^fillrandom ops/s +[0-9]+' env NUM=20000 kvd/bench/vs-rocksdb.sh

@@ -5,6 +5,7 @@
 #   kvd/bench/vs-redis.sh                 # --sync interval vs appendfsync everysec
 #   SYNC=always kvd/bench/vs-redis.sh     # --sync always   vs appendfsync always
 #   OPS=20000 kvd/bench/vs-redis.sh       # a quicker run
+#   THREADS=1 kvd/bench/vs-redis.sh       # one worker thread for kvd and for kvcli, as Redis
 #
 # Needs redis-server and redis-benchmark (apt-get install -y redis-server redis-tools); builds
 # kvd and kvcli in release mode. Ports are picked at run time; everything started is stopped.
@@ -37,7 +38,7 @@ for row in csv.reader(sys.stdin):
 }
 kvd_run() {
   "$KVCLI" --node "ws://127.0.0.1:$KPORT" bench --workload "$1" --clients "$CLIENTS" --ops "$OPS" \
-    --records "$RECORDS" --value-size "$SIZE" --json \
+    --records "$RECORDS" --value-size "$SIZE" ${THREADS:+--threads "$THREADS"} --json \
     | python3 -c '
 import json, sys
 d = json.load(sys.stdin)

@@ -246,3 +246,50 @@ fn interrupted_run_still_reports() {
     assert!(doc["ops"].as_u64().unwrap() > 0, "{doc}");
     assert!(doc["seconds"].as_f64().unwrap() < 60.0, "{doc}");
 }
+
+/// Threads of process `pid` with the runtime's worker name.
+fn runtime_workers(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|tasks| {
+            tasks
+                .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+                .filter(|comm| comm.trim() == "tokio-rt-worker")
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn threads_sets_how_many_threads_run_the_clients() {
+    let cluster = one_node();
+    let node = cluster.nodes[0].url();
+    for n in [1usize, 3] {
+        let child = std::process::Command::new(kv_tests::kvcli_bin())
+            .args([
+                "--node",
+                &node,
+                "--json",
+                "bench",
+                "--records",
+                "20",
+                "--clients",
+                "4",
+            ])
+            .args(["--duration", "3", "--threads", &n.to_string()])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // Counted while the measured phase runs; the runtime's threads all exist by then.
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        let workers = runtime_workers(child.id());
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "--threads {n}");
+        assert_eq!(workers, n, "--threads {n}");
+        let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert!(doc["ops"].as_u64().unwrap() > 0, "{doc}");
+    }
+    let (code, _, err) = bench(&node, &["--threads", "0"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--threads must be at least 1"), "{err}");
+}
