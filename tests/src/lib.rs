@@ -45,6 +45,19 @@ pub fn kvcli_bin() -> PathBuf {
     p
 }
 
+/// Threads of process `pid` named as the async runtime's workers (`tokio-rt-worker`); 0 when
+/// the process is gone.
+pub fn runtime_workers(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|tasks| {
+            tasks
+                .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+                .filter(|comm| comm.trim() == "tokio-rt-worker")
+                .count()
+        })
+        .unwrap_or(0)
+}
+
 /// A free TCP port on 127.0.0.1 (bound, read, released).
 pub fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");

@@ -247,18 +247,6 @@ fn interrupted_run_still_reports() {
     assert!(doc["seconds"].as_f64().unwrap() < 60.0, "{doc}");
 }
 
-/// Threads of process `pid` with the runtime's worker name.
-fn runtime_workers(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/task"))
-        .map(|tasks| {
-            tasks
-                .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
-                .filter(|comm| comm.trim() == "tokio-rt-worker")
-                .count()
-        })
-        .unwrap_or(0)
-}
-
 #[test]
 fn threads_sets_how_many_threads_run_the_clients() {
     let cluster = one_node();
@@ -282,7 +270,7 @@ fn threads_sets_how_many_threads_run_the_clients() {
             .unwrap();
         // Counted while the measured phase runs; the runtime's threads all exist by then.
         std::thread::sleep(std::time::Duration::from_millis(1500));
-        let workers = runtime_workers(child.id());
+        let workers = kv_tests::runtime_workers(child.id());
         let out = child.wait_with_output().unwrap();
         assert!(out.status.success(), "--threads {n}");
         assert_eq!(workers, n, "--threads {n}");

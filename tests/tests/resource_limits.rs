@@ -199,21 +199,12 @@ fn a_bad_percent_escape_in_the_query_harms_nothing() {
     assert!(kv_tests::http_get(&addr, "/health").is_some());
 }
 
-/// Threads of process `pid` with the runtime's worker name.
-fn runtime_workers(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/task"))
-        .expect("proc tasks")
-        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
-        .filter(|comm| comm.trim() == "tokio-rt-worker")
-        .count()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_threads_sets_how_many_threads_serve_requests() {
     for n in [1usize, 3] {
         let cluster = one_node(&["--worker-threads", &n.to_string()]);
         let pid = cluster.nodes[0].pid().expect("running");
-        assert_eq!(runtime_workers(pid), n, "--worker-threads {n}");
+        assert_eq!(kv_tests::runtime_workers(pid), n, "--worker-threads {n}");
         let mut ws = Ws::connect(&cluster.nodes[0].url()).await;
         let r = ws
             .request(json!({"op": "put", "key": "k", "value": "v"}))
