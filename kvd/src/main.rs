@@ -97,6 +97,13 @@ async fn run_node(config: NodeConfig) -> Result<()> {
         .await
         .map_err(|e| Error::Io(format!("cannot listen on {}: {e}", config.listen)))?;
     let node = Node::start(config).await?;
+    // Watched before anything is served: a SIGTERM that came once the node answers (a stop
+    // right after a readiness probe) took the default action and killed the process
+    // without its clean shutdown.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| Error::Io(format!("cannot watch SIGTERM: {e}")))?;
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .map_err(|e| Error::Io(format!("cannot watch SIGINT: {e}")))?;
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(|e| Error::Io(format!("cannot watch SIGHUP: {e}")))?;
     let reloader = node.clone();
@@ -151,10 +158,8 @@ async fn run_node(config: NodeConfig) -> Result<()> {
         tokio::spawn(kvd::rebalance::run_reweigh(node.clone()));
     }
 
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|e| Error::Io(format!("cannot watch SIGTERM: {e}")))?;
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
+        _ = interrupt.recv() => {}
         _ = term.recv() => {}
     }
     kvd::info!("shutting down");
