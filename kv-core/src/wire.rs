@@ -476,7 +476,26 @@ pub fn encode_request(id: u64, op: &ClientOp) -> String {
         | ClientOp::Cleanup
         | ClientOp::Snapshots => {}
     }
-    serde_json::to_string(&out).expect("a request always serializes")
+    // Sized up front: growing from serde_json's default took two or three reallocations per
+    // request (a 100-byte value and its context already pass 256 bytes).
+    let strings = [
+        out.key,
+        out.value,
+        out.value_b64,
+        out.context,
+        out.node,
+        out.cursor,
+        out.name,
+    ];
+    let room = 96
+        + strings
+            .iter()
+            .flatten()
+            .map(|s| s.len() + s.len() / 8)
+            .sum::<usize>();
+    let mut buf = Vec::with_capacity(room);
+    serde_json::to_writer(&mut buf, &out).expect("a request always serializes");
+    String::from_utf8(buf).expect("serde_json writes UTF-8")
 }
 
 fn non_empty(s: &str) -> Option<&str> {

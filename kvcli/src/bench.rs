@@ -12,7 +12,6 @@
 //! load gives the put workload the context of every key, so a second run on the same keys is
 //! not slower than the first.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -22,7 +21,7 @@ use hdrhistogram::Histogram;
 use kv_core::wire::ClientOp;
 use serde_json::{json, Value};
 
-use crate::client::{Answer, Client, ClientError, DirectClient};
+use crate::client::{Client, ClientError, DirectClient};
 use crate::commands::Env;
 use crate::workload::{Distribution, KeyChooser, OpKind, Rng, Workload};
 
@@ -84,22 +83,33 @@ struct Shared {
     first_error: Mutex<Option<String>>,
     /// Ctrl-C: clients stop after the operation they have in flight.
     stop: AtomicBool,
-    /// The latest context known per record, sharded by record number.
-    contexts: Vec<Mutex<HashMap<u64, String>>>,
+    /// The latest context known per record: record `i` at `i / SHARDS` of shard `i % SHARDS`
+    /// (records are numbered densely: a slot, not a hash table, and the slot's string is
+    /// reused from one context to the next).
+    contexts: Vec<Mutex<Vec<String>>>,
 }
 
 impl Shared {
-    fn context(&self, i: u64) -> String {
-        lock(&self.contexts[i as usize % SHARDS])
-            .get(&i)
-            .cloned()
-            .unwrap_or_default()
+    /// Copies the latest context known for record `i` into `out` ("" if none).
+    fn context(&self, i: u64, out: &mut String) {
+        out.clear();
+        if let Some(c) = lock(&self.contexts[i as usize % SHARDS]).get(i as usize / SHARDS) {
+            out.push_str(c);
+        }
     }
 
-    fn remember(&self, i: u64, answer: &Answer) {
-        if !answer.context.is_empty() {
-            lock(&self.contexts[i as usize % SHARDS]).insert(i, answer.context.clone());
+    /// Keeps `context` (an answer's) as the latest for record `i`.
+    fn remember(&self, i: u64, context: &str) {
+        if context.is_empty() {
+            return;
         }
+        let mut shard = lock(&self.contexts[i as usize % SHARDS]);
+        let at = i as usize / SHARDS;
+        if shard.len() <= at {
+            shard.resize(at + 1, String::new());
+        }
+        shard[at].clear();
+        shard[at].push_str(context);
     }
 
     fn note_error(&self, e: &ClientError) {
@@ -177,7 +187,7 @@ pub async fn run(probe: &Client, args: BenchArgs, env: &Env) -> Result<(), Clien
         done: AtomicU64::new(0),
         first_error: Mutex::new(None),
         stop: AtomicBool::new(false),
-        contexts: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+        contexts: (0..SHARDS).map(|_| Mutex::new(Vec::new())).collect(),
     });
     let mut clients = Vec::with_capacity(args.clients);
     for _ in 0..args.clients {
@@ -206,7 +216,7 @@ pub async fn run(probe: &Client, args: BenchArgs, env: &Env) -> Result<(), Clien
     let mut tasks = tokio::task::JoinSet::new();
     for (c, mut client) in clients.into_iter().enumerate() {
         let shared = shared.clone();
-        let value = random_value(c as u64, args.value_size);
+        let mut ops = Scratch::new(&shared, random_value(c as u64, args.value_size));
         tasks.spawn(async move {
             let mut rng = Rng::new(0x5eed ^ (c as u64 + 1));
             let mut tally = Tally::new();
@@ -214,7 +224,7 @@ pub async fn run(probe: &Client, args: BenchArgs, env: &Env) -> Result<(), Clien
             {
                 let kind = shared.workload.next_op(&mut rng);
                 let t = Instant::now();
-                match one_op(&mut client, &shared, kind, &value, &mut rng).await {
+                match one_op(&mut client, &shared, kind, &mut ops, &mut rng).await {
                     Ok(()) => {
                         let us = t.elapsed().as_micros().max(1) as u64;
                         let _ = tally.by_kind[kind.index()].record(us);
@@ -293,7 +303,7 @@ where
     let mut back = Vec::with_capacity(clients.len());
     for (c, mut client) in clients.into_iter().enumerate() {
         let (shared, next, failed, pb) = (shared.clone(), next.clone(), failed.clone(), pb.clone());
-        let value = random_value(c as u64 + 1_000_003, args.value_size);
+        let mut ops = Scratch::new(&shared, random_value(c as u64 + 1_000_003, args.value_size));
         let records = args.records;
         tasks.spawn(async move {
             loop {
@@ -303,24 +313,13 @@ where
                 }
                 // Read first: a record left by an earlier run is replaced, not given one more
                 // sibling, so runs can repeat on the same cluster.
-                let read = ClientOp::Get {
-                    key: key_name(i),
-                    r: shared.r,
-                    local: false,
-                };
-                let context = match client.request(&read).await {
-                    Ok(v) => v.context,
-                    Err(_) => String::new(),
-                };
-                let op = ClientOp::Put {
-                    key: key_name(i),
-                    value: value.clone(),
-                    context,
-                    w: shared.w,
-                    ttl_s: None,
-                };
-                match client.request(&op).await {
-                    Ok(v) => shared.remember(i, &v),
+                ops.get_of(i);
+                if client.request(&ops.get, &mut ops.context).await.is_err() {
+                    ops.context.clear();
+                }
+                ops.put_with_answer_context(i);
+                match client.request(&ops.put, &mut ops.context).await {
+                    Ok(()) => shared.remember(i, &ops.context),
                     Err(e) => {
                         failed.fetch_add(1, Ordering::Relaxed);
                         shared.note_error(&e);
@@ -373,49 +372,90 @@ where
     Ok(back)
 }
 
+/// One client's two requests, rewritten in place for each operation (no allocation per
+/// request for the key, the value or the context), and the context of its last answer.
+struct Scratch {
+    get: ClientOp,
+    put: ClientOp,
+    context: String,
+}
+
+impl Scratch {
+    fn new(sh: &Shared, value: Vec<u8>) -> Scratch {
+        Scratch {
+            get: ClientOp::Get {
+                key: String::new(),
+                r: sh.r,
+                local: false,
+            },
+            put: ClientOp::Put {
+                key: String::new(),
+                value,
+                context: String::new(),
+                w: sh.w,
+                ttl_s: None,
+            },
+            context: String::new(),
+        }
+    }
+
+    /// Makes the get of record `i`.
+    fn get_of(&mut self, i: u64) {
+        if let ClientOp::Get { key, .. } = &mut self.get {
+            set_key_name(key, i);
+        }
+    }
+
+    /// Makes the put of record `i` with the latest context `sh` knows for it.
+    fn put_with_known_context(&mut self, i: u64, sh: &Shared) {
+        if let ClientOp::Put { key, context, .. } = &mut self.put {
+            set_key_name(key, i);
+            sh.context(i, context);
+        }
+    }
+
+    /// Makes the put of record `i` with the context of the last answer.
+    fn put_with_answer_context(&mut self, i: u64) {
+        if let ClientOp::Put { key, context, .. } = &mut self.put {
+            set_key_name(key, i);
+            context.clone_from(&self.context);
+        }
+    }
+}
+
 async fn one_op(
     client: &mut DirectClient,
     sh: &Shared,
     kind: OpKind,
-    value: &[u8],
+    ops: &mut Scratch,
     rng: &mut Rng,
 ) -> Result<(), ClientError> {
-    let get = |i: u64| ClientOp::Get {
-        key: key_name(i),
-        r: sh.r,
-        local: false,
-    };
-    let put = |i: u64, context: String| ClientOp::Put {
-        key: key_name(i),
-        value: value.to_vec(),
-        context,
-        w: sh.w,
-        ttl_s: None,
+    let i = match kind {
+        OpKind::Insert => sh.records.fetch_add(1, Ordering::Relaxed),
+        _ => sh.chooser.pick(rng, sh.records.load(Ordering::Relaxed)),
     };
     match kind {
         OpKind::Read => {
-            let i = sh.chooser.pick(rng, sh.records.load(Ordering::Relaxed));
-            let v = client.request(&get(i)).await?;
-            sh.remember(i, &v);
+            ops.get_of(i);
+            client.request(&ops.get, &mut ops.context).await?;
         }
         OpKind::Update => {
-            let i = sh.chooser.pick(rng, sh.records.load(Ordering::Relaxed));
-            let v = client.request(&put(i, sh.context(i))).await?;
-            sh.remember(i, &v);
+            ops.put_with_known_context(i, sh);
+            client.request(&ops.put, &mut ops.context).await?;
         }
         OpKind::Insert => {
-            let i = sh.records.fetch_add(1, Ordering::Relaxed);
-            let v = client.request(&put(i, String::new())).await?;
-            sh.remember(i, &v);
+            ops.context.clear();
+            ops.put_with_answer_context(i);
+            client.request(&ops.put, &mut ops.context).await?;
         }
         OpKind::ReadModifyWrite => {
-            let i = sh.chooser.pick(rng, sh.records.load(Ordering::Relaxed));
-            let read = client.request(&get(i)).await?;
-            let context = read.context;
-            let v = client.request(&put(i, context)).await?;
-            sh.remember(i, &v);
+            ops.get_of(i);
+            client.request(&ops.get, &mut ops.context).await?;
+            ops.put_with_answer_context(i);
+            client.request(&ops.put, &mut ops.context).await?;
         }
     }
+    sh.remember(i, &ops.context);
     Ok(())
 }
 
@@ -560,9 +600,11 @@ fn random_value(seed: u64, size: usize) -> Vec<u8> {
         .collect()
 }
 
-/// The name of record `i`.
-pub fn key_name(i: u64) -> String {
-    format!("key:{i:010}")
+/// Makes `key` the name of record `i` (`key:` and ten digits), in place.
+fn set_key_name(key: &mut String, i: u64) {
+    use std::fmt::Write as _;
+    key.clear();
+    let _ = write!(key, "key:{i:010}");
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

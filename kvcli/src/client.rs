@@ -134,7 +134,10 @@ pub struct Client {
 }
 
 /// Bytes read from the socket at a time (bigger answers take several reads).
-const READ_BUFFER: usize = 8 * 1024;
+const SOCKET_READ_BUFFER: usize = 8 * 1024;
+/// Bytes the WebSocket layer asks for at a time, from the buffered socket: it zeroes that
+/// much before every read, so it stays small.
+const READ_BUFFER: usize = 2 * 1024;
 
 impl Client {
     /// Connects to `url` (`ws://HOST:PORT`), presenting `token` when given.
@@ -216,8 +219,9 @@ impl Client {
 }
 
 /// The socket of a client connection.
-type Socket =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Socket = tokio_tungstenite::WebSocketStream<
+    tokio_tungstenite::MaybeTlsStream<tokio::io::BufReader<tokio::net::TcpStream>>,
+>;
 
 /// Opens a WebSocket to `url`, presenting `token` when given; a refusal says why.
 async fn open(url: &str, token: Option<&str>, timeout: Duration) -> Result<Socket, ClientError> {
@@ -231,14 +235,31 @@ async fn open(url: &str, token: Option<&str>, timeout: Duration) -> Result<Socke
         request.headers_mut().insert("authorization", value);
     }
     // A small read buffer: the socket layer zeroes the whole buffer before every read,
-    // which at its 128 KiB default costs more than a small answer itself.
+    // which at its 128 KiB default costs more than a small answer itself. The socket is read
+    // through a buffer of its own underneath, so a big answer still takes few system calls.
     let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER);
     let connector = TLS
         .get()
         .map(|c| tokio_tungstenite::Connector::Rustls(c.clone()));
-    let connect =
-        tokio_tungstenite::connect_async_tls_with_config(request, Some(config), false, connector);
+    let uri = request.uri();
+    let secure = uri.scheme_str() == Some("wss");
+    let host = uri
+        .host()
+        .unwrap_or_default()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let port = uri.port_u16().unwrap_or(if secure { 443 } else { 80 });
+    let connect = async {
+        let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
+            .await
+            .map_err(tokio_tungstenite::tungstenite::Error::Io)?;
+        let _ = tcp.set_nodelay(true);
+        let buffered = tokio::io::BufReader::with_capacity(SOCKET_READ_BUFFER, tcp);
+        tokio_tungstenite::client_async_tls_with_config(request, buffered, Some(config), connector)
+            .await
+    };
     let (ws, _) = match tokio::time::timeout(timeout, connect).await {
         Ok(Ok(ok)) => ok,
         Ok(Err(tokio_tungstenite::tungstenite::Error::Http(resp))) => {
@@ -317,10 +338,15 @@ impl DirectClient {
         })
     }
 
-    /// Sends one request and returns what the load generator keeps of a success (`ok: true`),
-    /// or the error. The answer is parsed into borrowed fields, not a JSON tree: this client
-    /// shares the machine with the node it measures.
-    pub async fn request(&mut self, op: &ClientOp) -> Result<Answer, ClientError> {
+    /// Sends one request; on a success (`ok: true`) puts the answer's causal context into
+    /// `context` ("" when it has none), else returns the error. The answer is parsed into
+    /// borrowed fields, not a JSON tree, and the context copied into the caller's string: this
+    /// client shares the machine with the node it measures.
+    pub async fn request(
+        &mut self,
+        op: &ClientOp,
+        context: &mut String,
+    ) -> Result<(), ClientError> {
         let id = self.next_id;
         self.next_id += 1;
         let exchange = async {
@@ -338,9 +364,9 @@ impl DirectClient {
                             continue;
                         }
                         if frame.ok {
-                            return Ok(Answer {
-                                context: frame.context.map(Cow::into_owned).unwrap_or_default(),
-                            });
+                            context.clear();
+                            context.push_str(frame.context.as_deref().unwrap_or_default());
+                            return Ok(());
                         }
                         let error = frame.error.unwrap_or_default();
                         return Err(ClientError::Refused {
@@ -362,12 +388,6 @@ impl DirectClient {
             .await
             .map_err(|_| ClientError::Timeout)?
     }
-}
-
-/// What [`DirectClient::request`] keeps of a successful answer.
-pub struct Answer {
-    /// The causal context (empty when the answer has none).
-    pub context: String,
 }
 
 /// The fields of an answer frame the load generator looks at; the others are skipped.
