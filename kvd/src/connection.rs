@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::{Fuse, FusedFuture, FutureExt};
 use futures_util::stream::FuturesUnordered;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use kv_core::version::SiblingSet;
 use kv_core::wire::{
     decode_request, error_response, ok_response, value_to_json, ClientOp, ErrorCode, Request,
@@ -20,13 +20,33 @@ use kv_core::wire::{
 };
 use serde::Serialize;
 use serde_json::{json, Value};
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::WebSocketStream;
+use std::future::Future;
+use std::task::Poll;
 
 use crate::coordinator;
 use crate::metrics::op_index;
 use crate::node::Node;
 use crate::peer::{PeerRequest, PeerResponse};
+use crate::ws::{Incoming, ServerWs, WsError};
+
+/// Answers queued and not yet written beyond which the connection stops reading requests
+/// (a client that does not read its answers).
+const WRITE_BACKLOG: usize = 256 * 1024;
+
+/// What woke the connection.
+enum Event {
+    Shutdown,
+    /// A request's answer, or a refused frame's.
+    Answer(String),
+    /// A request to run.
+    Run(Request),
+    /// The client closed, or the connection broke.
+    Closed,
+    /// A frame the WebSocket layer refused: the error answer is sent, then the connection ends.
+    Refused(WsError),
+    /// The idle check's period.
+    Tick,
+}
 
 /// Serves one client connection until it closes or the node shuts down.
 /// With `read_only` (the client's token allows reads only), writes and admin operations are
@@ -34,12 +54,11 @@ use crate::peer::{PeerRequest, PeerResponse};
 ///
 /// One task does everything: it reads requests, runs them concurrently as futures (no task
 /// per request: spawning copies each request's future into a new task, which cost more than
-/// a memtable read), buffers their answers as they complete, and flushes only when it has
+/// a memtable read), queues their answers as they complete, and flushes only when it has
 /// nothing else to do — one write for every answer ready at that moment, as Redis writes its
 /// replies before waiting for more input. A client that stops reading fills the socket, the
-/// answer buffer stops accepting, and the task stops reading that client's requests.
-pub async fn serve(node: Arc<Node>, ws: WebSocketStream<crate::tls::Io>, read_only: bool) {
-    let (mut sink, mut stream) = ws.split();
+/// answers queue up, and past `WRITE_BACKLOG` the task stops reading that client's requests.
+pub async fn serve(node: Arc<Node>, mut ws: ServerWs<crate::tls::Io>, read_only: bool) {
     let max_in_flight = node.config.max_in_flight;
     // The first request in flight runs in a slot inside this task's own future; only the
     // requests a client pipelines behind it go to `running`, each a heap-allocated task of
@@ -52,67 +71,95 @@ pub async fn serve(node: Arc<Node>, ws: WebSocketStream<crate::tls::Io>, read_on
     let mut idle_check = tokio::time::interval(idle_timeout / 8);
     idle_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_frame = Instant::now();
-    let mut unflushed = false;
     // One wait for the shutdown, kept across iterations: making a new one per iteration
     // registered and removed a waiter under the watch's lock twice per request.
     let mut shutting_down = Box::pin(shutdown.changed());
     loop {
-        let answer = tokio::select! {
-            biased;
-            _ = &mut shutting_down => break,
-            answer = inline.as_mut(), if !inline.is_terminated() => answer,
-            Some(answer) = running.next(), if !running.is_empty() => answer,
-            next = stream.next() => {
-                last_frame = Instant::now();
-                let msg = match next {
-                    Some(Ok(msg)) => msg,
-                    Some(Err(e)) => {
-                        // The socket layer refused a frame (e.g. far over the size limit) or
-                        // the connection broke: tell the client if we still can, then close.
-                        let err =
-                            WireError::new(ErrorCode::TooLarge, format!("connection closed: {e}"));
-                        let _ = sink.send(Message::text(error_response(None, &err))).await;
-                        break;
-                    }
-                    None => break,
-                };
-                let in_flight = running.len() + usize::from(!inline.is_terminated());
-                match accept(&node, msg, read_only, in_flight >= max_in_flight) {
-                    Accepted::Run(req) => {
-                        let request = handle_owned(node.clone(), req);
-                        if inline.is_terminated() {
-                            inline.set(request.fuse());
-                        } else {
-                            running.push(request);
+        let event = std::future::poll_fn(|cx| {
+            if shutting_down.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Event::Shutdown);
+            }
+            if !inline.is_terminated() {
+                if let Poll::Ready(answer) = inline.as_mut().poll(cx) {
+                    return Poll::Ready(Event::Answer(answer));
+                }
+            }
+            if !running.is_empty() {
+                if let Poll::Ready(Some(answer)) = running.poll_next_unpin(cx) {
+                    return Poll::Ready(Event::Answer(answer));
+                }
+            }
+            // Reads the next request unless too many answers wait to be written; then writes
+            // what is queued. A write that empties the backlog leads back to reading (no
+            // wakeup would come for a read never polled).
+            loop {
+                let reading = ws.unwritten() < WRITE_BACKLOG;
+                if reading {
+                    match ws.poll_message(cx) {
+                        Poll::Ready(Ok(Some(msg))) => {
+                            last_frame = Instant::now();
+                            let in_flight = running.len() + usize::from(!inline.is_terminated());
+                            let full = in_flight >= max_in_flight;
+                            return Poll::Ready(match accept(&node, &ws, msg, read_only, full) {
+                                Accepted::Run(req) => Event::Run(req),
+                                Accepted::Refused(answer) => Event::Answer(answer),
+                                Accepted::Close => Event::Closed,
+                            });
                         }
-                        continue;
+                        Poll::Ready(Ok(None)) => return Poll::Ready(Event::Closed),
+                        Poll::Ready(Err(e)) => return Poll::Ready(Event::Refused(e)),
+                        Poll::Pending => {}
                     }
-                    Accepted::Refused(answer) => answer,
-                    Accepted::Ignored => continue,
-                    Accepted::Close => break,
+                }
+                if ws.wants_flush() {
+                    match ws.poll_flush(cx) {
+                        Poll::Ready(Err(_)) => return Poll::Ready(Event::Closed),
+                        Poll::Ready(Ok(())) if !reading => continue,
+                        _ => {}
+                    }
+                }
+                break;
+            }
+            if idle_check.poll_tick(cx).is_ready() {
+                return Poll::Ready(Event::Tick);
+            }
+            Poll::Pending
+        })
+        .await;
+        match event {
+            Event::Shutdown | Event::Closed => break,
+            Event::Answer(answer) => ws.feed_text(&answer),
+            Event::Run(req) => {
+                let request = handle_owned(node.clone(), req);
+                if inline.is_terminated() {
+                    inline.set(request.fuse());
+                } else {
+                    running.push(request);
                 }
             }
-            flushed = sink.flush(), if unflushed => {
-                if flushed.is_err() {
-                    break;
+            Event::Refused(e) => {
+                // Tell the client if we still can (an oversized frame is the usual cause),
+                // then close.
+                if !matches!(e, WsError::Io(_)) {
+                    node.metrics.bad_frames.fetch_add(1, Relaxed);
                 }
-                unflushed = false;
-                continue;
+                let code = match e {
+                    WsError::TooLarge(_) => ErrorCode::TooLarge,
+                    _ => ErrorCode::BadRequest,
+                };
+                let err = WireError::new(code, format!("connection closed: {e}"));
+                ws.feed_text(&error_response(None, &err));
+                break;
             }
-            _ = idle_check.tick() => {
+            Event::Tick => {
                 if running.is_empty()
                     && inline.is_terminated()
                     && last_frame.elapsed() >= idle_timeout
                 {
                     break;
                 }
-                continue;
             }
-        };
-        if sink.feed(Message::text(answer)).await.is_err() {
-            break;
         }
-        unflushed = true;
     }
     // The client is gone (or stopped sending): finish what it asked for (a write in flight
     // completes its replication), unless the node is shutting down.
@@ -120,41 +167,44 @@ pub async fn serve(node: Arc<Node>, ws: WebSocketStream<crate::tls::Io>, read_on
     if !*shutdown.borrow() {
         if !inline.is_terminated() {
             let answer = inline.await;
-            let _ = sink.feed(Message::text(answer)).await;
+            ws.feed_text(&answer);
         }
         while let Some(answer) = running.next().await {
-            let _ = sink.feed(Message::text(answer)).await;
+            ws.feed_text(&answer);
         }
     }
-    let _ = sink.close().await;
+    ws.close().await;
 }
 
-/// What to do with one incoming frame.
+/// What to do with one incoming message.
 enum Accepted {
     /// A valid request to run.
     Run(Request),
     /// An error answer instead (bad frame, overloaded, not allowed).
     Refused(String),
-    /// Nothing (ping/pong frames).
-    Ignored,
     /// The client closes.
     Close,
 }
 
-fn accept(node: &Node, msg: Message, read_only: bool, full: bool) -> Accepted {
+fn accept(
+    node: &Node,
+    ws: &ServerWs<crate::tls::Io>,
+    msg: Incoming,
+    read_only: bool,
+    full: bool,
+) -> Accepted {
     let text = match msg {
-        Message::Text(text) => text,
-        Message::Binary(_) => {
+        Incoming::Text(at) => ws.text(&at),
+        Incoming::Binary => {
             node.metrics.bad_frames.fetch_add(1, Relaxed);
             let err = WireError::bad_request(
                 "binary frames are not part of the client protocol: send JSON text frames",
             );
             return Accepted::Refused(error_response(None, &err));
         }
-        Message::Close(_) => return Accepted::Close,
-        _ => return Accepted::Ignored,
+        Incoming::Close => return Accepted::Close,
     };
-    let req = match decode_request(&text, &node.config.limits) {
+    let req = match decode_request(text, &node.config.limits) {
         Ok(req) => req,
         Err((id, err)) => {
             node.metrics.bad_frames.fetch_add(1, Relaxed);

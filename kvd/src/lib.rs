@@ -34,6 +34,7 @@ pub mod server;
 pub mod snapshot;
 pub mod tls;
 pub mod tombstones;
+pub mod ws;
 
 /// Everything that can stop a node from starting or serving.
 #[derive(Debug)]

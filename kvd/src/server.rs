@@ -189,8 +189,11 @@ async fn handle(
         )
         .await;
     };
-    let ws = upgrade(stream, &head, rest, client_config(&node)).await?;
-    if let Some(ws) = ws {
+    if accept_upgrade(&mut stream, &head).await? {
+        // Frames up to the frame limit are requests; the socket layer allows more so that an
+        // oversized frame is answered `too_large` instead of cutting the connection (up to 4x).
+        let max = node.config.limits.max_frame_bytes * 4;
+        let ws = crate::ws::ServerWs::new(stream, rest, max);
         node.metrics.connections.fetch_add(1, Relaxed);
         crate::connection::serve(node.clone(), ws, read_only).await;
         node.metrics.connections.fetch_sub(1, Relaxed);
@@ -204,21 +207,6 @@ fn constant_time_eq(a: &str, b: &str) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Bytes the WebSocket layer asks for per read of a client connection. It zeroes that much
-/// before every read (8 KiB cost about 2% of the CPU of a small request); the socket itself is
-/// read in bigger chunks underneath (`tls::SOCKET_READ_BUFFER`, or the TLS layer's records).
-const CLIENT_READ_BUFFER: usize = 2 * 1024;
-
-/// Client frames may be up to the frame limit; the socket layer allows more so that an
-/// oversized frame is answered `too_large` instead of cutting the connection (up to 4x).
-fn client_config(node: &Node) -> WebSocketConfig {
-    let max = node.config.limits.max_frame_bytes * 4;
-    WebSocketConfig::default()
-        .read_buffer_size(CLIENT_READ_BUFFER)
-        .max_frame_size(Some(max))
-        .max_message_size(Some(max))
-}
-
 fn peer_config(node: &Node) -> WebSocketConfig {
     crate::peer::peer_ws_config(crate::node::max_state_bytes(&node.config))
 }
@@ -229,25 +217,33 @@ async fn upgrade(
     rest: Vec<u8>,
     config: WebSocketConfig,
 ) -> std::io::Result<Option<WebSocketStream<Io>>> {
+    if !accept_upgrade(&mut stream, head).await? {
+        return Ok(None);
+    }
+    Ok(Some(
+        WebSocketStream::from_partially_read(stream, rest, Role::Server, Some(config)).await,
+    ))
+}
+
+/// Answers a WebSocket upgrade: `101 Switching Protocols`, or `400` (false) without a key.
+async fn accept_upgrade(stream: &mut Io, head: &RequestHead) -> std::io::Result<bool> {
     let Some(key) = head.header("sec-websocket-key") else {
         write_response(
-            &mut stream,
+            stream,
             400,
             "Bad Request",
             "text/plain",
             b"missing Sec-WebSocket-Key\n",
         )
         .await?;
-        return Ok(None);
+        return Ok(false);
     };
     let accept = derive_accept_key(key.as_bytes());
     let response = format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
     );
     stream.write_all(response.as_bytes()).await?;
-    Ok(Some(
-        WebSocketStream::from_partially_read(stream, rest, Role::Server, Some(config)).await,
-    ))
+    Ok(true)
 }
 
 /// Reads the request head; returns it with any bytes read past it. `None` when the peer
