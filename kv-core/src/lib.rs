@@ -22,3 +22,4 @@ pub mod quorum;
 pub mod ring;
 pub mod version;
 pub mod wire;
+pub mod ws_frame;

@@ -19,19 +19,16 @@ use std::ops::Range;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
+use kv_core::ws_frame::{
+    apply_mask, parse_head, put_head, OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_PONG,
+    OP_TEXT,
+};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Bytes read from the socket at a time; a bigger frame grows the buffer to its size.
 const READ_CHUNK: usize = 16 * 1024;
 /// Buffers grown past this (by a big frame or answer) are given back once emptied.
 const KEEP_BYTES: usize = 256 * 1024;
-
-const OP_CONTINUATION: u8 = 0x0;
-const OP_TEXT: u8 = 0x1;
-const OP_BINARY: u8 = 0x2;
-const OP_CLOSE: u8 = 0x8;
-const OP_PING: u8 = 0x9;
-const OP_PONG: u8 = 0xA;
 
 /// Close codes (RFC 6455 section 7.4.1).
 const CLOSE_NORMAL: u16 = 1000;
@@ -175,42 +172,29 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ServerWs<S> {
     fn parse(&mut self) -> Result<Option<Incoming>, WsError> {
         loop {
             let have = &self.rbuf[self.start..self.end];
-            if have.len() < 2 {
+            let Some(h) = parse_head(have) else {
                 return Ok(None);
-            }
-            let (b0, b1) = (have[0], have[1]);
-            let (fin, opcode) = (b0 & 0x80 != 0, b0 & 0x0F);
-            if b0 & 0x70 != 0 {
+            };
+            let (fin, opcode) = (h.fin, h.opcode);
+            if h.rsv != 0 {
                 return Err(self.fail(CLOSE_PROTOCOL, "reserved bits set: no extension was agreed"));
             }
-            if b1 & 0x80 == 0 {
+            let Some(mask) = h.mask else {
                 return Err(self.fail(CLOSE_PROTOCOL, "client frames must be masked"));
-            }
-            let (len, at) = match b1 & 0x7F {
-                126 if have.len() >= 4 => (u16::from_be_bytes([have[2], have[3]]) as u64, 4),
-                127 if have.len() >= 10 => {
-                    let mut b = [0u8; 8];
-                    b.copy_from_slice(&have[2..10]);
-                    (u64::from_be_bytes(b), 10)
-                }
-                126 | 127 => return Ok(None),
-                n => (n as u64, 2),
             };
-            let control = opcode & 0x8 != 0;
-            if control && (!fin || len > 125) {
+            if h.is_control() && (!fin || h.len > 125) {
                 return Err(self.fail(CLOSE_PROTOCOL, "control frames must be whole and short"));
             }
             let so_far = self.partial.as_ref().map_or(0, |(_, p)| p.len() as u64);
-            if !control && len.saturating_add(so_far) > self.max_message as u64 {
+            if !h.is_control() && h.len.saturating_add(so_far) > self.max_message as u64 {
                 let what = format!(
                     "a message of {} bytes or more is over the limit of {} bytes",
-                    len.saturating_add(so_far),
+                    h.len.saturating_add(so_far),
                     self.max_message
                 );
                 return Err(self.fail(CLOSE_TOO_BIG, &what));
             }
-            let len = len as usize;
-            let head = at + 4;
+            let (len, head) = (h.len as usize, h.size);
             if have.len() < head + len {
                 // Room for the whole frame, so the reads can complete it.
                 let need = head + len;
@@ -224,10 +208,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ServerWs<S> {
                 }
                 return Ok(None);
             }
-            let mask = [have[at], have[at + 1], have[at + 2], have[at + 3]];
             let payload = self.start + head..self.start + head + len;
             self.start += head + len;
-            unmask(&mut self.rbuf[payload.clone()], mask);
+            apply_mask(&mut self.rbuf[payload.clone()], mask);
             match opcode {
                 OP_TEXT | OP_BINARY if self.partial.is_some() => {
                     return Err(self.fail(CLOSE_PROTOCOL, "a new message inside a fragmented one"));
@@ -305,18 +288,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ServerWs<S> {
 
     /// Appends one unmasked frame to the write buffer.
     fn frame(&mut self, opcode: u8, payload: &[u8]) {
-        let len = payload.len();
-        self.wbuf.reserve(len + 10);
-        self.wbuf.push(0x80 | opcode);
-        if len < 126 {
-            self.wbuf.push(len as u8);
-        } else if len <= u16::MAX as usize {
-            self.wbuf.push(126);
-            self.wbuf.extend_from_slice(&(len as u16).to_be_bytes());
-        } else {
-            self.wbuf.push(127);
-            self.wbuf.extend_from_slice(&(len as u64).to_be_bytes());
-        }
+        self.wbuf.reserve(payload.len() + 10);
+        put_head(&mut self.wbuf, opcode, payload.len(), None);
         self.wbuf.extend_from_slice(payload);
     }
 
@@ -364,21 +337,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ServerWs<S> {
     }
 }
 
-/// XORs `data` with the 4-byte `mask`, eight bytes at a time.
-fn unmask(data: &mut [u8], mask: [u8; 4]) {
-    let wide = u64::from_ne_bytes([
-        mask[0], mask[1], mask[2], mask[3], mask[0], mask[1], mask[2], mask[3],
-    ]);
-    let mut chunks = data.chunks_exact_mut(8);
-    for c in &mut chunks {
-        let v = u64::from_ne_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) ^ wide;
-        c.copy_from_slice(&v.to_ne_bytes());
-    }
-    for (i, b) in chunks.into_remainder().iter_mut().enumerate() {
-        *b ^= mask[i % 4];
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -388,20 +346,14 @@ mod tests {
     /// A masked client frame.
     fn client_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
         let mask = [0x37, 0xfa, 0x21, 0x3d];
-        let mut out = vec![(if fin { 0x80 } else { 0 }) | opcode];
-        match payload.len() {
-            n if n < 126 => out.push(0x80 | n as u8),
-            n if n <= 65535 => {
-                out.push(0x80 | 126);
-                out.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-            n => {
-                out.push(0x80 | 127);
-                out.extend_from_slice(&(n as u64).to_be_bytes());
-            }
+        let mut out = Vec::new();
+        put_head(&mut out, opcode, payload.len(), Some(mask));
+        if !fin {
+            out[0] &= 0x7F;
         }
-        out.extend_from_slice(&mask);
-        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        let at = out.len();
+        out.extend_from_slice(payload);
+        apply_mask(&mut out[at..], mask);
         out
     }
 
@@ -611,20 +563,5 @@ mod tests {
         c.write_all(&head).await.unwrap();
         let err = next(&mut ws).await.expect_err("over the limit");
         assert!(err.contains("over the limit of 1000 bytes"), "{err}");
-    }
-
-    #[test]
-    fn unmasking_matches_the_byte_by_byte_rule() {
-        let mask = [1, 2, 3, 250];
-        for n in 0..40 {
-            let plain: Vec<u8> = (0..n as u8).collect();
-            let mut data: Vec<u8> = plain
-                .iter()
-                .enumerate()
-                .map(|(i, b)| b ^ mask[i % 4])
-                .collect();
-            unmask(&mut data, mask);
-            assert_eq!(data, plain, "length {n}");
-        }
     }
 }

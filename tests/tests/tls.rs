@@ -95,6 +95,29 @@ async fn a_tls_cluster_serves_only_those_who_trust_it() {
     let (code, out, err) = kvcli(&["--node", &url, "--ca-file", &ca, "metrics"]);
     assert_eq!(code, 0, "kvcli metrics over https: {err}");
     assert!(!out.is_empty());
+    // The load generator frames its own messages over the TLS stream.
+    let (code, out, err) = kvcli(&[
+        "--node",
+        &url,
+        "--ca-file",
+        &ca,
+        "--json",
+        "bench",
+        "--workload",
+        "a",
+        "--clients",
+        "4",
+        "--ops",
+        "400",
+        "--records",
+        "50",
+        "--value-size",
+        "3000",
+    ]);
+    assert_eq!(code, 0, "kvcli bench over wss: {err}");
+    let report: serde_json::Value = serde_json::from_str(&out).expect("a JSON report");
+    assert_eq!(report["errors"], 0, "{out}");
+    assert_eq!(report["ops"], 400, "{out}");
 
     // A plain WebSocket client is refused, and told why it might be.
     let plain = format!("ws://{}", first.addr);
