@@ -339,6 +339,8 @@ pub struct DirectClient {
 
 /// Read buffer of a [`DirectClient`]; a bigger answer grows it for as long as it needs.
 const DIRECT_READ: usize = 16 * 1024;
+/// Largest answer frame a [`DirectClient`] takes (far above any answer a node gives).
+const MAX_ANSWER: u64 = 1 << 30;
 
 impl DirectClient {
     /// Connects to `url`, presenting `token` when given.
@@ -453,6 +455,9 @@ impl DirectClient {
                 }
                 if !h.fin {
                     return Err(malformed("a fragmented answer"));
+                }
+                if h.len > MAX_ANSWER {
+                    return Err(malformed("a frame of more than 1 GiB"));
                 }
                 let need = h.size + h.len as usize;
                 if self.end - self.start >= need {

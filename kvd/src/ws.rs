@@ -554,6 +554,57 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn random_bytes_give_messages_or_a_reason_never_a_panic() {
+        // Valid frames with a random byte flipped, cut short, or noise: whatever arrives, the
+        // codec returns messages, the end of the stream or an error, and stays usable.
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut rand = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut seen = [0; 3];
+        for round in 0..2000 {
+            let mut bytes = Vec::new();
+            for _ in 0..1 + rand() % 4 {
+                let len = (rand() % 300) as usize;
+                let op = [OP_TEXT, OP_BINARY, OP_PING, OP_CONTINUATION][(rand() % 4) as usize];
+                let body: Vec<u8> = (0..len).map(|_| b'a' + (rand() % 26) as u8).collect();
+                bytes.extend(client_frame(rand() % 3 != 0, op, &body));
+            }
+            match round % 3 {
+                0 => {
+                    let i = (rand() as usize) % bytes.len();
+                    bytes[i] = rand() as u8;
+                }
+                1 => bytes.truncate((rand() as usize) % bytes.len()),
+                _ => bytes = (0..rand() % 64).map(|_| rand() as u8).collect(),
+            }
+            let (mut ws, mut c) = pair(200);
+            c.write_all(&bytes).await.unwrap();
+            drop(c);
+            for _ in 0..10 {
+                match next(&mut ws).await {
+                    Ok(Some(_)) => seen[0] += 1,
+                    Ok(None) => {
+                        seen[1] += 1;
+                        break;
+                    }
+                    Err(_) => {
+                        seen[2] += 1;
+                        break;
+                    }
+                }
+            }
+        }
+        assert!(
+            seen.iter().all(|&n| n > 100),
+            "messages, ends, errors: {seen:?}"
+        );
+    }
+
+    #[tokio::test]
     async fn an_oversized_frame_is_refused_from_its_header_alone() {
         let (mut ws, mut c) = pair(1000);
         // Announces 2^40 bytes and sends none of them.
