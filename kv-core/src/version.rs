@@ -123,11 +123,13 @@ impl Dot {
 
 /// A version vector: actor -> counter.
 ///
-/// Law: no entry holds 0 (an absent actor means 0), so equal vectors have equal maps, and the
-/// derived `PartialEq` is causal equality.
+/// Laws: entries are sorted by actor, each actor once, and no entry holds 0 (an absent actor
+/// means 0), so equal vectors have equal entries, and the derived `PartialEq` is causal
+/// equality. A sorted vector, not a map: a vector holds a handful of actors, and a map's
+/// node allocation and walk cost more than the search (JSON still shows a map).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(from = "BTreeMap<String, u64>", into = "BTreeMap<String, u64>")]
-pub struct VersionVector(BTreeMap<String, u64>);
+pub struct VersionVector(Vec<(String, u64)>);
 
 impl From<BTreeMap<String, u64>> for VersionVector {
     /// Drops zero entries, keeping the law.
@@ -138,7 +140,7 @@ impl From<BTreeMap<String, u64>> for VersionVector {
 
 impl From<VersionVector> for BTreeMap<String, u64> {
     fn from(vv: VersionVector) -> Self {
-        vv.0
+        vv.0.into_iter().collect()
     }
 }
 
@@ -159,7 +161,12 @@ impl fmt::Display for VersionVector {
 impl VersionVector {
     /// The empty vector (nothing known).
     pub fn new() -> Self {
-        VersionVector(BTreeMap::new())
+        VersionVector(Vec::new())
+    }
+
+    /// Where `actor` is, or where it would go.
+    fn find(&self, actor: &str) -> Result<usize, usize> {
+        self.0.binary_search_by(|(a, _)| a.as_str().cmp(actor))
     }
 
     /// Builds a vector from `(actor, counter)` pairs; zero counters are left out and a repeated
@@ -178,7 +185,7 @@ impl VersionVector {
 
     /// The counter of `actor` (0 when absent).
     pub fn get(&self, actor: &str) -> u64 {
-        self.0.get(actor).copied().unwrap_or(0)
+        self.find(actor).map_or(0, |i| self.0[i].1)
     }
 
     /// Number of actors with a non-zero counter.
@@ -201,21 +208,22 @@ impl VersionVector {
         if counter == 0 {
             return;
         }
-        let entry = self.0.entry(actor).or_insert(0);
-        if *entry < counter {
-            *entry = counter;
+        match self.find(&actor) {
+            Ok(i) => self.0[i].1 = self.0[i].1.max(counter),
+            Err(i) => self.0.insert(i, (actor, counter)),
         }
     }
 
     /// Increments `actor`'s counter and returns the new dot.
     pub fn increment(&mut self, actor: &str) -> Dot {
-        let counter = match self.0.get_mut(actor) {
-            Some(c) => {
+        let counter = match self.find(actor) {
+            Ok(i) => {
+                let c = &mut self.0[i].1;
                 *c = c.saturating_add(1);
                 *c
             }
-            None => {
-                self.0.insert(actor.to_string(), 1);
+            Err(i) => {
+                self.0.insert(i, (actor.to_string(), 1));
                 1
             }
         };
@@ -224,9 +232,9 @@ impl VersionVector {
 
     /// Adds `dot` to the vector: raises its actor's counter to at least the dot's.
     pub fn witness(&mut self, dot: &Dot) {
-        match self.0.get_mut(dot.actor.as_str()) {
-            Some(c) => *c = (*c).max(dot.counter),
-            None => self.raise(dot.actor.clone(), dot.counter),
+        match self.find(&dot.actor) {
+            Ok(i) => self.0[i].1 = self.0[i].1.max(dot.counter),
+            Err(_) => self.raise(dot.actor.clone(), dot.counter),
         }
     }
 
@@ -247,15 +255,9 @@ impl VersionVector {
     /// In-place [`merge`](Self::merge).
     pub fn merge_in(&mut self, other: &VersionVector) {
         for (actor, counter) in &other.0 {
-            match self.0.get_mut(actor) {
-                Some(c) => {
-                    if *c < *counter {
-                        *c = *counter;
-                    }
-                }
-                None => {
-                    self.0.insert(actor.clone(), *counter);
-                }
+            match self.find(actor) {
+                Ok(i) => self.0[i].1 = self.0[i].1.max(*counter),
+                Err(i) => self.0.insert(i, (actor.clone(), *counter)),
             }
         }
     }
@@ -280,7 +282,9 @@ impl VersionVector {
 
     /// Removes `actor`'s entry (used by pruning only).
     fn remove(&mut self, actor: &str) {
-        self.0.remove(actor);
+        if let Ok(i) = self.find(actor) {
+            self.0.remove(i);
+        }
     }
 
     /// Appends the canonical binary form: count, then (actor length, actor bytes, counter)
@@ -298,7 +302,7 @@ impl VersionVector {
     /// (unsorted or repeated actors, zero counters).
     fn decode_from(r: &mut Reader<'_>) -> Result<VersionVector, VersionError> {
         let count = r.varint("vector length")?;
-        let mut map: BTreeMap<String, u64> = BTreeMap::new();
+        let mut map: Vec<(String, u64)> = Vec::with_capacity(count.min(64) as usize);
         for _ in 0..count {
             let offset = r.pos;
             let actor = r.string("actor")?;
@@ -310,13 +314,13 @@ impl VersionVector {
                 });
             }
             // Strictly ascending: the previous actor is the map's last key.
-            if map.last_key_value().is_some_and(|(prev, _)| *prev >= actor) {
+            if map.last().is_some_and(|(prev, _)| *prev >= actor) {
                 return Err(VersionError::Malformed {
                     what: "version vector actors not in strictly ascending order",
                     offset,
                 });
             }
-            map.insert(actor, counter);
+            map.push((actor, counter));
         }
         Ok(VersionVector(map))
     }
