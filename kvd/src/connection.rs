@@ -46,6 +46,8 @@ enum Event {
     Refused(WsError),
     /// The idle check's period.
     Tick,
+    /// A ping or pong: the client is alive, nothing to answer here.
+    Ignored,
 }
 
 /// Serves one client connection until it closes or the node shuts down.
@@ -103,6 +105,7 @@ pub async fn serve(node: Arc<Node>, mut ws: ServerWs<crate::tls::Io>, read_only:
                             return Poll::Ready(match accept(&node, &ws, msg, read_only, full) {
                                 Accepted::Run(req) => Event::Run(req),
                                 Accepted::Refused(answer) => Event::Answer(answer),
+                                Accepted::Ignored => Event::Ignored,
                                 Accepted::Close => Event::Closed,
                             });
                         }
@@ -128,6 +131,7 @@ pub async fn serve(node: Arc<Node>, mut ws: ServerWs<crate::tls::Io>, read_only:
         .await;
         match event {
             Event::Shutdown | Event::Closed => break,
+            Event::Ignored => {}
             Event::Answer(answer) => ws.feed_text(&answer),
             Event::Run(req) => {
                 let request = handle_owned(node.clone(), req);
@@ -182,6 +186,8 @@ enum Accepted {
     Run(Request),
     /// An error answer instead (bad frame, overloaded, not allowed).
     Refused(String),
+    /// Nothing (ping and pong frames; the WebSocket layer answered a ping).
+    Ignored,
     /// The client closes.
     Close,
 }
@@ -202,6 +208,7 @@ fn accept(
             );
             return Accepted::Refused(error_response(None, &err));
         }
+        Incoming::Control => return Accepted::Ignored,
         Incoming::Close => return Accepted::Close,
     };
     let req = match decode_request(text, &node.config.limits) {

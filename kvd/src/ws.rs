@@ -43,7 +43,9 @@ pub enum Incoming {
     Text(TextAt),
     /// A binary message (its payload is not kept).
     Binary,
-    /// The client closed (the answering close frame is queued).
+    /// A ping (its pong is queued) or a pong: no message, but the client is alive.
+    Control,
+    /// The client closed (its close frame is answered by [`ServerWs::close`]).
     Close,
 }
 
@@ -94,8 +96,13 @@ pub struct ServerWs<S> {
     unflushed: bool,
     /// Largest message accepted, in bytes.
     max_message: usize,
-    /// A close frame was sent: nothing more is written or read.
-    closed: bool,
+    /// Nothing more is read: the client closed, or broke the protocol.
+    input_done: bool,
+    /// The close frame's body [`ServerWs::close`] sends: the client's code echoed, or the
+    /// code and reason of a failure (normal closure when none).
+    close_body: Option<Vec<u8>>,
+    /// The close frame is queued: nothing more is written.
+    sent_close: bool,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> ServerWs<S> {
@@ -115,7 +122,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ServerWs<S> {
             written: 0,
             unflushed: false,
             max_message,
-            closed: false,
+            input_done: false,
+            close_body: None,
+            sent_close: false,
         }
     }
 
@@ -135,7 +144,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ServerWs<S> {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Result<Option<Incoming>, WsError>> {
-        if self.closed {
+        if self.input_done {
             return Poll::Ready(Ok(None));
         }
         loop {
@@ -246,13 +255,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ServerWs<S> {
                 OP_PING => {
                     let body = self.rbuf[payload].to_vec();
                     self.frame(OP_PONG, &body);
+                    return Ok(Some(Incoming::Control));
                 }
-                OP_PONG => {}
+                OP_PONG => return Ok(Some(Incoming::Control)),
                 OP_CLOSE => {
-                    // Answer with the client's code (or none when it gave none), then stop.
-                    let code = self.rbuf[payload].get(..2).map(|c| [c[0], c[1]]);
-                    self.frame(OP_CLOSE, code.as_ref().map_or(&[][..], |c| &c[..]));
-                    self.closed = true;
+                    // Answered with the client's code (or none when it gave none).
+                    let code = self.rbuf[payload].get(..2).unwrap_or_default().to_vec();
+                    self.close_body = Some(code);
+                    self.input_done = true;
                     return Ok(Some(Incoming::Close));
                 }
                 _ => return Err(self.fail(CLOSE_PROTOCOL, "an unknown opcode")),
@@ -260,9 +270,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ServerWs<S> {
         }
     }
 
-    /// Queues a close frame with `code` and `why`, and gives the error for it.
+    /// Stops reading and makes the close frame give `code` and `why` (answers queued before
+    /// [`ServerWs::close`] still go first); gives the error for it.
     fn fail(&mut self, code: u16, why: &str) -> WsError {
-        if !self.closed {
+        if !self.input_done {
             let mut body = code.to_be_bytes().to_vec();
             // A close frame's reason fits in 123 bytes.
             let mut cut = why.len().min(123);
@@ -270,8 +281,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ServerWs<S> {
                 cut -= 1;
             }
             body.extend_from_slice(&why.as_bytes()[..cut]);
-            self.frame(OP_CLOSE, &body);
-            self.closed = true;
+            self.close_body = Some(body);
+            self.input_done = true;
         }
         match code {
             CLOSE_TOO_BIG => WsError::TooLarge(why.to_string()),
@@ -281,7 +292,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ServerWs<S> {
 
     /// Queues a text message (written by the next flush).
     pub fn feed_text(&mut self, text: &str) {
-        if !self.closed {
+        if !self.sent_close {
             self.frame(OP_TEXT, text.as_bytes());
         }
     }
@@ -325,11 +336,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ServerWs<S> {
         Poll::Ready(Ok(()))
     }
 
-    /// Sends a close frame (unless one was sent), writes what is queued and shuts the socket.
+    /// Queues the close frame after what is queued (see `close_body`), writes it all and
+    /// shuts the socket.
     pub async fn close(&mut self) {
-        if !self.closed {
-            self.frame(OP_CLOSE, &CLOSE_NORMAL.to_be_bytes());
-            self.closed = true;
+        if !self.sent_close {
+            let body = self
+                .close_body
+                .take()
+                .unwrap_or_else(|| CLOSE_NORMAL.to_be_bytes().to_vec());
+            self.frame(OP_CLOSE, &body);
+            self.sent_close = true;
         }
         if std::future::poll_fn(|cx| self.poll_flush(cx)).await.is_ok() {
             let _ = tokio::io::AsyncWriteExt::shutdown(&mut self.io).await;
@@ -357,13 +373,17 @@ mod tests {
         out
     }
 
+    /// The next message, pings and pongs passed over.
     async fn next(ws: &mut ServerWs<tokio::io::DuplexStream>) -> Result<Option<String>, String> {
-        match poll_fn(|cx| ws.poll_message(cx)).await {
-            Ok(Some(Incoming::Text(at))) => Ok(Some(ws.text(&at).to_string())),
-            Ok(Some(Incoming::Binary)) => Ok(Some("<binary>".into())),
-            Ok(Some(Incoming::Close)) => Ok(Some("<close>".into())),
-            Ok(None) => Ok(None),
-            Err(e) => Err(e.to_string()),
+        loop {
+            return match poll_fn(|cx| ws.poll_message(cx)).await {
+                Ok(Some(Incoming::Text(at))) => Ok(Some(ws.text(&at).to_string())),
+                Ok(Some(Incoming::Binary)) => Ok(Some("<binary>".into())),
+                Ok(Some(Incoming::Control)) => continue,
+                Ok(Some(Incoming::Close)) => Ok(Some("<close>".into())),
+                Ok(None) => Ok(None),
+                Err(e) => Err(e.to_string()),
+            };
         }
     }
 
@@ -539,8 +559,19 @@ mod tests {
             c.write_all(&bytes).await.unwrap();
             let err = next(&mut ws).await.expect_err("a violation is an error");
             assert!(err.contains(says), "{says}: {err}");
-            ws.feed_text("not sent after the close");
+            assert_eq!(
+                next(&mut ws).await,
+                Ok(None),
+                "{says}: nothing is read after it"
+            );
+            // The answer saying why goes out before the close frame.
+            ws.feed_text("the error answer");
             ws.close().await;
+            ws.feed_text("not sent after the close");
+            assert_eq!(
+                server_frame(&mut c).await,
+                (OP_TEXT, b"the error answer".to_vec())
+            );
             let (op, body) = server_frame(&mut c).await;
             assert_eq!(op, OP_CLOSE, "{says}");
             assert_eq!(u16::from_be_bytes([body[0], body[1]]), code, "{says}");

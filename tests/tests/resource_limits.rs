@@ -226,3 +226,71 @@ async fn worker_threads_sets_how_many_threads_serve_requests() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--worker-threads must be at least 1"), "{err}");
 }
+
+/// One unmasked frame from the node: opcode and payload.
+fn read_frame(s: &mut TcpStream) -> (u8, Vec<u8>) {
+    let mut h = [0u8; 2];
+    s.read_exact(&mut h).expect("a frame head");
+    let len = match h[1] & 0x7F {
+        126 => {
+            let mut b = [0u8; 2];
+            s.read_exact(&mut b).unwrap();
+            u16::from_be_bytes(b) as usize
+        }
+        127 => {
+            let mut b = [0u8; 8];
+            s.read_exact(&mut b).unwrap();
+            u64::from_be_bytes(b) as usize
+        }
+        n => n as usize,
+    };
+    let mut body = vec![0; len];
+    s.read_exact(&mut body).expect("a frame payload");
+    (h[0] & 0x0F, body)
+}
+
+#[test]
+fn a_frame_far_over_the_limit_is_answered_then_closed_from_its_head_alone() {
+    let cluster = one_node(&[]);
+    let addr = cluster.nodes[0].addr.clone();
+    let mut s = raw_websocket(&addr);
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    // Announces 9 MiB (over 4x the 2 MiB frame limit) and sends none of it.
+    let mut head = vec![0x81, 0x80 | 127];
+    head.extend_from_slice(&(9u64 << 20).to_be_bytes());
+    head.extend_from_slice(&[1, 2, 3, 4]);
+    s.write_all(&head).unwrap();
+    // The reason as an error answer first, then a close frame with code 1009 (too big).
+    let (op, answer) = read_frame(&mut s);
+    assert_eq!(op, 0x1, "a text answer first");
+    let answer: serde_json::Value = serde_json::from_slice(&answer).unwrap();
+    assert_eq!(answer["error"]["code"], "too_large", "{answer}");
+    let (op, body) = read_frame(&mut s);
+    assert_eq!(op, 0x8, "then a close frame");
+    assert_eq!(u16::from_be_bytes([body[0], body[1]]), 1009);
+    assert!(closed_within(&mut s, Duration::from_secs(5)));
+    // The node still serves.
+    assert!(kv_tests::http_get(&addr, "/health").is_some());
+}
+
+#[test]
+fn pings_are_answered_and_keep_an_idle_connection_open() {
+    let cluster = one_node(&["--idle-timeout-s", "2"]);
+    let mut s = raw_websocket(&cluster.nodes[0].addr);
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let started = Instant::now();
+    // A client library's keep-alive: a masked ping every half second, for twice the timeout.
+    while started.elapsed() < Duration::from_secs(4) {
+        let mask = [7, 1, 9, 3];
+        let mut ping = vec![0x89, 0x80 | 2];
+        ping.extend_from_slice(&mask);
+        ping.extend(b"hi".iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        s.write_all(&ping).expect("the connection is open");
+        assert_eq!(
+            read_frame(&mut s),
+            (0xA, b"hi".to_vec()),
+            "a pong with the ping's data"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
