@@ -11,11 +11,14 @@
 //! - [`merkle`]: incrementally updated Merkle trees for anti-entropy.
 //! - [`membership`]: gossip state and failure detection.
 //! - [`wire`]: the client and peer messages.
+//! - [`json`]: the hot frames' JSON, written and read by hand.
+//! - [`ws_frame`]: WebSocket frame heads and masking.
 #![deny(clippy::unwrap_used)]
 
 pub mod autoscale;
 pub mod counter;
 pub mod hash;
+pub mod json;
 pub mod membership;
 pub mod merkle;
 pub mod quorum;

@@ -201,7 +201,7 @@ impl ClientOp {
 pub const MAX_TTL_S: u64 = 20 * 365 * 24 * 3600;
 
 /// Every field any request may carry; which are required depends on `op`.
-#[derive(Deserialize)]
+#[derive(Deserialize, Debug, PartialEq)]
 struct RawRequest<'a> {
     id: u64,
     /// Borrowed from the frame: one allocation fewer per request.
@@ -259,7 +259,7 @@ pub fn decode_request(text: &str, limits: &Limits) -> Result<Request, (Option<u6
             ),
         ));
     }
-    let raw: RawRequest = match serde_json::from_str(text) {
+    let raw: RawRequest = match scan_request(text).map_or_else(|| serde_json::from_str(text), Ok) {
         Ok(raw) => raw,
         Err(e) => {
             let id = serde_json::from_str::<IdOnly>(text).ok().and_then(|i| i.id);
@@ -271,6 +271,90 @@ pub fn decode_request(text: &str, limits: &Limits) -> Result<Request, (Option<u6
     };
     let id = raw.id;
     validate(raw, limits).map_err(|e| (Some(id), e))
+}
+
+/// The short way to read a request (see [`crate::json`]): `None` leaves it to `serde_json`,
+/// for anything but a flat object of known, unrepeated fields of the right types.
+fn scan_request(text: &str) -> Option<RawRequest<'_>> {
+    use crate::json::Scalar;
+    fn set<T>(slot: &mut Option<T>, value: Option<T>) -> bool {
+        match (&slot, value) {
+            (None, Some(v)) => {
+                *slot = Some(v);
+                true
+            }
+            _ => false,
+        }
+    }
+    let string = |v: Scalar<'_>| match v {
+        Scalar::Str(s) => Some(s.to_owned()),
+        _ => None,
+    };
+    let unsigned = |v: Scalar<'_>| match v {
+        Scalar::UInt(n) => Some(n),
+        _ => None,
+    };
+    let size = |v: Scalar<'_>| unsigned(v).and_then(|n| usize::try_from(n).ok());
+    let boolean = |v: Scalar<'_>| match v {
+        Scalar::Bool(b) => Some(b),
+        _ => None,
+    };
+    let (mut id, mut op, mut key, mut value, mut value_b64, mut context) =
+        (None, None, None, None, None, None);
+    let (mut w, mut ttl_s, mut by, mut r, mut local, mut node) =
+        (None, None, None, None, None, None);
+    let (mut sloppy, mut cursor, mut limit, mut name) = (None, None, None, None);
+    let read = crate::json::scan_object(text, |field, v| match field {
+        "id" => set(&mut id, unsigned(v)),
+        "op" => set(
+            &mut op,
+            match v {
+                Scalar::Str(s) => Some(s),
+                _ => None,
+            },
+        ),
+        "key" => set(&mut key, string(v)),
+        "value" => set(&mut value, string(v)),
+        "context" => set(&mut context, string(v)),
+        "w" => set(&mut w, size(v)),
+        "r" => set(&mut r, size(v)),
+        "ttl_s" => set(&mut ttl_s, unsigned(v)),
+        "by" => set(
+            &mut by,
+            match v {
+                Scalar::UInt(n) => i64::try_from(n).ok(),
+                Scalar::NegInt(n) => Some(n),
+                _ => None,
+            },
+        ),
+        "local" => set(&mut local, boolean(v)),
+        "sloppy" => set(&mut sloppy, boolean(v)),
+        "value_b64" => set(&mut value_b64, string(v)),
+        "node" => set(&mut node, string(v)),
+        "cursor" => set(&mut cursor, string(v)),
+        "limit" => set(&mut limit, size(v)),
+        "name" => set(&mut name, string(v)),
+        _ => false,
+    });
+    read.then_some(())?;
+    Some(RawRequest {
+        id: id?,
+        op: std::borrow::Cow::Borrowed(op?),
+        key,
+        value,
+        value_b64,
+        context,
+        w,
+        ttl_s,
+        by,
+        r,
+        local,
+        node,
+        sloppy,
+        cursor,
+        limit,
+        name,
+    })
 }
 
 fn validate(raw: RawRequest<'_>, limits: &Limits) -> Result<Request, WireError> {
@@ -418,122 +502,127 @@ pub fn check_value(value: &[u8], limits: &Limits) -> Result<(), WireError> {
     Ok(())
 }
 
-/// Encodes a client request as a JSON text frame (what kvcli and the SDK send).
+/// Encodes a client request as a JSON text frame (what kvcli and the SDK send): `id`, `op`,
+/// then the op's fields, absent ones left out. Written by hand ([`crate::json`]).
 pub fn encode_request(id: u64, op: &ClientOp) -> String {
-    let mut out = OutRequest {
-        id,
-        op: op.name(),
-        ..OutRequest::default()
+    use crate::json::{write_bool, write_i64, write_str, write_u64};
+    /// `,"name":` then the value, when there is one.
+    fn string(out: &mut String, name: &str, v: Option<&str>) {
+        if let Some(v) = v {
+            field(out, name);
+            write_str(out, v);
+        }
+    }
+    fn number(out: &mut String, name: &str, v: Option<u64>) {
+        if let Some(v) = v {
+            field(out, name);
+            write_u64(out, v);
+        }
+    }
+    fn field(out: &mut String, name: &str) {
+        out.push_str(",\"");
+        out.push_str(name);
+        out.push_str("\":");
+    }
+    let size = |v: &Option<usize>| v.map(|n| n as u64);
+    // Room for the strings and their usual escapes: growing from empty took two or three
+    // reallocations per put.
+    let room = |strings: &[&str]| 96 + strings.iter().map(|s| s.len() + s.len() / 8).sum::<usize>();
+    let mut out = String::new();
+    let head = |out: &mut String, strings: &[&str]| {
+        out.reserve(room(strings));
+        out.push_str("{\"id\":");
+        write_u64(out, id);
+        out.push_str(",\"op\":\"");
+        out.push_str(op.name());
+        out.push('"');
     };
-    let b64;
     match op {
         ClientOp::Get { key, r, local } => {
-            out.key = Some(key);
-            out.r = *r;
-            out.local = local.then_some(true);
+            head(&mut out, &[key]);
+            string(&mut out, "key", Some(key));
+            number(&mut out, "r", size(r));
+            if *local {
+                field(&mut out, "local");
+                write_bool(&mut out, true);
+            }
         }
         ClientOp::Put {
             key,
             value,
-            context: c,
+            context,
             w,
             ttl_s,
         } => {
-            out.key = Some(key);
-            out.ttl_s = *ttl_s;
-            match std::str::from_utf8(value) {
-                Ok(text) => out.value = Some(text),
+            let b64;
+            let (text, encoded) = match std::str::from_utf8(value) {
+                Ok(text) => (Some(text), None),
                 Err(_) => {
                     b64 = B64.encode(value);
-                    out.value_b64 = Some(&b64);
+                    (None, Some(b64.as_str()))
                 }
-            }
-            out.context = non_empty(c);
-            out.w = *w;
+            };
+            head(
+                &mut out,
+                &[key, text.or(encoded).unwrap_or_default(), context],
+            );
+            string(&mut out, "key", Some(key));
+            string(&mut out, "value", text);
+            string(&mut out, "value_b64", encoded);
+            string(&mut out, "context", non_empty(context));
+            number(&mut out, "w", size(w));
+            number(&mut out, "ttl_s", *ttl_s);
         }
-        ClientOp::Delete { key, context: c, w } => {
-            out.key = Some(key);
-            out.context = c.as_deref();
-            out.w = *w;
+        ClientOp::Delete { key, context, w } => {
+            head(&mut out, &[key, context.as_deref().unwrap_or_default()]);
+            string(&mut out, "key", Some(key));
+            string(&mut out, "context", context.as_deref());
+            number(&mut out, "w", size(w));
         }
         ClientOp::Incr { key, by, w } => {
-            out.key = Some(key);
-            out.by = Some(*by);
-            out.w = *w;
+            head(&mut out, &[key]);
+            string(&mut out, "key", Some(key));
+            number(&mut out, "w", size(w));
+            field(&mut out, "by");
+            write_i64(&mut out, *by);
         }
-        ClientOp::Ring { key } => out.key = key.as_deref(),
-        ClientOp::Repair { node } => out.node = node.as_deref(),
-        ClientOp::Decommission { node } | ClientOp::RemoveNode { node } => out.node = Some(node),
-        ClientOp::Snapshot { name } => out.name = name.as_deref(),
-        ClientOp::ClearSnapshot { name } => out.name = Some(name),
+        ClientOp::Ring { key } => {
+            head(&mut out, &[key.as_deref().unwrap_or_default()]);
+            string(&mut out, "key", key.as_deref());
+        }
+        ClientOp::Repair { node } => {
+            head(&mut out, &[node.as_deref().unwrap_or_default()]);
+            string(&mut out, "node", node.as_deref());
+        }
+        ClientOp::Decommission { node } | ClientOp::RemoveNode { node } => {
+            head(&mut out, &[node]);
+            string(&mut out, "node", Some(node));
+        }
+        ClientOp::Snapshot { name } => {
+            head(&mut out, &[name.as_deref().unwrap_or_default()]);
+            string(&mut out, "name", name.as_deref());
+        }
+        ClientOp::ClearSnapshot { name } => {
+            head(&mut out, &[name]);
+            string(&mut out, "name", Some(name));
+        }
         ClientOp::Scan { cursor, limit } => {
-            out.cursor = cursor.as_deref();
-            out.limit = *limit;
+            head(&mut out, &[cursor.as_deref().unwrap_or_default()]);
+            string(&mut out, "cursor", cursor.as_deref());
+            number(&mut out, "limit", size(limit));
         }
         ClientOp::Status
         | ClientOp::Hints
         | ClientOp::Ping
         | ClientOp::Cleanup
-        | ClientOp::Snapshots => {}
+        | ClientOp::Snapshots => head(&mut out, &[]),
     }
-    // Sized up front: growing from serde_json's default took two or three reallocations per
-    // request (a 100-byte value and its context already pass 256 bytes).
-    let strings = [
-        out.key,
-        out.value,
-        out.value_b64,
-        out.context,
-        out.node,
-        out.cursor,
-        out.name,
-    ];
-    let room = 96
-        + strings
-            .iter()
-            .flatten()
-            .map(|s| s.len() + s.len() / 8)
-            .sum::<usize>();
-    let mut buf = Vec::with_capacity(room);
-    serde_json::to_writer(&mut buf, &out).expect("a request always serializes");
-    String::from_utf8(buf).expect("serde_json writes UTF-8")
+    out.push('}');
+    out
 }
 
 fn non_empty(s: &str) -> Option<&str> {
     (!s.is_empty()).then_some(s)
-}
-
-/// A request frame as [`encode_request`] writes it: borrowed fields, absent ones left out
-/// (serialized directly; no map of owned values per request).
-#[derive(Serialize, Default)]
-struct OutRequest<'a> {
-    id: u64,
-    op: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    key: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    value: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    value_b64: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    context: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    r: Option<usize>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    w: Option<usize>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    ttl_s: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    by: Option<i64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    local: Option<bool>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    node: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    cursor: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    limit: Option<usize>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    name: Option<&'a str>,
 }
 
 /// A value as JSON: a string when it is UTF-8 text, else `{"value_b64": "..."}`.
@@ -643,6 +732,129 @@ mod tests {
 
     fn decode(text: &str) -> Result<Request, (Option<u64>, WireError)> {
         decode_request(text, &Limits::default())
+    }
+
+    /// The short way reads what serde_json reads, wherever it reads anything: random requests
+    /// (known and unknown fields, repeats, every JSON type, escapes, odd numbers, whitespace)
+    /// through both.
+    #[test]
+    fn the_short_way_reads_requests_as_serde_json_does() {
+        let names = [
+            "id",
+            "op",
+            "key",
+            "value",
+            "value_b64",
+            "context",
+            "w",
+            "ttl_s",
+            "by",
+            "r",
+            "local",
+            "node",
+            "sloppy",
+            "cursor",
+            "limit",
+            "name",
+            "other",
+            "k\\u0065y",
+        ];
+        let values = [
+            "0",
+            "1",
+            "7",
+            "18446744073709551615",
+            "18446744073709551616",
+            "-1",
+            "-0",
+            "-9223372036854775808",
+            "-9223372036854775807",
+            "01",
+            "1.0",
+            "1e2",
+            "true",
+            "false",
+            "null",
+            "\"put\"",
+            "\"get\"",
+            "\"k\"",
+            "\"\"",
+            "\"a\\nb\"",
+            "\"\\u0070ut\"",
+            "\"é😀\"",
+            "[]",
+            "{}",
+            "\"AP8=\"",
+        ];
+        let spaces = ["", " ", "\n\t ", "\r"];
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as usize
+        };
+        let (mut short, mut both) = (0, 0);
+        for round in 0..20_000 {
+            let mut text = String::from(spaces[next(spaces.len())]);
+            text.push('{');
+            // Most rounds: a request that decodes; the rest anything.
+            let fields = 1 + next(6);
+            for i in 0..fields {
+                if i > 0 {
+                    text.push(',');
+                }
+                let (name, value) = match (round % 3, i) {
+                    (0 | 1, 0) => ("id", values[next(4)]),
+                    (0 | 1, 1) => ("op", ["\"put\"", "\"get\""][next(2)]),
+                    _ => (names[next(names.len())], values[next(values.len())]),
+                };
+                let sp = spaces[next(spaces.len())];
+                text.push_str(&format!("{sp}\"{name}\"{sp}:{sp}{value}{sp}"));
+            }
+            text.push('}');
+            let serde = serde_json::from_str::<RawRequest>(&text);
+            if let Some(raw) = scan_request(&text) {
+                short += 1;
+                assert_eq!(Some(&raw), serde.as_ref().ok(), "{text}");
+            }
+            both += usize::from(serde.is_ok());
+        }
+        // The short way is taken for most of what decodes at all.
+        assert!(short * 10 > both * 7, "short way {short} of {both}");
+        // And for what kvcli and the SDK send.
+        for op in [
+            ClientOp::Get {
+                key: "k".into(),
+                r: Some(2),
+                local: true,
+            },
+            ClientOp::Put {
+                key: "user:1".into(),
+                value: b"x".repeat(100),
+                context: "AQIDBA==".into(),
+                w: Some(1),
+                ttl_s: Some(60),
+            },
+            ClientOp::Delete {
+                key: "k".into(),
+                context: Some("ctx".into()),
+                w: None,
+            },
+            ClientOp::Incr {
+                key: "n".into(),
+                by: -5,
+                w: None,
+            },
+            ClientOp::Scan {
+                cursor: Some("c".into()),
+                limit: Some(10),
+            },
+        ] {
+            let text = encode_request(9, &op);
+            assert!(scan_request(&text).is_some(), "{text}");
+            assert_eq!(decode(&text).unwrap().op, op);
+        }
     }
 
     #[test]
@@ -786,6 +998,18 @@ mod tests {
                 w: None,
                 ttl_s: Some(60),
             },
+            ClientOp::Put {
+                key: "quote \" backslash \\ controls \n\t\u{1}\u{1f} é 😀".into(),
+                value: "x\"\\\u{0}y/€".as_bytes().to_vec(),
+                context: "AQID+/==".into(),
+                w: Some(usize::MAX),
+                ttl_s: Some(MAX_TTL_S),
+            },
+            ClientOp::Incr {
+                key: "n".into(),
+                by: i64::MIN,
+                w: Some(1),
+            },
             ClientOp::Delete {
                 key: "k".into(),
                 context: Some("c".into()),
@@ -829,6 +1053,9 @@ mod tests {
         ];
         for (i, op) in ops.into_iter().enumerate() {
             let text = encode_request(i as u64, &op);
+            // serde_json reads the hand-written frame as the same request.
+            let raw: RawRequest = serde_json::from_str(&text).unwrap();
+            assert_eq!(validate(raw, &Limits::default()).unwrap().op, op, "{text}");
             assert_eq!(
                 decode(&text).unwrap(),
                 Request {
