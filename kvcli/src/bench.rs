@@ -601,12 +601,36 @@ fn random_value(seed: u64, size: usize) -> Vec<u8> {
 }
 
 /// Makes `key` the name of record `i` (`key:` and ten digits), in place.
-fn set_key_name(key: &mut String, i: u64) {
-    use std::fmt::Write as _;
+/// `key:` and `i` in ten digits at least, zero-padded (`format!("key:{i:010}")` without the
+/// formatting machinery, a sixth of the generator's instructions per put).
+fn set_key_name(key: &mut String, mut i: u64) {
+    let mut digits = [b'0'; 20];
+    let mut at = digits.len();
+    while i > 0 {
+        at -= 1;
+        digits[at] = b'0' + (i % 10) as u8;
+        i /= 10;
+    }
     key.clear();
-    let _ = write!(key, "key:{i:010}");
+    key.push_str("key:");
+    let from = at.min(digits.len() - 10);
+    key.push_str(std::str::from_utf8(&digits[from..]).expect("ASCII digits"));
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_names_are_ten_digits_zero_padded() {
+        let mut key = String::from("stale");
+        for i in [0, 1, 9, 10, 12345, 9_999_999_999, 10_000_000_000, u64::MAX] {
+            set_key_name(&mut key, i);
+            assert_eq!(key, format!("key:{i:010}"));
+        }
+    }
 }

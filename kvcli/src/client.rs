@@ -394,7 +394,7 @@ impl DirectClient {
                 OP_TEXT => {
                     let text = std::str::from_utf8(&self.rbuf[at])
                         .map_err(|_| ClientError::Failed("an answer is not UTF-8".into()))?;
-                    let frame: AnswerFrame<'_> = serde_json::from_str(text)
+                    let frame = AnswerFrame::read(text)
                         .map_err(|e| ClientError::Failed(format!("an answer is not JSON: {e}")))?;
                     if frame.id != Some(id) {
                         continue;
@@ -509,6 +509,32 @@ struct AnswerFrame<'a> {
     error: Option<ErrorFrame<'a>>,
 }
 
+impl<'a> AnswerFrame<'a> {
+    /// Reads a write's answer, a flat object, the short way ([`kv_core::json`]); anything
+    /// else (a get's values, an error) through serde_json.
+    fn read(text: &'a str) -> Result<Self, serde_json::Error> {
+        use kv_core::json::Scalar;
+        let (mut id, mut ok, mut context) = (None, None, None);
+        let flat = kv_core::json::scan_object(text, |name, v| match (name, v) {
+            ("id", Scalar::UInt(n)) => id.replace(n).is_none(),
+            ("ok", Scalar::Bool(b)) => ok.replace(b).is_none(),
+            ("context", Scalar::Str(s)) => context.replace(s).is_none(),
+            // Of the wrong type: serde_json says how.
+            ("id" | "ok" | "context" | "error", _) => false,
+            _ => true,
+        });
+        if flat {
+            return Ok(AnswerFrame {
+                id,
+                ok: ok.unwrap_or(false),
+                context: context.map(Cow::Borrowed),
+                error: None,
+            });
+        }
+        serde_json::from_str(text)
+    }
+}
+
 #[derive(Deserialize, Default)]
 struct ErrorFrame<'a> {
     #[serde(borrow, default)]
@@ -621,4 +647,48 @@ where
 fn host_of(host_port: &str) -> &str {
     let host = host_port.rsplit_once(':').map_or(host_port, |(h, _)| h);
     host.trim_start_matches('[').trim_end_matches(']')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The short way reads an answer as serde_json does, and leaves what it cannot to it.
+    #[test]
+    fn answers_are_read_as_serde_json_reads_them() {
+        for text in [
+            r#"{"id":7,"ok":true,"key":"k","context":"AQID"}"#,
+            r#"{"id":7,"ok":true,"key":"k\n","context":"AQID"}"#,
+            r#"{"ok":true}"#,
+            r#"{"id":7}"#,
+            r#"{"id":7,"ok":false,"error":{"code":"timeout","message":"m"}}"#,
+            r#"{"id":7,"ok":true,"key":"k","found":true,"values":["v"],"context":"c"}"#,
+            r#"{"id":7,"ok":true,"extra":1,"extra":2}"#,
+        ] {
+            let want: AnswerFrame<'_> = serde_json::from_str(text).unwrap();
+            let got = AnswerFrame::read(text).unwrap();
+            assert_eq!(got.id, want.id, "{text}");
+            assert_eq!(got.ok, want.ok, "{text}");
+            assert_eq!(got.context, want.context, "{text}");
+            let code = |f: &AnswerFrame<'_>| {
+                f.error
+                    .as_ref()
+                    .and_then(|e| e.code.as_deref().map(str::to_owned))
+            };
+            assert_eq!(code(&got), code(&want), "{text}");
+        }
+        for text in [
+            r#"{"id":7,"id":8}"#,
+            r#"{"id":-1}"#,
+            r#"{"ok":"yes"}"#,
+            r#"{"error":"x"}"#,
+            "[true]",
+        ] {
+            assert!(
+                serde_json::from_str::<AnswerFrame<'_>>(text).is_err(),
+                "{text}"
+            );
+            assert!(AnswerFrame::read(text).is_err(), "{text}");
+        }
+    }
 }
