@@ -3,7 +3,8 @@
 # the figures hold on a busy machine:
 #   - CPU instructions per put and per get (valgrind callgrind, user space of kvd only; perf
 #     stat is not supported on these VMs), counters zeroed after the load phase;
-#   - heap allocations per put and per get (valgrind dhat: two runs, the difference / ops).
+#   - heap allocations per put and per get (valgrind dhat: two runs, the difference / ops),
+#     with `KVD_ALLOCATOR=system`: dhat sees only malloc, not the jemalloc kvd runs on.
 #   kvd/bench/cost.sh            # OPS=5000 requests per phase by 10 clients
 # Needs valgrind; builds kvd and kvcli in release mode. Ports are picked at run time.
 set -euo pipefail
@@ -56,7 +57,7 @@ get_ir=$(instructions get)
 
 # Allocations: dhat's totals for two loads of different sizes; the difference is per request.
 allocs() { # allocs WORKLOAD OPS
-  start --tool=dhat --dhat-out-file=/dev/null
+  KVD_ALLOCATOR=system start --tool=dhat --dhat-out-file=/dev/null
   bench "$1" "$2"
   stop
   grep -o "Total: *[0-9,]* bytes in [0-9,]* blocks" "$WORK/kvd.log" | awk '{gsub(",","",$5); print $5}'

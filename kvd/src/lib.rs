@@ -10,6 +10,7 @@
 #![deny(clippy::unwrap_used)]
 
 pub use kvd_storage as storage;
+pub mod allocator;
 pub mod anti_entropy;
 pub mod auth;
 pub mod bench;

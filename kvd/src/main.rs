@@ -2,6 +2,9 @@
 
 use std::process::ExitCode;
 
+#[global_allocator]
+static ALLOC: kvd::allocator::Allocator = kvd::allocator::Allocator;
+
 use clap::{Parser, Subcommand};
 use kvd::config::{NodeArgs, NodeConfig};
 use kvd::dev::DevArgs;
@@ -121,14 +124,15 @@ async fn run_node(config: NodeConfig) -> Result<()> {
         }
     });
     kvd::info!(
-        "listening on {} ({}://{0}), {} member(s) known",
+        "listening on {} ({}://{0}), {} member(s) known, heap: {}",
         node.config.listen,
         if node.config.tls.is_some() {
             "wss"
         } else {
             "ws"
         },
-        node.membership().members().count()
+        node.membership().members().count(),
+        kvd::allocator::name()
     );
     let gossip = tokio::spawn(kvd::gossip::run(node.clone()));
     wait_for_the_ring(&node).await;

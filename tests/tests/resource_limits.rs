@@ -294,3 +294,53 @@ fn pings_are_answered_and_keep_an_idle_connection_open() {
         std::thread::sleep(Duration::from_millis(500));
     }
 }
+
+/// The node's heap is jemalloc; `KVD_ALLOCATOR=system` runs it on the C library's malloc
+/// (what valgrind's heap tools see), and it serves the same either way.
+#[test]
+fn the_allocator_is_jemalloc_unless_the_environment_asks_for_the_system_one() {
+    for (env, want) in [(None, "heap: jemalloc"), (Some("system"), "heap: system")] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = kv_tests::free_port();
+        let addr = format!("127.0.0.1:{port}");
+        let log = dir.path().join("kvd.log");
+        let mut cmd = std::process::Command::new(kv_tests::kvd_bin());
+        cmd.args(["--listen", &addr, "--n", "1", "--w", "1", "--r", "1"])
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"));
+        cmd.env_remove("KVD_ALLOCATOR");
+        if let Some(v) = env {
+            cmd.env("KVD_ALLOCATOR", v);
+        }
+        let child = cmd.spawn().expect("start kvd");
+        struct Kill(std::process::Child);
+        impl Drop for Kill {
+            fn drop(&mut self) {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+        }
+        let guard = Kill(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let text = loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if text.contains("listening on") {
+                break text;
+            }
+            assert!(Instant::now() < deadline, "kvd did not start:\n{text}");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert!(text.contains(want), "{want:?} not in the log:\n{text}");
+        let url = format!("ws://{addr}");
+        let r = kv_tests::ws_request_blocking(
+            &url,
+            json!({"id": 1, "op": "put", "key": "k", "value": "v"}),
+        );
+        assert_eq!(r["ok"], true, "{r}");
+        let r = kv_tests::ws_request_blocking(&url, json!({"id": 2, "op": "get", "key": "k"}));
+        assert_eq!(r["values"], json!(["v"]), "{r}");
+        drop(guard);
+    }
+}
