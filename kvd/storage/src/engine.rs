@@ -495,10 +495,17 @@ impl Engine {
 
         let mut threads = Vec::new();
         if inner.opts.background_work {
+            let nice = inner.opts.background_nice;
             let i = inner.clone();
-            threads.push(spawn("kvd-storage-flush", move || i.flush_loop())?);
+            threads.push(spawn("kvd-storage-flush", move || {
+                lower_priority(nice);
+                i.flush_loop()
+            })?);
             let i = inner.clone();
-            threads.push(spawn("kvd-storage-compact", move || i.compaction_loop())?);
+            threads.push(spawn("kvd-storage-compact", move || {
+                lower_priority(nice);
+                i.compaction_loop()
+            })?);
         }
         if inner.opts.sync == SyncMode::Interval {
             let i = inner.clone();
@@ -686,6 +693,25 @@ fn segment_reserve(opts: &Options) -> u64 {
 /// the CPU per write with `--sync always`).
 fn maps_log(opts: &Options) -> bool {
     opts.sync != SyncMode::Always
+}
+
+/// Raises the calling thread's nice value by `nice` (on Linux the nice value is per thread).
+/// Best effort: a failure leaves the thread as it was.
+fn lower_priority(nice: i32) {
+    if nice <= 0 {
+        return;
+    }
+    // SAFETY: plain system calls on the calling thread and its errno, no memory passed.
+    unsafe {
+        let tid = libc::gettid() as libc::id_t;
+        // -1 is a valid nice value: errno tells an error apart.
+        *libc::__errno_location() = 0;
+        let now = libc::getpriority(libc::PRIO_PROCESS, tid);
+        if now == -1 && *libc::__errno_location() != 0 {
+            return;
+        }
+        libc::setpriority(libc::PRIO_PROCESS, tid, (now + nice).min(19));
+    }
 }
 
 fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>> {

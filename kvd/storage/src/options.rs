@@ -70,6 +70,11 @@ pub struct Options {
     /// Run flushes and compactions on background threads. When false, `flush`/`compact` must be
     /// called explicitly (useful for deterministic tests).
     pub background_work: bool,
+    /// Nice value of the flush and compaction threads (Linux: per thread; 0 leaves them at
+    /// the process's). Foreground requests then take the CPU first when it is short, and the
+    /// background work uses what they leave; writes still wait when it falls too far behind
+    /// (`l0_stop_trigger`, `max_immutable_memtables`), so it is slowed, never starved.
+    pub background_nice: i32,
     /// Flush the memtable to a table on `close`, so the next open has nothing to replay.
     pub flush_on_close: bool,
     /// Largest accepted key.
@@ -93,6 +98,7 @@ impl Default for Options {
             block_bytes: 4096,
             block_restart_interval: 16,
             table_bytes: 8 << 20,
+            background_nice: 10,
             l0_compaction_trigger: 4,
             l0_slowdown_trigger: 20,
             l0_stop_trigger: 36,
