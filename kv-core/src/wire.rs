@@ -246,6 +246,24 @@ struct IdOnly {
 /// Decodes one client frame. On failure returns the error and, when it could be read, the id
 /// to answer it by.
 pub fn decode_request(text: &str, limits: &Limits) -> Result<Request, (Option<u64>, WireError)> {
+    decode(text, limits, true)
+}
+
+/// [`decode_request`] through `serde_json` alone, without the short way: the reference the
+/// fuzz target holds the short way to (every input must decode the same both ways).
+#[doc(hidden)]
+pub fn decode_request_by_serde(
+    text: &str,
+    limits: &Limits,
+) -> Result<Request, (Option<u64>, WireError)> {
+    decode(text, limits, false)
+}
+
+fn decode(
+    text: &str,
+    limits: &Limits,
+    short_way: bool,
+) -> Result<Request, (Option<u64>, WireError)> {
     if text.len() > limits.max_frame_bytes {
         return Err((
             None,
@@ -259,7 +277,8 @@ pub fn decode_request(text: &str, limits: &Limits) -> Result<Request, (Option<u6
             ),
         ));
     }
-    let raw: RawRequest = match scan_request(text).map_or_else(|| serde_json::from_str(text), Ok) {
+    let short = if short_way { scan_request(text) } else { None };
+    let raw: RawRequest = match short.map_or_else(|| serde_json::from_str(text), Ok) {
         Ok(raw) => raw,
         Err(e) => {
             let id = serde_json::from_str::<IdOnly>(text).ok().and_then(|i| i.id);

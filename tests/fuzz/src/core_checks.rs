@@ -5,15 +5,20 @@
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use kv_core::version::{compare_contexts, decode_context, Causality, SiblingSet};
-use kv_core::wire::{decode_request, encode_request, error_response, value_from_json, Limits};
+use kv_core::wire::{
+    decode_request, decode_request_by_serde, encode_request, error_response, value_from_json,
+    Limits,
+};
 
 use crate::input::Input;
 
 /// Client frames: `decode_request` on any text, under the default limits and under small ones
 /// (so the too-large paths are reached), and `value_from_json` on any JSON value.
 ///
-/// Checked: no panic; an error answer always serializes; a request that decodes re-encodes
-/// (as kvcli and the SDK send it) to a frame that decodes to the same request.
+/// Checked: no panic; the short way of reading a request (`kv_core::json`) gives what
+/// serde_json alone gives, request or error; an error answer always serializes; a request
+/// that decodes re-encodes (as kvcli and the SDK send it) to a frame that decodes to the same
+/// request.
 pub fn wire_decode(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
     let small = Limits {
@@ -22,6 +27,11 @@ pub fn wire_decode(data: &[u8]) {
         max_frame_bytes: 512,
     };
     for limits in [Limits::default(), small] {
+        assert_eq!(
+            decode_request(&text, &limits),
+            decode_request_by_serde(&text, &limits),
+            "{text:?}"
+        );
         match decode_request(&text, &limits) {
             Ok(req) => {
                 let frame = encode_request(req.id, &req.op);
