@@ -130,8 +130,12 @@ struct Commit {
     leader: bool,
     /// Tickets from here on failed (the engine is poisoned).
     failed_from: Option<u64>,
-    /// Writers blocked on `commit_cv` (a notify is a system call; skip it when nobody waits).
-    waiting: usize,
+    /// Blocking writers waiting for their group, in ticket order: (ticket, thread to
+    /// unpark). A leader wakes exactly the writers its group completed, and, when it hands
+    /// over, the first one left (to lead the next group); waking them all through a condvar
+    /// made every waiter of the next group wake and sleep again once per group, which with 32
+    /// writers cost more CPU than the commits.
+    waiters: Vec<(u64, std::thread::Thread)>,
     /// Async submissions not yet committed, in ticket order.
     pending: VecDeque<Pending>,
     /// The commit thread waits on `committer_cv` for async submissions.
@@ -232,7 +236,6 @@ struct Inner {
     cache: Arc<BlockCache>,
     state: RwLock<State>,
     commit: Mutex<Commit>,
-    commit_cv: Condvar,
     /// Wakes the commit thread (async submissions waiting for a leader).
     committer_cv: Condvar,
     wal: Mutex<SegmentWriter>,
@@ -446,12 +449,11 @@ impl Engine {
                 done_upto: 0,
                 leader: false,
                 failed_from: None,
-                waiting: 0,
+                waiters: Vec::new(),
                 pending: VecDeque::new(),
                 committer_idle: false,
                 committer_exit: false,
             }),
-            commit_cv: Condvar::new(),
             committer_cv: Condvar::new(),
             wal: Mutex::new(wal),
             wal_dirty: AtomicBool::new(false),
@@ -663,7 +665,7 @@ impl Engine {
             bg.shutdown = true;
         }
         self.inner.bg_cv.notify_all();
-        self.inner.commit_cv.notify_all();
+        self.inner.wake_all_writers();
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
@@ -743,7 +745,14 @@ impl Inner {
         self.poisoned.store(true, Ordering::Release);
         drop(lock(&self.bg));
         self.bg_cv.notify_all();
-        self.commit_cv.notify_all();
+        self.wake_all_writers();
+    }
+
+    /// Wakes every blocking writer to look at the engine again (it closed or was poisoned).
+    fn wake_all_writers(&self) {
+        for (_, t) in &lock(&self.commit).waiters {
+            t.unpark();
+        }
     }
 
     fn snapshot(&self) -> (Arc<Memtable>, Arc<Vec<Arc<Memtable>>>, Arc<Version>) {
@@ -796,7 +805,9 @@ impl Inner {
         let ticket = c.next_ticket;
         c.next_ticket += 1;
         c.queue.push(batch);
+        let mut listed = false;
         loop {
+            // A leader that completes our group takes us off the list as it wakes us.
             if ticket < c.done_upto {
                 return match c.failed_from {
                     Some(f) if ticket >= f => {
@@ -807,11 +818,21 @@ impl Inner {
                 };
             }
             if !c.leader {
+                if listed {
+                    c.waiters.retain(|(t, _)| *t != ticket);
+                }
                 break;
             }
-            c.waiting += 1;
-            c = self.commit_cv.wait(c).unwrap_or_else(|e| e.into_inner());
-            c.waiting -= 1;
+            if !listed {
+                // Tickets are handed out under this lock, so the list stays in ticket order.
+                c.waiters.push((ticket, std::thread::current()));
+                listed = true;
+            }
+            drop(c);
+            // An unpark before this park is not lost (it leaves a token); a spurious return
+            // only loops.
+            std::thread::park();
+            c = lock(&self.commit);
         }
         // Leader: take the whole queue (our batch included).
         self.lead(c)
@@ -851,15 +872,25 @@ impl Inner {
                 && !c.pending.is_empty()
                 && self.commits_inline();
             c.leader = again;
-            let waiting = c.waiting > 0;
+            // Blocking writers: those this group completed, and the first of the next group
+            // when nobody goes on leading (it leads, or finds a newcomer leading, which then
+            // completes it).
+            let done_writers = c.waiters.partition_point(|(t, _)| *t < end);
+            let mut wake: Vec<std::thread::Thread> =
+                c.waiters.drain(..done_writers).map(|(_, t)| t).collect();
+            if !again {
+                if let Some((_, t)) = c.waiters.first() {
+                    wake.push(t.clone());
+                }
+            }
             let upto = c.pending.partition_point(|p| p.ticket < end);
             let done: Vec<Pending> = c.pending.drain(..upto).collect();
             // An exiting commit thread waits for the queue to empty: tell it when it did.
             let wake_committer =
                 !again && c.committer_idle && (!c.pending.is_empty() || c.committer_exit);
             drop(c);
-            if waiting {
-                self.commit_cv.notify_all();
+            for t in wake {
+                t.unpark();
             }
             if wake_committer {
                 self.committer_cv.notify_one();
