@@ -10,16 +10,14 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use base64::engine::general_purpose::STANDARD as B64;
-use base64::Engine as _;
 use futures_util::future::{Fuse, FusedFuture, FutureExt};
 use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
 use kv_core::json;
 use kv_core::version::SiblingSet;
 use kv_core::wire::{
-    decode_request, error_response, ok_response, value_to_json, ClientOp, ErrorCode, Request,
-    WireError,
+    decode_request, error_response, ok_response, value_to_json, write_value, ClientOp, ErrorCode,
+    Request, WireError,
 };
 use serde_json::{json, Value};
 use std::future::Future;
@@ -470,19 +468,6 @@ fn get_frame(id: u64, key: &str, state: &SiblingSet, shown: &Shown<'_>) -> Strin
     json::write_str(&mut out, &context);
     out.push('}');
     out
-}
-
-/// A value as answers show it ([`value_to_json`]): a string when it is UTF-8, else
-/// `{"value_b64": ...}`.
-fn write_value(out: &mut String, value: &[u8]) {
-    match std::str::from_utf8(value) {
-        Ok(text) => json::write_str(out, text),
-        Err(_) => {
-            out.push_str("{\"value_b64\":");
-            json::write_str(out, &B64.encode(value));
-            out.push('}');
-        }
-    }
 }
 
 async fn run(node: &Arc<Node>, op: ClientOp, sloppy: Option<bool>) -> Result<Answer, WireError> {
