@@ -559,12 +559,17 @@ impl Engine {
         self.inner.submit(batch, hold)
     }
 
-    /// True when a write now would wait for flushing and compaction to catch up.
+    /// True when a write now would wait for flushing and compaction to catch up: exactly the
+    /// conditions under which [`Engine::write`] stops or slows down. A memtable waiting for
+    /// its flush below the limit is not one: writes go on into the next memtable meanwhile,
+    /// and once the limit is reached this says so for every later write.
     pub fn write_would_stall(&self) -> bool {
         let o = &self.inner.opts;
         let st = self.inner.state.read().unwrap_or_else(|e| e.into_inner());
-        st.imm.len() + 1 >= o.max_immutable_memtables.max(1)
-            || st.version.levels[0].len() >= o.l0_slowdown_trigger
+        let l0 = st.version.levels[0].len();
+        st.imm.len() >= o.max_immutable_memtables.max(1)
+            || l0 >= o.l0_stop_trigger
+            || l0 >= o.l0_slowdown_trigger
     }
 
     /// Writes one key.
@@ -1235,6 +1240,9 @@ impl Inner {
         if !imm.is_empty() {
             let number = self.next_file.fetch_add(1, Ordering::SeqCst);
             let mut b = TableBuilder::create(&self.dir, number, self.build)?;
+            if self.opts.cache_flushed_blocks {
+                b = b.warm_cache(self.cache.clone());
+            }
             if let Err(e) = imm.for_each(|k, v| b.add(k, v)) {
                 b.abandon();
                 return Err(e);
@@ -1645,5 +1653,80 @@ mod tests {
         // And it is a live engine of its own.
         c.put(b"k0000", b"restored").unwrap();
         assert_eq!(c.get(b"k0000").unwrap(), Some(b"restored".to_vec()));
+    }
+
+    /// Keys and values of assorted sizes, one larger than a block.
+    fn assorted(i: usize) -> (Vec<u8>, Vec<u8>) {
+        let len = if i == 7 { 10_000 } else { 20 + i % 300 };
+        (
+            format!("key{i:05}").into_bytes(),
+            vec![b'a' + (i % 26) as u8; len],
+        )
+    }
+
+    #[test]
+    fn a_flushed_table_is_readable_from_memory_when_its_blocks_are_cached_on_flush() {
+        for cache_flushed_blocks in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let opts = Options {
+                background_work: false,
+                cache_flushed_blocks,
+                ..Options::default()
+            };
+            let e = Engine::open(dir.path(), opts).unwrap();
+            for i in 0..3000 {
+                let (k, v) = assorted(i);
+                e.put(&k, &v).unwrap();
+            }
+            e.delete(b"key00010").unwrap();
+            e.flush().unwrap();
+            assert_eq!(e.stats().table_count, 1);
+            for i in 0..3000 {
+                let (k, v) = assorted(i);
+                let want = if i == 10 { None } else { Some(v) };
+                let cached = e.get_cached(&k).unwrap();
+                if cache_flushed_blocks {
+                    assert_eq!(cached, Some(want.clone()), "key {i}");
+                } else if i == 0 {
+                    assert_eq!(cached, None, "the first block was read from disk");
+                }
+                assert_eq!(e.get(&k).unwrap(), want, "key {i}");
+            }
+            assert_eq!(e.get_cached(b"key99999").unwrap(), Some(None));
+            let s = e.stats();
+            assert_eq!(s.cache_misses == 0, cache_flushed_blocks, "{s:?}");
+            e.close().unwrap();
+        }
+    }
+
+    #[test]
+    fn writes_would_stall_only_once_the_immutable_memtables_reach_their_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = Options {
+            background_work: false,
+            sync: SyncMode::Interval,
+            memtable_bytes: 256 << 10,
+            max_immutable_memtables: 2,
+            ..Options::default()
+        };
+        let e = Engine::open(dir.path(), opts).unwrap();
+        let mut i = 0u32;
+        let mut fill_until = |n: usize| {
+            while e.stats().immutable_memtables < n {
+                assert!(
+                    !e.write_would_stall(),
+                    "{} waiting",
+                    e.stats().immutable_memtables
+                );
+                e.put(&i.to_be_bytes(), &[7; 1000]).unwrap();
+                i += 1;
+            }
+        };
+        fill_until(1);
+        fill_until(2);
+        assert!(e.write_would_stall(), "two memtables wait for their flush");
+        e.flush().unwrap();
+        assert_eq!(e.stats().immutable_memtables, 0);
+        assert!(!e.write_would_stall());
     }
 }

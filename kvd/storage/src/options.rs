@@ -45,6 +45,11 @@ pub struct Options {
     pub max_immutable_memtables: usize,
     /// Memory budget of the block cache (decompressed data blocks).
     pub block_cache_bytes: usize,
+    /// Put the data blocks of each table a flush writes into the block cache as they are
+    /// written. The newest writes are the likeliest to be read next (in kvd every write reads
+    /// its key's state first, from memory only on the async path), and without this each
+    /// block of a new table misses the cache once, a disk read, after every flush.
+    pub cache_flushed_blocks: bool,
     /// Compress data blocks with LZ4.
     pub compression: bool,
     /// Bloom filter bits per key (10 gives about 1% false positives); 0 disables filters.
@@ -93,6 +98,7 @@ impl Default for Options {
             memtable_bytes: 64 << 20,
             max_immutable_memtables: 2,
             block_cache_bytes: 64 << 20,
+            cache_flushed_blocks: true,
             compression: true,
             bloom_bits_per_key: 10,
             block_bytes: 4096,
@@ -120,6 +126,7 @@ impl std::fmt::Debug for Options {
             .field("sync", &self.sync)
             .field("memtable_bytes", &self.memtable_bytes)
             .field("block_cache_bytes", &self.block_cache_bytes)
+            .field("cache_flushed_blocks", &self.cache_flushed_blocks)
             .field("compression", &self.compression)
             .field("bloom_bits_per_key", &self.bloom_bits_per_key)
             .field("table_bytes", &self.table_bytes)
