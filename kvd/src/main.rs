@@ -35,6 +35,16 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(cli.command, Some(Command::BenchStorage(_))) {
+        // `kvd bench-storage | head` should end quietly when head closes the pipe, as Unix
+        // tools do, not panic on the next print: restore the default SIGPIPE action that the
+        // Rust runtime sets to ignore. Only for this one-shot command: the node and `kvd dev`
+        // keep ignoring it (a closed socket or log pipe must not kill a node).
+        // SAFETY: before any thread of ours exists; SIG_DFL is a valid action.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let result = match cli.command {
         Some(Command::BenchStorage(args)) => kvd::bench::run(args),
         Some(Command::Dev(args)) => runtime().and_then(|rt| rt.block_on(kvd::dev::run(args))),

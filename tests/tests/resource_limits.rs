@@ -344,3 +344,36 @@ fn the_allocator_is_jemalloc_unless_the_environment_asks_for_the_system_one() {
         drop(guard);
     }
 }
+
+/// `kvd bench-storage | head -1`: when the reader has gone away the command ends quietly
+/// (killed by SIGPIPE, as Unix tools are), without a panic on its next print.
+#[test]
+fn bench_storage_ends_quietly_when_its_reader_closes_the_pipe() {
+    use std::os::unix::process::ExitStatusExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(kv_tests::kvd_bin())
+        .args([
+            "bench-storage",
+            "--benchmarks",
+            "fillseq",
+            "--num",
+            "2000",
+            "--db",
+        ])
+        .arg(dir.path().join("db"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The read end closes before the table is printed: its first line meets a closed pipe.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGPIPE),
+        "{:?} {stderr}",
+        out.status
+    );
+}
