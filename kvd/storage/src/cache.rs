@@ -66,6 +66,8 @@ pub(crate) struct BlockCache {
     shard_budget: usize,
     pub(crate) hits: AtomicU64,
     pub(crate) misses: AtomicU64,
+    /// Misses of cache-only reads that the OS's page cache answered without waiting.
+    pub(crate) page_cache_reads: AtomicU64,
 }
 
 impl BlockCache {
@@ -85,6 +87,7 @@ impl BlockCache {
             shard_budget: budget / SHARDS,
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
+            page_cache_reads: AtomicU64::new(0),
         }
     }
 

@@ -328,18 +328,66 @@ impl Drop for Table {
     }
 }
 
-/// Reads a stored block at `off` (`len` bytes plus trailer), checks and decodes it.
-fn read_block(file: &File, path: &Path, off: u64, len: u64, file_size: u64) -> Result<Vec<u8>> {
-    let end = off
-        .checked_add(len)
+/// The bytes a stored block at `off` takes (`len` plus trailer), checked against the file.
+fn block_span(path: &Path, off: u64, len: u64, file_size: u64) -> Result<usize> {
+    off.checked_add(len)
         .and_then(|x| x.checked_add(TRAILER as u64))
         .filter(|&e| e <= file_size)
-        .ok_or_else(|| {
-            Error::corruption(path, off, "block handle points past the end of the file")
-        })?;
-    let mut buf = vec![0u8; (end - off) as usize];
+        .map(|e| (e - off) as usize)
+        .ok_or_else(|| Error::corruption(path, off, "block handle points past the end of the file"))
+}
+
+/// Reads a stored block at `off` (`len` bytes plus trailer), checks and decodes it.
+fn read_block(file: &File, path: &Path, off: u64, len: u64, file_size: u64) -> Result<Vec<u8>> {
+    let mut buf = vec![0u8; block_span(path, off, len, file_size)?];
     file.read_exact_at(&mut buf, off)
         .map_err(|e| Error::io(path, e))?;
+    decode_block(buf, path, off, len)
+}
+
+/// [`read_block`] only when the OS has the whole block in memory (its page cache), so the
+/// read cannot wait for the disk: `Ok(None)` otherwise, also where the kernel or the file
+/// system cannot tell (`preadv2` with `RWF_NOWAIT`).
+fn read_block_in_memory(
+    file: &File,
+    path: &Path,
+    off: u64,
+    len: u64,
+    file_size: u64,
+) -> Result<Option<Vec<u8>>> {
+    let mut buf = vec![0u8; block_span(path, off, len, file_size)?];
+    if !pread_nowait(file, &mut buf, off) {
+        return Ok(None);
+    }
+    decode_block(buf, path, off, len).map(Some)
+}
+
+/// Fills `buf` from `off` if that needs no disk I/O; false when it would (or on any error:
+/// the caller then reads the way that may wait, which reports errors).
+#[cfg(target_os = "linux")]
+fn pread_nowait(file: &File, buf: &mut [u8], off: u64) -> bool {
+    use std::os::fd::AsRawFd;
+    let Ok(off) = libc::off_t::try_from(off) else {
+        return false;
+    };
+    let iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: one iovec describing `buf`, which outlives the call; the descriptor is open.
+    let n = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, off, libc::RWF_NOWAIT) };
+    // A short read means part of the block is not in memory.
+    usize::try_from(n) == Ok(buf.len())
+}
+
+#[cfg(not(target_os = "linux"))]
+fn pread_nowait(_file: &File, _buf: &mut [u8], _off: u64) -> bool {
+    false
+}
+
+/// Checks a stored block read whole into `buf` (at `off`, `len` bytes plus trailer) and
+/// decodes it.
+fn decode_block(mut buf: Vec<u8>, path: &Path, off: u64, len: u64) -> Result<Vec<u8>> {
     let n = len as usize;
     let kind = buf[n];
     let crc = get_u32(&buf, n + 1).unwrap_or(0);
@@ -496,9 +544,28 @@ impl Table {
     fn load_block(&self, i: usize, cache: Option<&BlockCache>) -> Result<Arc<Block>> {
         let e = &self.index[i];
         let raw = read_block(&self.file, &self.path, e.offset, e.len, self.meta.size)?;
-        let b = Arc::new(Block::new(raw).map_err(|w| Error::corruption(&self.path, e.offset, w))?);
+        self.cached(i, raw, cache)
+    }
+
+    /// [`Table::load_block`] only when the OS has the block in memory: `Ok(None)` when
+    /// reading it could wait for the disk.
+    fn load_block_in_memory(&self, i: usize, cache: &BlockCache) -> Result<Option<Arc<Block>>> {
+        let e = &self.index[i];
+        let Some(raw) =
+            read_block_in_memory(&self.file, &self.path, e.offset, e.len, self.meta.size)?
+        else {
+            return Ok(None);
+        };
+        cache.page_cache_reads.fetch_add(1, Ordering::Relaxed);
+        self.cached(i, raw, Some(cache)).map(Some)
+    }
+
+    /// Parses block `i`'s contents, putting the block into `cache` when given.
+    fn cached(&self, i: usize, raw: Vec<u8>, cache: Option<&BlockCache>) -> Result<Arc<Block>> {
+        let off = self.index[i].offset;
+        let b = Arc::new(Block::new(raw).map_err(|w| Error::corruption(&self.path, off, w))?);
         if let Some(c) = cache {
-            c.insert(self.meta.number, e.offset, b.clone());
+            c.insert(self.meta.number, off, b.clone());
         }
         Ok(b)
     }
@@ -516,10 +583,14 @@ impl Table {
             return Ok(Some(Lookup::Absent));
         }
         let cached = cache.and_then(|c| c.get(self.meta.number, self.index[i].offset));
-        let block = match cached {
-            Some(b) => b,
-            None if cache_only => return Ok(None),
-            None => self.load_block(i, cache)?,
+        let block = match (cached, cache) {
+            (Some(b), _) => b,
+            (None, Some(c)) if cache_only => match self.load_block_in_memory(i, c)? {
+                Some(b) => b,
+                None => return Ok(None),
+            },
+            (None, None) if cache_only => return Ok(None),
+            (None, _) => self.load_block(i, cache)?,
         };
         let off = self.index[i].offset;
         let mut it = block.iter();

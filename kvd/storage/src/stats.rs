@@ -93,6 +93,9 @@ pub struct Stats {
     pub cache_misses: u64,
     /// hits / (hits + misses); 0 before any lookup.
     pub cache_hit_ratio: f64,
+    /// Block cache misses of memory-only reads ([`crate::Engine::get_cached`]) that the
+    /// OS's page cache answered, without waiting for the disk.
+    pub page_cache_reads: u64,
     /// Bytes held by the block cache.
     pub cache_bytes: usize,
 }
