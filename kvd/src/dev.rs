@@ -95,7 +95,12 @@ pub async fn run(args: DevArgs) -> Result<()> {
             child,
         });
         // One at a time: each node picks its tokens knowing those of the nodes before it.
-        wait_healthy(&addr, &mut nodes[i], Duration::from_secs(30)).await?;
+        wait_healthy(
+            &mut nodes[i],
+            &log_path(&args, &id),
+            Duration::from_secs(30),
+        )
+        .await?;
         wait_converged(&first, i + 1, Duration::from_secs(30)).await?;
     }
     println!("kvd dev: a cluster of {} nodes is ready", nodes.len());
@@ -136,6 +141,11 @@ pub async fn run(args: DevArgs) -> Result<()> {
     Ok(())
 }
 
+/// Where node `id` writes its log.
+fn log_path(args: &DevArgs, id: &str) -> PathBuf {
+    args.dir.join(format!("{id}.log"))
+}
+
 fn spawn_node(
     exe: &Path,
     args: &DevArgs,
@@ -144,7 +154,7 @@ fn spawn_node(
     seed: Option<&str>,
 ) -> Result<Child> {
     let data = args.dir.join(id);
-    let log_path = args.dir.join(format!("{id}.log"));
+    let log_path = log_path(args, id);
     let log = std::fs::File::create(&log_path)
         .map_err(|e| Error::Io(format!("cannot create {}: {e}", log_path.display())))?;
     let mut cmd = Command::new(exe);
@@ -168,35 +178,55 @@ fn spawn_node(
         .map_err(|e| Error::Io(format!("cannot start node {id}: {e}")))
 }
 
+/// The body of a 200 answer to `GET path`, or None (no answer within a second included: a
+/// port can be held by something that accepts and never answers).
 async fn http_get(addr: &str, path: &str) -> Option<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.ok()?;
-    let mut out = Vec::new();
-    s.read_to_end(&mut out).await.ok()?;
-    let text = String::from_utf8(out).ok()?;
-    let (head, body) = text.split_once("\r\n\r\n")?;
-    head.starts_with("HTTP/1.1 200").then(|| body.to_string())
+    let get = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+        let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.ok()?;
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await.ok()?;
+        let text = String::from_utf8(out).ok()?;
+        let (head, body) = text.split_once("\r\n\r\n")?;
+        head.starts_with("HTTP/1.1 200").then(|| body.to_string())
+    };
+    tokio::time::timeout(Duration::from_secs(1), get)
+        .await
+        .ok()
+        .flatten()
 }
 
-async fn wait_healthy(addr: &str, node: &mut NodeProcess, limit: Duration) -> Result<()> {
+/// Waits until `node` answers /health as itself (whatever else holds its port does not
+/// count); fails as soon as it exits, with the end of its log (a taken port, say).
+async fn wait_healthy(node: &mut NodeProcess, log: &Path, limit: Duration) -> Result<()> {
     let deadline = Instant::now() + limit;
     while Instant::now() < deadline {
-        if http_get(addr, "/health").await.is_some() {
-            return Ok(());
-        }
         if let Ok(Some(status)) = node.child.try_wait() {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            let last = text
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("");
             return Err(Error::Io(format!(
-                "node {} exited during start ({status}); see its log",
-                node.id
+                "node {} exited during start ({status}): {last} (log: {})",
+                node.id,
+                log.display()
             )));
+        }
+        if let Some(body) = http_get(&node.addr, "/health").await {
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+            if v["id"] == node.id.as_str() {
+                return Ok(());
+            }
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     Err(Error::Io(format!(
-        "node {} did not become healthy",
-        node.id
+        "node {} did not become healthy at {}",
+        node.id, node.addr
     )))
 }
 

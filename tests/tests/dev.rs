@@ -4,6 +4,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
@@ -109,4 +110,55 @@ fn kvd_dev_starts_a_ready_cluster_and_starts_it_again_with_its_data() {
     let second = format!("ws://127.0.0.1:{}", base + 2);
     let (code, _, err) = kvcli(&["--node", &second, "put", "again", "yes"]);
     assert_eq!(code, 0, "{err}");
+}
+
+/// A port of the cluster held by something else, which accepts connections and never answers:
+/// `kvd dev` neither hangs on it nor takes it for its node, but says which node could not
+/// start and why, and stops the nodes it had started.
+#[test]
+fn kvd_dev_reports_a_node_that_cannot_take_its_port_and_leaves_nothing_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = free_ports(2);
+    let squatter = TcpListener::bind(("127.0.0.1", base + 1)).unwrap();
+    // In a process group of its own, with the nodes it starts, so a hang is cleaned up whole.
+    let mut child = Command::new(kvd_bin())
+        .args([
+            "dev",
+            "--nodes",
+            "2",
+            "--base-port",
+            &base.to_string(),
+            "--dir",
+        ])
+        .arg(dir.path())
+        .process_group(0)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start kvd dev");
+    // A guard against hanging (the old behaviour), not a speed target: dev gives up on a
+    // node after 30 s on its own.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            // SAFETY: kill(2) on the process group we made, with a valid signal.
+            unsafe {
+                libc::kill(-(child.id() as i32), libc::SIGKILL);
+            }
+            let _ = child.wait();
+            panic!("kvd dev hangs");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("node n2 exited during start"), "{err}");
+    assert!(
+        err.to_lowercase().contains("address"),
+        "the node's reason: {err}"
+    );
+    // n1 was stopped: its port is free again.
+    TcpListener::bind(("127.0.0.1", base)).expect("n1's port is free");
+    drop(squatter);
 }
