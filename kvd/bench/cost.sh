@@ -11,14 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 OPS=${OPS:-5000}
 CLIENTS=${CLIENTS:-10}
-cargo build --release -q -p kvd -p kvcli
-KVD=$PWD/target/release/kvd
-KVCLI=$PWD/target/release/kvcli
-WORK=$(mktemp -d)
-PID=
-cleanup() { [ -n "$PID" ] && kill "$PID" 2>/dev/null; wait 2>/dev/null || true; rm -rf "$WORK"; }
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+source kvd/bench/lib.sh
 
 start() { # start TOOL_ARGS...: kvd under valgrind with the given tool options
   PORT=$(free_port)
@@ -26,8 +19,7 @@ start() { # start TOOL_ARGS...: kvd under valgrind with the given tool options
   valgrind "$@" "$KVD" --listen "127.0.0.1:$PORT" --data-dir "$WORK/data" --n 1 --w 1 --r 1 \
     --sync interval --anti-entropy-interval-s 0 >"$WORK/kvd.log" 2>&1 &
   PID=$!
-  for _ in $(seq 600); do curl -sf "http://127.0.0.1:$PORT/health" >/dev/null && return; sleep 0.1; done
-  echo "kvd did not start under valgrind" >&2; cat "$WORK/kvd.log" >&2; exit 1
+  wait_health "127.0.0.1:$PORT" 600 || { cat "$WORK/kvd.log" >&2; exit 1; }
 }
 stop() { kill -TERM "$PID"; wait "$PID" 2>/dev/null || true; PID=; }
 # Every bench run first loads its --records keys (a get and a put each); the per-request costs
@@ -39,6 +31,8 @@ bench() { # bench WORKLOAD OPS
     --ops "$2" --records "$LOADED" --json >/dev/null
 }
 
+# The measuring functions run in this shell (not in $(...)), so PID stays known to the exit
+# trap; each leaves its figure in RESULT.
 # Instructions: zero the counters after a warm-up, run one phase, dump.
 instructions() { # instructions WORKLOAD
   start --tool=callgrind --callgrind-out-file="$WORK/cg.%p" --collect-atstart=yes
@@ -46,24 +40,30 @@ instructions() { # instructions WORKLOAD
   callgrind_control -z "$PID" >/dev/null 2>&1
   bench "$1" "$OPS"
   callgrind_control -d "$PID" >/dev/null 2>&1
-  local total
-  total=$(grep -h "^summary:" "$WORK"/cg.*.[0-9]* 2>/dev/null | awk '{s+=$2} END {print s}')
+  RESULT=$(grep -h "^summary:" "$WORK"/cg.*.[0-9]* 2>/dev/null | awk '{s+=$2} END {print s}')
   stop
   rm -f "$WORK"/cg.*
-  echo "$total"
 }
-put_ir=$(instructions put)
-get_ir=$(instructions get)
+instructions put
+put_ir=$RESULT
+instructions get
+get_ir=$RESULT
 
 # Allocations: dhat's totals for two loads of different sizes; the difference is per request.
 allocs() { # allocs WORKLOAD OPS
   KVD_ALLOCATOR=system start --tool=dhat --dhat-out-file=/dev/null
   bench "$1" "$2"
   stop
-  grep -o "Total: *[0-9,]* bytes in [0-9,]* blocks" "$WORK/kvd.log" | awk '{gsub(",","",$5); print $5}'
+  RESULT=$(grep -o "Total: *[0-9,]* bytes in [0-9,]* blocks" "$WORK/kvd.log" | awk '{gsub(",","",$5); print $5}')
 }
-pa=$(allocs put "$OPS"); pb=$(allocs put $((OPS * 3)))
-ga=$(allocs get "$OPS"); gb=$(allocs get $((OPS * 3)))
+allocs put "$OPS"
+pa=$RESULT
+allocs put $((OPS * 3))
+pb=$RESULT
+allocs get "$OPS"
+ga=$RESULT
+allocs get $((OPS * 3))
+gb=$RESULT
 python3 - "$put_ir" "$get_ir" "$pa" "$pb" "$ga" "$gb" "$OPS" "$LOADED" <<'PY'
 import sys
 put_ir, get_ir, pa, pb, ga, gb, ops, loaded = map(int, sys.argv[1:])

@@ -8,19 +8,13 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 RECORDS=${RECORDS:-1000000}
 SIZE=${SIZE:-100}
-cargo build --release -q -p kvd -p kvcli
-KVD=$PWD/target/release/kvd
-KVCLI=$PWD/target/release/kvcli
-WORK=$(mktemp -d)
-PID=
-cleanup() { [ -n "$PID" ] && kill "$PID" 2>/dev/null; wait 2>/dev/null || true; rm -rf "$WORK"; }
-trap cleanup EXIT
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+source kvd/bench/lib.sh
+PORT=$(free_port)
 start() {
   "$KVD" --listen "127.0.0.1:$PORT" --data-dir "$WORK/data" --n 1 --w 1 --r 1 --sync interval \
     --anti-entropy-interval-s 0 >>"$WORK/kvd.log" 2>&1 &
   PID=$!
-  for _ in $(seq 100); do curl -sf "http://127.0.0.1:$PORT/health" >/dev/null && return; sleep 0.1; done
+  wait_health "127.0.0.1:$PORT"
 }
 rss_mib() { awk '/VmRSS/ {printf "%.1f", $2/1024}' "/proc/$PID/status"; }
 start

@@ -1,20 +1,12 @@
 # Sourced by the one-node comparisons with Redis (vs-redis.sh, cpu.sh): starts one kvd
 # (`--n 1`, `--sync $SYNC`) and one redis-server (AOF on, `appendfsync $REDIS_FSYNC`) on ports
 # picked at run time, in a work dir removed at exit, and stops both at exit. With THREADS set,
-# kvd runs that many worker threads (`--worker-threads`), and so should the client. Sets KVD,
-# KVCLI (release builds), WORK, KPORT, KPID, RPORT, RPID.
+# kvd runs that many worker threads (`--worker-threads`), and so should the client. Sets what
+# lib.sh sets, and KPORT, KPID, RPORT, RPID.
 for tool in redis-server redis-benchmark; do
   command -v "$tool" >/dev/null || { echo "$tool is missing: apt-get install -y redis-server redis-tools" >&2; exit 2; }
 done
-cargo build --release -q -p kvd -p kvcli
-KVD=$PWD/target/release/kvd
-KVCLI=$PWD/target/release/kvcli
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
-trap cleanup EXIT
+source kvd/bench/lib.sh
 
 RPORT=$(free_port)
 mkdir -p "$WORK/redis"

@@ -9,32 +9,34 @@ OPS=${OPS:-100000}
 CLIENTS=${CLIENTS:-50}
 RECORDS=${RECORDS:-100000}
 WORKLOAD=${WORKLOAD:-a}
-cargo build --release -q -p kvd -p kvcli
-KVD=$PWD/target/release/kvd
-KVCLI=$PWD/target/release/kvcli
-WORK=$(mktemp -d)
-PID=
-cleanup() { [ -n "$PID" ] && kill -INT "$PID" 2>/dev/null; wait 2>/dev/null || true; rm -rf "$WORK"; }
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+STOP_SIGNAL=INT # kvd dev stops its nodes on Ctrl-C
+source kvd/bench/lib.sh
 
 run() { # run NODES N W R
-  local port
-  port=$(free_port)
-  rm -rf "$WORK/dev"
-  "$KVD" dev --nodes "$1" --base-port "$port" --dir "$WORK/dev" --n "$2" --w "$3" --r "$4" \
-    --sync interval >"$WORK/dev.log" 2>&1 &
-  PID=$!
-  for _ in $(seq 300); do
-    grep -q "ready" "$WORK/dev.log" 2>/dev/null && break
-    sleep 0.2
+  local port attempt
+  # kvd dev takes the ports from --base-port on: one next to a free port can be taken by the
+  # time a node binds it; dev then says so and exits, and another base port is tried.
+  for attempt in 1 2 3; do
+    port=$(free_port)
+    rm -rf "$WORK/dev"
+    "$KVD" dev --nodes "$1" --base-port "$port" --dir "$WORK/dev" --n "$2" --w "$3" --r "$4" \
+      --sync interval >"$WORK/dev.log" 2>&1 &
+    PID=$!
+    while kill -0 "$PID" 2>/dev/null && ! grep -q "is ready" "$WORK/dev.log"; do sleep 0.2; done
+    grep -q "is ready" "$WORK/dev.log" && break
+    wait "$PID" 2>/dev/null || true
+    PID=
   done
+  [ -n "$PID" ] || { echo "kvd dev did not start:" >&2; cat "$WORK/dev.log" >&2; exit 1; }
   "$KVCLI" --node "ws://127.0.0.1:$port" bench --workload "$WORKLOAD" --clients "$CLIENTS" \
     --ops "$OPS" --records "$RECORDS" --json
   kill -INT "$PID"; wait "$PID" 2>/dev/null || true; PID=
 }
-one=$(run 1 1 1 1)
-three=$(run 3 3 2 2)
+# Not in $(...): run must set PID in this shell, so the exit trap stops a cluster left running.
+run 1 1 1 1 >"$WORK/one.json"
+run 3 3 2 2 >"$WORK/three.json"
+one=$(cat "$WORK/one.json")
+three=$(cat "$WORK/three.json")
 python3 - "$one" "$three" "$WORKLOAD" <<'PY'
 import json, sys
 one, three = json.loads(sys.argv[1]), json.loads(sys.argv[2])

@@ -9,29 +9,19 @@ cd "$(dirname "$0")/../.."
 SECS=${SECS:-20}
 CLIENTS=${CLIENTS:-20}
 RECORDS=${RECORDS:-50000}
-cargo build --release -q -p kvd -p kvcli
-KVD=$PWD/target/release/kvd
-KVCLI=$PWD/target/release/kvcli
-WORK=$(mktemp -d)
-declare -A PIDS=()
-LOOP=
-cleanup() {
-  [ -n "$LOOP" ] && kill "$LOOP" 2>/dev/null
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+source kvd/bench/lib.sh
+# Node i's pid and address (PIDS, stopped at exit, is indexed by node number here).
 declare -A ADDR=()
-for i in 1 2 3 4; do ADDR[$i]="127.0.0.1:$(port)"; done
+for i in 1 2 3 4; do ADDR[$i]="127.0.0.1:$(free_port)"; done
+LOOP=
+on_exit() { [ -n "$LOOP" ] && kill "$LOOP" 2>/dev/null; }
 start() { # start I
   local seed=()
   [ "$1" != 1 ] && seed=(--seed "${ADDR[1]}")
   "$KVD" --id "n$1" --listen "${ADDR[$1]}" --data-dir "$WORK/n$1" "${seed[@]}" --n 3 --w 2 --r 2 \
     --sync interval --anti-entropy-interval-s 0 --gossip-interval-ms 300 >>"$WORK/n$1.log" 2>&1 &
   PIDS[$1]=$!
-  for _ in $(seq 100); do curl -sf "http://${ADDR[$1]}/health" >/dev/null && return; sleep 0.1; done
+  wait_health "${ADDR[$1]}"
 }
 for i in 1 2 3 4; do start "$i"; sleep 1; done
 sleep 2

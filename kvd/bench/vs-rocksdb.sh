@@ -21,10 +21,7 @@ KEY=16
 VALUE=100
 
 command -v db_bench >/dev/null || { echo "db_bench is missing: apt-get install -y rocksdb-tools" >&2; exit 2; }
-cargo build --release -q -p kvd -p kvcli # with kvcli, as the other scripts: the same features, no rebuild between them
-KVD=target/release/kvd
-WORK=$(mktemp -d)
-trap 'rm -rf "$WORK"' EXIT
+source kvd/bench/lib.sh # kvcli too, as the other scripts: the same features, no rebuild between them
 USER_BYTES=$((NUM * (KEY + VALUE)))
 
 # Runs "$@" in a child shell; prints the write_bytes of that shell after its child was reaped
