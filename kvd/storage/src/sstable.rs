@@ -531,13 +531,16 @@ impl Table {
         self.filter.is_empty() || bloom::may_contain(&self.filter, hash)
     }
 
-    /// Loads data block `i`, through the cache when one is given.
+    /// Data block `i` for a scan: from the cache when it is there, else read from the file
+    /// without caching it. Scans are bulk reads (the Merkle rebuild after every ring change,
+    /// anti-entropy, streaming to other nodes, export) that would evict the blocks point
+    /// reads keep using, as RocksDB's `fill_cache = false` avoids.
     fn block(&self, i: usize, cache: Option<&BlockCache>) -> Result<Arc<Block>> {
         let e = &self.index[i];
         if let Some(b) = cache.and_then(|c| c.get(self.meta.number, e.offset)) {
             return Ok(b);
         }
-        self.load_block(i, cache)
+        self.load_block(i, None)
     }
 
     /// Reads data block `i` from the file (and caches it when a cache is given).
@@ -556,8 +559,9 @@ impl Table {
         else {
             return Ok(None);
         };
+        let block = self.cached(i, raw, Some(cache))?;
         cache.page_cache_reads.fetch_add(1, Ordering::Relaxed);
-        self.cached(i, raw, Some(cache)).map(Some)
+        Ok(Some(block))
     }
 
     /// Parses block `i`'s contents, putting the block into `cache` when given.
