@@ -96,6 +96,10 @@ pub struct Metrics {
     /// Incoming connections whose TLS handshake failed (plain requests to a TLS port,
     /// clients that do not trust the certificate).
     pub tls_handshakes_failed: AtomicU64,
+    /// Replica operations (reads and writes of this node's copy, for clients and for
+    /// peers) that could not run from memory on the request's own thread — a block on disk,
+    /// or a write that would wait for flushing or compaction — and ran on the blocking pool.
+    pub blocking_pool_ops: AtomicU64,
 }
 
 /// Index of an op in [`OPS`].
@@ -119,7 +123,7 @@ impl Metrics {
             &PEER_KINDS,
             &self.peer_served,
         );
-        let counters: [(&str, &AtomicU64, &str); 12] = [
+        let counters: [(&str, &AtomicU64, &str); 13] = [
             ("kv_unavailable_total", &self.unavailable, "counter"),
             ("kv_timeouts_total", &self.timeouts, "counter"),
             ("kv_read_repairs_total", &self.read_repairs, "counter"),
@@ -135,6 +139,11 @@ impl Metrics {
             ("kv_peer_failures_total", &self.peer_failures, "counter"),
             ("kv_gossip_rounds_total", &self.gossip_rounds, "counter"),
             ("kv_siblings_capped_total", &self.siblings_capped, "counter"),
+            (
+                "kv_blocking_pool_ops_total",
+                &self.blocking_pool_ops,
+                "counter",
+            ),
             (
                 "kv_tls_handshakes_failed_total",
                 &self.tls_handshakes_failed,

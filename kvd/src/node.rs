@@ -693,7 +693,7 @@ impl Node {
                     value.map(<[u8]>::to_vec),
                     ctx.clone(),
                 );
-                on_blocking_pool(move || {
+                on_blocking_pool(&self.metrics, move || {
                     node.replica
                         .mint(key.as_bytes(), value.as_deref(), ttl_ms, &ctx, now_ms)
                 })
@@ -713,7 +713,10 @@ impl Node {
         match self.replica.increment_now(key.as_bytes(), by, now_ms).await {
             Err(ReplicaError::WouldBlock) => {
                 let (node, key) = (self.clone(), key.to_string());
-                on_blocking_pool(move || node.replica.increment(key.as_bytes(), by, now_ms)).await
+                on_blocking_pool(&self.metrics, move || {
+                    node.replica.increment(key.as_bytes(), by, now_ms)
+                })
+                .await
             }
             other => other,
         }
@@ -729,7 +732,10 @@ impl Node {
         match self.replica.merge_now(key.as_bytes(), &state).await {
             Err(ReplicaError::WouldBlock) => {
                 let (node, key) = (self.clone(), key.to_string());
-                on_blocking_pool(move || node.replica.merge(key.as_bytes(), &state)).await
+                on_blocking_pool(&self.metrics, move || {
+                    node.replica.merge(key.as_bytes(), &state)
+                })
+                .await
             }
             other => other,
         }
@@ -744,17 +750,21 @@ impl Node {
         match self.replica.read_with(Access::Now, key.as_bytes()) {
             Err(ReplicaError::WouldBlock) => {
                 let (node, key) = (self.clone(), key.to_string());
-                on_blocking_pool(move || node.replica.read(key.as_bytes())).await
+                on_blocking_pool(&self.metrics, move || node.replica.read(key.as_bytes())).await
             }
             other => other,
         }
     }
 }
 
-/// Runs a replica operation on the blocking pool.
+/// Runs a replica operation on the blocking pool, counting it.
 async fn on_blocking_pool<T: Send + 'static>(
+    metrics: &Metrics,
     op: impl FnOnce() -> std::result::Result<T, ReplicaError> + Send + 'static,
 ) -> std::result::Result<T, ReplicaError> {
+    metrics
+        .blocking_pool_ops
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     tokio::task::spawn_blocking(op)
         .await
         .map_err(|e| ReplicaError::Task(e.to_string()))?

@@ -134,3 +134,106 @@ async fn a_paused_node_misses_a_write_and_a_read_repairs_it() {
     }
     assert!(repairs >= 1, "read repairs are counted in /metrics");
 }
+
+/// Drops a file's pages from the OS's page cache (clean pages: tables are fsynced).
+fn evict_from_page_cache(path: &std::path::Path) {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(path).unwrap();
+    // SAFETY: an open descriptor; the advice changes no contents.
+    let r = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    assert_eq!(r, 0, "posix_fadvise {}", path.display());
+}
+
+/// Every table file under `dir`.
+fn tables(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(tables(&p));
+        } else if p.extension().is_some_and(|x| x == "sst") {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// A restarted node whose tables are on disk only (neither in its block cache nor in the
+/// OS's page cache) still answers reads and writes of them: the request's thread cannot read
+/// from memory, so the operation runs on the blocking pool, once per block (counted in
+/// `kv_blocking_pool_ops_total`), and is then served from the block cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_and_writes_of_data_only_on_disk_take_the_blocking_pool_once() {
+    let mut cluster = Cluster::start(1, ClusterOpts::one_replica());
+    let url = cluster.nodes[0].url();
+    let value = "x".repeat(1000);
+    let mut ws = Ws::connect(&url).await;
+    for i in 0..300 {
+        let r = ws
+            .request(json!({"op": "put", "key": format!("k{i}"), "value": format!("{i}{value}")}))
+            .await;
+        assert_eq!(r["ok"], true, "{r}");
+    }
+    drop(ws);
+    // A clean stop flushes the memtable: the values are in tables from now on.
+    assert_eq!(cluster.stop(0), Some(0));
+    let files = tables(&cluster.nodes[0].data_dir);
+    assert!(!files.is_empty(), "no table after a clean stop");
+    let log = cluster.nodes[0].log.clone();
+    let rebuilds = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .matches("merkle trees rebuilt")
+            .count()
+    };
+    let before_restart = rebuilds();
+    cluster.restart(0);
+    // After the restart's Merkle rebuild, a scan of every table (which leaves the block cache
+    // as it was), the tables leave the page cache too.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while rebuilds() <= before_restart {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no Merkle rebuild after the restart"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for f in &files {
+        evict_from_page_cache(f);
+    }
+    let addr = cluster.nodes[0].addr.clone();
+    let before = kv_tests::metric(&addr, "kv_blocking_pool_ops_total");
+    let mut ws = Ws::connect(&url).await;
+    let r = ws.request(json!({"op": "get", "key": "k7"})).await;
+    assert_eq!(r["values"], json!([format!("7{value}")]), "{r}");
+    let after_read = kv_tests::metric(&addr, "kv_blocking_pool_ops_total");
+    assert!(
+        after_read > before,
+        "the read went to disk: {before} -> {after_read}"
+    );
+    // Its block is cached now: the same key again, read and then written, stays in memory.
+    let r = ws.request(json!({"op": "get", "key": "k7"})).await;
+    assert_eq!(r["values"], json!([format!("7{value}")]), "{r}");
+    let r = ws
+        .request(json!({"op": "put", "key": "k7", "value": "new", "context": r["context"]}))
+        .await;
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(
+        kv_tests::metric(&addr, "kv_blocking_pool_ops_total"),
+        after_read
+    );
+    // A write of another key on disk only goes to the disk for its state, and is applied.
+    let r = ws
+        .request(json!({"op": "put", "key": "k250", "value": "also new"}))
+        .await;
+    assert_eq!(r["ok"], true, "{r}");
+    assert!(kv_tests::metric(&addr, "kv_blocking_pool_ops_total") > after_read);
+    let r = ws.request(json!({"op": "get", "key": "k250"})).await;
+    let mut values: Vec<String> = serde_json::from_value(r["values"].clone()).unwrap();
+    values.sort();
+    assert_eq!(
+        values,
+        [format!("250{value}"), "also new".to_string()],
+        "{r}"
+    );
+}
