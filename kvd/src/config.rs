@@ -95,6 +95,14 @@ pub struct NodeArgs {
     /// Hinted-handoff bytes kept per down node before further hints are refused.
     #[arg(long)]
     pub hint_max_mb: Option<u64>,
+    /// Size at which the storage engine's memtable is flushed to a table, in MiB (1 to 4096;
+    /// default 64). Up to three memtables are in memory at once (one written, two flushing).
+    #[arg(long)]
+    pub memtable_mb: Option<u64>,
+    /// Memory budget of the block cache (decoded table blocks), in MiB (default 64; 0 turns
+    /// it off). It fills as the node writes and reads.
+    #[arg(long)]
+    pub block_cache_mb: Option<u64>,
     /// Seconds between anti-entropy rounds (0 disables the periodic rounds; `repair` still
     /// runs on demand).
     #[arg(long)]
@@ -176,6 +184,8 @@ struct FileConfig {
     gossip_interval_ms: Option<u64>,
     sloppy: Option<bool>,
     hint_max_mb: Option<u64>,
+    memtable_mb: Option<u64>,
+    block_cache_mb: Option<u64>,
     anti_entropy_interval_s: Option<u64>,
     www_dir: Option<PathBuf>,
     sdk_dir: Option<PathBuf>,
@@ -235,6 +245,10 @@ pub struct NodeConfig {
     pub sloppy: bool,
     /// Hint bytes kept per down node.
     pub hint_max_bytes: u64,
+    /// Memtable size at which the engine flushes.
+    pub memtable_bytes: usize,
+    /// Block cache budget.
+    pub block_cache_bytes: usize,
     /// Time between anti-entropy rounds (zero: only on demand).
     pub anti_entropy_interval: Duration,
     /// Where the console's files are.
@@ -359,6 +373,22 @@ impl NodeConfig {
             max_in_flight: 1024,
             sloppy: args.sloppy.or(file.sloppy).unwrap_or(true),
             hint_max_bytes: args.hint_max_mb.or(file.hint_max_mb).unwrap_or(256) << 20,
+            memtable_bytes: match args.memtable_mb.or(file.memtable_mb).unwrap_or(64) {
+                mb @ 1..=4096 => (mb as usize) << 20,
+                mb => {
+                    return Err(Error::Config(format!(
+                        "--memtable-mb {mb}: must be between 1 and 4096"
+                    )))
+                }
+            },
+            block_cache_bytes: match args.block_cache_mb.or(file.block_cache_mb).unwrap_or(64) {
+                mb @ 0..=1_048_576 => (mb as usize) << 20,
+                mb => {
+                    return Err(Error::Config(format!(
+                        "--block-cache-mb {mb}: must be at most 1048576 (1 TiB)"
+                    )))
+                }
+            },
             anti_entropy_interval: Duration::from_secs(
                 args.anti_entropy_interval_s
                     .or(file.anti_entropy_interval_s)
@@ -546,6 +576,47 @@ mod tests {
         assert_eq!(c.dc, "west");
         assert_eq!((c.n, c.w, c.r), (5, 3, 3));
         assert_eq!(c.sync, SyncMode::Interval);
+        assert_eq!(
+            (c.memtable_bytes, c.block_cache_bytes),
+            (64 << 20, 64 << 20)
+        );
+    }
+
+    #[test]
+    fn storage_memory_comes_from_flags_or_the_file_within_bounds() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("kvd.toml");
+        std::fs::write(&file, "memtable-mb = 8\nblock-cache-mb = 0\n").unwrap();
+        let args = NodeArgs {
+            config: Some(file.clone()),
+            ..NodeArgs::default()
+        };
+        let c = NodeConfig::resolve(args).unwrap();
+        assert_eq!((c.memtable_bytes, c.block_cache_bytes), (8 << 20, 0));
+        let args = NodeArgs {
+            config: Some(file),
+            memtable_mb: Some(16),
+            block_cache_mb: Some(256),
+            ..NodeArgs::default()
+        };
+        let c = NodeConfig::resolve(args).unwrap();
+        assert_eq!(
+            (c.memtable_bytes, c.block_cache_bytes),
+            (16 << 20, 256 << 20)
+        );
+        for (memtable_mb, block_cache_mb, flag) in [
+            (Some(0), None, "--memtable-mb 0"),
+            (Some(4097), None, "--memtable-mb 4097"),
+            (None, Some(1 << 21), "--block-cache-mb 2097152"),
+        ] {
+            let bad = NodeArgs {
+                memtable_mb,
+                block_cache_mb,
+                ..NodeArgs::default()
+            };
+            let e = NodeConfig::resolve(bad).unwrap_err().to_string();
+            assert!(e.contains(flag), "{e}");
+        }
     }
 
     #[test]

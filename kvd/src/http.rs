@@ -365,7 +365,7 @@ fn metrics_text(node: &Node) -> String {
             v.load(std::sync::atomic::Ordering::Relaxed)
         );
     }
-    let gauges: [(&str, f64); 13] = [
+    let gauges: [(&str, f64); 14] = [
         ("kv_storage_tables", s.table_count as f64),
         ("kv_storage_memtable_bytes", s.memtable_bytes as f64),
         ("kv_storage_flushes_total", s.flushes as f64),
@@ -394,6 +394,7 @@ fn metrics_text(node: &Node) -> String {
             "kv_storage_page_cache_reads_total",
             s.page_cache_reads as f64,
         ),
+        ("kv_storage_cache_bytes", s.cache_bytes as f64),
     ];
     for (name, v) in gauges {
         let _ = writeln!(out, "{name} {v}");

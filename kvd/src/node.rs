@@ -791,6 +791,8 @@ pub fn max_state_bytes(config: &NodeConfig) -> usize {
 fn open_engine(config: &NodeConfig) -> Result<Engine> {
     let opts = Options {
         sync: config.sync,
+        memtable_bytes: config.memtable_bytes,
+        block_cache_bytes: config.block_cache_bytes,
         // A stored value is a key's whole sibling set: up to the sibling cap of client values.
         max_value_bytes: max_state_bytes(config),
         ..Options::default()

@@ -377,3 +377,54 @@ fn bench_storage_ends_quietly_when_its_reader_closes_the_pipe() {
         out.status
     );
 }
+
+/// `--memtable-mb` and `--block-cache-mb` bound the storage engine's memory: a 1 MiB memtable
+/// flushes every MiB or so of writes, and a 1 MiB block cache holds no more than that however
+/// much is read (`kv_storage_cache_bytes`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memtable_and_block_cache_sizes_follow_their_flags() {
+    let mut cluster = Cluster::start(
+        1,
+        ClusterOpts {
+            extra: vec![
+                "--memtable-mb".into(),
+                "1".into(),
+                "--block-cache-mb".into(),
+                "1".into(),
+            ],
+            ..ClusterOpts::one_replica()
+        },
+    );
+    let url = cluster.nodes[0].url();
+    let addr = cluster.nodes[0].addr.clone();
+    let value = "v".repeat(8000);
+    let mut ws = Ws::connect(&url).await;
+    for i in 0..600 {
+        let r = ws
+            .request(json!({"op": "put", "key": format!("k{i}"), "value": format!("{i}{value}")}))
+            .await;
+        assert_eq!(r["ok"], true, "{r}");
+    }
+    // About 4.8 MB written: several memtables' worth.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while kv_tests::metric(&addr, "kv_storage_flushes_total") < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "fewer than 3 flushes of a 1 MiB memtable"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for i in 0..600 {
+        let r = ws
+            .request(json!({"op": "get", "key": format!("k{i}")}))
+            .await;
+        assert_eq!(r["values"], json!([format!("{i}{value}")]), "k{i}");
+    }
+    let cached = kv_tests::metric(&addr, "kv_storage_cache_bytes");
+    assert!(
+        cached > 0 && cached <= 1 << 20,
+        "block cache holds {cached} bytes"
+    );
+    drop(ws);
+    cluster.stop(0);
+}
