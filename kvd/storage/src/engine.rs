@@ -1668,23 +1668,32 @@ mod tests {
         )
     }
 
+    /// An engine in `dir` holding `assorted(0..3000)` in one table (key 10 deleted when
+    /// `delete_10`), nothing in its memtable.
+    fn flushed_engine(dir: &Path, cache_flushed_blocks: bool, delete_10: bool) -> Engine {
+        let opts = Options {
+            background_work: false,
+            cache_flushed_blocks,
+            ..Options::default()
+        };
+        let e = Engine::open(dir, opts).unwrap();
+        for i in 0..3000 {
+            let (k, v) = assorted(i);
+            e.put(&k, &v).unwrap();
+        }
+        if delete_10 {
+            e.delete(b"key00010").unwrap();
+        }
+        e.flush().unwrap();
+        assert_eq!(e.stats().table_count, 1);
+        e
+    }
+
     #[test]
     fn a_flushed_table_is_readable_from_memory_when_its_blocks_are_cached_on_flush() {
         for cache_flushed_blocks in [true, false] {
             let dir = tempfile::tempdir().unwrap();
-            let opts = Options {
-                background_work: false,
-                cache_flushed_blocks,
-                ..Options::default()
-            };
-            let e = Engine::open(dir.path(), opts).unwrap();
-            for i in 0..3000 {
-                let (k, v) = assorted(i);
-                e.put(&k, &v).unwrap();
-            }
-            e.delete(b"key00010").unwrap();
-            e.flush().unwrap();
-            assert_eq!(e.stats().table_count, 1);
+            let e = flushed_engine(dir.path(), cache_flushed_blocks, true);
             for i in 0..3000 {
                 let (k, v) = assorted(i);
                 let want = if i == 10 { None } else { Some(v) };
@@ -1744,18 +1753,7 @@ mod tests {
     #[test]
     fn a_memory_only_read_takes_blocks_the_os_holds_and_never_waits_for_the_disk() {
         let dir = tempfile::tempdir().unwrap();
-        let opts = Options {
-            background_work: false,
-            cache_flushed_blocks: false,
-            compression: true,
-            ..Options::default()
-        };
-        let e = Engine::open(dir.path(), opts).unwrap();
-        for i in 0..3000 {
-            let (k, v) = assorted(i);
-            e.put(&k, &v).unwrap();
-        }
-        e.flush().unwrap();
+        let e = flushed_engine(dir.path(), false, false);
         let table = std::fs::read_dir(dir.path())
             .unwrap()
             .map(|d| d.unwrap().path())
@@ -1784,17 +1782,7 @@ mod tests {
     #[test]
     fn a_scan_reads_through_the_block_cache_without_filling_it() {
         let dir = tempfile::tempdir().unwrap();
-        let opts = Options {
-            background_work: false,
-            cache_flushed_blocks: false,
-            ..Options::default()
-        };
-        let e = Engine::open(dir.path(), opts).unwrap();
-        for i in 0..3000 {
-            let (k, v) = assorted(i);
-            e.put(&k, &v).unwrap();
-        }
-        e.flush().unwrap();
+        let e = flushed_engine(dir.path(), false, false);
         let all = |e: &Engine| {
             let mut n = 0;
             for kv in e.scan(Bound::Unbounded, Bound::Unbounded).unwrap() {
