@@ -139,6 +139,21 @@ async fn a_paused_node_misses_a_write_and_a_read_repairs_it() {
 fn evict_from_page_cache(path: &std::path::Path) {
     use std::os::fd::AsRawFd;
     let f = std::fs::File::open(path).unwrap();
+    // tmpfs pages are memory itself: advice cannot drop them, and the test would fail for
+    // the wrong reason.
+    // SAFETY: statfs is plain data (all zeros is a valid value), filled by fstatfs for an
+    // open descriptor.
+    let (st, rc) = unsafe {
+        let mut st: libc::statfs = std::mem::zeroed();
+        let rc = libc::fstatfs(f.as_raw_fd(), &mut st);
+        (st, rc)
+    };
+    assert_eq!(rc, 0, "fstatfs {}", path.display());
+    assert!(
+        st.f_type != libc::TMPFS_MAGIC,
+        "{} is on tmpfs: this test needs a disk-backed temporary directory (TMPDIR)",
+        path.display()
+    );
     // SAFETY: an open descriptor; the advice changes no contents.
     let r = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
     assert_eq!(r, 0, "posix_fadvise {}", path.display());
