@@ -174,6 +174,13 @@ impl Client {
                     if let Some(tx) = lock(&p).remove(&id) {
                         let _ = tx.send(v);
                     }
+                } else if v["ok"] == false {
+                    // An error without an id: the node could not read the frame (one too
+                    // large for its WebSocket layer) and closes the connection after this
+                    // answer, so every request in flight on it ends with this error.
+                    for (_, tx) in lock(&p).drain() {
+                        let _ = tx.send(v.clone());
+                    }
                 }
             }
             c.store(true, Ordering::Relaxed);
@@ -280,18 +287,18 @@ async fn open(url: &str, token: Option<&str>, timeout: Duration) -> Result<Socke
                 _ => "refused",
             };
             let code = v["error"]["code"].as_str().unwrap_or(by_status).to_string();
-            let message = v["error"]["message"]
-                .as_str()
-                .map(str::to_string)
-                .unwrap_or_else(|| match by_status {
-                    "unauthorized" if token.is_some() => {
-                        format!("{url} refused the token (HTTP {status})")
-                    }
-                    "unauthorized" => {
-                        format!("{url} requires a token (HTTP {status}); give --token or KV_TOKEN")
-                    }
-                    _ => format!("{url} answered HTTP {status}"),
-                });
+            // A refused token is said in kvcli's words, naming the node: whether a token was
+            // given is what the user needs to know, and the node cannot tell.
+            let message = match (by_status, v["error"]["message"].as_str()) {
+                ("unauthorized", _) if token.is_some() => {
+                    format!("{url} refused the token (HTTP {status})")
+                }
+                ("unauthorized", _) => {
+                    format!("{url} requires a token (HTTP {status}); give --token or KV_TOKEN")
+                }
+                (_, Some(m)) => format!("{url}: {m}"),
+                (_, None) => format!("{url} answered HTTP {status}"),
+            };
             return Err(ClientError::Refused { code, message });
         }
         Ok(Err(

@@ -34,6 +34,7 @@ pub enum Command {
         /// The key.
         key: String,
         /// The value (UTF-8 text; quote it when it holds spaces).
+        #[arg(allow_negative_numbers = true)]
         value: String,
         /// The context of an earlier get: the write replaces what that get saw.
         #[arg(long)]
@@ -83,6 +84,7 @@ pub enum Command {
         /// The key.
         key: String,
         /// The value that replaces the siblings.
+        #[arg(allow_negative_numbers = true)]
         value: String,
         /// Write quorum for this request.
         #[arg(long)]

@@ -157,7 +157,8 @@ pub async fn run(
                     let n = errors.fetch_add(1, Ordering::Relaxed) + 1;
                     if n <= REPORTED_FAILURES {
                         crate::style::error_line(&format!(
-                            "import: {path} line {lineno} (key {key}): {e}"
+                            "import: {path} line {lineno} (key {}): {e}",
+                            shortened(&key)
                         ));
                     }
                 }
@@ -202,9 +203,28 @@ pub async fn run(
     Ok(())
 }
 
+/// A key as an error line shows it: up to 64 characters, then how long it is.
+fn shortened(key: &str) -> String {
+    const SHOWN: usize = 64;
+    match key.char_indices().nth(SHOWN) {
+        Some((cut, _)) => format!("{}... ({} bytes)", &key[..cut], key.len()),
+        None => key.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{parse_line, ttl_left, Imported};
+    use super::{parse_line, shortened, ttl_left, Imported};
+
+    #[test]
+    fn long_keys_are_shortened_in_error_lines() {
+        assert_eq!(shortened("k1"), "k1");
+        assert_eq!(shortened(&"k".repeat(64)), "k".repeat(64));
+        assert_eq!(
+            shortened(&"é".repeat(1000)),
+            format!("{}... (2000 bytes)", "é".repeat(64))
+        );
+    }
 
     #[test]
     fn lines_in_every_value_form() {

@@ -113,12 +113,23 @@ pub fn usage_error_line(e: &clap::Error) -> String {
         .unwrap_or("bad usage")
         .trim_start_matches("error: ")
         .to_string();
-    if first.ends_with(':') {
-        let rest: Vec<&str> = lines.take_while(|l| !l.starts_with("tip:")).collect();
-        format!("{first} {}", rest.join(", "))
+    let rest: Vec<&str> = lines.collect();
+    let tip = rest.iter().find_map(|l| l.strip_prefix("tip: "));
+    let mut line = if first.ends_with(':') {
+        let listed: Vec<&str> = rest
+            .iter()
+            .copied()
+            .take_while(|l| !l.starts_with("tip:"))
+            .collect();
+        format!("{first} {}", listed.join(", "))
     } else {
         first
+    };
+    // clap's tip says how to pass a value that looks like a flag (`-- -x`).
+    if let Some(tip) = tip {
+        line.push_str(&format!(" ({tip})"));
     }
+    line
 }
 
 /// The node kvcli talks to when neither --node nor KV_NODE says otherwise.
@@ -145,7 +156,7 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
     };
-    if !(cli.timeout > 0.0 && cli.timeout.is_finite()) {
+    if !(cli.timeout > 0.0 && Duration::try_from_secs_f64(cli.timeout).is_ok()) {
         error_line("--timeout must be a positive number of seconds");
         return ExitCode::from(2);
     }
@@ -171,13 +182,47 @@ fn main() -> ExitCode {
     ExitCode::from(rt.block_on(async_main(cli)))
 }
 
-/// `HOST:PORT` is taken as `ws://HOST:PORT`.
-fn node_url(node: &str) -> String {
-    if node.contains("://") {
+/// The node's URL from `--node` / `KV_NODE`: `HOST:PORT` is taken as `ws://HOST:PORT`, an
+/// empty value as the default.
+///
+/// Errors: a scheme other than `ws://` and `wss://`, no host, or a port that is not a number
+/// from 1 to 65535 (a usage error: nothing was tried).
+fn node_url(node: &str) -> Result<String, String> {
+    let node = node.trim();
+    if node.is_empty() {
+        return Ok(DEFAULT_NODE.to_string());
+    }
+    let url = if node.contains("://") {
         node.to_string()
     } else {
         format!("ws://{node}")
+    };
+    let bad = |why: &str| {
+        format!("--node {node}: {why} (give ws://HOST:PORT, wss://HOST:PORT or HOST:PORT)")
+    };
+    let rest = match url.split_once("://") {
+        Some(("ws" | "wss", rest)) => rest,
+        Some((scheme, _)) => return Err(bad(&format!("{scheme}:// is not a node URL"))),
+        None => return Err(bad("no scheme")),
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let authority = authority.rsplit_once('@').map_or(authority, |(_, a)| a);
+    // The port follows the last colon that is not inside an [IPv6] literal.
+    let (host, port) = match authority.rfind(':') {
+        Some(i) if !authority[i..].contains(']') => (&authority[..i], Some(&authority[i + 1..])),
+        _ => (authority, None),
+    };
+    if host.is_empty() || host == "[]" {
+        return Err(bad("no host"));
     }
+    if let Some(p) = port {
+        if !matches!(p.parse::<u16>(), Ok(1..)) {
+            return Err(bad(&format!(
+                "the port {p:?} is not a number from 1 to 65535"
+            )));
+        }
+    }
+    Ok(url)
 }
 
 async fn async_main(mut cli: Cli) -> u8 {
@@ -189,7 +234,13 @@ async fn async_main(mut cli: Cli) -> u8 {
             cli.node = std::env::var("KV_NODE").unwrap_or_else(|_| DEFAULT_NODE.to_string());
         }
     }
-    cli.node = node_url(&cli.node);
+    cli.node = match node_url(&cli.node) {
+        Ok(url) => url,
+        Err(e) => {
+            error_line(&e);
+            return 2;
+        }
+    };
     if cli.node.starts_with("wss://") {
         let identity = match (cli.cert_file.as_deref(), cli.key_file.as_deref()) {
             (Some(c), Some(k)) => Some((c, k)),
@@ -205,7 +256,8 @@ async fn async_main(mut cli: Cli) -> u8 {
             return exit_code(&e);
         }
     }
-    let timeout = Duration::from_secs_f64(cli.timeout);
+    // main() refused a timeout that is not a Duration.
+    let timeout = Duration::try_from_secs_f64(cli.timeout).unwrap_or(Duration::MAX);
     let interactive = cli.command.is_none() && std::io::stdin().is_terminal();
     let env = Env {
         json: cli.json,

@@ -73,6 +73,16 @@ enum LineResult {
 /// Words that are not commands but lines the REPL and script mode understand.
 const LINE_WORDS: [&str; 3] = ["help", "quit", "exit"];
 
+/// Prints a help text; with `--json`, as one document `{"help": TEXT}` on one line, so that
+/// script mode's output stays one JSON document per line.
+fn print_help(text: &str, json: bool) {
+    if json {
+        println!("{}", serde_json::json!({ "help": text }));
+    } else {
+        print!("{text}");
+    }
+}
+
 async fn run_line(s: &Session, line: &str) -> LineResult {
     let words = match words::split(line) {
         Ok(w) => w,
@@ -89,7 +99,7 @@ async fn run_line(s: &Session, line: &str) -> LineResult {
         "help" => {
             return match help_text(words.get(1).map(String::as_str), s.env.out) {
                 Ok(t) => {
-                    print!("{t}");
+                    print_help(&t, s.env.json);
                     LineResult::Ok
                 }
                 Err(e) => {
@@ -116,7 +126,7 @@ async fn run_line(s: &Session, line: &str) -> LineResult {
                 return LineResult::Failed(2);
             }
             // `COMMAND --help`: clap's own text.
-            print!("{}", e.render());
+            print_help(&e.render().to_string(), s.env.json);
             return LineResult::Ok;
         }
     };

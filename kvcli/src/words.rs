@@ -1,6 +1,7 @@
 //! Splits a command line into words the way a shell would for simple cases: whitespace
 //! separates words, "double" and 'single' quotes group them, a backslash escapes the next
-//! character (outside single quotes).
+//! character (outside single quotes), and a `#` at the start of a word begins a comment that
+//! runs to the end of the line.
 
 /// The words of `line`, or an error naming an unclosed quote.
 pub fn split(line: &str) -> Result<Vec<String>, String> {
@@ -41,6 +42,7 @@ pub fn split(line: &str) -> Result<Vec<String>, String> {
                     }
                 }
             }
+            '#' if !in_word => break,
             c if c.is_whitespace() => {
                 if in_word {
                     words.push(std::mem::take(&mut cur));
@@ -75,5 +77,17 @@ mod tests {
         assert_eq!(split(r#"put k """#).unwrap(), ["put", "k", ""]);
         assert_eq!(split("  ").unwrap(), Vec::<String>::new());
         assert!(split("put k \"open").is_err());
+    }
+
+    #[test]
+    fn a_word_starting_with_a_hash_begins_a_comment() {
+        assert_eq!(split("# a whole line").unwrap(), Vec::<String>::new());
+        assert_eq!(split("put k v # why").unwrap(), ["put", "k", "v"]);
+        assert_eq!(split("put k v#1").unwrap(), ["put", "k", "v#1"]);
+        assert_eq!(split("put k '#1' \\#2").unwrap(), ["put", "k", "#1", "#2"]);
+        assert_eq!(
+            split("put k \"# not a comment\"").unwrap(),
+            ["put", "k", "# not a comment"]
+        );
     }
 }

@@ -151,11 +151,19 @@ fn client_tokens_are_checked_and_read_only_ones_cannot_write() {
         kv_tests::kvcli(&all)
     };
 
+    // One line naming the node, and saying whether a token was given.
     let (code, _, err) = kv(&["get", "k"]);
     assert_eq!(code, 3, "no token: {err}");
-    assert!(err.contains("unauthorized"), "{err}");
+    assert_eq!(
+        err.trim(),
+        format!("kvcli: unauthorized: {node} requires a token (HTTP 401 Unauthorized); give --token or KV_TOKEN")
+    );
     let (code, _, err) = kv(&["--token", "guess", "get", "k"]);
     assert_eq!(code, 3, "a wrong token: {err}");
+    assert_eq!(
+        err.trim(),
+        format!("kvcli: unauthorized: {node} refused the token (HTTP 401 Unauthorized)")
+    );
 
     let (code, _, err) = kv(&["--token", "write-token-123", "put", "k", "v"]);
     assert_eq!(code, 0, "{err}");

@@ -110,13 +110,20 @@ fn one_shot_commands_and_script_mode() {
     assert_eq!(json(out.trim())["found"], false, "{out}");
 
     // Script mode: one JSON document per line, a failed line reported and the rest run.
-    let script = "put a 1\nput b \"two words\"\nfrobnicate\nget b\n# a comment\nget a\n";
+    // A word starting with `#` begins a comment, at the start of a line or after a command;
+    // `help` is a JSON document too; a negative number is a value, not a flag.
+    let script = "put a 1 # the first\nput b \"two words\"\nfrobnicate\nget b\n# a comment\nget a\nhelp\nput neg -5\nget neg\n";
     let (code, out, err) = kvcli_with_stdin(&[n[0], n[1], "--json"], Some(script));
     assert_ne!(code, 0, "a failed line makes the exit status non-zero");
     let lines: Vec<Value> = out.lines().map(json).collect();
-    assert_eq!(lines.len(), 4, "{out}");
+    assert_eq!(lines.len(), 7, "{out}");
     assert_eq!(lines[2]["values"], serde_json::json!(["two words"]));
     assert_eq!(lines[3]["values"], serde_json::json!(["1"]));
+    assert!(
+        lines[4]["help"].as_str().is_some_and(|h| h.contains("put")),
+        "{out}"
+    );
+    assert_eq!(lines[6]["values"], serde_json::json!(["-5"]));
     assert_eq!(err.lines().count(), 1, "one line per failure: {err}");
     assert!(err.contains("frobnicate"), "{err}");
 
@@ -142,6 +149,38 @@ fn errors_are_one_line_with_meaningful_exit_codes() {
     let (code, _, err) = kvcli(&["--node", &node, "put", "k", "v", "--w", "2"]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("exceeds"), "{err}");
+
+    // A request over the frame limit (2 MiB) is refused as too large at once, not left to
+    // time out: the refusal carries the request's id. Over the WebSocket layer's own bound
+    // (8 MiB) the node closes the connection, and says why first.
+    for size in [2 * 1024 * 1024 + 10, 9 * 1024 * 1024] {
+        let line = format!("put huge {}\n", "v".repeat(size));
+        let (code, _, err) = kvcli_with_stdin(&["--node", &node, "--timeout", "20"], Some(&line));
+        assert_eq!(code, 1, "{err}");
+        assert!(err.starts_with("kvcli: too_large: "), "{size}: {err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+    }
+
+    // Bad global options are usage errors (exit 2) with one line, not a panic or a failed
+    // connection.
+    for args in [
+        ["--timeout", "1e20"],
+        ["--timeout", "0"],
+        ["--node", "http://127.0.0.1:7070"],
+        ["--node", "127.0.0.1:99999"],
+        ["--node", "ws://:7070"],
+    ] {
+        let (code, _, err) = kvcli(&[args[0], args[1], "get", "k"]);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    // A value that looks like a flag: clap's way out is in the one line.
+    let (code, _, err) = kvcli(&["--node", &node, "put", "k", "-x"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("'-- -x'"), "{err}");
+    let (code, _, err) = kvcli(&["--node", &node, "put", "k", "--", "-x"]);
+    assert_eq!(code, 0, "{err}");
 
     let (code, _, _) = kvcli(&["--node", &node, "get"]);
     assert_eq!(code, 2, "missing argument is a usage error");
