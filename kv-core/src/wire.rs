@@ -265,8 +265,11 @@ fn decode(
     short_way: bool,
 ) -> Result<Request, (Option<u64>, WireError)> {
     if text.len() > limits.max_frame_bytes {
+        // The id, when the frame has one, lets the client match the refusal to its request
+        // (the frame was read whole, within the WebSocket layer's own bound).
+        let id = serde_json::from_str::<IdOnly>(text).ok().and_then(|i| i.id);
         return Err((
-            None,
+            id,
             WireError::new(
                 ErrorCode::TooLarge,
                 format!(
@@ -1115,8 +1118,14 @@ mod tests {
             max_frame_bytes: 10,
             ..Limits::default()
         };
-        let (_, e) = decode_request(r#"{"id":1,"op":"status"}"#, &limits).unwrap_err();
-        assert_eq!(e.code, ErrorCode::TooLarge);
+        let (id, e) = decode_request(r#"{"id":7,"op":"status"}"#, &limits).unwrap_err();
+        assert_eq!(
+            (id, e.code),
+            (Some(7), ErrorCode::TooLarge),
+            "the id is kept"
+        );
+        let (id, e) = decode_request(r#"{"op":"status","id":"#, &limits).unwrap_err();
+        assert_eq!((id, e.code), (None, ErrorCode::TooLarge), "no id to keep");
     }
 
     #[test]

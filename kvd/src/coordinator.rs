@@ -91,7 +91,7 @@ fn targets_for(
         None => default.min(n),
     };
     let token = key_token(key.as_bytes());
-    let targets = if sloppy {
+    let targets: Vec<Target> = if sloppy {
         ring.sloppy_preference_list(token, &placement, |id| node.is_up(id))
     } else {
         ring.preference_list_for_token(token, &placement)
@@ -102,6 +102,37 @@ fn targets_for(
             })
             .collect()
     };
+    let live = targets.iter().filter(|t| node.is_up(&t.node)).count();
+    if live < q {
+        // Known before anything is sent: refused without writing anything, as Cassandra's
+        // "unavailable" is, naming every replica that is down and not stood in for.
+        let down: Vec<String> = ring
+            .preference_list_for_token(token, &placement)
+            .into_iter()
+            .filter(|id| {
+                !node.is_up(id) && !targets.iter().any(|t| t.hint_for.as_deref() == Some(id))
+            })
+            .map(|id| {
+                if sloppy {
+                    format!("{id}: down (gossip), and no other node is up to stand in")
+                } else {
+                    format!("{id}: down (gossip)")
+                }
+            })
+            .collect();
+        return Err(WireError::new(
+            ErrorCode::Unavailable,
+            format!(
+                "quorum not met: {what}={q} needed, {live} of the key's {} up; {}",
+                if sloppy {
+                    "replicas and stand-ins"
+                } else {
+                    "replicas"
+                },
+                down.join("; ")
+            ),
+        ));
+    }
     Ok((targets, q))
 }
 

@@ -282,6 +282,9 @@ pub async fn hints_json(node: &Arc<Node>) -> Value {
                 }
                 holders.push(json!({"node": v.id, "hints_by_target": s.hints_by_target}));
             }
+            // A member that left is out of the cluster and not asked: not "unreachable". (Its
+            // data moved to the new owners; what it missed, anti-entropy repairs.)
+            None if v.state == Some(NodeState::Left) => {}
             None => holders.push(json!({"node": v.id, "unreachable": true})),
         }
     }

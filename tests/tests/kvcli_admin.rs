@@ -79,6 +79,17 @@ fn hints_repair_export_import_and_decommission() {
         .map(|x| x["id"].as_str().unwrap().to_string())
         .collect();
     assert!(!ids.contains(&"n4".to_string()), "{ids:?}");
+    // A node that left is out of the cluster, not a holder that failed to answer.
+    let (code, out, err) = kvcli(&[n[0], n[1], n[2], "hints"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        !json(&out)["holders"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h["node"] == "n4"),
+        "{out}"
+    );
     // Everything is still there after the node left.
     let (code, out, err) = kvcli(&[
         n[0],

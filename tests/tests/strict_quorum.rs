@@ -1,5 +1,7 @@
-//! Strict quorum: with 2 of a key's 3 replicas down, a W=2 write fails with `unavailable`
-//! naming them, and a sloppy write of the same key succeeds through stand-ins.
+//! Quorums that cannot be met: with 2 of a key's 3 replicas down, a strict W=2 write fails
+//! with `unavailable` naming them, and a sloppy write of the same key succeeds through
+//! stand-ins; with a replica down and nobody to stand in for it, W=3 and R=3 are refused at
+//! once, naming it, and nothing is written.
 
 use std::time::Duration;
 
@@ -97,4 +99,54 @@ async fn a_write_that_cannot_meet_its_quorum_is_unavailable_and_names_the_replic
         pending >= 1,
         "hints are held for the down replicas: {hints}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quorum_known_to_be_impossible_is_refused_up_front_and_writes_nothing() {
+    // Three nodes, three replicas per key: a down node has no one to stand in for it.
+    let mut cluster = Cluster::start(3, ClusterOpts::default());
+    let mut ws = Ws::connect(&cluster.nodes[0].url()).await;
+    cluster.kill(2);
+    cluster.wait_state(0, 2, "down", Duration::from_secs(20));
+    let down = cluster.nodes[2].id.clone();
+
+    for sloppy in [true, false] {
+        let key = format!("impossible-{sloppy}");
+        let r = ws
+            .request(json!({"op": "put", "key": key, "value": "v", "w": 3, "sloppy": sloppy}))
+            .await;
+        assert_eq!(r["error"]["code"], "unavailable", "{r}");
+        let msg = r["error"]["message"].as_str().unwrap();
+        assert!(
+            msg.contains("W=3 needed, 2 of the key's") && msg.contains(&format!("{down}: down")),
+            "says how many are up and names the down replica: {msg}"
+        );
+        if sloppy {
+            assert!(msg.contains("no other node is up to stand in"), "{msg}");
+        }
+        // Refused before anything was sent: the live replicas never saw the write.
+        let r = ws
+            .request(json!({"op": "get", "key": key, "r": 2, "sloppy": sloppy}))
+            .await;
+        assert_eq!(
+            (r["ok"].clone(), r["found"].clone()),
+            (json!(true), json!(false)),
+            "{r}"
+        );
+
+        let r = ws
+            .request(json!({"op": "get", "key": key, "r": 3, "sloppy": sloppy}))
+            .await;
+        assert_eq!(r["error"]["code"], "unavailable", "{r}");
+        let msg = r["error"]["message"].as_str().unwrap();
+        assert!(
+            msg.contains("R=3 needed, 2 of the key's") && msg.contains(&down),
+            "{msg}"
+        );
+    }
+    // What can be met still is.
+    let r = ws
+        .request(json!({"op": "put", "key": "possible", "value": "v", "w": 2}))
+        .await;
+    assert_eq!(r["ok"], true, "{r}");
 }
