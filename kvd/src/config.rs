@@ -103,6 +103,12 @@ pub struct NodeArgs {
     /// it off). It fills as the node writes and reads.
     #[arg(long)]
     pub block_cache_mb: Option<u64>,
+    /// What to do at start with a commit log damaged in the middle (a bad record with whole
+    /// records after it): `strict` refuses to start (default); `skip-damaged` skips the
+    /// damaged records, replays the rest and takes a new actor name, leaving what was lost
+    /// to anti-entropy and read repair from the other replicas.
+    #[arg(long, value_parser = parse_log_recovery)]
+    pub commit_log_recovery: Option<LogRecoveryChoice>,
     /// Seconds between anti-entropy rounds (0 disables the periodic rounds; `repair` still
     /// runs on demand).
     #[arg(long)]
@@ -156,6 +162,24 @@ fn parse_sync(s: &str) -> std::result::Result<SyncChoice, String> {
     }
 }
 
+/// `--commit-log-recovery` as parsed from the command line or the file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogRecoveryChoice {
+    /// Refuse to start over a damaged commit log.
+    Strict,
+    /// Skip the damaged records and replay the rest.
+    SkipDamaged,
+}
+
+fn parse_log_recovery(s: &str) -> std::result::Result<LogRecoveryChoice, String> {
+    match s {
+        "strict" => Ok(LogRecoveryChoice::Strict),
+        "skip-damaged" => Ok(LogRecoveryChoice::SkipDamaged),
+        other => Err(format!("'{other}' is not one of strict, skip-damaged")),
+    }
+}
+
 /// The `--config` file: the same settings as the flags, by the same names.
 #[derive(Deserialize, Default, Debug)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -186,6 +210,7 @@ struct FileConfig {
     hint_max_mb: Option<u64>,
     memtable_mb: Option<u64>,
     block_cache_mb: Option<u64>,
+    commit_log_recovery: Option<LogRecoveryChoice>,
     anti_entropy_interval_s: Option<u64>,
     www_dir: Option<PathBuf>,
     sdk_dir: Option<PathBuf>,
@@ -249,6 +274,8 @@ pub struct NodeConfig {
     pub memtable_bytes: usize,
     /// Block cache budget.
     pub block_cache_bytes: usize,
+    /// What opening the storage does with a commit log damaged in the middle.
+    pub log_recovery: crate::storage::LogRecovery,
     /// Time between anti-entropy rounds (zero: only on demand).
     pub anti_entropy_interval: Duration,
     /// Where the console's files are.
@@ -388,6 +415,14 @@ impl NodeConfig {
                         "--block-cache-mb {mb}: must be at most 1048576 (1 TiB)"
                     )))
                 }
+            },
+            log_recovery: match args
+                .commit_log_recovery
+                .or(file.commit_log_recovery)
+                .unwrap_or(LogRecoveryChoice::Strict)
+            {
+                LogRecoveryChoice::Strict => crate::storage::LogRecovery::Strict,
+                LogRecoveryChoice::SkipDamaged => crate::storage::LogRecovery::SkipDamaged,
             },
             anti_entropy_interval: Duration::from_secs(
                 args.anti_entropy_interval_s

@@ -83,7 +83,11 @@ impl Node {
 
         let engine = open_engine(&config)?;
         let report = engine.recovery_report();
-        crate::info!("storage opened: {report:?}");
+        if report.torn_tail.is_some() || !report.skipped_damage.is_empty() {
+            crate::warn!("storage opened with commit-log damage: {report}");
+        } else {
+            crate::info!("storage opened: {report}");
+        }
         // Versions this node minted may live on other replicas while its own storage lost
         // them: after a restore from a snapshot, or after an unclean stop (the commit log had
         // to be replayed) when writes are acknowledged before their fsync (a power loss takes
@@ -101,6 +105,9 @@ impl Node {
         let unclean = report.records_replayed > 0 || report.torn_tail.is_some();
         let why = if restored {
             Some("storage restored from a snapshot")
+        } else if !report.skipped_damage.is_empty() {
+            // The skipped records may hold the newest versions this node minted.
+            Some("damaged commit-log records skipped")
         } else if unclean && config.sync != kvd_storage::SyncMode::Always {
             Some("unclean stop with --sync interval or none")
         } else {
@@ -793,11 +800,17 @@ fn open_engine(config: &NodeConfig) -> Result<Engine> {
         sync: config.sync,
         memtable_bytes: config.memtable_bytes,
         block_cache_bytes: config.block_cache_bytes,
+        log_recovery: config.log_recovery,
         // A stored value is a key's whole sibling set: up to the sibling cap of client values.
         max_value_bytes: max_state_bytes(config),
         ..Options::default()
     };
     Engine::open(config.data_dir.join("storage"), opts).map_err(|e| {
+        // The engine names its own way out of a damaged commit log; say it as the flag.
+        let e = e.to_string().replace(
+            "open with skip-damaged commit-log recovery",
+            "start with --commit-log-recovery skip-damaged",
+        );
         Error::DataDir(format!(
             "cannot open storage in {}: {e}",
             config.data_dir.display()

@@ -5,8 +5,12 @@
 //! Laws kept here:
 //! - A record is acknowledged only after its frame has been written whole (and, in
 //!   `SyncMode::Always`, fsynced together with the segment's directory entry).
-//! - Replay stops at the first frame that is incomplete or fails its checksum; nothing after
-//!   that point is ever applied, so garbage is never replayed as data.
+//! - Replay never applies a frame that is incomplete, fails its checksum or does not decode,
+//!   so garbage is never replayed as data. At such a frame it looks for a whole, valid
+//!   record further on: if there is none, the rest is a torn tail (the unfinished last write
+//!   of a crash) and replay stops there; if there is one, the log is damaged in the middle,
+//!   and replay either stops there and says so (the engine then refuses to open) or, when
+//!   asked to, skips the damaged bytes and goes on from that record.
 //! - A segment may end in zeros (the mapped writer grows the file a step ahead of its
 //!   appends): an all-zero tail is the clean end of the segment, not a torn record.
 
@@ -283,47 +287,93 @@ impl Drop for Mapping {
 pub(crate) struct SegmentReplay {
     /// Records applied.
     pub(crate) records: u64,
-    /// Where a torn or corrupt tail began, and why, if any.
+    /// Where replay stopped before the end, and why, if it did.
     pub(crate) cut: Option<(u64, String)>,
+    /// When replay stopped at damage with a whole record after it: that record's offset.
+    pub(crate) valid_after: Option<u64>,
+    /// Damaged stretches skipped (only when asked to skip): offset, length, why.
+    pub(crate) skipped: Vec<(u64, u64, String)>,
 }
 
-/// Replays the records of a segment in order, calling `apply` for each decoded batch.
-pub(crate) fn replay_segment(path: &Path, apply: impl FnMut(WriteBatch)) -> Result<SegmentReplay> {
+/// Replays the records of a segment in order, calling `apply` for each decoded batch; with
+/// `skip_damaged`, damage followed by whole records is skipped instead of stopping replay.
+pub(crate) fn replay_segment(
+    path: &Path,
+    skip_damaged: bool,
+    apply: impl FnMut(WriteBatch),
+) -> Result<SegmentReplay> {
     let data = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    Ok(replay_bytes(&data, apply))
+    Ok(replay_bytes(&data, skip_damaged, apply))
 }
 
-/// Replays the records held in `data` (a whole segment's contents), stopping at the first
-/// frame that is incomplete, fails its checksum or does not decode. Never panics, whatever
-/// the bytes.
-pub(crate) fn replay_bytes(data: &[u8], mut apply: impl FnMut(WriteBatch)) -> SegmentReplay {
+/// The whole, valid record at `pos` (its end and batch), or why there is none. An all-zero
+/// rest is reported as `Ok(None)`: the clean end of a mapped segment.
+fn record_at(
+    data: &[u8],
+    pos: usize,
+) -> std::result::Result<Option<(usize, WriteBatch)>, &'static str> {
+    if data[pos..].iter().all(|&b| b == 0) {
+        return Ok(None);
+    }
+    let (Some(len), Some(crc)) = (get_u32(data, pos), get_u32(data, pos + 4)) else {
+        return Err("truncated record header");
+    };
+    let start = pos + FRAME_HEADER;
+    let Some(payload) = data.get(start..start + len as usize) else {
+        return Err("record extends past the end of the segment");
+    };
+    if len == 0 || crc32fast::hash(payload) != crc {
+        return Err("record checksum mismatch");
+    }
+    let Some(batch) = WriteBatch::decode(payload) else {
+        return Err("record payload does not decode");
+    };
+    Ok(Some((start + len as usize, batch)))
+}
+
+/// The offset of the first whole, valid record that starts after `bad`, if any. Every offset
+/// is tried (the damaged frame's own length may be what is wrong); a candidate costs a
+/// checksum only when its length fits in what is left, and this runs only after damage.
+fn next_valid_record(data: &[u8], bad: usize) -> Option<usize> {
+    (bad + 1..data.len().saturating_sub(FRAME_HEADER)).find(|&p| {
+        let fits = get_u32(data, p)
+            .is_some_and(|len| len > 0 && len as usize <= data.len() - p - FRAME_HEADER);
+        fits && matches!(record_at(data, p), Ok(Some(_)))
+    })
+}
+
+/// Replays the records held in `data` (a whole segment's contents). At a frame that is
+/// incomplete, fails its checksum or does not decode, replay stops (a torn tail when no whole
+/// record follows; damage, with `valid_after` set, when one does), unless `skip_damaged` and
+/// a whole record follows, which it then goes on from. Never panics, whatever the bytes.
+pub(crate) fn replay_bytes(
+    data: &[u8],
+    skip_damaged: bool,
+    mut apply: impl FnMut(WriteBatch),
+) -> SegmentReplay {
     let mut out = SegmentReplay::default();
     let mut pos = 0usize;
     while pos < data.len() {
-        if data[pos..].iter().all(|&b| b == 0) {
-            break; // the unwritten rest of a mapped segment
+        match record_at(data, pos) {
+            Ok(None) => break, // the unwritten rest of a mapped segment
+            Ok(Some((end, batch))) => {
+                apply(batch);
+                out.records += 1;
+                pos = end;
+            }
+            Err(why) => match next_valid_record(data, pos) {
+                Some(next) if skip_damaged => {
+                    out.skipped
+                        .push((pos as u64, (next - pos) as u64, why.to_string()));
+                    pos = next;
+                }
+                next => {
+                    out.cut = Some((pos as u64, why.to_string()));
+                    out.valid_after = next.map(|n| n as u64);
+                    break;
+                }
+            },
         }
-        let bad = |why: &str| Some((pos as u64, why.to_string()));
-        let (Some(len), Some(crc)) = (get_u32(data, pos), get_u32(data, pos + 4)) else {
-            out.cut = bad("truncated record header");
-            break;
-        };
-        let start = pos + FRAME_HEADER;
-        let Some(payload) = data.get(start..start + len as usize) else {
-            out.cut = bad("record extends past the end of the segment");
-            break;
-        };
-        if len == 0 || crc32fast::hash(payload) != crc {
-            out.cut = bad("record checksum mismatch");
-            break;
-        }
-        let Some(batch) = WriteBatch::decode(payload) else {
-            out.cut = bad("record payload does not decode");
-            break;
-        };
-        apply(batch);
-        out.records += 1;
-        pos = start + len as usize;
     }
     out
 }
@@ -351,7 +401,7 @@ mod tests {
         for cut in 0..=frames.len() {
             std::fs::write(&path, &frames[..cut]).unwrap();
             let mut got = Vec::new();
-            let r = replay_segment(&path, |b| got.push(b)).unwrap();
+            let r = replay_segment(&path, false, |b| got.push(b)).unwrap();
             let whole = ends.iter().filter(|&&e| e <= cut).count();
             assert_eq!(got.len(), whole);
             assert_eq!(r.records as usize, whole);
@@ -384,7 +434,7 @@ mod tests {
 
     fn replay_all(path: &Path) -> (Vec<WriteBatch>, SegmentReplay) {
         let mut got = Vec::new();
-        let r = replay_segment(path, |b| got.push(b)).unwrap();
+        let r = replay_segment(path, false, |b| got.push(b)).unwrap();
         (got, r)
     }
 
@@ -440,7 +490,7 @@ mod tests {
     }
 
     #[test]
-    fn zeros_with_data_after_them_are_a_torn_tail_not_an_end() {
+    fn zeros_with_data_after_them_are_damage_not_an_end() {
         let dir = tempfile::tempdir().unwrap();
         let mut data = Vec::new();
         for i in 0..5 {
@@ -456,12 +506,25 @@ mod tests {
             (5, true),
             "all-zero tail: clean end"
         );
-        // A page written back after a lost one: zeros, then a record.
+        // A page written back after a lost one: zeros, then a record. That is damage, not a
+        // torn tail: the record after the hole is found and named.
+        let after = data.len();
         frame_batch(&batch(9), &mut data);
         std::fs::write(&path, &data).unwrap();
         let (got, r) = replay_all(&path);
         assert_eq!(got.len(), 5, "nothing after the hole is applied");
         assert_eq!(r.cut.expect("the hole is reported").0 as usize, end);
+        assert_eq!(r.valid_after, Some(after as u64));
+        // Asked to skip damage, replay goes on from that record.
+        let mut got = Vec::new();
+        let r = replay_segment(&path, true, |b| got.push(b)).unwrap();
+        assert_eq!(got.len(), 6);
+        assert_eq!(got[5], batch(9));
+        assert_eq!(
+            r.skipped,
+            vec![(end as u64, 4096, "record checksum mismatch".into())]
+        );
+        assert!(r.cut.is_none());
     }
 
     #[test]
@@ -479,7 +542,7 @@ mod tests {
             f[byte] ^= 0x10;
             std::fs::write(&path, &f).unwrap();
             let mut got = Vec::new();
-            let r = replay_segment(&path, |b| got.push(b)).unwrap();
+            let r = replay_segment(&path, false, |b| got.push(b)).unwrap();
             // The record containing the flipped byte and everything after it is never applied.
             let rec = ends.iter().filter(|&&e| e <= byte).count() - 1;
             assert!(
@@ -492,6 +555,25 @@ mod tests {
             }
             let (off, _) = r.cut.expect("corruption reported");
             assert_eq!(off as usize, ends[got.len()]);
+            // Damage in the last record is a torn tail; anywhere else the next whole record
+            // is found, and skipping replays every record but the damaged one.
+            if rec + 1 == ends.len() - 1 {
+                assert_eq!(r.valid_after, None, "byte {byte}");
+            } else {
+                assert_eq!(r.valid_after, Some(ends[rec + 1] as u64), "byte {byte}");
+            }
+            let mut skipped = Vec::new();
+            let s = replay_segment(&path, true, |b| skipped.push(b)).unwrap();
+            let expect: Vec<WriteBatch> = (0..10).filter(|&i| i != rec as u32).map(batch).collect();
+            if rec + 1 == ends.len() - 1 {
+                assert_eq!(skipped, expect, "byte {byte}: torn last record cut");
+                assert!(s.cut.is_some() && s.skipped.is_empty());
+            } else {
+                assert_eq!(skipped, expect, "byte {byte}: all but the damaged record");
+                assert_eq!(s.skipped.len(), 1, "byte {byte}");
+                assert_eq!(s.skipped[0].0 as usize, ends[rec], "byte {byte}");
+                assert!(s.cut.is_none(), "byte {byte}");
+            }
         }
     }
 }

@@ -57,6 +57,20 @@ pub struct TornTail {
     pub reason: String,
 }
 
+/// A damaged stretch of a commit-log segment that opening skipped
+/// ([`crate::LogRecovery::SkipDamaged`]); the records around it were replayed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SkippedDamage {
+    /// The segment file.
+    pub file: PathBuf,
+    /// Offset of the first byte skipped.
+    pub offset: u64,
+    /// Bytes skipped (up to the next whole record).
+    pub bytes: u64,
+    /// What was wrong there.
+    pub reason: String,
+}
+
 /// What [`Engine::checkpoint`] wrote.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Checkpoint {
@@ -75,8 +89,11 @@ pub struct RecoveryReport {
     pub segments_replayed: Vec<PathBuf>,
     /// Records (batches) replayed into the memtable.
     pub records_replayed: u64,
-    /// A torn or corrupt tail cut from the last segment.
+    /// A torn tail cut from the last segment (garbage with no whole record after it).
     pub torn_tail: Option<TornTail>,
+    /// Damaged stretches skipped, records after them replayed (only with
+    /// [`crate::LogRecovery::SkipDamaged`]; without it such damage refuses the open).
+    pub skipped_damage: Vec<SkippedDamage>,
     /// Files removed because no manifest referenced them (leftovers of a crash).
     pub files_removed: Vec<PathBuf>,
     /// Tables opened from the manifest.
@@ -102,6 +119,16 @@ impl std::fmt::Display for RecoveryReport {
                 t.file.display(),
                 t.offset,
                 t.reason
+            )?;
+        }
+        for d in &self.skipped_damage {
+            write!(
+                f,
+                "; damaged commit-log records skipped at {}:{} ({} bytes, {})",
+                d.file.display(),
+                d.offset,
+                d.bytes,
+                d.reason
             )?;
         }
         Ok(())
@@ -395,20 +422,59 @@ impl Engine {
         }
         segments.sort_unstable();
 
-        // Replay: only the newest segment may end in a torn tail.
+        // Replay: only the newest segment may end in a torn tail, and no segment may be
+        // damaged in the middle (whole records after a bad one) unless told to skip damage.
+        let skip = opts.log_recovery == crate::LogRecovery::SkipDamaged;
         let replayed = Arc::new(Memtable::new(segments.last().copied().unwrap_or(0)));
         for (i, &num) in segments.iter().enumerate() {
             let path = commit_log::segment_path(&dir, num);
-            let r = commit_log::replay_segment(&path, |b| replayed.apply_owned(b))?;
+            let r = commit_log::replay_segment(&path, skip, |b| replayed.apply_owned(b))?;
             report.records_replayed += r.records;
             report.segments_replayed.push(path.clone());
+            report
+                .skipped_damage
+                .extend(
+                    r.skipped
+                        .into_iter()
+                        .map(|(offset, bytes, reason)| SkippedDamage {
+                            file: path.clone(),
+                            offset,
+                            bytes,
+                            reason,
+                        }),
+                );
             if let Some((offset, reason)) = r.cut {
-                if i + 1 < segments.len() {
+                if let Some(next) = r.valid_after {
                     return Err(Error::corruption(
                         &path,
                         offset,
-                        format!("{reason} in a commit-log segment that is not the newest"),
+                        format!(
+                            "{reason}, with whole records after it (the next at offset \
+                             {next}): the commit log is damaged, not torn, and cutting it \
+                             there would drop the acknowledged writes after it; open with \
+                             skip-damaged commit-log recovery to replay the records around \
+                             the damage"
+                        ),
                     ));
+                }
+                if i + 1 < segments.len() {
+                    if !skip {
+                        return Err(Error::corruption(
+                            &path,
+                            offset,
+                            format!("{reason} in a commit-log segment that is not the newest"),
+                        ));
+                    }
+                    let len = std::fs::metadata(&path)
+                        .map_err(|e| Error::io(&path, e))?
+                        .len();
+                    report.skipped_damage.push(SkippedDamage {
+                        file: path,
+                        offset,
+                        bytes: len.saturating_sub(offset),
+                        reason,
+                    });
+                    continue;
                 }
                 report.torn_tail = Some(TornTail {
                     file: path,

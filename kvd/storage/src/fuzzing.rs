@@ -31,7 +31,7 @@ pub struct Replay {
 /// Replays a commit-log segment whose contents are `data` (the reader `Engine::open` uses).
 pub fn replay_commit_log(data: &[u8]) -> Replay {
     let mut batches = Vec::new();
-    let r = crate::commit_log::replay_bytes(data, |b| batches.push(b));
+    let r = crate::commit_log::replay_bytes(data, false, |b| batches.push(b));
     Replay {
         batches,
         cut: r.cut,

@@ -62,10 +62,10 @@ mod stats;
 mod version;
 
 pub use batch::{WriteBatch, WriteOp};
-pub use engine::{Checkpoint, Engine, RecoveryReport, Ticket, TornTail};
+pub use engine::{Checkpoint, Engine, RecoveryReport, SkippedDamage, Ticket, TornTail};
 pub use error::{Error, Result};
 pub use iter::Scan;
-pub use options::{Options, PurgePredicate, SyncMode};
+pub use options::{LogRecovery, Options, PurgePredicate, SyncMode};
 pub use stats::Stats;
 
 /// Decoders fed arbitrary bytes must return errors, never panic or loop.
@@ -107,7 +107,7 @@ mod decoder_fuzz {
             let dir = tempfile::tempdir().unwrap();
             let p = dir.path().join("000001.log");
             std::fs::write(&p, &bytes).unwrap();
-            let r = crate::commit_log::replay_segment(&p, |_| {}).unwrap();
+            let r = crate::commit_log::replay_segment(&p, false, |_| {}).unwrap();
             prop_assert!(r.records == 0 || r.cut.is_none() || r.cut.as_ref().is_some_and(|(o, _)| *o > 0));
         }
     }

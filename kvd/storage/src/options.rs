@@ -28,6 +28,33 @@ impl SyncMode {
     }
 }
 
+/// What opening does with a commit-log record that fails its checksum (or does not decode)
+/// while whole, valid records follow it: damage in the middle of the log, not a torn tail.
+/// (A torn tail, garbage with nothing valid after it, is the unfinished last write of a crash
+/// and is always cut.)
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LogRecovery {
+    /// Refuse to open, naming the segment and offset: the records around the damage may
+    /// hold acknowledged writes, and dropping them silently is not for the engine to decide.
+    #[default]
+    Strict,
+    /// Skip each damaged stretch, replay every whole record around it, and report what was
+    /// skipped (RocksDB's `kSkipAnyCorruptedRecords`): for a replica whose lost writes
+    /// anti-entropy brings back from the others.
+    SkipDamaged,
+}
+
+impl LogRecovery {
+    /// Parses `strict` or `skip-damaged`.
+    pub fn parse(s: &str) -> Option<LogRecovery> {
+        match s {
+            "strict" => Some(LogRecovery::Strict),
+            "skip-damaged" => Some(LogRecovery::SkipDamaged),
+            _ => None,
+        }
+    }
+}
+
 /// Decides, at the last level, whether a stored value is a tombstone past its grace period that
 /// compaction may drop. Arguments: key, value.
 pub type PurgePredicate = Arc<dyn Fn(&[u8], &[u8]) -> bool + Send + Sync>;
@@ -82,6 +109,8 @@ pub struct Options {
     pub background_nice: i32,
     /// Flush the memtable to a table on `close`, so the next open has nothing to replay.
     pub flush_on_close: bool,
+    /// What opening does with damage in the middle of the commit log.
+    pub log_recovery: LogRecovery,
     /// Largest accepted key.
     pub max_key_bytes: usize,
     /// Largest accepted value.
@@ -113,6 +142,7 @@ impl Default for Options {
             num_levels: 7,
             background_work: true,
             flush_on_close: true,
+            log_recovery: LogRecovery::Strict,
             max_key_bytes: 64 << 10,
             max_value_bytes: 1 << 20,
             tombstone_purge: None,
@@ -131,6 +161,7 @@ impl std::fmt::Debug for Options {
             .field("bloom_bits_per_key", &self.bloom_bits_per_key)
             .field("table_bytes", &self.table_bytes)
             .field("num_levels", &self.num_levels)
+            .field("log_recovery", &self.log_recovery)
             .field("tombstone_purge", &self.tombstone_purge.is_some())
             .finish_non_exhaustive()
     }

@@ -1,9 +1,11 @@
 //! Random bit flips in the files the engine wrote, seeded and repeated over many rounds.
 //!
-//! Commit logs: a flip in the newest segment is reported as a torn tail (file and offset of
-//! the first record not replayed) and cut there; the engine then holds exactly the writes of
-//! the records before it. A flip in an older segment refuses the open with a corruption error
-//! naming that segment and the bad record's offset. SSTables: every flip is detected, by the
+//! Commit logs: a flip in the last record of the newest segment is reported as a torn tail
+//! (file and offset of the record) and cut there; a flip with whole records after it is damage
+//! and refuses the open, naming the segment and the bad record's offset, unless the engine is
+//! told to skip damage, when it holds exactly the writes of every undamaged record. A flip in
+//! an older segment refuses the open with a corruption error naming that segment and the bad
+//! record's offset. SSTables: every flip is detected, by the
 //! open or by a read, as a corruption error naming the table and an offset at or before the
 //! flipped byte. The manifest: every flip refuses the open with a corruption error naming it.
 //! In no round is a value served that differs from what was written.
@@ -13,7 +15,7 @@ use std::ops::Bound;
 use std::path::{Path, PathBuf};
 
 use kvd_storage::fuzzing::frame_batch;
-use kvd_storage::{Engine, Error, Options, SyncMode, WriteBatch};
+use kvd_storage::{Engine, Error, LogRecovery, Options, SyncMode, WriteBatch};
 
 /// A small deterministic generator (splitmix64), so every round can be replayed from its seed.
 struct Rng(u64);
@@ -171,7 +173,7 @@ fn frame_ends(data: &[u8]) -> Vec<usize> {
 }
 
 #[test]
-fn flips_in_the_newest_commit_log_segment_are_cut_at_the_record_holding_them() {
+fn flips_in_the_newest_commit_log_segment_refuse_the_open_or_cut_a_torn_tail() {
     let mut rng = Rng(0x5eed_0001);
     let batches: Vec<WriteBatch> = (0..150).map(|_| random_batch(&mut rng)).collect();
     let states = prefix_states(&batches);
@@ -200,11 +202,52 @@ fn flips_in_the_newest_commit_log_segment_are_cut_at_the_record_holding_them() {
         std::fs::write(&log, &data).unwrap();
         let what = format!("round {round}: {flips} flips at bytes {at:?}");
 
-        // The first damaged record and everything after it are cut; the records before it
-        // are replayed whole.
+        // The records holding a flipped byte; the first one is where replay stops.
+        let record_of = |byte: usize| expect_ends.iter().filter(|&&e| e <= byte).count();
+        let damaged: Vec<usize> = at.iter().map(|&b| record_of(b)).collect();
         let first = at[0];
-        let kept = expect_ends.iter().filter(|&&e| e <= first).count();
+        let kept = record_of(first);
         let cut_at = if kept == 0 { 0 } else { expect_ends[kept - 1] };
+
+        // Skipping damage: every record without a flipped byte is replayed, in order.
+        let skip_dir = tempfile::tempdir().unwrap();
+        copy_dir(dir.path(), skip_dir.path());
+        let skipping = Options {
+            log_recovery: LogRecovery::SkipDamaged,
+            ..opts()
+        };
+        let e = Engine::open(skip_dir.path(), skipping)
+            .unwrap_or_else(|err| panic!("{what}: skipping: {err}"));
+        let mut model = Model::new();
+        for (i, b) in batches.iter().enumerate() {
+            if !damaged.contains(&i) {
+                apply(&mut model, b);
+            }
+        }
+        assert_serves_exactly(&e, &model, &format!("{what} (skipping damage)"));
+        drop(e);
+
+        // Strict: damage with whole records after it refuses the open.
+        if (kept + 1..batches.len()).any(|j| !damaged.contains(&j)) {
+            match Engine::open(dir.path(), opts()) {
+                Err(Error::Corruption {
+                    file,
+                    offset,
+                    what: why,
+                }) => {
+                    assert_eq!(file, log, "{what}");
+                    assert_eq!(offset as usize, cut_at, "{what}: {why}");
+                    assert!(why.contains("damaged, not torn"), "{what}: {why}");
+                }
+                other => panic!(
+                    "{what}: damage in the middle opened: {:?}",
+                    other.map(|_| ())
+                ),
+            }
+            continue;
+        }
+        // Only the last records are damaged: a torn tail, cut; the records before it are
+        // replayed whole.
         let e = Engine::open(dir.path(), opts()).unwrap_or_else(|err| panic!("{what}: {err}"));
         let report = e.recovery_report().clone();
         let torn = report
