@@ -109,14 +109,27 @@ async fn run_node(config: NodeConfig) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
         .map_err(|e| Error::Io(format!("cannot listen on {}: {e}", config.listen)))?;
-    let node = Node::start(config).await?;
-    // Watched before anything is served: a SIGTERM that came once the node answers (a stop
+    // Watched before anything is started: a SIGTERM that came once the node answers (a stop
     // right after a readiness probe) took the default action and killed the process
-    // without its clean shutdown.
+    // without its clean shutdown, and one that came while a newcomer was still asking its
+    // seeds (up to half a minute) was ignored or killed it.
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| Error::Io(format!("cannot watch SIGTERM: {e}")))?;
     let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
         .map_err(|e| Error::Io(format!("cannot watch SIGINT: {e}")))?;
+    // Starting (opening the storage, joining through the seeds) stops at a signal: nothing
+    // has been served yet, and dropping the start closes what it opened.
+    let node = tokio::select! {
+        node = Node::start(config) => node?,
+        _ = term.recv() => {
+            kvd::info!("SIGTERM while starting: stopped before serving");
+            return Ok(());
+        }
+        _ = interrupt.recv() => {
+            kvd::info!("SIGINT while starting: stopped before serving");
+            return Ok(());
+        }
+    };
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(|e| Error::Io(format!("cannot watch SIGHUP: {e}")))?;
     let reloader = node.clone();

@@ -497,13 +497,30 @@ impl PeerPool {
         });
         let pending_r = pending.clone();
         let alive_r = alive.clone();
+        let without_secret = self.secret.is_none();
         tokio::spawn(async move {
             while let Some(Ok(msg)) = stream.next().await {
                 let answer = match msg {
                     Message::Binary(frame) => crate::peer_codec::decode_response(&frame),
-                    Message::Text(text) => serde_json::from_str::<Frame<PeerResponse>>(&text)
-                        .map(|f| (f.id, f.body))
-                        .map_err(|e| e.to_string()),
+                    Message::Text(text) => match serde_json::from_str::<Frame<PeerResponse>>(&text)
+                    {
+                        Ok(f) => Ok((f.id, f.body)),
+                        // A peer that runs with a cluster secret opens with its challenge:
+                        // this node, without the secret, will never be let in, and every
+                        // waiting call is told so (a join gives up at once, not after 30 s).
+                        Err(_) if without_secret && text.contains("\"challenge\"") => {
+                            let message = "refused: the peer asks for the cluster secret; \
+                                           start this node with --cluster-secret-file"
+                                .to_string();
+                            for (_, tx) in lock(&pending_r).drain() {
+                                let _ = tx.send(PeerResponse::Error {
+                                    message: message.clone(),
+                                });
+                            }
+                            break;
+                        }
+                        Err(e) => Err(e.to_string()),
+                    },
                     _ => continue,
                 };
                 match answer {

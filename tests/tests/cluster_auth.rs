@@ -121,6 +121,28 @@ async fn only_peers_that_know_the_secret_get_in() {
             .any(|n| n["id"] == "intruder"),
         "the intruder is not a member: {status}"
     );
+
+    // A node with no secret at all is told so at once (it used to retry its seed for 30 s
+    // and end with "connection lost").
+    let out = Command::new(kvd_bin())
+        .args([
+            "--id",
+            "stranger",
+            "--listen",
+            &format!("127.0.0.1:{}", free_port()),
+        ])
+        .arg("--data-dir")
+        .arg(dir.path().join("stranger"))
+        .args(["--seed", &cluster.nodes[0].addr])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the stranger started");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot join") && err.contains("--cluster-secret-file"),
+        "{err}"
+    );
 }
 
 #[test]
