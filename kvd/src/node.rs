@@ -79,6 +79,7 @@ impl Node {
             (None, None) => config.listen.clone(),
         };
         crate::log::set_node(&id);
+        check_halves(&config, stored.as_ref())?;
         let mut identity = stored.unwrap_or_else(|| Identity::fresh(&id));
 
         let engine = open_engine(&config)?;
@@ -793,6 +794,45 @@ async fn blocking(
 /// The largest encoded sibling set: `MAX_SIBLINGS` values at the client limit, plus overhead.
 pub fn max_state_bytes(config: &NodeConfig) -> usize {
     (config.limits.max_value_bytes + 1024) * (kv_core::version::MAX_SIBLINGS + 1)
+}
+
+/// Refuses a data dir that holds only one of its two halves, the node's identity and its
+/// data. Identity is written only once storage exists, so identity without storage means the
+/// storage was lost: starting empty under the old actor name could number new writes with
+/// versions the lost data already used. Storage holding data without identity would be
+/// served under an id guessed from `--listen`. (Storage without data and without identity is
+/// a first start that stopped before it was done, e.g. while asking its seeds: fine.)
+fn check_halves(config: &NodeConfig, stored: Option<&Identity>) -> Result<()> {
+    let dir = config.data_dir.display();
+    let storage = config.data_dir.join("storage");
+    let has_storage = storage.join("MANIFEST").exists();
+    let holds_data = || {
+        std::fs::read_dir(&storage)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                name.ends_with(".sst")
+                    || (name.ends_with(".log")
+                        && std::fs::read(e.path()).is_ok_and(|b| b.iter().any(|&x| x != 0)))
+            })
+    };
+    match (stored, has_storage) {
+        (Some(identity), false) => Err(Error::DataDir(format!(
+            "{dir} holds the identity of node '{}' but no storage (storage/MANIFEST): \
+             refusing to start it empty under that identity; restore storage/, or remove the \
+             whole data dir and start with --id {} to bring the node back empty (it takes its \
+             old place in the ring and anti-entropy refills it)",
+            identity.id, identity.id
+        ))),
+        (None, true) if config.id.is_none() && holds_data() => Err(Error::DataDir(format!(
+            "{dir} holds storage but no node-identity.json: refusing to guess whose data it is \
+             (the id would come from --listen); restore node-identity.json, or start with \
+             --id NAME to say which node this data belongs to"
+        ))),
+        _ => Ok(()),
+    }
 }
 
 fn open_engine(config: &NodeConfig) -> Result<Engine> {
