@@ -365,7 +365,7 @@ impl Cluster {
             child: None,
         };
         spawn(&mut node);
-        wait_http(&node, Duration::from_secs(30));
+        wait_http(&mut node, Duration::from_secs(30));
         self.nodes.push(node);
         // Joins are serialized: the next node picks its tokens knowing this one's.
         let seed = &self.nodes[0];
@@ -479,7 +479,7 @@ impl Cluster {
     pub fn restart(&mut self, i: usize) {
         assert!(self.nodes[i].child.is_none(), "node {i} is still running");
         spawn(&mut self.nodes[i]);
-        wait_http(&self.nodes[i], Duration::from_secs(30));
+        wait_http(&mut self.nodes[i], Duration::from_secs(30));
     }
 
     /// Sets `flag` to `value` in node `i`'s command line for its next (re)start.
@@ -552,9 +552,36 @@ fn spawn(node: &mut NodeProc) {
     node.child = Some(child);
 }
 
-fn wait_http(node: &NodeProc, limit: Duration) {
+/// Waits until the node answers `/health` as itself. Fails at once when its process has
+/// exited (a port taken since it was picked: another test's node may be answering there,
+/// and a test must never talk to it thinking it is this one).
+fn wait_http(node: &mut NodeProc, limit: Duration) {
     let deadline = Instant::now() + limit;
-    while node.get("/health").is_none() {
+    loop {
+        if let Some(status) = node
+            .child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+        {
+            panic!(
+                "node {} ({}) exited during start ({status}); log:\n{}",
+                node.id,
+                node.addr,
+                std::fs::read_to_string(&node.log).unwrap_or_default()
+            );
+        }
+        if let Some(body) = node.get("/health") {
+            let id = serde_json::from_str::<Value>(&body)
+                .ok()
+                .map(|v| v["id"].clone());
+            assert_eq!(
+                id,
+                Some(Value::from(node.id.as_str())),
+                "{} answers /health as another node: {body}",
+                node.addr
+            );
+            return;
+        }
         assert!(
             Instant::now() < deadline,
             "node {} did not answer /health; log:\n{}",
