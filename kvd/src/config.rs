@@ -34,16 +34,16 @@ pub struct NodeArgs {
     #[arg(long)]
     pub rack: Option<String>,
     /// Relative capacity: a node of weight 2 owns about twice the data.
-    #[arg(long)]
+    #[arg(long, value_parser = whole_number::<u32>)]
     pub weight: Option<u32>,
     /// Replicas per key (cluster default).
-    #[arg(long)]
+    #[arg(long, value_parser = whole_number::<usize>)]
     pub n: Option<usize>,
     /// Write quorum (cluster default; a request may override it).
-    #[arg(long)]
+    #[arg(long, value_parser = whole_number::<usize>)]
     pub w: Option<usize>,
     /// Read quorum (cluster default; a request may override it).
-    #[arg(long)]
+    #[arg(long, value_parser = whole_number::<usize>)]
     pub r: Option<usize>,
     /// Commit-log durability: always, interval or none.
     #[arg(long, value_parser = parse_sync)]
@@ -73,35 +73,35 @@ pub struct NodeArgs {
     #[arg(long)]
     pub tls_require_client_cert: bool,
     /// How long a coordinator waits for its quorum, in milliseconds.
-    #[arg(long)]
+    #[arg(long, value_parser = whole_number::<u64>)]
     pub request_timeout_ms: Option<u64>,
     /// Seconds a client connection may stay without a complete frame (while nothing it asked
     /// is running) before the node closes it: idle clients and clients that trickle a frame
     /// byte by byte.
-    #[arg(long)]
+    #[arg(long, value_parser = whole_number::<u64>)]
     pub idle_timeout_s: Option<u64>,
     /// Threads that serve requests (the async runtime's workers; default: one per core).
     /// Fewer than the cores leaves them to clients and background work on the same machine:
     /// shorter latency tails, less throughput.
-    #[arg(long)]
+    #[arg(long, value_parser = whole_number::<usize>)]
     pub worker_threads: Option<usize>,
     /// Milliseconds between gossip rounds.
-    #[arg(long)]
+    #[arg(long, value_parser = whole_number::<u64>)]
     pub gossip_interval_ms: Option<u64>,
     /// Cluster default for writes and reads when replicas are down: true (sloppy quorum,
     /// stand-ins keep hints) or false (strict: only the key's own replicas count).
     #[arg(long)]
     pub sloppy: Option<bool>,
     /// Hinted-handoff bytes kept per down node before further hints are refused.
-    #[arg(long)]
+    #[arg(long, value_parser = whole_number::<u64>)]
     pub hint_max_mb: Option<u64>,
     /// Size at which the storage engine's memtable is flushed to a table, in MiB (1 to 4096;
     /// default 64). Up to three memtables are in memory at once (one written, two flushing).
-    #[arg(long)]
+    #[arg(long, value_parser = whole_number::<u64>)]
     pub memtable_mb: Option<u64>,
     /// Memory budget of the block cache (decoded table blocks), in MiB (default 64; 0 turns
     /// it off). It fills as the node writes and reads.
-    #[arg(long)]
+    #[arg(long, value_parser = whole_number::<u64>)]
     pub block_cache_mb: Option<u64>,
     /// What to do at start with a commit log damaged in the middle (a bad record with whole
     /// records after it): `strict` refuses to start (default); `skip-damaged` skips the
@@ -111,7 +111,7 @@ pub struct NodeArgs {
     pub commit_log_recovery: Option<LogRecoveryChoice>,
     /// Seconds between anti-entropy rounds (0 disables the periodic rounds; `repair` still
     /// runs on demand).
-    #[arg(long)]
+    #[arg(long, value_parser = whole_number::<u64>)]
     pub anti_entropy_interval_s: Option<u64>,
     /// Directory of the web console served at `/` (default: the source tree's `www/` when it
     /// exists).
@@ -125,19 +125,19 @@ pub struct NodeArgs {
     #[arg(long)]
     pub replication: Option<String>,
     /// Seconds a tombstone is kept at least, even once every replica holds it.
-    #[arg(long)]
+    #[arg(long, value_parser = whole_number::<u64>)]
     pub tombstone_grace_s: Option<u64>,
     /// Seconds after which an undelivered hint is dropped (anti-entropy covers it); a tombstone
     /// is never purged before this age, so a late hint cannot bring a deleted value back.
-    #[arg(long)]
+    #[arg(long, value_parser = whole_number::<u64>)]
     pub hint_expiry_s: Option<u64>,
     /// Seconds after another node joins (or a weight change) before this node hands over and
     /// drops the data of the ranges it gave up, as `cleanup` does (0: only on demand).
-    #[arg(long)]
+    #[arg(long, value_parser = whole_number::<u64>)]
     pub cleanup_delay_s: Option<u64>,
     /// Seconds after which a member that left (decommissioned) is forgotten: no longer in
     /// `status` or gossip, its id free for a newcomer.
-    #[arg(long)]
+    #[arg(long, value_parser = whole_number::<u64>)]
     pub forget_left_after_s: Option<u64>,
 }
 
@@ -177,6 +177,21 @@ fn parse_log_recovery(s: &str) -> std::result::Result<LogRecoveryChoice, String>
         "strict" => Ok(LogRecoveryChoice::Strict),
         "skip-damaged" => Ok(LogRecoveryChoice::SkipDamaged),
         other => Err(format!("'{other}' is not one of strict, skip-damaged")),
+    }
+}
+
+/// Parses a whole number of type `T` for a flag, saying plainly what is wrong with a value
+/// that is not one: negative, not a number, or too large for the setting.
+pub fn whole_number<T: TryFrom<u64>>(s: &str) -> std::result::Result<T, String> {
+    match s.parse::<u64>() {
+        Ok(n) => T::try_from(n).map_err(|_| "too large".to_string()),
+        Err(_)
+            if s.strip_prefix('-')
+                .is_some_and(|d| d.parse::<u64>().is_ok()) =>
+        {
+            Err("must not be negative".to_string())
+        }
+        Err(_) => Err("not a whole number".to_string()),
     }
 }
 
@@ -303,7 +318,7 @@ impl NodeConfig {
                     Error::Config(format!("cannot read config file {}: {e}", path.display()))
                 })?;
                 toml::from_str::<FileConfig>(&text)
-                    .map_err(|e| Error::Config(format!("config file {}: {e}", path.display())))?
+                    .map_err(|e| Error::Config(toml_error_line(path, &text, &e)))?
             }
             None => FileConfig::default(),
         };
@@ -501,6 +516,31 @@ impl NodeConfig {
     }
 }
 
+/// One line for a config file that does not parse or does not fit [`FileConfig`]: the file,
+/// the line and column where the problem starts (when known) and the problem, without the
+/// multi-line excerpt with a caret that the toml error renders by default.
+fn toml_error_line(path: &std::path::Path, text: &str, e: &toml::de::Error) -> String {
+    let problem = e
+        .message()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ");
+    match e.span() {
+        Some(span) => {
+            let before = text.get(..span.start).unwrap_or(text);
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            format!(
+                "config file {} line {line}, column {column}: {problem}",
+                path.display()
+            )
+        }
+        None => format!("config file {}: {problem}", path.display()),
+    }
+}
+
 /// A directory of the source tree this binary was built from, if it is still there and holds
 /// `marker` (so `cargo run` and `kvd dev` serve the console without flags).
 fn source_dir(rel: &str, marker: &str) -> Option<PathBuf> {
@@ -675,5 +715,36 @@ mod tests {
             ..NodeArgs::default()
         };
         assert!(NodeConfig::resolve(bad).is_err());
+    }
+
+    #[test]
+    fn a_bad_config_file_is_one_line_with_its_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("kvd.toml");
+        std::fs::write(&file, "dc = \"east\"\nweight = \"two\"\n").unwrap();
+        let bad = NodeArgs {
+            config: Some(file.clone()),
+            ..NodeArgs::default()
+        };
+        let e = NodeConfig::resolve(bad).unwrap_err().to_string();
+        assert_eq!(e.lines().count(), 1, "{e}");
+        assert!(
+            e.contains(&format!("{} line 2, column 10", file.display())),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn whole_numbers_say_what_is_wrong() {
+        assert_eq!(whole_number::<u32>("7"), Ok(7));
+        assert_eq!(
+            whole_number::<u32>("-1"),
+            Err("must not be negative".to_string())
+        );
+        assert_eq!(
+            whole_number::<u32>("1x"),
+            Err("not a whole number".to_string())
+        );
+        assert_eq!(whole_number::<u16>("70000"), Err("too large".to_string()));
     }
 }

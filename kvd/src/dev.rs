@@ -7,32 +7,43 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 
+use crate::config::whole_number;
 use crate::{Error, Result};
 
 /// Flags of `kvd dev`.
 #[derive(Args, Debug, Clone)]
 pub struct DevArgs {
-    /// How many nodes to start.
-    #[arg(long, default_value_t = 3)]
+    /// How many nodes to start (1 to 64).
+    #[arg(long, default_value_t = 3, value_parser = whole_number::<usize>)]
     pub nodes: usize,
-    /// Port of the first node; the others take the next ones.
-    #[arg(long, default_value_t = 7070)]
+    /// Port of the first node; the others take the next ones. Not 0: each node must
+    /// advertise the port its peers and clients reach it on.
+    #[arg(long, default_value_t = 7070, value_parser = port)]
     pub base_port: u16,
     /// Where the nodes keep their data dirs and logs.
     #[arg(long, default_value = "./kvd-dev")]
     pub dir: PathBuf,
     /// Replicas per key.
-    #[arg(long)]
+    #[arg(long, value_parser = whole_number::<usize>)]
     pub n: Option<usize>,
     /// Default write quorum.
-    #[arg(long)]
+    #[arg(long, value_parser = whole_number::<usize>)]
     pub w: Option<usize>,
     /// Default read quorum.
-    #[arg(long)]
+    #[arg(long, value_parser = whole_number::<usize>)]
     pub r: Option<usize>,
-    /// Commit-log durability of every node: always, interval or none.
+    /// Commit-log durability of every node: always, interval or none (passed on to each
+    /// node, which refuses anything else).
     #[arg(long)]
     pub sync: Option<String>,
+}
+
+/// A TCP port a node can listen on and advertise: 1 to 65535.
+fn port(s: &str) -> std::result::Result<u16, String> {
+    match whole_number::<u64>(s)? {
+        p @ 1..=65535 => Ok(p as u16),
+        _ => Err("must be between 1 and 65535 (each node advertises its real port)".into()),
+    }
 }
 
 /// A started child node, stopped with SIGTERM when dropped.

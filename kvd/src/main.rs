@@ -16,7 +16,9 @@ use kvd::{Error, Result};
     name = "kvd",
     version,
     about = "A node of a Dynamo-style key-value store",
-    args_conflicts_with_subcommands = true
+    args_conflicts_with_subcommands = true,
+    // `--weight -1` is a bad value, not an unknown flag: let the value parser say so.
+    allow_negative_numbers = true
 )]
 struct Cli {
     #[command(subcommand)]
@@ -28,13 +30,58 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Start a ready local cluster of K node processes and stop them all on Ctrl-C.
+    #[command(allow_negative_numbers = true)]
     Dev(DevArgs),
     /// Run db_bench-style workloads on the storage engine alone.
+    #[command(allow_negative_numbers = true)]
     BenchStorage(kvd::bench::BenchArgs),
 }
 
+/// One line for a usage error of clap: its first line, with the list that follows a colon
+/// (the missing arguments) and clap's tip folded in. Scripts and `kvd dev` (which reports the
+/// last line a node wrote) see the cause, not the usage banner that follows it.
+fn usage_error_line(e: &clap::Error) -> String {
+    let text = e.render().to_string();
+    let mut lines = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("Usage:") && !l.starts_with("For more"));
+    let first = lines
+        .next()
+        .unwrap_or("bad usage")
+        .trim_start_matches("error: ")
+        .to_string();
+    let rest: Vec<&str> = lines.collect();
+    let tip = rest.iter().find_map(|l| l.strip_prefix("tip: "));
+    let mut line = if first.ends_with(':') {
+        let listed: Vec<&str> = rest
+            .iter()
+            .copied()
+            .take_while(|l| !l.starts_with("tip:"))
+            .collect();
+        format!("{first} {}", listed.join(", "))
+    } else {
+        first
+    };
+    if let Some(tip) = tip {
+        line.push_str(&format!(" ({tip})"));
+    }
+    line
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if e.use_stderr() => {
+            eprintln!("kvd: {}", usage_error_line(&e));
+            return ExitCode::from(2);
+        }
+        Err(e) => {
+            // --help and --version.
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+    };
     if matches!(cli.command, Some(Command::BenchStorage(_))) {
         // `kvd bench-storage | head` should end quietly when head closes the pipe, as Unix
         // tools do, not panic on the next print: restore the default SIGPIPE action that the

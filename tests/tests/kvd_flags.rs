@@ -1,0 +1,178 @@
+//! What `kvd` says when it is started wrongly: every usage error of the node command and its
+//! subcommands is one line on stderr with exit status 2, and a bad `--config` file is one line
+//! naming the file and the place.
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use kv_tests::kvd_bin;
+
+/// Runs `kvd args` to its end (each of these exits at once; the guard is against a hang).
+fn kvd(args: &[&str]) -> Output {
+    kvd_in(args, None)
+}
+
+fn kvd_in(args: &[&str], tmpdir: Option<&Path>) -> Output {
+    let mut cmd = Command::new(kvd_bin());
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(dir) = tmpdir {
+        cmd.env("TMPDIR", dir);
+    }
+    let mut child = cmd.spawn().expect("start kvd");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().expect("wait for kvd").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("kvd {args:?} did not end");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().expect("kvd output")
+}
+
+/// Asserts that `kvd args` failed with status `code` and exactly one line on stderr, starting
+/// `kvd: ` and holding every one of `says`; returns that line.
+fn one_line_error(args: &[&str], code: i32, says: &[&str]) -> String {
+    let out = kvd(args);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(code), "kvd {args:?}: {err}");
+    assert_eq!(
+        err.lines().count(),
+        1,
+        "kvd {args:?}: one line, not:\n{err}"
+    );
+    assert!(err.starts_with("kvd: "), "kvd {args:?}: {err}");
+    for s in says {
+        assert!(err.contains(s), "kvd {args:?}: {err:?} should say {s:?}");
+    }
+    err
+}
+
+#[test]
+fn every_usage_error_is_one_line_with_status_2() {
+    one_line_error(&["--sync", "bogus"], 2, &["'bogus'", "--sync"]);
+    one_line_error(&["--no-such-flag"], 2, &["--no-such-flag"]);
+    // clap's tip (a similar flag) is kept, on the same line.
+    one_line_error(&["--synk", "always"], 2, &["--synk", "--sync"]);
+    one_line_error(&["--listen"], 2, &["--listen"]);
+    one_line_error(&["no-such-command"], 2, &["no-such-command"]);
+    one_line_error(&["dev", "--no-such-flag"], 2, &["--no-such-flag"]);
+    one_line_error(&["dev", "--nodes", "many"], 2, &["--nodes", "'many'"]);
+    one_line_error(&["bench-storage", "--no-such-flag"], 2, &["--no-such-flag"]);
+}
+
+#[test]
+fn help_and_version_are_printed_whole_with_status_0() {
+    for args in [
+        &["--help"][..],
+        &["--version"],
+        &["dev", "--help"],
+        &["bench-storage", "--help"],
+    ] {
+        let out = kvd(args);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "kvd {args:?}");
+        assert!(out.stderr.is_empty(), "kvd {args:?}");
+        if args.contains(&"--help") {
+            assert!(text.contains("Usage: kvd"), "{text}");
+            assert!(text.lines().count() > 5, "{text}");
+        } else {
+            assert!(text.starts_with("kvd "), "{text}");
+        }
+    }
+}
+
+/// A negative number for a numeric flag is a bad value of that flag (it used to be taken for
+/// an unknown flag `-1`).
+#[test]
+fn a_negative_number_is_an_invalid_value_of_its_flag() {
+    for (args, flag) in [
+        (&["--weight", "-1"][..], "--weight"),
+        (&["--n", "-3"], "--n"),
+        (&["--memtable-mb", "-8"], "--memtable-mb"),
+        (&["dev", "--nodes", "-2"], "--nodes"),
+    ] {
+        let line = one_line_error(args, 2, &["invalid value", flag, "negative"]);
+        assert!(!line.contains("unexpected argument"), "{line}");
+    }
+}
+
+/// A `--config` file that is not TOML, has an unknown key or a value of the wrong type: one
+/// line with the file, the line and column, and the problem.
+#[test]
+fn a_bad_config_file_is_one_line_naming_the_file_and_the_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    for (name, text, place, problem) in [
+        (
+            "unknown.toml",
+            "dc = \"east\"\ncolour = \"blue\"\n",
+            "line 2, column 1",
+            "colour",
+        ),
+        (
+            "type.toml",
+            "weight = \"two\"\n",
+            "line 1, column 10",
+            "expected u32",
+        ),
+        ("syntax.toml", "n = 3\nlisten = \n", "line 2", "quoted"),
+        ("table.toml", "w = 2\n[x\n", "line 2", "]"),
+    ] {
+        let file = dir.path().join(name);
+        std::fs::write(&file, text).unwrap();
+        let file = file.to_str().unwrap();
+        let line = one_line_error(
+            &["--config", file, "--data-dir", data],
+            1,
+            &[file, place, problem],
+        );
+        assert!(!line.contains('^'), "{line}");
+    }
+    assert!(!Path::new(data).exists(), "nothing was started");
+}
+
+/// `--base-port 0` would have every node advertise port 0 and never become ready.
+#[test]
+fn kvd_dev_refuses_port_0() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("dev");
+    one_line_error(
+        &["dev", "--base-port", "0", "--dir", d.to_str().unwrap()],
+        2,
+        &["--base-port", "'0'"],
+    );
+    assert!(!d.exists(), "nothing was started");
+}
+
+/// A flag `kvd dev` passes on that its node refuses: dev reports the node's own one-line
+/// reason (it reported the last line of clap's usage text, "For more information, try
+/// '--help'.").
+#[test]
+fn kvd_dev_reports_the_reason_a_node_refused_its_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = kv_tests::free_port().to_string();
+    let d = dir.path().join("dev");
+    let line = one_line_error(
+        &[
+            "dev",
+            "--nodes",
+            "1",
+            "--base-port",
+            &port,
+            "--sync",
+            "bogus",
+            "--dir",
+            d.to_str().unwrap(),
+        ],
+        1,
+        &["node n1 exited during start", "'bogus'", "--sync"],
+    );
+    assert!(!line.contains("For more information"), "{line}");
+}
