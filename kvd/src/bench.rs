@@ -6,9 +6,21 @@ use std::path::PathBuf;
 use clap::Args;
 use serde_json::json;
 
+use crate::config::whole_number;
 use crate::storage::bench::{self, BenchConfig};
 use crate::storage::SyncMode;
 use crate::{Error, Result};
+
+/// The benchmarks `--benchmarks` may name (`readseq` is db_bench's name for `scan`).
+const BENCHMARKS: [&str; 7] = [
+    "fillseq",
+    "fillrandom",
+    "readrandom",
+    "readmissing",
+    "readwhilewriting",
+    "scan",
+    "readseq",
+];
 
 /// Flags of `kvd bench-storage` (INTERFACE.md).
 #[derive(Args, Debug, Clone)]
@@ -16,27 +28,28 @@ pub struct BenchArgs {
     /// Comma-separated: fillseq, fillrandom, readrandom, readmissing, readwhilewriting, scan.
     #[arg(
         long,
-        default_value = "fillseq,fillrandom,readrandom,readmissing,readwhilewriting,scan"
+        default_value = "fillseq,fillrandom,readrandom,readmissing,readwhilewriting,scan",
+        value_parser = benchmark_list
     )]
-    pub benchmarks: String,
+    pub benchmarks: BenchmarkList,
     /// Number of keys.
-    #[arg(long, default_value_t = 1_000_000)]
+    #[arg(long, default_value_t = 1_000_000, value_parser = at_least_one::<u64>)]
     pub num: u64,
     /// Key size in bytes.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, value_parser = at_least_one::<usize>)]
     pub key_size: usize,
     /// Value size in bytes.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 100, value_parser = whole_number::<usize>)]
     pub value_size: usize,
     /// Commit-log durability: always, interval or none (db_bench's default is none: the
     /// commit log is written but not fsynced).
-    #[arg(long, default_value = "none")]
-    pub sync: String,
+    #[arg(long, default_value = "none", value_parser = sync_mode)]
+    pub sync: SyncMode,
     /// Block cache budget in MiB (db_bench's default is 8).
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_parser = whole_number::<usize>)]
     pub cache_mb: usize,
-    /// Threads issuing operations.
-    #[arg(long, default_value_t = 1)]
+    /// Threads issuing operations (at least 1).
+    #[arg(long, default_value_t = 1, value_parser = at_least_one::<usize>)]
     pub threads: usize,
     /// Compress data blocks with LZ4 (off, like the db_bench comparison).
     #[arg(long)]
@@ -49,34 +62,58 @@ pub struct BenchArgs {
     pub json: bool,
 }
 
+/// The benchmarks to run, in order, each a known name.
+#[derive(Clone, Debug)]
+pub struct BenchmarkList(pub Vec<String>);
+
+/// Parses `--benchmarks`: a comma-separated list of known names, none empty.
+fn benchmark_list(s: &str) -> std::result::Result<BenchmarkList, String> {
+    let names: Vec<String> = s.split(',').map(|n| n.trim().to_string()).collect();
+    if let Some(bad) = names.iter().find(|n| !BENCHMARKS.contains(&n.as_str())) {
+        let what = if bad.is_empty() {
+            "an empty name".to_string()
+        } else {
+            format!("unknown benchmark '{bad}'")
+        };
+        return Err(format!(
+            "{what}; give a comma-separated list of {}",
+            BENCHMARKS[..6].join(", ")
+        ));
+    }
+    Ok(BenchmarkList(names))
+}
+
+/// A whole number of at least 1.
+fn at_least_one<T: TryFrom<u64>>(s: &str) -> std::result::Result<T, String> {
+    match whole_number::<u64>(s)? {
+        0 => Err("must be at least 1".into()),
+        _ => whole_number(s),
+    }
+}
+
+fn sync_mode(s: &str) -> std::result::Result<SyncMode, String> {
+    SyncMode::parse(s).ok_or_else(|| "not one of always, interval, none".to_string())
+}
+
 /// Runs the benchmarks and prints the results.
 pub fn run(args: BenchArgs) -> Result<()> {
-    let sync = SyncMode::parse(&args.sync).ok_or_else(|| {
-        Error::Config(format!(
-            "--sync {} is not one of always, interval, none",
-            args.sync
-        ))
-    })?;
-    let (db, _cleanup) = match &args.db {
+    let (db, temp_db) = match &args.db {
         Some(d) => (d.clone(), None),
         None => {
             let dir = std::env::temp_dir().join(format!("kvd-bench-{}", crate::random_u64()));
             (dir.clone(), Some(RemoveOnDrop(dir)))
         }
     };
+    // Before any other thread exists, so that every thread the run starts inherits the mask.
+    watch_signals(temp_db.as_ref().map(|t| t.0.clone()))?;
     let cfg = BenchConfig {
-        benchmarks: args
-            .benchmarks
-            .split(',')
-            .map(|s| s.trim().to_string())
-            .filter(|s| !s.is_empty())
-            .collect(),
+        benchmarks: args.benchmarks.0.clone(),
         num: args.num,
         key_size: args.key_size,
         value_size: args.value_size,
-        sync,
+        sync: args.sync,
         cache_mb: args.cache_mb,
-        threads: args.threads.max(1),
+        threads: args.threads,
         compression: args.compression,
         db,
         ..BenchConfig::default()
@@ -84,6 +121,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let quiet = args.json;
     let results = bench::run(&cfg, |line| {
         if !quiet {
+            // The engine's detail line reads "NaN% of probes" for a read benchmark that made
+            // no probe of a key that could not match (readrandom, or readmissing served from
+            // the memtable): there is no rate to give.
+            let line = line.replace(
+                "(NaN% of probes that could not match)",
+                "(no probe of a key that could not match)",
+            );
             eprintln!("{line}");
         }
     })
@@ -119,6 +163,53 @@ pub fn run(args: BenchArgs) -> Result<()> {
             );
         }
     }
+    Ok(())
+}
+
+/// SIGINT and SIGTERM end the run at once, like their default action, but first remove the
+/// run's own temporary database (`temp_db`; never a `--db` the user gave), which would
+/// otherwise stay behind in the temporary directory. The exit status is 128 + the signal, as a
+/// shell reports a process killed by it.
+///
+/// The two signals are blocked in this thread (and so in every thread started after it) and
+/// taken by one watcher thread with sigwait(2): the benchmark's threads go on undisturbed
+/// until the process exits.
+fn watch_signals(temp_db: Option<PathBuf>) -> Result<()> {
+    // SAFETY: sigemptyset/sigaddset initialize a sigset_t we own; pthread_sigmask changes
+    // only this thread's mask.
+    let set = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        let rc = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        if rc != 0 {
+            return Err(Error::Io(format!(
+                "cannot block SIGINT and SIGTERM: {}",
+                std::io::Error::from_raw_os_error(rc)
+            )));
+        }
+        set
+    };
+    std::thread::Builder::new()
+        .name("bench-signals".into())
+        .spawn(move || {
+            let mut sig: libc::c_int = 0;
+            // SAFETY: `set` is an initialized sigset_t and `sig` a valid out-pointer.
+            while unsafe { libc::sigwait(&set, &mut sig) } != 0 {}
+            if let Some(dir) = &temp_db {
+                // The benchmark threads may still be writing into it: try a few times.
+                for _ in 0..20 {
+                    let _ = std::fs::remove_dir_all(dir);
+                    if !dir.exists() {
+                        break;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+            }
+            std::process::exit(128 + sig);
+        })
+        .map_err(|e| Error::Io(format!("cannot start the signal watcher: {e}")))?;
     Ok(())
 }
 

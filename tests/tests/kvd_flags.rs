@@ -1,6 +1,7 @@
 //! What `kvd` says when it is started wrongly: every usage error of the node command and its
-//! subcommands is one line on stderr with exit status 2, and a bad `--config` file is one line
-//! naming the file and the place.
+//! subcommands is one line on stderr with exit status 2, a bad `--config` file is one line
+//! naming the file and the place, and `kvd bench-storage` refuses what it cannot run and
+//! cleans up after Ctrl-C.
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -64,6 +65,7 @@ fn every_usage_error_is_one_line_with_status_2() {
     one_line_error(&["dev", "--no-such-flag"], 2, &["--no-such-flag"]);
     one_line_error(&["dev", "--nodes", "many"], 2, &["--nodes", "'many'"]);
     one_line_error(&["bench-storage", "--no-such-flag"], 2, &["--no-such-flag"]);
+    one_line_error(&["bench-storage", "--sync", "x"], 2, &["--sync", "'x'"]);
 }
 
 #[test]
@@ -96,6 +98,9 @@ fn a_negative_number_is_an_invalid_value_of_its_flag() {
         (&["--n", "-3"], "--n"),
         (&["--memtable-mb", "-8"], "--memtable-mb"),
         (&["dev", "--nodes", "-2"], "--nodes"),
+        (&["bench-storage", "--num", "-5"], "--num"),
+        (&["bench-storage", "--cache-mb", "-1"], "--cache-mb"),
+        (&["bench-storage", "--threads", "-1"], "--threads"),
     ] {
         let line = one_line_error(args, 2, &["invalid value", flag, "negative"]);
         assert!(!line.contains("unexpected argument"), "{line}");
@@ -175,4 +180,137 @@ fn kvd_dev_reports_the_reason_a_node_refused_its_flags() {
         &["node n1 exited during start", "'bogus'", "--sync"],
     );
     assert!(!line.contains("For more information"), "{line}");
+}
+
+#[test]
+fn bench_storage_refuses_benchmarks_and_threads_it_cannot_run() {
+    one_line_error(
+        &["bench-storage", "--benchmarks", ""],
+        2,
+        &["--benchmarks", "empty"],
+    );
+    one_line_error(
+        &["bench-storage", "--benchmarks", "fillseq,,scan"],
+        2,
+        &["--benchmarks", "empty"],
+    );
+    one_line_error(
+        &["bench-storage", "--benchmarks", "fillseq,fillsideways"],
+        2,
+        &["--benchmarks", "fillsideways"],
+    );
+    one_line_error(
+        &["bench-storage", "--threads", "0"],
+        2,
+        &["--threads", "at least 1"],
+    );
+    one_line_error(
+        &["bench-storage", "--num", "0"],
+        2,
+        &["--num", "at least 1"],
+    );
+}
+
+/// A read benchmark that made no probe of a key that could not match has no false-positive
+/// rate to give; it printed "NaN%".
+#[test]
+fn bench_storage_prints_no_nan() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = kvd_in(
+        &[
+            "bench-storage",
+            "--benchmarks",
+            "fillseq,readrandom,readmissing",
+            "--num",
+            "2000",
+        ],
+        Some(dir.path()),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("readrandom"), "{err}");
+    assert!(!err.contains("NaN"), "{err}");
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert!(
+        left.is_empty(),
+        "the temporary database is removed: {left:?}"
+    );
+}
+
+/// Ctrl-C (or SIGTERM) in the middle of a run removes the run's temporary database (tens of
+/// MB were left in /tmp) and exits with 128 + the signal; a `--db` the user gave is kept.
+#[test]
+fn bench_storage_removes_its_temporary_database_when_interrupted() {
+    for (signal, code) in [(libc::SIGINT, 130), (libc::SIGTERM, 143)] {
+        let tmp = tempfile::tempdir().unwrap();
+        let status = interrupt_bench(tmp.path(), &[], signal, || {
+            std::fs::read_dir(tmp.path())
+                .unwrap()
+                .filter_map(|e| e.ok())
+                .any(|e| std::fs::read_dir(e.path()).is_ok_and(|mut d| d.next().is_some()))
+        });
+        assert_eq!(status.code(), Some(code), "signal {signal}: {status:?}");
+        let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().collect();
+        assert!(left.is_empty(), "signal {signal}: left behind {left:?}");
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("db");
+    let db_arg = db.to_str().unwrap().to_string();
+    let status = interrupt_bench(tmp.path(), &["--db", &db_arg], libc::SIGINT, || {
+        std::fs::read_dir(&db).is_ok_and(|mut d| d.next().is_some())
+    });
+    assert_eq!(status.code(), Some(130), "{status:?}");
+    assert!(db.exists(), "the user's --db is not removed");
+}
+
+/// Starts a long `bench-storage` run with TMPDIR=`tmp`, waits until `started` says it is
+/// writing, sends `signal` and returns how the process ended.
+fn interrupt_bench(
+    tmp: &Path,
+    extra: &[&str],
+    signal: i32,
+    started: impl Fn() -> bool,
+) -> std::process::ExitStatus {
+    let mut child = Command::new(kvd_bin())
+        .args([
+            "bench-storage",
+            "--benchmarks",
+            "fillrandom",
+            "--num",
+            "50000000",
+        ])
+        .args(extra)
+        .env("TMPDIR", tmp)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start kvd bench-storage");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !started() {
+        if Instant::now() > deadline || child.try_wait().unwrap().is_some() {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("bench-storage did not start writing");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Let it write a little more, then interrupt it.
+    std::thread::sleep(Duration::from_millis(300));
+    // SAFETY: kill(2) on our own child's pid with a valid signal.
+    unsafe {
+        libc::kill(child.id() as i32, signal);
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("bench-storage did not end on signal {signal}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
