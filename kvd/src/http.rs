@@ -306,104 +306,239 @@ fn state_name(state: Option<NodeState>) -> &'static str {
     }
 }
 
+/// `/metrics`: every family gets one `# HELP` and one `# TYPE` line before its samples.
 fn metrics_text(node: &Node) -> String {
-    let mut out = String::with_capacity(8 * 1024);
-    node.metrics.render(&mut out);
+    use crate::metrics::{family, sample};
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut out = String::with_capacity(12 * 1024);
+    let out = &mut out;
+    node.metrics.render(out);
     let s = node.replica.engine().stats();
-    let _ = writeln!(
+    sample(
         out,
-        "# TYPE kv_keys gauge\nkv_keys {}",
-        node.replica.key_count()
+        "kv_keys",
+        "gauge",
+        "Keys held by this node.",
+        node.replica.key_count(),
     );
-    let _ = writeln!(out, "# TYPE kv_storage_level_bytes gauge");
+    family(
+        out,
+        "kv_storage_level_bytes",
+        "gauge",
+        "Bytes of tables on disk, by LSM level.",
+    );
     for (level, bytes) in s.level_bytes.iter().enumerate() {
         let _ = writeln!(out, "kv_storage_level_bytes{{level=\"{level}\"}} {bytes}");
     }
-    let _ = writeln!(out, "# TYPE kv_storage_level_tables gauge");
+    family(
+        out,
+        "kv_storage_level_tables",
+        "gauge",
+        "Tables on disk, by LSM level.",
+    );
     for (level, n) in s.level_tables.iter().enumerate() {
         let _ = writeln!(out, "kv_storage_level_tables{{level=\"{level}\"}} {n}");
     }
-    let _ = writeln!(out, "# TYPE kv_hints_pending gauge");
-    for (target, h) in node.hints.summary() {
+    // Per target only while it has hints, so the family is empty when nothing is pending;
+    // kv_hints_pending_all_targets shows that zero.
+    let hints = node.hints.summary();
+    family(
+        out,
+        "kv_hints_pending",
+        "gauge",
+        "Keys with hinted-handoff writes waiting for delivery, by target node (targets with any).",
+    );
+    for (target, h) in &hints {
         let _ = writeln!(out, "kv_hints_pending{{target=\"{target}\"}} {}", h.count);
+    }
+    family(
+        out,
+        "kv_hints_pending_bytes",
+        "gauge",
+        "Bytes of the hinted-handoff writes waiting for delivery, by target node.",
+    );
+    for (target, h) in &hints {
         let _ = writeln!(
             out,
             "kv_hints_pending_bytes{{target=\"{target}\"}} {}",
             h.bytes
         );
     }
-    let _ = writeln!(
+    sample(
         out,
-        "# TYPE kv_hints_delivered_total counter\nkv_hints_delivered_total {}",
-        node.hints
-            .delivered
-            .load(std::sync::atomic::Ordering::Relaxed)
-    );
-    let _ = writeln!(
-        out,
-        "# TYPE kv_hints_dropped_total counter\nkv_hints_dropped_total {}",
-        node.hints
-            .dropped
-            .load(std::sync::atomic::Ordering::Relaxed)
+        "kv_hints_pending_all_targets",
+        "gauge",
+        "Keys with hinted-handoff writes waiting for delivery, all targets together.",
+        hints.values().map(|h| h.count).sum::<u64>(),
     );
     let ae = &node.anti_entropy;
-    let ae_counters: [(&str, &std::sync::atomic::AtomicU64); 9] = [
-        ("kv_hints_expired_total", &node.hints.expired),
+    let counters: [(&str, &std::sync::atomic::AtomicU64, &str, &str); 11] = [
+        (
+            "kv_hints_delivered_total",
+            &node.hints.delivered,
+            "counter",
+            "Hinted-handoff writes delivered to their target.",
+        ),
+        (
+            "kv_hints_dropped_total",
+            &node.hints.dropped,
+            "counter",
+            "Hints refused or dropped because a target's hint space was full.",
+        ),
+        (
+            "kv_hints_expired_total",
+            &node.hints.expired,
+            "counter",
+            "Hints dropped undelivered after the hint expiry (anti-entropy covers them).",
+        ),
         (
             "kv_cleanup_keys_removed_total",
             &node.transfers.keys_cleaned,
+            "counter",
+            "Keys dropped by cleanup from ranges this node no longer owns.",
         ),
-        ("kv_tombstones_purged_total", &node.agreements.purged),
-        ("kv_anti_entropy_sessions_total", &ae.sessions),
-        ("kv_anti_entropy_keys_repaired_total", &ae.keys_repaired),
-        ("kv_anti_entropy_bytes_total", &ae.bytes),
-        ("kv_anti_entropy_rounds_total", &ae.rounds),
-        ("kv_repair_pairs_done", &ae.repair_done),
-        ("kv_repair_pairs_total", &ae.repair_total),
+        (
+            "kv_tombstones_purged_total",
+            &node.agreements.purged,
+            "counter",
+            "Tombstones purged once every replica held them and the grace period passed.",
+        ),
+        (
+            "kv_anti_entropy_sessions_total",
+            &ae.sessions,
+            "counter",
+            "Anti-entropy sessions (range compared with a peer).",
+        ),
+        (
+            "kv_anti_entropy_keys_repaired_total",
+            &ae.keys_repaired,
+            "counter",
+            "Keys brought up to date by anti-entropy.",
+        ),
+        (
+            "kv_anti_entropy_bytes_total",
+            &ae.bytes,
+            "counter",
+            "Bytes of keys and values moved by anti-entropy.",
+        ),
+        (
+            "kv_anti_entropy_rounds_total",
+            &ae.rounds,
+            "counter",
+            "Anti-entropy rounds completed.",
+        ),
+        (
+            "kv_repair_pairs_done",
+            &ae.repair_done,
+            "gauge",
+            "Range and peer pairs compared so far by the current or last repair.",
+        ),
+        (
+            "kv_repair_pairs_total",
+            &ae.repair_total,
+            "gauge",
+            "Range and peer pairs the current or last repair compares.",
+        ),
     ];
-    for (name, v) in ae_counters {
-        let _ = writeln!(
-            out,
-            "{name} {}",
-            v.load(std::sync::atomic::Ordering::Relaxed)
-        );
+    for (name, v, kind, help) in counters {
+        sample(out, name, kind, help, v.load(Relaxed));
     }
-    let gauges: [(&str, f64); 14] = [
-        ("kv_storage_tables", s.table_count as f64),
-        ("kv_storage_memtable_bytes", s.memtable_bytes as f64),
-        ("kv_storage_flushes_total", s.flushes as f64),
-        ("kv_storage_compactions_total", s.compactions as f64),
-        ("kv_storage_wal_syncs_total", s.wal_syncs as f64),
+    let storage: [(&str, f64, &str, &str); 14] = [
+        (
+            "kv_storage_tables",
+            s.table_count as f64,
+            "gauge",
+            "Tables on disk.",
+        ),
+        (
+            "kv_storage_memtable_bytes",
+            s.memtable_bytes as f64,
+            "gauge",
+            "Bytes in the memtables.",
+        ),
+        (
+            "kv_storage_flushes_total",
+            s.flushes as f64,
+            "counter",
+            "Memtable flushes since the node started.",
+        ),
+        (
+            "kv_storage_compactions_total",
+            s.compactions as f64,
+            "counter",
+            "Compactions since the node started.",
+        ),
+        (
+            "kv_storage_wal_syncs_total",
+            s.wal_syncs as f64,
+            "counter",
+            "Commit-log fsyncs since the node started.",
+        ),
         (
             "kv_storage_user_bytes_written_total",
             s.user_bytes_written as f64,
+            "counter",
+            "Bytes of keys and values written by users.",
         ),
         (
             "kv_storage_flush_bytes_written_total",
             s.flush_bytes_written as f64,
+            "counter",
+            "Bytes of tables written by flushes.",
         ),
         (
             "kv_storage_compaction_bytes_written_total",
             s.compaction_bytes_written as f64,
+            "counter",
+            "Bytes of tables written by compactions.",
         ),
-        ("kv_storage_write_amplification", s.write_amplification),
+        (
+            "kv_storage_write_amplification",
+            s.write_amplification,
+            "gauge",
+            "(Flush + compaction bytes) / user bytes written.",
+        ),
         (
             "kv_storage_stall_seconds_total",
             s.stall_micros as f64 / 1e6,
+            "counter",
+            "Seconds writes waited for flushing or compaction.",
         ),
-        ("kv_storage_bloom_skips_total", s.bloom_skips as f64),
-        ("kv_storage_cache_hit_ratio", s.cache_hit_ratio),
+        (
+            "kv_storage_bloom_skips_total",
+            s.bloom_skips as f64,
+            "counter",
+            "Table lookups skipped because the bloom filter excluded the key.",
+        ),
+        (
+            "kv_storage_cache_hit_ratio",
+            s.cache_hit_ratio,
+            "gauge",
+            "Block cache hits / lookups.",
+        ),
         (
             "kv_storage_page_cache_reads_total",
             s.page_cache_reads as f64,
+            "counter",
+            "Block cache misses of memory-only reads that the OS page cache answered.",
         ),
-        ("kv_storage_cache_bytes", s.cache_bytes as f64),
+        (
+            "kv_storage_cache_bytes",
+            s.cache_bytes as f64,
+            "gauge",
+            "Bytes in the block cache.",
+        ),
     ];
-    for (name, v) in gauges {
-        let _ = writeln!(out, "{name} {v}");
+    for (name, v, kind, help) in storage {
+        sample(out, name, kind, help, v);
     }
     let m = node.membership();
-    let _ = writeln!(out, "# TYPE kv_gossip_members gauge");
+    family(
+        out,
+        "kv_gossip_members",
+        "gauge",
+        "Cluster members as this node sees them, by state.",
+    );
     for state in ["up", "down", "joining", "leaving", "left"] {
         let n = m
             .members()
@@ -411,7 +546,7 @@ fn metrics_text(node: &Node) -> String {
             .count();
         let _ = writeln!(out, "kv_gossip_members{{state=\"{state}\"}} {n}");
     }
-    out
+    std::mem::take(out)
 }
 
 fn console_page(node: &Node) -> String {

@@ -110,61 +110,147 @@ pub fn op_index(op: &str) -> Option<usize> {
 impl Metrics {
     /// Renders the counters in Prometheus text format.
     pub fn render(&self, out: &mut String) {
-        labeled_counters(out, "kv_requests_total", "op", &OPS, &self.requests);
-        labeled_counters(out, "kv_request_errors_total", "op", &OPS, &self.errors);
-        let _ = writeln!(out, "# TYPE kv_request_duration_seconds histogram");
+        labeled_counters(
+            out,
+            "kv_requests_total",
+            "Client requests handled, by op.",
+            "op",
+            &OPS,
+            &self.requests,
+        );
+        labeled_counters(
+            out,
+            "kv_request_errors_total",
+            "Client requests that ended in an error, by op.",
+            "op",
+            &OPS,
+            &self.errors,
+        );
+        family(
+            out,
+            "kv_request_duration_seconds",
+            "histogram",
+            "Coordinator latency of client requests, by op.",
+        );
         for (i, op) in OPS.iter().enumerate() {
             self.latency[i].render(out, "kv_request_duration_seconds", &format!("op=\"{op}\""));
         }
         labeled_counters(
             out,
             "kv_peer_served_total",
+            "Requests this node served for peers, by kind.",
             "kind",
             &PEER_KINDS,
             &self.peer_served,
         );
-        let counters: [(&str, &AtomicU64, &str); 13] = [
-            ("kv_unavailable_total", &self.unavailable, "counter"),
-            ("kv_timeouts_total", &self.timeouts, "counter"),
-            ("kv_read_repairs_total", &self.read_repairs, "counter"),
-            ("kv_bad_frames_total", &self.bad_frames, "counter"),
-            ("kv_client_connections", &self.connections, "gauge"),
+        let singles: [(&str, &AtomicU64, &str, &str); 13] = [
+            (
+                "kv_unavailable_total",
+                &self.unavailable,
+                "counter",
+                "Requests answered unavailable (quorum not met).",
+            ),
+            (
+                "kv_timeouts_total",
+                &self.timeouts,
+                "counter",
+                "Requests answered timeout.",
+            ),
+            (
+                "kv_read_repairs_total",
+                &self.read_repairs,
+                "counter",
+                "Stale replicas brought up to date after a read.",
+            ),
+            (
+                "kv_bad_frames_total",
+                &self.bad_frames,
+                "counter",
+                "Frames refused as malformed or too large.",
+            ),
+            (
+                "kv_client_connections",
+                &self.connections,
+                "gauge",
+                "Client connections open now.",
+            ),
             (
                 "kv_connections_refused_total",
                 &self.connections_refused,
                 "counter",
+                "Client connections refused because the node had too many.",
             ),
-            ("kv_overloaded_total", &self.overloaded, "counter"),
-            ("kv_peer_requests_total", &self.peer_requests, "counter"),
-            ("kv_peer_failures_total", &self.peer_failures, "counter"),
-            ("kv_gossip_rounds_total", &self.gossip_rounds, "counter"),
-            ("kv_siblings_capped_total", &self.siblings_capped, "counter"),
+            (
+                "kv_overloaded_total",
+                &self.overloaded,
+                "counter",
+                "Requests refused because their connection had too many in flight.",
+            ),
+            (
+                "kv_peer_requests_total",
+                &self.peer_requests,
+                "counter",
+                "Requests sent to peers.",
+            ),
+            (
+                "kv_peer_failures_total",
+                &self.peer_failures,
+                "counter",
+                "Peer requests that failed (unreachable, error, timeout).",
+            ),
+            (
+                "kv_gossip_rounds_total",
+                &self.gossip_rounds,
+                "counter",
+                "Gossip rounds completed.",
+            ),
+            (
+                "kv_siblings_capped_total",
+                &self.siblings_capped,
+                "counter",
+                "Sibling values dropped because a key exceeded the sibling cap.",
+            ),
             (
                 "kv_blocking_pool_ops_total",
                 &self.blocking_pool_ops,
                 "counter",
+                "Replica operations that ran on the blocking pool (disk reads, stalled writes).",
             ),
             (
                 "kv_tls_handshakes_failed_total",
                 &self.tls_handshakes_failed,
                 "counter",
+                "Incoming connections whose TLS handshake failed.",
             ),
         ];
-        for (name, v, kind) in counters {
-            let _ = writeln!(out, "# TYPE {name} {kind}\n{name} {}", v.load(Relaxed));
+        for (name, v, kind, help) in singles {
+            sample(out, name, kind, help, v.load(Relaxed));
         }
     }
+}
+
+/// The `# HELP` and `# TYPE` lines of a family, written once, before its samples.
+/// `kind` is `counter`, `gauge` or `histogram`; `help` is one line.
+pub fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// A family of one unlabeled sample: its `# HELP` and `# TYPE` lines and `name value`.
+pub fn sample(out: &mut String, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
+    family(out, name, kind, help);
+    let _ = writeln!(out, "{name} {value}");
 }
 
 /// A counter family with one label: `name{label="names[i]"} values[i]`.
 fn labeled_counters(
     out: &mut String,
     name: &str,
+    help: &str,
     label: &str,
     names: &[&str],
     values: &[AtomicU64],
 ) {
-    let _ = writeln!(out, "# TYPE {name} counter");
+    family(out, name, "counter", help);
     for (n, v) in names.iter().zip(values) {
         let _ = writeln!(out, "{name}{{{label}=\"{n}\"}} {}", v.load(Relaxed));
     }

@@ -1,13 +1,14 @@
-//! What `kvd` says when it is started wrongly: every usage error of the node command and its
-//! subcommands is one line on stderr with exit status 2, a bad `--config` file is one line
-//! naming the file and the place, and `kvd bench-storage` refuses what it cannot run and
-//! cleans up after Ctrl-C.
+//! What `kvd` says when it is started wrongly, and the shape of what it prints: every usage
+//! error of the node command and its subcommands is one line on stderr with exit status 2, a
+//! bad `--config` file is one line naming the file and the place, `kvd bench-storage` refuses
+//! what it cannot run and cleans up after Ctrl-C, and `/metrics` declares every family once.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use kv_tests::kvd_bin;
+use kv_tests::{kvd_bin, Cluster, ClusterOpts};
 
 /// Runs `kvd args` to its end (each of these exits at once; the guard is against a hang).
 fn kvd(args: &[&str]) -> Output {
@@ -313,4 +314,86 @@ fn interrupt_bench(
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// The family a sample belongs to: its own name, or for `_bucket`, `_sum` and `_count` the
+/// histogram it is part of.
+fn family_of<'a>(sample: &'a str, types: &HashMap<String, String>) -> &'a str {
+    if types.contains_key(sample) {
+        return sample;
+    }
+    for suffix in ["_bucket", "_sum", "_count"] {
+        if let Some(base) = sample.strip_suffix(suffix) {
+            if types.get(base).is_some_and(|t| t == "histogram") {
+                return base;
+            }
+        }
+    }
+    sample
+}
+
+/// `/metrics` of a real node: every family has exactly one `# HELP` and one `# TYPE` line,
+/// both before its first sample, and its samples are together (23 families had no TYPE line
+/// and none had HELP). Pending hints show 0 when there are none.
+#[test]
+fn every_metric_family_is_declared_once_before_its_samples() {
+    let cluster = Cluster::start(1, ClusterOpts::one_replica());
+    let text = cluster.nodes[0].get("/metrics").expect("GET /metrics");
+    let mut types: HashMap<String, String> = HashMap::new();
+    let mut helps: HashMap<String, usize> = HashMap::new();
+    let mut type_count: HashMap<String, usize> = HashMap::new();
+    let mut finished: Vec<String> = Vec::new();
+    let mut current: Option<String> = None;
+    let mut samples = 0;
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let (name, help) = rest.split_once(' ').unwrap_or((rest, ""));
+            assert!(!help.trim().is_empty(), "empty help: {line}");
+            *helps.entry(name.to_string()).or_default() += 1;
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').expect("# TYPE name kind");
+            assert!(["counter", "gauge", "histogram"].contains(&kind), "{line}");
+            *type_count.entry(name.to_string()).or_default() += 1;
+            types.insert(name.to_string(), kind.to_string());
+        } else if !line.is_empty() {
+            assert!(!line.starts_with('#'), "unknown comment: {line}");
+            let name = line.split(['{', ' ']).next().unwrap_or(line);
+            let family = family_of(name, &types).to_string();
+            assert!(types.contains_key(&family), "no TYPE before {line}");
+            assert_eq!(helps.get(&family), Some(&1), "no HELP before {line}");
+            if current.as_deref() != Some(family.as_str()) {
+                assert!(
+                    !finished.contains(&family),
+                    "samples of {family} are split: {line}"
+                );
+                if let Some(previous) = current.replace(family) {
+                    finished.push(previous);
+                }
+            }
+            samples += 1;
+        }
+    }
+    assert!(samples > 50, "{text}");
+    for (name, n) in &type_count {
+        assert_eq!(*n, 1, "{name} has {n} TYPE lines");
+    }
+    for (name, n) in &helps {
+        assert_eq!(*n, 1, "{name} has {n} HELP lines");
+        assert!(types.contains_key(name), "HELP without TYPE: {name}");
+    }
+    for (name, kind) in [
+        ("kv_storage_compactions_total", "counter"),
+        ("kv_anti_entropy_rounds_total", "counter"),
+        ("kv_tombstones_purged_total", "counter"),
+        ("kv_storage_memtable_bytes", "gauge"),
+        ("kv_hints_pending_bytes", "gauge"),
+        ("kv_hints_pending", "gauge"),
+        ("kv_request_duration_seconds", "histogram"),
+    ] {
+        assert_eq!(types.get(name).map(String::as_str), Some(kind), "{name}");
+    }
+    assert!(
+        text.lines().any(|l| l == "kv_hints_pending_all_targets 0"),
+        "{text}"
+    );
 }
