@@ -8,7 +8,11 @@ import { setupKeys } from './keys.js';
 import { MetricsHistory, OPS, drawChart, formatRate, formatSeconds, parseMetrics } from './metrics.js';
 
 const $ = (id) => document.getElementById(id);
-const wsUrl = `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}`;
+// On a node started with --token-file the console is opened as http://HOST:PORT/?token=T:
+// the token goes on with every WebSocket the console opens (the node reads it from the query).
+const token = new URLSearchParams(location.search).get('token');
+const wsUrl = `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}`
+  + (token ? `/?token=${encodeURIComponent(token)}` : '');
 const admin = new Admin(wsUrl);
 
 const STATUS_EVERY_MS = 1000;

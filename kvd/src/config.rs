@@ -509,6 +509,18 @@ impl NodeConfig {
                 self.listen
             )));
         }
+        for seed in &self.seeds {
+            // A name is fine (it is resolved when dialled, and DNS may come up later); the
+            // shape is checked now, instead of after half a minute of failed dials.
+            let port = seed.rsplit_once(':').and_then(|(host, port)| {
+                (!host.is_empty()).then(|| port.parse::<u16>().ok().filter(|&p| p > 0))?
+            });
+            if port.is_none() {
+                return Err(Error::Config(format!(
+                    "--seed {seed} is not HOST:PORT (a host name or address, a port from 1 to 65535)"
+                )));
+            }
+        }
         if let Some(id) = &self.id {
             check_node_id(id)?;
         }
@@ -655,6 +667,55 @@ mod tests {
             (c.memtable_bytes, c.block_cache_bytes),
             (64 << 20, 64 << 20)
         );
+    }
+
+    #[test]
+    fn seeds_are_host_port_and_names_are_fine() {
+        let with_seed = |seed: &str| {
+            NodeConfig::resolve(NodeArgs {
+                seeds: vec![seed.to_string()],
+                ..NodeArgs::default()
+            })
+        };
+        for good in [
+            "localhost:7070",
+            "10.0.0.1:7070",
+            "[::1]:7070",
+            "kv-0.kv:7070",
+        ] {
+            assert!(with_seed(good).is_ok(), "{good}");
+        }
+        for bad in ["garbage", "host:", ":7070", "h:0", "h:99999", "h:x"] {
+            let e = with_seed(bad).unwrap_err().to_string();
+            assert!(e.contains(&format!("--seed {bad} is not HOST:PORT")), "{e}");
+        }
+    }
+
+    #[test]
+    fn commit_log_recovery_comes_from_the_flag_or_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("kvd.toml");
+        std::fs::write(&file, "commit-log-recovery = \"skip-damaged\"\n").unwrap();
+        let c = NodeConfig::resolve(NodeArgs {
+            config: Some(file.clone()),
+            ..NodeArgs::default()
+        })
+        .unwrap();
+        assert_eq!(c.log_recovery, crate::storage::LogRecovery::SkipDamaged);
+        let c = NodeConfig::resolve(NodeArgs {
+            config: Some(file),
+            commit_log_recovery: Some(LogRecoveryChoice::Strict),
+            ..NodeArgs::default()
+        })
+        .unwrap();
+        assert_eq!(c.log_recovery, crate::storage::LogRecovery::Strict);
+        assert_eq!(
+            NodeConfig::resolve(NodeArgs::default())
+                .unwrap()
+                .log_recovery,
+            crate::storage::LogRecovery::Strict
+        );
+        assert!(parse_log_recovery("lenient").is_err());
     }
 
     #[test]

@@ -5,7 +5,7 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -203,4 +203,26 @@ test('a server error appears in the page as a readable message', async () => {
   assert.match(text, /^put: (unavailable|timeout) — \S/, text);
   console.log(`# shown: ${text.replace(/×$/, '')}`);
   assert.deepEqual(pageErrors, [], 'no uncaught exception or console error in the page');
+});
+
+test('on a node with --token-file, the console opened with ?token=T works through the token', async () => {
+  const guarded = await Cluster.start(1, (dir) => {
+    const tokens = path.join(dir, 'tokens');
+    writeFileSync(tokens, 'console-token-123 rw\n');
+    return ['--token-file', tokens, '--www-dir', wwwDir, '--sdk-dir', path.join(repoRoot, 'kv-wasm', 'pkg', 'web')];
+  });
+  const tab = await context.newPage();
+  try {
+    await tab.goto(`http://127.0.0.1:${guarded.nodes[0].port}/?token=console-token-123`);
+    await tab.waitForSelector('.node-card[data-node="n1"][data-state="up"]', { timeout: 15_000 });
+    await tab.fill('#key', 'guarded-key');
+    await tab.fill('#value', 'through the token');
+    await tab.click('#btn-put');
+    await tab.waitForFunction(() => document.querySelector('#siblings .value')?.textContent === 'through the token');
+    const { stdout } = await run(kvcliBin, ['--node', guarded.url(0), '--token', 'console-token-123', '--json', 'get', 'guarded-key'], { timeout: 20_000 });
+    assert.deepEqual(JSON.parse(stdout).values, ['through the token']);
+  } finally {
+    await tab.close().catch(() => {});
+    guarded.stop();
+  }
 });
