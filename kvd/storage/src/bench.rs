@@ -324,13 +324,22 @@ fn read(
     let fps = after.bloom_false_positives - before.bloom_false_positives;
     let hits = after.cache_hits - before.cache_hits;
     let misses = after.cache_misses - before.cache_misses;
+    // A false-positive rate exists only for probes of keys that could not match (readmissing
+    // that reached the tables); readrandom, or readmissing served from the memtable, has none.
+    let fp_rate = if missing && checks > 0 {
+        format!(
+            "{:.2}% of probes that could not match",
+            100.0 * fps as f64 / checks as f64
+        )
+    } else {
+        "no probe of a key that could not match".to_string()
+    };
     r.detail = format!(
-        "{} of {} found, bloom skips {}, bloom false positives {} ({:.2}% of probes that could not match), cache hit ratio {:.3}",
+        "{} of {} found, bloom skips {}, bloom false positives {} ({fp_rate}), cache hit ratio {:.3}",
         found.load(Ordering::Relaxed),
         per * threads as u64,
         after.bloom_skips - before.bloom_skips,
         fps,
-        if missing && checks > 0 { 100.0 * fps as f64 / checks as f64 } else { f64::NAN },
         if hits + misses > 0 { hits as f64 / (hits + misses) as f64 } else { 0.0 }
     );
     Ok(r)
