@@ -13,6 +13,7 @@
 //! - [`wire`]: the client and peer messages.
 //! - [`json`]: the hot frames' JSON, written and read by hand.
 //! - [`ws_frame`]: WebSocket frame heads and masking.
+//! - [`usage`]: one line for a command-line usage error (kvd and kvcli).
 #![deny(clippy::unwrap_used)]
 
 pub mod autoscale;
@@ -23,6 +24,7 @@ pub mod membership;
 pub mod merkle;
 pub mod quorum;
 pub mod ring;
+pub mod usage;
 pub mod version;
 pub mod wire;
 pub mod ws_frame;

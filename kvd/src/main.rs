@@ -37,36 +37,9 @@ enum Command {
     BenchStorage(kvd::bench::BenchArgs),
 }
 
-/// One line for a usage error of clap: its first line, with the list that follows a colon
-/// (the missing arguments) and clap's tip folded in. Scripts and `kvd dev` (which reports the
-/// last line a node wrote) see the cause, not the usage banner that follows it.
+/// One line for a usage error of clap (see [`kv_core::usage::one_line`]).
 fn usage_error_line(e: &clap::Error) -> String {
-    let text = e.render().to_string();
-    let mut lines = text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with("Usage:") && !l.starts_with("For more"));
-    let first = lines
-        .next()
-        .unwrap_or("bad usage")
-        .trim_start_matches("error: ")
-        .to_string();
-    let rest: Vec<&str> = lines.collect();
-    let tip = rest.iter().find_map(|l| l.strip_prefix("tip: "));
-    let mut line = if first.ends_with(':') {
-        let listed: Vec<&str> = rest
-            .iter()
-            .copied()
-            .take_while(|l| !l.starts_with("tip:"))
-            .collect();
-        format!("{first} {}", listed.join(", "))
-    } else {
-        first
-    };
-    if let Some(tip) = tip {
-        line.push_str(&format!(" ({tip})"));
-    }
-    line
+    kv_core::usage::one_line(&e.render().to_string())
 }
 
 fn main() -> ExitCode {
