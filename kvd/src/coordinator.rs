@@ -102,7 +102,12 @@ fn targets_for(
             })
             .collect()
     };
-    let live = targets.iter().filter(|t| node.is_up(&t.node)).count();
+    // A sloppy list holds only nodes seen up (a down replica is replaced or left out).
+    let live = if sloppy {
+        targets.len()
+    } else {
+        targets.iter().filter(|t| node.is_up(&t.node)).count()
+    };
     if live < q {
         // Known before anything is sent: refused without writing anything, as Cassandra's
         // "unavailable" is, naming every replica that is down and not stood in for.
