@@ -365,6 +365,29 @@ impl Ring {
         tokens
     }
 
+    /// Tokens for a new node of data center `dc` under a per-DC placement
+    /// ([`Placement::PerDc`]): chosen against the ring of that DC's nodes alone. Each DC's
+    /// replicas are picked walking its own nodes' tokens, so a node's share of its DC is what
+    /// the DC's tokens give it, whatever the other DCs hold; balancing against the whole ring
+    /// left equal nodes of one DC with shares up to three times apart. A token another DC's
+    /// node holds is moved to the next free one (tokens stay unique on the ring).
+    pub fn allocate_tokens_in_dc(&self, dc: &str, weight: u32, seed: u64) -> Vec<Token> {
+        let mut local = Ring::new();
+        for m in self.members.values().filter(|m| m.info.dc == dc) {
+            local.members.insert(m.info.id.clone(), m.clone());
+        }
+        local.rebuild();
+        let mut tokens = local.allocate_tokens(weight, seed);
+        for t in &mut tokens {
+            while self.layout.vnode_tokens.binary_search(t).is_ok() {
+                *t = t.wrapping_add(1);
+            }
+        }
+        tokens.sort_unstable();
+        tokens.dedup();
+        tokens
+    }
+
     /// The full token list `id` should have after its weight changes to `new_weight`: its
     /// current tokens plus new ones cut from the most loaded nodes when it grows, or minus the
     /// tokens whose ranges go to the least loaded nodes when it shrinks. Apply it with
@@ -1062,6 +1085,52 @@ mod tests {
     /// Fraction of replica copies (range size x replicas) that a move plan copies.
     fn moved_fraction(plan: &[Transfer], replicas: usize) -> f64 {
         plan.iter().map(|t| t.range.fraction()).sum::<f64>() / replicas as f64
+    }
+
+    #[test]
+    fn per_dc_allocation_balances_each_data_center_on_its_own() {
+        // Two DCs joined alternately. Balanced against the whole ring, equal nodes of one DC
+        // ended up to 34 % apart from their DC's mean over these seeds (72/75/53 % where 67
+        // was due, seen on a real cluster); against their own DC, under 20 %.
+        let order = ["a1", "b1", "a2", "b2", "a3", "b3"];
+        let placement = Placement::parse("dc1:2,dc2:1").unwrap();
+        let mut worst: f64 = 0.0;
+        for seed in 0..20u64 {
+            let mut ring = Ring::new();
+            for (i, id) in order.iter().enumerate() {
+                let n = info(id, if id.starts_with('a') { "dc1" } else { "dc2" }, "r1", 1);
+                let tokens = ring.allocate_tokens_in_dc(&n.dc, n.weight, seed * 100 + i as u64);
+                assert_eq!(tokens.len(), token_count(1));
+                for t in &tokens {
+                    assert!(
+                        ring.layout.vnode_tokens.binary_search(t).is_err(),
+                        "a token is taken twice"
+                    );
+                }
+                ring.insert(n, tokens);
+            }
+            let own = ring.ownership(&placement);
+            for dc in ["a", "b"] {
+                let shares: BTreeMap<NodeId, f64> = own
+                    .iter()
+                    .filter(|(id, _)| id.starts_with(dc))
+                    .map(|(id, f)| (id.clone(), *f))
+                    .collect();
+                let (lo, hi) = deviation(&shares);
+                worst = worst.max(-lo).max(hi);
+            }
+            // Every key still has 2 replicas in dc1 and 1 in dc2.
+            for k in 0..100u32 {
+                let list = ring.preference_list(&k.to_be_bytes(), &placement);
+                let in_dc1 = list.iter().filter(|id| id.starts_with('a')).count();
+                assert_eq!((list.len(), in_dc1), (3, 2), "{list:?}");
+            }
+        }
+        assert!(
+            worst < 0.2,
+            "a node {:.0} % off its DC's mean",
+            worst * 100.0
+        );
     }
 
     #[test]

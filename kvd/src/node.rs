@@ -157,6 +157,13 @@ impl Node {
             std::fs::remove_file(&marker)
                 .map_err(|e| Error::DataDir(format!("cannot remove {}: {e}", marker.display())))?;
         }
+        if identity.left {
+            crate::warn!(
+                "this node left the cluster (decommissioned or removed) and stays out of the \
+                 ring: it holds no data for anyone; to join again as a newcomer, start it with \
+                 an empty data dir"
+            );
+        }
         let tokens = identity.tokens.clone();
         let status = if identity.left {
             MemberStatus::Left
@@ -980,10 +987,13 @@ async fn choose_tokens(
             return Ok((old.tokens.clone(), true));
         }
     }
-    // Joiners count too: their tokens are taken, whether or not they serve yet.
+    // Joiners count too: their tokens are taken, whether or not they serve yet. Under a
+    // per-DC placement a node's share is decided among its own DC's nodes.
     let ring = ring_of(membership.members(), |s| s != MemberStatus::Left);
-    Ok((
-        ring.allocate_tokens(config.weight, crate::random_u64()),
-        false,
-    ))
+    let tokens = if config.per_dc.is_some() {
+        ring.allocate_tokens_in_dc(&config.dc, config.weight, crate::random_u64())
+    } else {
+        ring.allocate_tokens(config.weight, crate::random_u64())
+    };
+    Ok((tokens, false))
 }
