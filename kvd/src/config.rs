@@ -473,10 +473,20 @@ impl NodeConfig {
             ),
         };
         let mut config = config;
+        let n_given = args.n.or(file.n);
         if let Some(spec) = args.replication.or(file.replication) {
             match Placement::parse(&spec) {
                 Ok(Placement::PerDc(per_dc)) => {
-                    config.n = per_dc.values().sum();
+                    let sum: usize = per_dc.values().sum();
+                    // N is the sum of the per-DC counts; a different --n is a contradiction,
+                    // not something to pick one side of silently.
+                    if let Some(n) = n_given.filter(|&n| n != sum) {
+                        return Err(Error::Config(format!(
+                            "--n {n} contradicts --replication {spec} ({sum} replicas in all); \
+                             give one of them"
+                        )));
+                    }
+                    config.n = sum;
                     config.per_dc = Some(per_dc);
                 }
                 Ok(Placement::Simple { n }) => config.n = n,
@@ -666,6 +676,24 @@ mod tests {
         assert_eq!(
             (c.memtable_bytes, c.block_cache_bytes),
             (64 << 20, 64 << 20)
+        );
+    }
+
+    #[test]
+    fn an_n_that_contradicts_the_replication_is_refused() {
+        let with = |n: Option<usize>| {
+            NodeConfig::resolve(NodeArgs {
+                replication: Some("dc1:2,dc2:1".into()),
+                n,
+                ..NodeArgs::default()
+            })
+        };
+        assert_eq!(with(None).unwrap().n, 3);
+        assert_eq!(with(Some(3)).unwrap().n, 3);
+        let e = with(Some(5)).unwrap_err().to_string();
+        assert!(
+            e.contains("--n 5 contradicts --replication dc1:2,dc2:1"),
+            "{e}"
         );
     }
 

@@ -166,8 +166,12 @@ fn spawn_node(
 ) -> Result<Child> {
     let data = args.dir.join(id);
     let log_path = log_path(args, id);
-    let log = std::fs::File::create(&log_path)
-        .map_err(|e| Error::Io(format!("cannot create {}: {e}", log_path.display())))?;
+    // Appended to: a second `kvd dev` on the same --dir keeps the earlier runs' lines.
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(|e| Error::Io(format!("cannot open {}: {e}", log_path.display())))?;
     let mut cmd = Command::new(exe);
     cmd.arg("--id").arg(id).arg("--listen").arg(addr);
     cmd.arg("--data-dir").arg(&data);

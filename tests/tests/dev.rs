@@ -110,6 +110,9 @@ fn kvd_dev_starts_a_ready_cluster_and_starts_it_again_with_its_data() {
     let second = format!("ws://127.0.0.1:{}", base + 2);
     let (code, _, err) = kvcli(&["--node", &second, "put", "again", "yes"]);
     assert_eq!(code, 0, "{err}");
+    // The logs too: each node's log holds both runs.
+    let log = std::fs::read_to_string(dir.path().join("n1.log")).unwrap();
+    assert_eq!(log.matches("storage opened").count(), 2, "{log}");
 }
 
 /// A port of the cluster held by something else, which accepts connections and never answers:
