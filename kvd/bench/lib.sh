@@ -1,6 +1,6 @@
 # Sourced by the bench scripts, from the repository root. Builds kvd and kvcli in release mode
 # and sets KVD, KVCLI and WORK (a new temporary directory). At exit it stops the process in
-# PID (with signal STOP_SIGNAL, TERM unless set: `kvd dev` wants INT to stop its nodes) and
+# PID (with signal STOP_SIGNAL, TERM unless set) and
 # every process in PIDS, runs the script's `on_exit` function if it defines one, and removes
 # WORK. Also:
 #   free_port                 # prints a TCP port of 127.0.0.1 that is free now

@@ -9,28 +9,31 @@ OPS=${OPS:-100000}
 CLIENTS=${CLIENTS:-50}
 RECORDS=${RECORDS:-100000}
 WORKLOAD=${WORKLOAD:-a}
-STOP_SIGNAL=INT # kvd dev stops its nodes on Ctrl-C
+STOP_SIGNAL=TERM # kvd dev stops its nodes on SIGTERM (SIGINT is ignored by a background job)
 source kvd/bench/lib.sh
 
 run() { # run NODES N W R
-  local port attempt
+  local port attempt log
   # kvd dev takes the ports from --base-port on: one next to a free port can be taken by the
   # time a node binds it; dev then says so and exits, and another base port is tried.
   for attempt in 1 2 3; do
     port=$(free_port)
     rm -rf "$WORK/dev"
+    # A log of its own per start: the background job creates (truncates) its file only once
+    # it runs, and an earlier run's "is ready" must never be read as this one's.
+    log="$WORK/dev-$1-$attempt.log"
     "$KVD" dev --nodes "$1" --base-port "$port" --dir "$WORK/dev" --n "$2" --w "$3" --r "$4" \
-      --sync interval >"$WORK/dev.log" 2>&1 &
+      --sync interval >"$log" 2>&1 &
     PID=$!
-    while kill -0 "$PID" 2>/dev/null && ! grep -q "is ready" "$WORK/dev.log"; do sleep 0.2; done
-    grep -q "is ready" "$WORK/dev.log" && break
+    while kill -0 "$PID" 2>/dev/null && ! grep -q "is ready" "$log" 2>/dev/null; do sleep 0.2; done
+    grep -q "is ready" "$log" 2>/dev/null && break
     wait "$PID" 2>/dev/null || true
     PID=
   done
-  [ -n "$PID" ] || { echo "kvd dev did not start:" >&2; cat "$WORK/dev.log" >&2; exit 1; }
+  [ -n "$PID" ] || { echo "kvd dev did not start:" >&2; cat "$log" >&2; exit 1; }
   "$KVCLI" --node "ws://127.0.0.1:$port" bench --workload "$WORKLOAD" --clients "$CLIENTS" \
     --ops "$OPS" --records "$RECORDS" --json
-  kill -INT "$PID"; wait "$PID" 2>/dev/null || true; PID=
+  kill -TERM "$PID"; wait "$PID" 2>/dev/null || true; PID=
 }
 # Not in $(...): run must set PID in this shell, so the exit trap stops a cluster left running.
 run 1 1 1 1 >"$WORK/one.json"

@@ -94,25 +94,29 @@ pub async fn run(args: DevArgs) -> Result<()> {
     std::fs::create_dir_all(&args.dir)
         .map_err(|e| Error::Io(format!("cannot create {}: {e}", args.dir.display())))?;
     let first = format!("127.0.0.1:{}", args.base_port);
+    // Watched from the start: a signal while the nodes start stops the ones already running
+    // (a SIGTERM used to kill dev by its default action and leave them behind, and a SIGINT
+    // sent by a script to a background dev was ignored until the cluster was ready).
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| Error::Io(format!("cannot watch SIGTERM: {e}")))?;
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .map_err(|e| Error::Io(format!("cannot watch SIGINT: {e}")))?;
     let mut nodes: Vec<NodeProcess> = Vec::new();
-    for i in 0..args.nodes {
-        let id = format!("n{}", i + 1);
-        let addr = format!("127.0.0.1:{}", args.base_port as usize + i);
-        let seed = (i > 0).then_some(first.as_str());
-        let child = spawn_node(&exe, &args, &id, &addr, seed)?;
-        nodes.push(NodeProcess {
-            id: id.clone(),
-            addr: addr.clone(),
-            child,
-        });
-        // One at a time: each node picks its tokens knowing those of the nodes before it.
-        wait_healthy(
-            &mut nodes[i],
-            &log_path(&args, &id),
-            Duration::from_secs(30),
-        )
-        .await?;
-        wait_converged(&first, i + 1, Duration::from_secs(30)).await?;
+    let started = tokio::select! {
+        r = start_nodes(&exe, &args, &first, &mut nodes) => Some(r),
+        _ = term.recv() => None,
+        _ = interrupt.recv() => None,
+    };
+    match started {
+        Some(r) => r?,
+        None => {
+            println!(
+                "kvd dev: stopped while starting; stopping {} nodes",
+                nodes.len()
+            );
+            drop(nodes);
+            return Ok(());
+        }
     }
     println!("kvd dev: a cluster of {} nodes is ready", nodes.len());
     for n in &nodes {
@@ -127,12 +131,10 @@ pub async fn run(args: DevArgs) -> Result<()> {
     println!("try: kvcli --node ws://{first} put hello world");
     println!("press Ctrl-C to stop every node");
 
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|e| Error::Io(format!("cannot watch SIGTERM: {e}")))?;
     let mut check = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => break,
+            _ = interrupt.recv() => break,
             _ = term.recv() => break,
             _ = check.tick() => {
                 for n in nodes.iter_mut() {
@@ -149,6 +151,31 @@ pub async fn run(args: DevArgs) -> Result<()> {
     }
     println!("kvd dev: stopping {} nodes", nodes.len());
     drop(nodes);
+    Ok(())
+}
+
+/// Starts the nodes one at a time into `nodes` (the first is the seed of the others), each
+/// waited for until it answers and is in the ring.
+async fn start_nodes(
+    exe: &Path,
+    args: &DevArgs,
+    first: &str,
+    nodes: &mut Vec<NodeProcess>,
+) -> Result<()> {
+    for i in 0..args.nodes {
+        let id = format!("n{}", i + 1);
+        let addr = format!("127.0.0.1:{}", args.base_port as usize + i);
+        let seed = (i > 0).then_some(first);
+        let child = spawn_node(exe, args, &id, &addr, seed)?;
+        nodes.push(NodeProcess {
+            id: id.clone(),
+            addr: addr.clone(),
+            child,
+        });
+        // One at a time: each node picks its tokens knowing those of the nodes before it.
+        wait_healthy(&mut nodes[i], &log_path(args, &id), Duration::from_secs(30)).await?;
+        wait_converged(first, i + 1, Duration::from_secs(30)).await?;
+    }
     Ok(())
 }
 

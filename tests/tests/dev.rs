@@ -165,3 +165,89 @@ fn kvd_dev_reports_a_node_that_cannot_take_its_port_and_leaves_nothing_running()
     TcpListener::bind(("127.0.0.1", base)).expect("n1's port is free");
     drop(squatter);
 }
+
+/// SIGTERM while the nodes are still starting: dev stops the ones it started and exits 0
+/// (the signal used to kill dev by its default action and leave its nodes running).
+#[test]
+fn kvd_dev_stopped_while_its_nodes_start_leaves_nothing_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = free_ports(2);
+    let mut child = Command::new(kvd_bin())
+        .args([
+            "dev",
+            "--nodes",
+            "2",
+            "--base-port",
+            &base.to_string(),
+            "--dir",
+        ])
+        .arg(dir.path())
+        .process_group(0)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start kvd dev");
+    // Whatever happens below, the group (dev and its nodes) goes at the end.
+    struct Group(i32);
+    impl Drop for Group {
+        fn drop(&mut self) {
+            // SAFETY: kill(2) on the process group this test made.
+            unsafe { libc::kill(-self.0, libc::SIGKILL) };
+        }
+    }
+    let _group = Group(child.id() as i32);
+    let pid_of = |node: &str| -> Option<i32> {
+        let data = dir.path().join(node);
+        let out = Command::new("pgrep")
+            .args(["-f", &format!("data-dir {}( |$)", data.display())])
+            .output()
+            .ok()?;
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    };
+    // n1 up, then paused: dev cannot see it healthy, nor n2 join through it, so it stays in
+    // its start.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let n1 = loop {
+        let ready = std::fs::read_to_string(dir.path().join("n1.log"))
+            .is_ok_and(|l| l.contains("listening on"));
+        if let (true, Some(pid)) = (ready, pid_of("n1")) {
+            break pid;
+        }
+        assert!(std::time::Instant::now() < deadline, "n1 never started");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // SAFETY: kill(2) with valid signals on processes this test started.
+    unsafe { libc::kill(n1, libc::SIGSTOP) };
+    std::thread::sleep(Duration::from_millis(500));
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+        libc::kill(n1, libc::SIGCONT);
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            // SAFETY: the process group made above.
+            unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+            let _ = child.wait();
+            panic!("kvd dev did not stop");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("stopped while starting"), "{text}");
+    assert_eq!(
+        (pid_of("n1"), pid_of("n2")),
+        (None, None),
+        "a node is left running"
+    );
+}
