@@ -92,6 +92,22 @@ pub fn write_str(out: &mut String, s: &str) {
     out.push('"');
 }
 
+/// The length of what [`write_str`] appends for `s`, quotes included, without writing it.
+pub fn escaped_len(s: &str) -> usize {
+    let bytes = s.as_bytes();
+    let mut len = bytes.len() + 2;
+    let mut at = find_special(bytes, 0);
+    while let Some(&b) = bytes.get(at) {
+        // A two-character escape (`\n`, `\"`, ...) adds one byte, `\u00XX` adds five.
+        len += match b {
+            b'"' | b'\\' | b'\n' | b'\r' | b'\t' | 0x08 | 0x0c => 1,
+            _ => 5,
+        };
+        at = find_special(bytes, at + 1);
+    }
+    len
+}
+
 /// Appends `n` in decimal.
 pub fn write_u64(out: &mut String, n: u64) {
     out.push_str(itoa::Buffer::new().format(n));
@@ -262,6 +278,11 @@ mod tests {
                 .map(|i| alphabet[((seed >> (i % 50)) as usize + i * 7) % alphabet.len()])
                 .collect();
             assert_eq!(written(&s), serde_json::to_string(&s).unwrap(), "{s:?}");
+            assert_eq!(escaped_len(&s), written(&s).len(), "{s:?}");
+        }
+        for b in 0u8..128 {
+            let s = char::from(b).to_string().repeat(9);
+            assert_eq!(escaped_len(&s), written(&s).len(), "byte {b}");
         }
     }
 

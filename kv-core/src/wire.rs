@@ -524,9 +524,28 @@ pub fn check_value(value: &[u8], limits: &Limits) -> Result<(), WireError> {
     Ok(())
 }
 
+/// How a request frame carries a put's value. Both forms decode to the same bytes; answers
+/// are not concerned (they always show UTF-8 as text, see [`write_value`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ValueForm {
+    /// `"value"` text whenever the value is UTF-8, else `"value_b64"`: for a value its writer
+    /// gave as text, which stays text on the wire.
+    Text,
+    /// `"value"` text or `"value_b64"`, whichever is shorter: for a value its writer gave as
+    /// bytes. UTF-8 made of control characters escapes to six bytes per byte (`\u0001`),
+    /// which base64 keeps to four per three.
+    Shortest,
+}
+
 /// Encodes a client request as a JSON text frame (what kvcli and the SDK send): `id`, `op`,
-/// then the op's fields, absent ones left out. Written by hand ([`crate::json`]).
+/// then the op's fields, absent ones left out. A put's value travels as
+/// [`ValueForm::Text`]. Written by hand ([`crate::json`]).
 pub fn encode_request(id: u64, op: &ClientOp) -> String {
+    encode_request_with(id, op, ValueForm::Text)
+}
+
+/// [`encode_request`] with a put's value carried as `form` says.
+pub fn encode_request_with(id: u64, op: &ClientOp, form: ValueForm) -> String {
     use crate::json::{write_bool, write_i64, write_str, write_u64};
     /// `,"name":` then the value, when there is one.
     fn string(out: &mut String, name: &str, v: Option<&str>) {
@@ -577,9 +596,15 @@ pub fn encode_request(id: u64, op: &ClientOp) -> String {
             ttl_s,
         } => {
             let b64;
-            let (text, encoded) = match std::str::from_utf8(value) {
-                Ok(text) => (Some(text), None),
-                Err(_) => {
+            let as_text = std::str::from_utf8(value).ok().filter(|text| match form {
+                ValueForm::Text => true,
+                ValueForm::Shortest => {
+                    crate::json::escaped_len(text) <= value.len().div_ceil(3) * 4 + 2
+                }
+            });
+            let (text, encoded) = match as_text {
+                Some(text) => (Some(text), None),
+                None => {
                     b64 = B64.encode(value);
                     (None, Some(b64.as_str()))
                 }
@@ -1082,6 +1107,41 @@ mod tests {
                 }
             );
         }
+    }
+
+    #[test]
+    fn bytes_take_the_shorter_of_text_and_base64() {
+        let put = |value: Vec<u8>| ClientOp::Put {
+            key: "k".into(),
+            value,
+            context: String::new(),
+            w: None,
+            ttl_s: None,
+        };
+        // (value, sent as text when given as bytes)
+        for (value, text) in [
+            (b"plain text".to_vec(), true),
+            ("héllo €".as_bytes().to_vec(), true),
+            (vec![1; 3000], false),
+            (vec![0; 7], false),
+            (b"a\nb".to_vec(), true),
+            (vec![0xff, 0], false),
+            (Vec::new(), true),
+        ] {
+            let op = put(value.clone());
+            let shortest = encode_request_with(1, &op, ValueForm::Shortest);
+            assert_eq!(shortest.contains("\"value\":"), text, "{shortest}");
+            assert_eq!(decode(&shortest).unwrap().op, op);
+            // Given as text, UTF-8 stays text whatever it costs.
+            let as_text = encode_request_with(1, &op, ValueForm::Text);
+            assert_eq!(as_text, encode_request(1, &op));
+            let utf8 = std::str::from_utf8(&value).is_ok();
+            assert_eq!(as_text.contains("\"value\":"), utf8, "{as_text}");
+            assert!(shortest.len() <= as_text.len(), "{shortest} vs {as_text}");
+        }
+        // A value of zeros: six bytes each as text, four per three in base64.
+        let zeros = encode_request_with(1, &put(vec![0; 400 * 1024]), ValueForm::Shortest);
+        assert!(zeros.len() < 560 * 1024, "{}", zeros.len());
     }
 
     #[test]

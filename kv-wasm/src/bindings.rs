@@ -13,7 +13,7 @@ use wasm_bindgen::JsCast;
 
 use crate::context;
 use crate::error::SdkError;
-use crate::protocol::{self, Value, MAX_ID};
+use crate::protocol::{self, Value, ValueForm, MAX_ID};
 use crate::reconcile::{self, Resolved, SiblingRef, Strategy};
 
 /// A thrown `KvError`: an `Error` with a `code` property.
@@ -218,8 +218,9 @@ pub fn encode_get_js(
     protocol::encode_get(id, key, r.map(|r| r as usize), local.unwrap_or(false)).map_err(js_error)
 }
 
-/// A put request frame; `value` is a string or a `Uint8Array`; `ttl_seconds` makes the value
-/// expire that long after the write. Throws a `KvError` (`bad_request`) for another value type,
+/// A put request frame; `value` is a string (sent as text) or a `Uint8Array` (sent as text or
+/// base64, whichever is shorter); `ttl_seconds` makes the value expire that long after the
+/// write. Throws a `KvError` (`bad_request`) for another value type,
 /// a corrupt context or a time to live that is not a whole number of seconds in range.
 #[wasm_bindgen(js_name = encodePut)]
 pub fn encode_put_js(
@@ -232,6 +233,11 @@ pub fn encode_put_js(
 ) -> Result<String, JsValue> {
     let id = id_arg(id).map_err(js_error)?;
     let bytes = bytes_arg(value, "the value").map_err(js_error)?;
+    let form = if value.is_string() {
+        ValueForm::Text
+    } else {
+        ValueForm::Shortest
+    };
     let ttl = match ttl_seconds {
         None => None,
         Some(t) if t.fract() == 0.0 && t >= 1.0 && t <= u64::MAX as f64 => Some(t as u64),
@@ -245,6 +251,7 @@ pub fn encode_put_js(
         id,
         key,
         &bytes,
+        form,
         context.as_deref(),
         w.map(|w| w as usize),
         ttl,

@@ -1,7 +1,8 @@
 //! The wire protocol as the SDK speaks it: request frames built by kv-core's encoder, and
 //! answers decoded into ids, errors and siblings.
 
-use kv_core::wire::{encode_request, value_from_json, ClientOp};
+pub use kv_core::wire::ValueForm;
+use kv_core::wire::{encode_request, encode_request_with, value_from_json, ClientOp};
 use serde_json::{Map, Value as Json};
 
 use crate::context::check_context;
@@ -207,8 +208,9 @@ pub fn encode_get(id: u64, key: &str, r: Option<usize>, local: bool) -> Result<S
     Ok(encode_request(check_id(id)?, &op))
 }
 
-/// A put frame. UTF-8 values travel as `"value"`, others as `"value_b64"`; with `ttl_s` the
-/// value expires that many seconds after the write.
+/// A put frame. A value given as text (`form` [`ValueForm::Text`]) travels as `"value"` when
+/// it is UTF-8; one given as bytes ([`ValueForm::Shortest`]) as `"value"` or `"value_b64"`,
+/// whichever is shorter. With `ttl_s` the value expires that many seconds after the write.
 ///
 /// Errors: `bad_request` for an id out of range, a corrupt context (caught here, before it
 /// travels) or a time to live out of range.
@@ -216,6 +218,7 @@ pub fn encode_put(
     id: u64,
     key: &str,
     value: &[u8],
+    form: ValueForm,
     context: Option<&str>,
     w: Option<usize>,
     ttl_s: Option<u64>,
@@ -233,7 +236,7 @@ pub fn encode_put(
         w,
         ttl_s,
     };
-    Ok(encode_request(check_id(id)?, &op))
+    Ok(encode_request_with(check_id(id)?, &op, form))
 }
 
 /// A delete frame (a versioned tombstone).
@@ -297,7 +300,16 @@ mod tests {
     #[test]
     fn requests_round_trip_through_the_server_decoder() {
         let ctx = VersionVector::from_entries([("n1", 3)]).encode_context();
-        let frame = encode_put(7, "k", &[0xff, 0, 1], Some(&ctx), Some(2), Some(30)).unwrap();
+        let frame = encode_put(
+            7,
+            "k",
+            &[0xff, 0, 1],
+            ValueForm::Text,
+            Some(&ctx),
+            Some(2),
+            Some(30),
+        )
+        .unwrap();
         let req = decode_request(&frame, &Limits::default()).unwrap();
         assert_eq!(req.id, 7);
         assert_eq!(
@@ -311,8 +323,24 @@ mod tests {
             }
         );
         assert!(frame.contains("value_b64"), "{frame}");
-        let frame = encode_put(8, "k", "héllo".as_bytes(), None, None, None).unwrap();
+        let frame = encode_put(
+            8,
+            "k",
+            "héllo".as_bytes(),
+            ValueForm::Text,
+            None,
+            None,
+            None,
+        )
+        .unwrap();
         assert!(frame.contains(r#""value":"héllo""#), "{frame}");
+        // Control characters given as bytes go as base64 (shorter than their escapes); given
+        // as text they stay text.
+        let controls = [1u8; 64];
+        let frame = encode_put(8, "k", &controls, ValueForm::Shortest, None, None, None).unwrap();
+        assert!(frame.contains("value_b64"), "{frame}");
+        let frame = encode_put(8, "k", &controls, ValueForm::Text, None, None, None).unwrap();
+        assert!(frame.contains(r#""value":"\u0001"#), "{frame}");
         let req = decode_request(
             &encode_get(9, "k", Some(3), true).unwrap(),
             &Limits::default(),
@@ -353,7 +381,8 @@ mod tests {
 
     #[test]
     fn bad_arguments_fail_before_sending() {
-        let err = encode_put(1, "k", b"v", Some("garbage!"), None, None).unwrap_err();
+        let err =
+            encode_put(1, "k", b"v", ValueForm::Text, Some("garbage!"), None, None).unwrap_err();
         assert_eq!(err.code, "bad_request");
         assert!(err.message.contains("corrupt"), "{}", err.message);
         assert!(encode_delete(1, "k", Some("AQ"), None).is_err());

@@ -2,7 +2,7 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 
-import { KvClient, KvError, compareContexts, reconcile } from '../pkg/node/index.mjs';
+import { KvClient, KvError, compareContexts, encodePut, reconcile } from '../pkg/node/index.mjs';
 import { Cluster, freePort } from './cluster.mjs';
 
 let cluster;
@@ -52,6 +52,21 @@ describe('kv-wasm SDK against a 3-node cluster', () => {
     assert.deepEqual((await c.get('text')).values, ['héllo ✓']);
     const asBytes = await c.get('text', { binary: true });
     assert.deepEqual([...asBytes.values[0]], [...new TextEncoder().encode('héllo ✓')]);
+  });
+
+  test('a Uint8Array of control bytes travels as base64, not as six-fold escaped text', async () => {
+    const c = await connect(0);
+    // Valid UTF-8, but each byte escapes to six ("\u0001"): 4.2 MB as text, over the 2 MiB
+    // frame limit; 0.93 MB in base64.
+    const ones = new Uint8Array(700 * 1024).fill(1);
+    await c.put('control-bytes', ones);
+    const got = await c.get('control-bytes', { binary: true });
+    assert.equal(got.values.length, 1);
+    assert.ok(Buffer.from(got.values[0]).equals(Buffer.from(ones)), 'the bytes read back differ');
+    // Bytes take the shorter form, strings stay strings.
+    assert.match(encodePut(1, 'k', new Uint8Array(30).fill(1)), /"value_b64":/);
+    assert.match(encodePut(1, 'k', new TextEncoder().encode('plain text')), /"value":"plain text"/);
+    assert.match(encodePut(1, 'k', '\u0001'.repeat(30)), /"value":"(\\u0001)+"/);
   });
 
   test('many requests in flight on one connection are matched by id', async () => {
