@@ -164,8 +164,18 @@ export function createSdk(wasm, resolveWebSocket) {
       let answer;
       try {
         answer = wasm.decodeResponse(data);
-      } catch {
-        return; // a frame we cannot read answers nothing we could match
+      } catch (e) {
+        // A frame that names its request but does not decode fails that request now; one
+        // without a readable id answers nothing we could match.
+        const id = e && typeof e.id === 'number' ? e.id : null;
+        const entry = id == null ? undefined : this.#pending.get(id);
+        if (entry) {
+          this.#pending.delete(id);
+          clearTimeout(entry.timer);
+          entry.reject(new KvError('bad_response',
+            `the answer to request ${id} from ${this.#url} does not decode: ${e.message}`));
+        }
+        return;
       }
       const entry = answer.id == null ? undefined : this.#pending.get(answer.id);
       if (!entry) return;

@@ -296,9 +296,21 @@ pub fn encode_op_js(id: f64, op: &str) -> Result<String, JsValue> {
 /// Decodes an answer frame into `{id, ok: true, ...fields}` or
 /// `{id, ok: false, error: {code, message}}`. A get answer's fields become `found`,
 /// `values` (strings or `Uint8Array`s), `siblings` (`{value, timestampMs}`) and `context`.
-/// Throws a `KvError` (`bad_response`) for a frame that does not decode.
+/// Throws a `KvError` (`bad_response`) for a frame that does not decode, with an `id`
+/// property when the frame's id is readable (so the request it answers can fail now rather
+/// than wait for its timeout).
 #[wasm_bindgen(js_name = decodeResponse)]
 pub fn decode_response_js(text: &str) -> Result<JsValue, JsValue> {
+    decode_answer(text).inspect_err(|e| {
+        if let (true, Some(id)) = (e.is_object(), protocol::answer_id(text)) {
+            // Setting a property on the fresh Error this module threw cannot fail.
+            let _ = Reflect::set(e, &JsValue::from_str("id"), &JsValue::from_f64(id as f64));
+        }
+    })
+}
+
+/// [`decode_response_js`] without the id on its errors.
+fn decode_answer(text: &str) -> Result<JsValue, JsValue> {
     let resp = protocol::decode_response(text).map_err(js_error)?;
     let out = Object::new();
     let id = resp

@@ -116,6 +116,17 @@ pub fn decode_response(text: &str) -> Result<Response> {
     Ok(Response { id, outcome })
 }
 
+/// The id of an answer frame, when it is a JSON object with a request id: what a frame that
+/// fails [`decode_response`] or [`decode_get_answer`] can still tell about the request it
+/// answers.
+pub fn answer_id(text: &str) -> Option<u64> {
+    let parsed: Json = serde_json::from_str(text).ok()?;
+    parsed
+        .get("id")?
+        .as_u64()
+        .filter(|id| (1..=MAX_ID).contains(id))
+}
+
 /// Reads the siblings out of a get answer's fields. Uses `siblings` (values with
 /// timestamps) when present, else the bare `values`.
 ///
@@ -481,5 +492,16 @@ mod tests {
             .outcome
             .unwrap();
         assert_eq!(decode_get_answer(&fields).unwrap_err().code, "bad_response");
+        // The id still names the request a malformed answer was for, when it is readable.
+        for (text, id) in [
+            (r#"{"id":1,"ok":true,"values":5}"#, Some(1)),
+            (r#"{"id":7,"ok":"yes"}"#, Some(7)),
+            (r#"{"id":0,"ok":"yes"}"#, None),
+            (r#"{"id":"7","ok":true}"#, None),
+            (r#"{"id":7,"ok":tru"#, None),
+            ("[7]", None),
+        ] {
+            assert_eq!(answer_id(text), id, "{text}");
+        }
     }
 }
