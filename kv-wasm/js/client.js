@@ -106,7 +106,10 @@ export function createSdk(wasm, resolveWebSocket) {
         const timer = setTimeout(() => {
           if (settled) return;
           settled = true;
-          ws.onopen = ws.onerror = ws.onclose = ws.onmessage = null;
+          ws.onopen = ws.onclose = ws.onmessage = null;
+          // Closing a socket that is still connecting reports an error; the `ws` package
+          // emits it as an 'error' event, which crashes the process when nothing listens.
+          ws.onerror = () => {};
           try { ws.close(); } catch { /* already failing */ }
           reject(new KvError('timeout', `no connection to ${this.#url} within ${this.#timeoutMs} ms`));
         }, this.#timeoutMs);
