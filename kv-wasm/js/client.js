@@ -40,6 +40,9 @@ export function createSdk(wasm, resolveWebSocket) {
     }
   }
 
+  /** `url` as messages show it: the token's value replaced by `***`. */
+  const redact = (url) => String(url).replace(/([?&]token=)[^&#\s]*/g, '$1***');
+
   function withToken(url, token) {
     if (!token) return url;
     const u = new URL(url);
@@ -51,6 +54,8 @@ export function createSdk(wasm, resolveWebSocket) {
 
   class KvClient {
     #url;
+    /** `#url` with its token hidden, for messages. */
+    #shownUrl;
     #WebSocket;
     #timeoutMs;
     #reconnect;
@@ -72,6 +77,7 @@ export function createSdk(wasm, resolveWebSocket) {
     /** Use `KvClient.connect`. */
     constructor(url, options, WebSocketImpl) {
       this.#url = withToken(url, options.token);
+      this.#shownUrl = redact(this.#url);
       this.#WebSocket = WebSocketImpl;
       this.#timeoutMs = options.timeoutMs ?? 10_000;
       this.#reconnect = options.reconnect ?? true;
@@ -100,7 +106,7 @@ export function createSdk(wasm, resolveWebSocket) {
         try {
           ws = new this.#WebSocket(this.#url);
         } catch (e) {
-          reject(new KvError('bad_request', `cannot open ${this.#url}: ${e.message}`));
+          reject(new KvError('bad_request', `cannot open ${this.#shownUrl}: ${redact(e.message)}`));
           return;
         }
         const timer = setTimeout(() => {
@@ -111,7 +117,7 @@ export function createSdk(wasm, resolveWebSocket) {
           // emits it as an 'error' event, which crashes the process when nothing listens.
           ws.onerror = () => {};
           try { ws.close(); } catch { /* already failing */ }
-          reject(new KvError('timeout', `no connection to ${this.#url} within ${this.#timeoutMs} ms`));
+          reject(new KvError('timeout', `no connection to ${this.#shownUrl} within ${this.#timeoutMs} ms`));
         }, this.#timeoutMs);
         let failure = '';
         ws.onerror = (ev) => {
@@ -129,8 +135,8 @@ export function createSdk(wasm, resolveWebSocket) {
           settled = true;
           clearTimeout(timer);
           const code = /\b401\b/.test(failure) ? 'unauthorized' : 'unavailable';
-          const why = failure || `closed with code ${ev && ev.code}`;
-          reject(new KvError(code, `cannot connect to ${this.#url}: ${why}`));
+          const why = redact(failure) || `closed with code ${ev && ev.code}`;
+          reject(new KvError(code, `cannot connect to ${this.#shownUrl}: ${why}`));
         };
       });
     }
@@ -176,7 +182,7 @@ export function createSdk(wasm, resolveWebSocket) {
           this.#pending.delete(id);
           clearTimeout(entry.timer);
           entry.reject(new KvError('bad_response',
-            `the answer to request ${id} from ${this.#url} does not decode: ${e.message}`));
+            `the answer to request ${id} from ${this.#shownUrl} does not decode: ${e.message}`));
         }
         return;
       }
@@ -202,12 +208,12 @@ export function createSdk(wasm, resolveWebSocket) {
         this.#pending.delete(id);
         clearTimeout(entry.timer);
         entry.reject(new KvError('unavailable',
-          `the connection to ${this.#url} closed before the answer to request ${id} ` +
+          `the connection to ${this.#shownUrl} closed before the answer to request ${id} ` +
           '(a write may or may not have been applied)'));
       }
       if (this.#closed) return;
       if (!this.#reconnect) {
-        this.#failUnsent(`the connection to ${this.#url} closed`);
+        this.#failUnsent(`the connection to ${this.#shownUrl} closed`);
         return;
       }
       this.#scheduleReconnect();
@@ -251,7 +257,7 @@ export function createSdk(wasm, resolveWebSocket) {
       return new Promise((resolve, reject) => {
         const timer = setTimeout(() => {
           this.#pending.delete(id);
-          reject(new KvError('timeout', `no answer to request ${id} from ${this.#url} within ${this.#timeoutMs} ms`));
+          reject(new KvError('timeout', `no answer to request ${id} from ${this.#shownUrl} within ${this.#timeoutMs} ms`));
         }, this.#timeoutMs);
         this.#pending.set(id, { frame, resolve, reject, timer, sent: false });
         this.#unsent.push(id);
