@@ -40,14 +40,108 @@ export function createSdk(wasm, resolveWebSocket) {
     }
   }
 
+  const badRequest = (message) => new KvError('bad_request', message);
+
+  /** A value as an error message names it: its type, and short scalars themselves. */
+  function describe(v) {
+    if (v === null) return 'null';
+    if (typeof v === 'string') return v.length > 40 ? 'a string' : `the string ${JSON.stringify(v)}`;
+    if (typeof v === 'number' || typeof v === 'boolean' || typeof v === 'bigint') return `${typeof v} ${v}`;
+    if (Array.isArray(v)) return 'an array';
+    if (typeof v === 'object') return `an object (${v.constructor?.name ?? 'no prototype'})`;
+    return typeof v;
+  }
+
+  // The wasm exports take their strings and numbers as they come: another type there traps
+  // inside the module ("memory access out of bounds") or is silently coerced. Arguments are
+  // checked here first, and fail with `bad_request`.
+
+  function checkString(what, v) {
+    if (typeof v !== 'string') throw badRequest(`${what} must be a string, not ${describe(v)}`);
+  }
+
+  function checkKey(key) {
+    checkString('the key', key);
+  }
+
+  function checkValue(value) {
+    if (typeof value !== 'string' && !(value instanceof Uint8Array)) {
+      throw badRequest(`the value must be a string or a Uint8Array, not ${describe(value)}`);
+    }
+  }
+
+  /** An optional context: a string an earlier read returned. */
+  function checkContextArg(context) {
+    if (context != null && typeof context !== 'string') {
+      throw badRequest(`the context must be the string an earlier read returned, not ${describe(context)}`);
+    }
+  }
+
+  /** An optional quorum (`r`, `w`): a whole number, at least 1. */
+  function checkQuorum(name, n) {
+    if (n != null && !(Number.isInteger(n) && n >= 1 && n <= 0xffff_ffff)) {
+      throw badRequest(`${name} must be a whole number, at least 1, not ${describe(n)}`);
+    }
+  }
+
+  /** A number the module checks further (a request id, ttlSeconds, incr's by). */
+  function checkNumber(what, n, optional) {
+    if (optional && n == null) return;
+    if (typeof n !== 'number') throw badRequest(`${what} must be a number, not ${describe(n)}`);
+  }
+
   /** `url` as messages show it: the token's value replaced by `***`. */
   const redact = (url) => String(url).replace(/([?&]token=)[^&#\s]*/g, '$1***');
 
+  /** The URL to open: `url` with `?token=` when there is one. */
   function withToken(url, token) {
-    if (!token) return url;
-    const u = new URL(url);
-    u.searchParams.set('token', token);
+    if (token != null && typeof token !== 'string') {
+      throw badRequest(`the token must be a string, not ${describe(token)}`);
+    }
+    if (typeof url !== 'string' && !(url instanceof URL)) {
+      throw badRequest(`the URL must be a string (ws://host:port), not ${describe(url)}`);
+    }
+    let u;
+    try {
+      u = new URL(url);
+    } catch {
+      throw badRequest(`${JSON.stringify(redact(url))} is not a URL (ws://host:port or wss://host:port)`);
+    }
+    if (token) u.searchParams.set('token', token);
     return u.toString();
+  }
+
+  function encodeGet(id, key, r, local) {
+    checkNumber('the request id', id);
+    checkKey(key);
+    checkQuorum('r', r);
+    return call(() => wasm.encodeGet(id, key, r, local));
+  }
+
+  function encodePut(id, key, value, context, w, ttlSeconds) {
+    checkNumber('the request id', id);
+    checkKey(key);
+    checkValue(value);
+    checkContextArg(context);
+    checkQuorum('w', w);
+    checkNumber('ttlSeconds', ttlSeconds, true);
+    return call(() => wasm.encodePut(id, key, value, context, w, ttlSeconds));
+  }
+
+  function encodeDelete(id, key, context, w) {
+    checkNumber('the request id', id);
+    checkKey(key);
+    checkContextArg(context);
+    checkQuorum('w', w);
+    return call(() => wasm.encodeDelete(id, key, context, w));
+  }
+
+  function encodeIncr(id, key, by, w) {
+    checkNumber('the request id', id);
+    checkKey(key);
+    checkNumber('by', by);
+    checkQuorum('w', w);
+    return call(() => wasm.encodeIncr(id, key, by, w));
   }
 
   const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -92,6 +186,7 @@ export function createSdk(wasm, resolveWebSocket) {
      * connection fails; later drops are retried with backoff.
      */
     static async connect(url, options = {}) {
+      withToken(url, options.token); // bad arguments fail first
       const WebSocketImpl = await resolveWebSocket(options);
       const client = new KvClient(url, options, WebSocketImpl);
       await client.#open();
@@ -267,7 +362,7 @@ export function createSdk(wasm, resolveWebSocket) {
 
     /** Reads a key: `{found, values, siblings, context}`. */
     async get(key, options = {}) {
-      const answer = await this.#request((id) => wasm.encodeGet(id, key, options.r, options.local));
+      const answer = await this.#request((id) => encodeGet(id, key, options.r, options.local));
       if (options.binary) {
         const enc = new TextEncoder();
         const bytes = (v) => (typeof v === 'string' ? enc.encode(v) : v);
@@ -282,7 +377,7 @@ export function createSdk(wasm, resolveWebSocket) {
      * saw; with `ttlSeconds` it expires that long after the write.
      */
     put(key, value, options = {}) {
-      return this.#request((id) => wasm.encodePut(id, key, value, options.context, options.w, options.ttlSeconds));
+      return this.#request((id) => encodePut(id, key, value, options.context, options.w, options.ttlSeconds));
     }
 
     /**
@@ -290,7 +385,7 @@ export function createSdk(wasm, resolveWebSocket) {
      * reads the key first and deletes every sibling that read finds.
      */
     delete(key, options = {}) {
-      return this.#request((id) => wasm.encodeDelete(id, key, options.context, options.w));
+      return this.#request((id) => encodeDelete(id, key, options.context, options.w));
     }
 
     /**
@@ -298,7 +393,7 @@ export function createSdk(wasm, resolveWebSocket) {
      * `value` being the counter as the replica that applied the increment knows it.
      */
     incr(key, by = 1, options = {}) {
-      return this.#request((id) => wasm.encodeIncr(id, key, by, options.w));
+      return this.#request((id) => encodeIncr(id, key, by, options.w));
     }
 
     /** A liveness probe through the node. */
@@ -375,13 +470,27 @@ export function createSdk(wasm, resolveWebSocket) {
     KvClient,
     KvError,
     reconcile,
-    compareContexts: (a, b) => call(() => wasm.compareContexts(a, b)),
-    mergeContexts: (contexts) => call(() => wasm.mergeContexts(contexts)),
-    checkContext: (context) => call(() => wasm.checkContext(context)),
-    encodeGet: (id, key, r, local) => call(() => wasm.encodeGet(id, key, r, local)),
-    encodePut: (id, key, value, context, w, ttlSeconds) =>
-      call(() => wasm.encodePut(id, key, value, context, w, ttlSeconds)),
-    encodeDelete: (id, key, context, w) => call(() => wasm.encodeDelete(id, key, context, w)),
-    decodeResponse: (text) => call(() => wasm.decodeResponse(text)),
+    compareContexts(a, b) {
+      checkString('a causal context', a);
+      checkString('a causal context', b);
+      return call(() => wasm.compareContexts(a, b));
+    },
+    mergeContexts(contexts) {
+      if (!Array.isArray(contexts)) {
+        throw badRequest(`mergeContexts takes an array of contexts, not ${describe(contexts)}`);
+      }
+      return call(() => wasm.mergeContexts(contexts));
+    },
+    checkContext(context) {
+      checkString('a causal context', context);
+      return call(() => wasm.checkContext(context));
+    },
+    encodeGet,
+    encodePut,
+    encodeDelete,
+    decodeResponse(text) {
+      checkString('an answer frame', text);
+      return call(() => wasm.decodeResponse(text));
+    },
   };
 }
