@@ -53,7 +53,12 @@ export interface PutOptions extends WriteOptions {
 
 export interface PutResult {
   key: string;
-  /** Covers what the writer saw plus this write. */
+  /**
+   * Covers what the writer saw plus this write. Where the node cannot express that (a blind
+   * put over an existing key, or the key written by others since the given context) it is the
+   * context given: "" after a blind put. Writing again with it keeps this value as a sibling;
+   * to replace everything, `get` first and write with that read's context.
+   */
   context: string;
 }
 
@@ -106,6 +111,7 @@ export type ErrorCode =
   | 'bad_request' | 'too_large' | 'unauthorized' | 'unavailable' | 'timeout' | 'overloaded'
   | 'internal' | 'bad_response' | 'conflict' | (string & {});
 
+/** Arguments of the wrong type fail with `bad_request` before anything is sent. */
 export class KvError extends Error {
   readonly code: ErrorCode;
   constructor(code: string, message: string, options?: { cause?: unknown });
@@ -113,7 +119,11 @@ export class KvError extends Error {
 
 export class KvClient {
   private constructor();
-  /** Connects to one node (`ws://host:port`); rejects with a KvError when it cannot. */
+  /**
+   * Connects to one node (`ws://host:port`); rejects with a KvError when it cannot:
+   * `unavailable` (nothing listens, or the handshake fails), `unauthorized` (the token is
+   * refused, Node.js only), `timeout` (no handshake within `timeoutMs`), `bad_request` (not a URL).
+   */
   static connect(url: string, options?: ConnectOptions): Promise<KvClient>;
   get(key: string, options?: GetOptions): Promise<GetResult>;
   put(key: string, value: Value, options?: PutOptions): Promise<PutResult>;

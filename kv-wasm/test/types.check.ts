@@ -34,3 +34,37 @@ async function use(sdk: typeof node | typeof web): Promise<void> {
   void c;
 }
 void use;
+
+// The example of README.md, as written there (with its import from pkg/node): it must compile
+// under strict mode. `process` stands in for @types/node.
+declare const process: { env: Record<string, string | undefined> };
+async function readmeExample(): Promise<void> {
+  const { KvClient, reconcile, compareContexts } = node;
+
+  const kv = await KvClient.connect('ws://127.0.0.1:7070', { token: process.env.KV_TOKEN });
+
+  const first = await kv.put('greeting', 'hello');
+  const { found, values, siblings, context } = await kv.get('greeting');
+
+  // Concurrent writers leave siblings; resolve them and write back with the read's context,
+  // which replaces exactly the versions that read saw.
+  const read = await kv.get('cart');
+  const merged = reconcile(read, 'merge');          // or 'union', 'lww', or (values) => value
+  if (merged !== null) {                            // null: the read found no value
+    await kv.put('cart', merged, { context: read.context });
+  }
+
+  // Or let update() do it: read, reconcile, write back, retry while siblings remain.
+  await kv.update('tags', 'union');
+  await kv.update('cart', (values) => {
+    const merged = reconcile(values, 'merge');      // JSON text, or null for no values
+    const cart = typeof merged === 'string' ? JSON.parse(merged) : {};
+    cart.apple = 1;
+    return JSON.stringify(cart);
+  });
+
+  compareContexts(first.context, read.context);     // 'before' | 'after' | 'equal' | 'concurrent'
+  kv.close();
+  void [found, values, siblings, context];
+}
+void readmeExample;
