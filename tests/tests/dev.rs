@@ -115,16 +115,10 @@ fn kvd_dev_starts_a_ready_cluster_and_starts_it_again_with_its_data() {
     assert_eq!(log.matches("storage opened").count(), 2, "{log}");
 }
 
-/// A port of the cluster held by something else, which accepts connections and never answers:
-/// `kvd dev` neither hangs on it nor takes it for its node, but says which node could not
-/// start and why, and stops the nodes it had started.
-#[test]
-fn kvd_dev_reports_a_node_that_cannot_take_its_port_and_leaves_nothing_running() {
-    let dir = tempfile::tempdir().unwrap();
-    let base = free_ports(2);
-    let squatter = TcpListener::bind(("127.0.0.1", base + 1)).unwrap();
-    // In a process group of its own, with the nodes it starts, so a hang is cleaned up whole.
-    let mut child = Command::new(kvd_bin())
+/// `kvd dev --nodes 2` in a process group of its own, with the nodes it starts, so a test can
+/// clean up the whole group whatever happens.
+fn two_node_dev_in_its_own_group(dir: &std::path::Path, base: u16) -> Child {
+    Command::new(kvd_bin())
         .args([
             "dev",
             "--nodes",
@@ -133,12 +127,23 @@ fn kvd_dev_reports_a_node_that_cannot_take_its_port_and_leaves_nothing_running()
             &base.to_string(),
             "--dir",
         ])
-        .arg(dir.path())
+        .arg(dir)
         .process_group(0)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("start kvd dev");
+        .expect("start kvd dev")
+}
+
+/// A port of the cluster held by something else, which accepts connections and never answers:
+/// `kvd dev` neither hangs on it nor takes it for its node, but says which node could not
+/// start and why, and stops the nodes it had started.
+#[test]
+fn kvd_dev_reports_a_node_that_cannot_take_its_port_and_leaves_nothing_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = free_ports(2);
+    let squatter = TcpListener::bind(("127.0.0.1", base + 1)).unwrap();
+    let mut child = two_node_dev_in_its_own_group(dir.path(), base);
     // A guard against hanging (the old behaviour), not a speed target: dev gives up on a
     // node after 30 s on its own.
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
@@ -172,21 +177,7 @@ fn kvd_dev_reports_a_node_that_cannot_take_its_port_and_leaves_nothing_running()
 fn kvd_dev_stopped_while_its_nodes_start_leaves_nothing_running() {
     let dir = tempfile::tempdir().unwrap();
     let base = free_ports(2);
-    let mut child = Command::new(kvd_bin())
-        .args([
-            "dev",
-            "--nodes",
-            "2",
-            "--base-port",
-            &base.to_string(),
-            "--dir",
-        ])
-        .arg(dir.path())
-        .process_group(0)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start kvd dev");
+    let mut child = two_node_dev_in_its_own_group(dir.path(), base);
     // Whatever happens below, the group (dev and its nodes) goes at the end.
     struct Group(i32);
     impl Drop for Group {
