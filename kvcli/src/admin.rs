@@ -153,8 +153,10 @@ pub async fn keys(
     env: &Env,
 ) -> Result<(), ClientError> {
     let mut found = Vec::new();
+    let mut count: u64 = 0;
     let mut cursor: Option<String> = None;
-    'pages: loop {
+    let limit = limit.unwrap_or(u64::MAX);
+    'pages: while count < limit {
         for e in scan_page(client, &mut cursor).await? {
             let Some(key) = e["key"].as_str() else {
                 continue;
@@ -167,7 +169,8 @@ pub async fn keys(
             } else {
                 println!("{key}");
             }
-            if limit.is_some_and(|l| found.len() as u64 >= l) {
+            count += 1;
+            if count >= limit {
                 break 'pages;
             }
         }
@@ -176,7 +179,7 @@ pub async fn keys(
         }
     }
     if env.json {
-        println!("{}", json!({ "keys": found, "count": found.len() }));
+        println!("{}", json!({ "keys": found, "count": count }));
     }
     Ok(())
 }

@@ -200,7 +200,8 @@ pub fn summarize(node: &str, samples: &[Sample]) -> Value {
         "overloaded": int("kv_overloaded_total"),
         "connections": int("kv_client_connections"),
         "peer_failures": int("kv_peer_failures_total"),
-        "hints_pending": int("kv_hints_pending"),
+        // The unlabeled total shows 0 too; nodes older than it only have the per-target family.
+        "hints_pending": int("kv_hints_pending_all_targets").or_else(|| int("kv_hints_pending")),
         "storage": {
             "keys": int("kv_keys"),
             "disk_bytes": int("kv_storage_level_bytes"),

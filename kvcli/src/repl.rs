@@ -116,7 +116,7 @@ async fn run_line(s: &Session, line: &str) -> LineResult {
             if e.use_stderr() {
                 error_line(&format!(
                     "{} (help {} for usage)",
-                    usage_error_line(&e),
+                    shortened(&usage_error_line(&e)),
                     if commands_list().iter().any(|(n, _)| *n == words[0]) {
                         words[0].as_str()
                     } else {
@@ -196,22 +196,43 @@ fn help_text(cmd: Option<&str>, st: Style) -> Result<String, String> {
 /// one runs; the status is that of the last failure (0 when none failed).
 pub async fn script(s: Session) -> u8 {
     let mut status = 0;
-    let stdin = std::io::stdin();
-    for line in stdin.lock().lines() {
-        let line = match line {
-            Ok(l) => l,
+    let mut stdin = std::io::stdin().lock();
+    let mut bytes = Vec::new();
+    for number in 1.. {
+        bytes.clear();
+        match stdin.read_until(b'\n', &mut bytes) {
+            Ok(0) => break,
+            Ok(_) => {}
             Err(e) => {
                 error_line(&format!("cannot read standard input: {e}"));
                 return 2;
             }
+        }
+        // A line that is not UTF-8 is a failed line like any other: reported, and the next
+        // one runs (it used to end the script).
+        let Ok(text) = std::str::from_utf8(&bytes) else {
+            error_line(&format!("line {number} is not valid UTF-8 text; skipped"));
+            status = 2;
+            continue;
         };
-        match run_line(&s, &line).await {
+        let line = text.trim_end_matches(['\n', '\r']);
+        match run_line(&s, line).await {
             LineResult::Failed(code) => status = code,
             LineResult::Quit => break,
             LineResult::Ok | LineResult::Empty => {}
         }
     }
     status
+}
+
+/// An error line about a script line cut to a readable length (clap echoes the word it did
+/// not understand, which in a script can be a whole line of junk).
+fn shortened(line: &str) -> String {
+    const SHOWN: usize = 200;
+    match line.char_indices().nth(SHOWN) {
+        Some((cut, _)) => format!("{}... ({} bytes)", &line[..cut], line.len()),
+        None => line.to_string(),
+    }
 }
 
 /// Where the REPL keeps its history: `$XDG_DATA_HOME/kvcli/history`, else

@@ -832,8 +832,18 @@ pub fn check_removable(node: &Node, target: &str) -> Result<u64, String> {
         return Err(format!("{target} is not a node of the ring"));
     };
     let status = member.effective_status();
-    if !matches!(status, MemberStatus::Normal | MemberStatus::Leaving) {
-        return Err(format!("{target} is not a node of the ring ({status:?})"));
+    match status {
+        MemberStatus::Normal | MemberStatus::Leaving => {}
+        MemberStatus::Left => {
+            return Err(format!(
+                "{target} has already left the ring: nothing to remove"
+            ))
+        }
+        MemberStatus::Joining => {
+            return Err(format!(
+                "{target} is still joining: it holds no range to hand over yet"
+            ))
+        }
     }
     if m.is_up(target) {
         return Err(format!(

@@ -129,6 +129,39 @@ fn one_shot_commands_and_script_mode() {
 
     let (code, _, _) = kvcli_with_stdin(&[n[0], n[1]], Some("put c 3\nget c\n"));
     assert_eq!(code, 0);
+
+    // A line that is not UTF-8, or a line of junk, fails alone, in one readable line; the
+    // script goes on.
+    let mut script = b"put u1 a\nput u2 \xff\xfe\n".to_vec();
+    script.extend_from_slice(format!("{}\nput u3 c\n", "x".repeat(100_000)).as_bytes());
+    let mut child = std::process::Command::new(kv_tests::kvcli_bin())
+        .args([n[0], n[1]])
+        .env_remove("KV_NODE")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), &script).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    assert_eq!(err.lines().count(), 2, "{err}");
+    assert!(err.contains("line 2 is not valid UTF-8"), "{err}");
+    assert!(err.lines().all(|l| l.len() < 400), "{err}");
+    let (_, out, _) = kvcli(&[n[0], n[1], "get", "u3"]);
+    assert!(out.starts_with("c\n"), "the line after them ran: {out}");
+
+    // keys --limit counts in both outputs, 0 included.
+    let (_, out, _) = kvcli(&[n[0], n[1], "--json", "keys", "--limit", "0"]);
+    assert_eq!(json(out.trim())["count"], 0, "{out}");
+    let (_, out, _) = kvcli(&[n[0], n[1], "keys", "--limit", "2"]);
+    assert_eq!(out.lines().count(), 2, "{out}");
+
+    // Pending hints are a number, 0 included.
+    let (code, out, err) = kvcli(&[n[0], n[1], "--json", "metrics"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(json(out.trim())["hints_pending"], 0, "{out}");
 }
 
 #[test]
