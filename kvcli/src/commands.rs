@@ -489,47 +489,50 @@ async fn members(client: &Client) -> Result<Vec<(String, String, String)>, Clien
 }
 
 async fn metrics(client: &Client, node: Option<String>, all: bool, env: &Env) -> Outcome {
+    // (member id when known, HOST:PORT) of each node to read.
+    let members = members(client).await?;
+    let id_at = |addr: &str| {
+        members
+            .iter()
+            .find(|(_, a, _)| a == addr)
+            .map_or_else(|| addr.to_string(), |(id, _, _)| id.clone())
+    };
     let targets: Vec<(String, String)> = if all {
-        members(client)
-            .await?
-            .into_iter()
+        members
+            .iter()
             .filter(|(_, _, state)| state == "up")
-            .map(|(id, addr, _)| (format!("{id} ({addr})"), addr))
+            .map(|(id, addr, _)| (id.clone(), addr.clone()))
             .collect()
     } else {
         match node {
             None => {
                 let hp = host_port(&env.node)?;
-                vec![(hp.clone(), hp)]
+                vec![(id_at(&hp), hp)]
             }
-            Some(n) => {
-                let found = members(client)
-                    .await?
-                    .into_iter()
-                    .find(|(id, _, _)| *id == n);
-                match found {
-                    Some((id, addr, _)) => vec![(format!("{id} ({addr})"), addr)],
-                    None if n.contains(':') => {
-                        let hp = if n.contains("://") {
-                            host_port(&n)?
-                        } else {
-                            n.to_string()
-                        };
-                        vec![(hp.clone(), hp)]
-                    }
-                    None => {
-                        return Err(ClientError::Usage(format!(
-                            "metrics: no member named {n} (give a member id or HOST:PORT)"
-                        )))
-                    }
+            Some(n) => match members.iter().find(|(id, _, _)| *id == n) {
+                Some((id, addr, _)) => vec![(id.clone(), addr.clone())],
+                None if n.contains(':') => {
+                    let hp = if n.contains("://") {
+                        host_port(&n)?
+                    } else {
+                        n.to_string()
+                    };
+                    vec![(id_at(&hp), hp)]
                 }
-            }
+                None => {
+                    return Err(ClientError::Usage(format!(
+                        "metrics: no member named {n} (give a member id or HOST:PORT)"
+                    )))
+                }
+            },
         }
     };
     let mut docs = Vec::new();
     for (name, addr) in targets {
         let samples = crate::metrics::fetch(&addr, env.timeout).await?;
-        docs.push(crate::metrics::summarize(&name, &samples));
+        let mut doc = crate::metrics::summarize(&name, &samples);
+        doc["addr"] = json!(addr);
+        docs.push(doc);
     }
     if env.json {
         if all {

@@ -227,7 +227,11 @@ pub fn print_summary(s: &Value, env: &Env) {
     let st = env.out;
     println!(
         "{}",
-        st.bold(&format!("node {}", s["node"].as_str().unwrap_or("?")))
+        st.bold(&match (s["node"].as_str(), s["addr"].as_str()) {
+            (Some(id), Some(addr)) if id != addr => format!("node {id} ({addr})"),
+            (Some(id), _) => format!("node {id}"),
+            _ => "node ?".to_string(),
+        })
     );
     let ms = |v: &Value| match v.as_u64() {
         Some(us) => format!("{:.2}", us as f64 / 1000.0),

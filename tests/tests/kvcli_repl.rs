@@ -423,12 +423,21 @@ get s
     );
     assert!(m["storage"]["keys"].as_u64().is_some(), "{m}");
     assert!(m["members"]["up"].as_u64() == Some(3), "{m}");
+    // Every form names the node the same way: its id, and its address apart.
+    assert_eq!(docs[7]["node"], "n1", "{}", docs[7]);
+    assert_eq!(docs[8]["node"], "n2", "{}", docs[8]);
     assert!(
-        docs[8]["node"].as_str().unwrap().starts_with("n2 ("),
+        docs[8]["addr"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("127.0.0.1:")),
         "{}",
         docs[8]
     );
-    assert_eq!(docs[9]["nodes"].as_array().unwrap().len(), 3);
+    let all = docs[9]["nodes"].as_array().unwrap();
+    assert_eq!(all.len(), 3);
+    let mut ids: Vec<&str> = all.iter().map(|d| d["node"].as_str().unwrap()).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, ["n1", "n2", "n3"]);
 
     // After the failed line the script went on. The delete had no context (script mode keeps
     // none, and --blind ignores the REPL's): the node read the key and deleted what it found.
