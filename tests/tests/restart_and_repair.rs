@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use kv_tests::{Cluster, ClusterOpts, Ws};
+use kvd_storage::testing::evict_from_page_cache;
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -133,74 +134,6 @@ async fn a_paused_node_misses_a_write_and_a_read_repairs_it() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(repairs >= 1, "read repairs are counted in /metrics");
-}
-
-/// Drops a file's pages from the OS's page cache (clean pages: tables are fsynced).
-fn evict_from_page_cache(path: &std::path::Path) {
-    use std::os::fd::AsRawFd;
-    let f = std::fs::File::open(path).unwrap();
-    // tmpfs pages are memory itself: advice cannot drop them, and the test would fail for
-    // the wrong reason.
-    // SAFETY: statfs is plain data (all zeros is a valid value), filled by fstatfs for an
-    // open descriptor.
-    let (st, rc) = unsafe {
-        let mut st: libc::statfs = std::mem::zeroed();
-        let rc = libc::fstatfs(f.as_raw_fd(), &mut st);
-        (st, rc)
-    };
-    assert_eq!(rc, 0, "fstatfs {}", path.display());
-    assert!(
-        st.f_type != libc::TMPFS_MAGIC,
-        "{} is on tmpfs: this test needs a disk-backed temporary directory (TMPDIR)",
-        path.display()
-    );
-    // Readahead started by the node's last scan may still bring pages in after the advice:
-    // repeat it until none of the file is resident.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        // SAFETY: an open descriptor; the advice changes no contents.
-        let r = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
-        assert_eq!(r, 0, "posix_fadvise {}", path.display());
-        let resident = resident_pages(&f);
-        if resident == 0 {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{} keeps {resident} pages in the page cache",
-            path.display()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Pages of the file `f` in the page cache (mincore of a read-only mapping of it).
-fn resident_pages(f: &std::fs::File) -> usize {
-    use std::os::fd::AsRawFd;
-    let len = f.metadata().unwrap().len() as usize;
-    if len == 0 {
-        return 0;
-    }
-    // SAFETY: sysconf has no preconditions.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
-    let mut vec = vec![0u8; len.div_ceil(page)];
-    // SAFETY: a shared read-only mapping of an open file's `len` bytes, only passed to
-    // mincore (never read through) and unmapped before returning; `vec` has a byte per page.
-    unsafe {
-        let addr = libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ,
-            libc::MAP_SHARED,
-            f.as_raw_fd(),
-            0,
-        );
-        assert_ne!(addr, libc::MAP_FAILED, "mmap");
-        let rc = libc::mincore(addr, len, vec.as_mut_ptr());
-        libc::munmap(addr, len);
-        assert_eq!(rc, 0, "mincore");
-    }
-    vec.iter().filter(|&&b| b & 1 == 1).count()
 }
 
 /// Every table file under `dir`.

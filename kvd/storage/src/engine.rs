@@ -1807,29 +1807,7 @@ mod tests {
         assert!(!e.write_would_stall());
     }
 
-    /// Drops a file's pages from the OS's page cache (they are clean: tables are fsynced).
-    fn evict_from_page_cache(path: &Path) {
-        use std::os::fd::AsRawFd;
-        let f = File::open(path).unwrap();
-        // tmpfs pages are memory itself: advice cannot drop them, and the test would fail for
-        // the wrong reason.
-        // SAFETY: statfs is plain data (all zeros is a valid value), filled by fstatfs for an
-        // open descriptor.
-        let (st, rc) = unsafe {
-            let mut st: libc::statfs = std::mem::zeroed();
-            let rc = libc::fstatfs(f.as_raw_fd(), &mut st);
-            (st, rc)
-        };
-        assert_eq!(rc, 0, "fstatfs {}", path.display());
-        assert!(
-            st.f_type != libc::TMPFS_MAGIC,
-            "{} is on tmpfs: this test needs a disk-backed temporary directory (TMPDIR)",
-            path.display()
-        );
-        // SAFETY: an open descriptor; advice changes no contents.
-        let r = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
-        assert_eq!(r, 0);
-    }
+    use crate::testing::evict_from_page_cache;
 
     #[test]
     fn a_memory_only_read_takes_blocks_the_os_holds_and_never_waits_for_the_disk() {

@@ -15,6 +15,7 @@
 //! - `iter`: merging iterators and [`Scan`];
 //! - [`bench`]: db_bench-style workloads;
 //! - `fuzzing`: hidden entry points into the readers for the fuzz targets in `tests/fuzz`.
+//! - `testing`: hidden helpers for tests of the engine and of what runs on it (page-cache eviction).
 //!
 //! ```
 //! use std::ops::Bound;
@@ -61,6 +62,8 @@ mod sstable;
 mod stats;
 mod version;
 
+#[doc(hidden)]
+pub mod testing;
 pub use batch::{WriteBatch, WriteOp};
 pub use engine::{Checkpoint, Engine, RecoveryReport, SkippedDamage, Ticket, TornTail};
 pub use error::{Error, Result};
