@@ -474,6 +474,7 @@ impl NodeConfig {
         };
         let mut config = config;
         let n_given = args.n.or(file.n);
+        let (w_given, r_given) = (args.w.or(file.w), args.r.or(file.r));
         if let Some(spec) = args.replication.or(file.replication) {
             match Placement::parse(&spec) {
                 Ok(Placement::PerDc(per_dc)) => {
@@ -492,6 +493,14 @@ impl NodeConfig {
                 Ok(Placement::Simple { n }) => config.n = n,
                 Err(e) => return Err(Error::Config(format!("--replication {spec}: {e}"))),
             }
+        }
+        // The default quorums (2 of 3) follow a smaller N: `--n 1` alone means W = R = 1. Only
+        // quorums given outright are held to N as they are.
+        if w_given.is_none() {
+            config.w = config.w.min(config.n);
+        }
+        if r_given.is_none() {
+            config.r = config.r.min(config.n);
         }
         config.check()?;
         Ok(config)
@@ -695,6 +704,26 @@ mod tests {
             e.contains("--n 5 contradicts --replication dc1:2,dc2:1"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn default_quorums_follow_a_smaller_n_and_given_ones_are_held_to_it() {
+        let with = |n: usize, w: Option<usize>, r: Option<usize>| {
+            NodeConfig::resolve(NodeArgs {
+                n: Some(n),
+                w,
+                r,
+                ..NodeArgs::default()
+            })
+        };
+        let c = with(1, None, None).unwrap();
+        assert_eq!((c.n, c.w, c.r), (1, 1, 1));
+        let c = with(5, None, None).unwrap();
+        assert_eq!((c.n, c.w, c.r), (5, 2, 2));
+        let c = with(2, None, Some(1)).unwrap();
+        assert_eq!((c.n, c.w, c.r), (2, 2, 1));
+        let err = with(1, Some(2), None).unwrap_err().to_string();
+        assert!(err.contains("N=1, W=2"), "{err}");
     }
 
     #[test]
