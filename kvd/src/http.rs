@@ -131,6 +131,9 @@ fn health_json(node: &Node) -> Value {
         "members_up": up,
         "ring_nodes": node.ring().len(),
         "uptime_s": node.started.elapsed().as_secs(),
+        // Flushing held up by a full disk: reads go on, writes are refused until space is
+        // freed (the commit log's own refusals show in /metrics).
+        "disk_full": node.replica.engine().no_space().is_some(),
     })
 }
 
@@ -443,7 +446,7 @@ fn metrics_text(node: &Node) -> String {
     for (name, v, kind, help) in counters {
         sample(out, name, kind, help, v.load(Relaxed));
     }
-    let storage: [(&str, f64, &str, &str); 14] = [
+    let storage: [(&str, f64, &str, &str); 16] = [
         (
             "kv_storage_tables",
             s.table_count as f64,
@@ -527,6 +530,18 @@ fn metrics_text(node: &Node) -> String {
             s.cache_bytes as f64,
             "gauge",
             "Bytes in the block cache.",
+        ),
+        (
+            "kv_storage_no_space_refusals_total",
+            s.no_space_refusals as f64,
+            "counter",
+            "Writes refused because the disk was full.",
+        ),
+        (
+            "kv_storage_disk_full",
+            f64::from(u8::from(s.no_space.is_some())),
+            "gauge",
+            "1 while flushing or compaction is held up by a full disk (retried every second).",
         ),
     ];
     for (name, v, kind, help) in storage {

@@ -183,6 +183,7 @@ async fn run_node(config: NodeConfig) -> Result<()> {
     let handoff = tokio::spawn(kvd::hints::run_delivery(node.clone()));
     let anti_entropy = tokio::spawn(kvd::anti_entropy::run(node.clone()));
     tokio::spawn(kvd::rebalance::run_auto_cleanup(node.clone()));
+    tokio::spawn(kvd::node::watch_disk_space(node.clone()));
     // A node that was down while another joined gave ranges up without seeing the join end.
     node.schedule_cleanup();
     if node.is_joining() {

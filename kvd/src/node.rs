@@ -997,3 +997,56 @@ async fn choose_tokens(
     };
     Ok((tokens, false))
 }
+
+/// Says in the log when the disk fills and when writes can go on again: once when flushing
+/// gets held up (and every minute while it stays so), once when it resumes, and at most once
+/// a minute how many writes the full disk refused meanwhile.
+pub async fn watch_disk_space(node: Arc<Node>) {
+    const REPEAT: Duration = Duration::from_secs(60);
+    let engine = node.replica.engine().clone();
+    let mut shutdown = node.shutdown_signal();
+    // Since when, and when last said.
+    let mut held_up: Option<(Instant, Instant)> = None;
+    let mut refusals = engine.no_space_refusals();
+    let mut told: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = shutdown.changed() => return,
+        }
+        match (engine.no_space(), &mut held_up) {
+            (Some(why), None) => {
+                crate::error!(
+                    "disk full: flushing is held up and retried every second, reads go on, \
+                     writes are refused until space is freed: {why}"
+                );
+                held_up = Some((Instant::now(), Instant::now()));
+            }
+            (Some(why), Some((since, last))) if last.elapsed() >= REPEAT => {
+                crate::error!(
+                    "disk still full after {} s: {why}",
+                    since.elapsed().as_secs()
+                );
+                *last = Instant::now();
+            }
+            (None, Some((since, _))) => {
+                crate::info!(
+                    "disk space freed after {} s: flushing resumed, writes are accepted again",
+                    since.elapsed().as_secs()
+                );
+                held_up = None;
+            }
+            _ => {}
+        }
+        let now = engine.no_space_refusals();
+        if now > refusals && told.is_none_or(|t| t.elapsed() >= REPEAT) {
+            crate::error!(
+                "disk full: {} write(s) refused (not applied, nothing lost); writes succeed \
+                 again once space is freed",
+                now - refusals
+            );
+            refusals = now;
+            told = Some(Instant::now());
+        }
+    }
+}

@@ -32,6 +32,8 @@ thread_local! {
     /// Makes `SegmentWriter::create` on this thread write with system calls instead of a
     /// mapping (tests of the fallback path).
     pub(crate) static NO_MAP: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// Makes unmapped appends on this thread write half their bytes, then fail with ENOSPC.
+    pub(crate) static FAIL_WRITE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 /// Bytes of a frame header.
@@ -101,7 +103,16 @@ impl SegmentWriter {
                 reserve as libc::off_t,
             )
         } == 0;
-        crate::fsutil::sync_dir(dir)?;
+        if !reserved && reserve > 0 {
+            // A reservation that ran out of space may keep what it got (ext4 does): blocks
+            // past the end that nothing would use, taken from the writes that still fit.
+            // Truncating to the (zero) size hands them back.
+            file.set_len(0).map_err(|e| Error::io(&path, e))?;
+        }
+        if let Err(e) = crate::fsutil::sync_dir(dir) {
+            let _ = std::fs::remove_file(&path);
+            return Err(e);
+        }
         #[cfg(test)]
         let reserved = reserved && !NO_MAP.with(std::cell::Cell::get);
         // Appending by copying into the mapped reserve saves a write(2) per group (the
@@ -157,13 +168,51 @@ impl SegmentWriter {
                 m.write_at(self.len, frames);
             }
             // Past the reserve (a group bigger than what is left) or not mapped.
-            _ => self
-                .file
-                .write_all_at(frames, self.len)
-                .map_err(|e| Error::io(&self.path, e))?,
+            _ => {
+                if let Err(e) = self.write_at_end(frames) {
+                    // Part of the group may be in the file (a full disk fails a write midway).
+                    // Cut it off, so the next group follows the last whole record: a torn
+                    // record before later acknowledged ones would read as damage, and records
+                    // of this group past the tear could be replayed though never acknowledged.
+                    // Only then may the engine go on after the failure.
+                    let keep = match &mut self.map {
+                        // A mapped segment's file runs ahead of the appends (zeros, which
+                        // replay reads as the end): zero what the failed write left in that
+                        // stretch and keep the size, or a later copy into it would fault.
+                        Some(m) => {
+                            if m.size > self.len {
+                                m.write_at(self.len, &vec![0; (m.size - self.len) as usize]);
+                            }
+                            m.size.max(self.len)
+                        }
+                        None => self.len,
+                    };
+                    return match self.file.set_len(keep) {
+                        Ok(()) => Err(Error::io(&self.path, e)),
+                        Err(cut) => Err(Error::io(
+                            &self.path,
+                            std::io::Error::other(format!(
+                                "append failed ({e}), and cutting off its partial bytes too \
+                                 ({cut})"
+                            )),
+                        )),
+                    };
+                }
+            }
         }
         self.len = end;
         Ok(())
+    }
+
+    fn write_at_end(&self, frames: &[u8]) -> std::io::Result<()> {
+        #[cfg(test)]
+        if FAIL_WRITE.with(std::cell::Cell::get) {
+            // A full disk: half the group lands, then the write fails.
+            self.file
+                .write_all_at(&frames[..frames.len() / 2], self.len)?;
+            return Err(std::io::Error::from_raw_os_error(libc::ENOSPC));
+        }
+        self.file.write_all_at(frames, self.len)
     }
 
     /// Makes everything appended so far durable. For the mapped segment too: the pages
@@ -436,6 +485,35 @@ mod tests {
         let mut got = Vec::new();
         let r = replay_segment(path, false, |b| got.push(b)).unwrap();
         (got, r)
+    }
+
+    #[test]
+    fn an_append_that_fails_midway_is_cut_off_and_the_next_one_takes_its_place() {
+        // Unmapped, and past a small mapped reserve: the two ways an append makes system calls.
+        for reserve in [0u64, 4 << 10] {
+            let dir = tempfile::tempdir().unwrap();
+            NO_MAP.with(|f| f.set(reserve == 0));
+            let mut w = SegmentWriter::create(dir.path(), 1, reserve, true).unwrap();
+            NO_MAP.with(|f| f.set(false));
+            let acked: Vec<WriteBatch> = (1..=12).map(batch).collect();
+            w.append_batches(&acked).unwrap();
+            // A group of many records, half of it written when the disk fills: whole records
+            // of it are in the file at that moment.
+            let torn: Vec<WriteBatch> = (100..140).map(batch).collect();
+            FAIL_WRITE.with(|f| f.set(true));
+            let err = w.append_batches(&torn).unwrap_err();
+            FAIL_WRITE.with(|f| f.set(false));
+            assert!(err.is_no_space(), "{err}");
+            // A shorter group next: without the cut, records of the failed group would follow
+            // it whole, never acknowledged, after a tear.
+            let next = [batch(2)];
+            w.append_batches(&next).unwrap();
+            w.sync().unwrap();
+            let (got, r) = replay_all(&w.path);
+            assert!(r.cut.is_none(), "reserve {reserve}: {:?}", r.cut);
+            let want: Vec<WriteBatch> = acked.iter().chain(&next).cloned().collect();
+            assert_eq!(got, want, "reserve {reserve}");
+        }
     }
 
     #[test]

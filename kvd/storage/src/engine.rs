@@ -8,7 +8,11 @@
 //! Laws:
 //! - A write is acknowledged only after its record is in the commit log (and fsynced under
 //!   `Always`); a failed commit-log write or fsync poisons the engine, and no later write is
-//!   acknowledged.
+//!   acknowledged. Except a full disk: an append that fails for lack of space is cut back off
+//!   the segment and refuses only its own group ([`Error::NoSpace`]); a flush or compaction
+//!   that fails for lack of space removes its outputs and is retried every second. Writes
+//!   that would wait on a flush that cannot run are refused at once. Nothing is lost, reads go
+//!   on, and writes resume once space is freed, with no restart.
 //! - Commit-log order equals memtable apply order (one leader at a time, under the `wal` lock).
 //! - The memtable of segment N holds exactly the writes of segment N (rotation happens under
 //!   the `wal` lock, between groups).
@@ -157,6 +161,8 @@ struct Commit {
     leader: bool,
     /// Tickets from here on failed (the engine is poisoned).
     failed_from: Option<u64>,
+    /// Groups refused for lack of disk space whose blocking writers have not all looked yet.
+    refused: Vec<Refused>,
     /// Blocking writers waiting for their group, in ticket order: (ticket, thread to
     /// unpark). A leader wakes exactly the writers its group completed, and, when it hands
     /// over, the first one left (to lead the next group); waking them all through a condvar
@@ -169,6 +175,15 @@ struct Commit {
     committer_idle: bool,
     /// The commit thread is to exit once nothing is pending.
     committer_exit: bool,
+}
+
+/// A group of tickets `start..end` refused for lack of space: `waiting` blocking writers of
+/// it are yet to take their error.
+struct Refused {
+    start: u64,
+    end: u64,
+    why: String,
+    waiting: usize,
 }
 
 /// An async submission waiting for its group.
@@ -241,6 +256,7 @@ fn group_error(e: &Error) -> Error {
     match e {
         Error::Closed => Error::Closed,
         Error::Poisoned(why) => Error::Poisoned(why.clone()),
+        Error::NoSpace(why) => Error::NoSpace(why.clone()),
         other => Error::Poisoned(format!("commit-log write failed: {other}")),
     }
 }
@@ -254,6 +270,20 @@ struct EditState {
 
 struct Bg {
     shutdown: bool,
+}
+
+/// What background work is held up by a full disk: the error of its last attempt.
+#[derive(Default)]
+struct NoSpaceState {
+    flush: Option<String>,
+    compaction: Option<String>,
+}
+
+/// Which background work a [`NoSpaceState`] entry is about.
+#[derive(Clone, Copy)]
+enum Background {
+    Flush,
+    Compaction,
 }
 
 struct Inner {
@@ -274,6 +304,8 @@ struct Inner {
     compaction_lock: Mutex<()>,
     poison: Mutex<Option<String>>,
     poisoned: AtomicBool,
+    /// Background work failing for lack of disk space, retried every second.
+    no_space: Mutex<NoSpaceState>,
     closed: AtomicBool,
     bg: Mutex<Bg>,
     /// Wakes the background threads and writers stalled on them.
@@ -515,6 +547,7 @@ impl Engine {
                 done_upto: 0,
                 leader: false,
                 failed_from: None,
+                refused: Vec::new(),
                 waiters: Vec::new(),
                 pending: VecDeque::new(),
                 committer_idle: false,
@@ -532,6 +565,7 @@ impl Engine {
             compaction_lock: Mutex::new(()),
             poison: Mutex::new(None),
             poisoned: AtomicBool::new(false),
+            no_space: Mutex::new(NoSpaceState::default()),
             closed: AtomicBool::new(false),
             bg: Mutex::new(Bg { shutdown: false }),
             bg_cv: Condvar::new(),
@@ -636,6 +670,17 @@ impl Engine {
         st.imm.len() >= o.max_immutable_memtables.max(1)
             || l0 >= o.l0_stop_trigger
             || l0 >= o.l0_slowdown_trigger
+    }
+
+    /// Why flushing or compaction is held up by a full disk (retried every second), if it
+    /// is: writes that would wait for it are refused with [`Error::NoSpace`] meanwhile.
+    pub fn no_space(&self) -> Option<String> {
+        self.inner.no_space_reason()
+    }
+
+    /// Writes refused so far because the disk was full (see [`Stats::no_space_refusals`]).
+    pub fn no_space_refusals(&self) -> u64 {
+        stats::get(&self.inner.counters.no_space_refusals)
     }
 
     /// Writes one key.
@@ -754,6 +799,16 @@ impl Engine {
 impl Drop for Engine {
     fn drop(&mut self) {
         let _ = self.shutdown();
+    }
+}
+
+/// How long background work that failed for lack of space waits before trying again.
+const NO_SPACE_RETRY: Duration = Duration::from_secs(1);
+
+/// Removes the table files `numbers` (outputs no version names), best effort.
+fn remove_table_files(dir: &Path, numbers: impl IntoIterator<Item = u64>) {
+    for n in numbers {
+        let _ = std::fs::remove_file(crate::sstable::table_path(dir, n));
     }
 }
 
@@ -883,13 +938,24 @@ impl Inner {
         loop {
             // A leader that completes our group takes us off the list as it wakes us.
             if ticket < c.done_upto {
-                return match c.failed_from {
-                    Some(f) if ticket >= f => {
-                        let why = lock(&self.poison).clone().unwrap_or_default();
-                        Err(Error::Poisoned(why))
+                if c.failed_from.is_some_and(|f| ticket >= f) {
+                    let why = lock(&self.poison).clone().unwrap_or_default();
+                    return Err(Error::Poisoned(why));
+                }
+                if let Some(i) = c
+                    .refused
+                    .iter()
+                    .position(|r| (r.start..r.end).contains(&ticket))
+                {
+                    let r = &mut c.refused[i];
+                    let why = r.why.clone();
+                    r.waiting -= 1;
+                    if r.waiting == 0 {
+                        c.refused.remove(i);
                     }
-                    _ => Ok(()),
-                };
+                    return Err(Error::NoSpace(why));
+                }
+                return Ok(());
             }
             if !c.leader {
                 if listed {
@@ -938,8 +1004,22 @@ impl Inner {
                 c.spare = batches;
             }
             c.done_upto = end;
-            if res.is_err() && c.failed_from.is_none() {
-                c.failed_from = Some(start);
+            match &res {
+                Err(Error::NoSpace(why)) => {
+                    // The blocking writers of this group are all on the list (each put itself
+                    // there before the queue was taken), the caller aside.
+                    let waiting = c.waiters.iter().filter(|(t, _)| *t < end).count();
+                    if waiting > 0 {
+                        c.refused.push(Refused {
+                            start,
+                            end,
+                            why: why.clone(),
+                            waiting,
+                        });
+                    }
+                }
+                Err(_) if c.failed_from.is_none() => c.failed_from = Some(start),
+                _ => {}
             }
             let again = res.is_ok()
                 && round < EXTRA_ROUNDS
@@ -1056,15 +1136,18 @@ impl Inner {
         }
     }
 
-    /// Writes one group to the commit log and the memtable. Any failure poisons the engine:
-    /// a partly written record would otherwise sit before later acknowledged ones.
+    /// Writes one group to the commit log and the memtable. A failure poisons the engine
+    /// (a partly written record would otherwise sit before later acknowledged ones), unless it
+    /// is [`Error::NoSpace`]: an append that the full disk stopped, cut back off the segment.
     /// Takes the batches out of `batches` (leaving its allocation for the next group).
     fn commit_group(&self, batches: &mut Vec<WriteBatch>) -> Result<()> {
         self.check_writable()?;
         let mut wal = lock(&self.wal);
         let res = self.commit_group_locked(&mut wal, batches);
-        if let Err(e) = &res {
-            self.poison(format!("commit-log write failed: {e}"));
+        match &res {
+            Err(Error::NoSpace(_)) => stats::add(&self.counters.no_space_refusals, 1),
+            Err(e) => self.poison(format!("commit-log write failed: {e}")),
+            Ok(()) => {}
         }
         res
     }
@@ -1086,7 +1169,8 @@ impl Inner {
             mem
         };
         let user: usize = batches.iter().map(|b| b.bytes).sum();
-        let framed = wal.append_batches(batches)?;
+        // Only the append's own failure for lack of space leaves the segment as it was.
+        let framed = wal.append_batches(batches).map_err(Error::into_no_space)?;
         match self.opts.sync {
             SyncMode::Always => {
                 wal.sync()?;
@@ -1115,7 +1199,8 @@ impl Inner {
             n,
             segment_reserve(&self.opts),
             maps_log(&self.opts),
-        )?;
+        )
+        .map_err(Error::into_no_space)?;
         if self.opts.sync != SyncMode::None {
             wal.sync()?;
         }
@@ -1159,6 +1244,11 @@ impl Inner {
             }
             stalled.get_or_insert_with(Instant::now);
             self.check_writable()?;
+            // The flush or compaction this write waits for cannot run until space is freed.
+            if let Some(why) = self.no_space_reason() {
+                stats::add(&self.counters.no_space_refusals, 1);
+                return Err(Error::NoSpace(why));
+            }
             let bg = lock(&self.bg);
             let _ = self
                 .bg_cv
@@ -1281,7 +1371,9 @@ impl Inner {
                 .clone();
             if !mem.is_empty() {
                 if let Err(e) = self.rotate(&mut wal) {
-                    self.poison(format!("commit-log rotation failed: {e}"));
+                    if !matches!(e, Error::NoSpace(_)) {
+                        self.poison(format!("commit-log rotation failed: {e}"));
+                    }
                     return Err(e);
                 }
             }
@@ -1297,29 +1389,42 @@ impl Inner {
         let Some(imm) = self.snapshot().1.last().cloned() else {
             return Ok(false);
         };
-        let res = self.flush_memtable(&imm);
-        if let Err(e) = &res {
-            self.poison(format!("flush failed: {e}"));
+        let res = self.flush_memtable(&imm).map_err(Error::into_no_space);
+        match &res {
+            Err(Error::NoSpace(why)) => self.held_up(Background::Flush, why),
+            Err(e) => self.poison(format!("flush failed: {e}")),
+            Ok(()) => self.resumed(Background::Flush),
         }
         res.map(|()| true)
     }
 
     fn flush_memtable(&self, imm: &Arc<Memtable>) -> Result<()> {
         let mut added = Vec::new();
+        let mut built = None;
         if !imm.is_empty() {
             let number = self.next_file.fetch_add(1, Ordering::SeqCst);
-            let mut b = TableBuilder::create(&self.dir, number, self.build)?;
-            if self.opts.cache_flushed_blocks {
-                b = b.warm_cache(self.cache.clone());
+            let table = || -> Result<Table> {
+                let mut b = TableBuilder::create(&self.dir, number, self.build)?;
+                if self.opts.cache_flushed_blocks {
+                    b = b.warm_cache(self.cache.clone());
+                }
+                if let Err(e) = imm.for_each(|k, v| b.add(k, v)) {
+                    b.abandon();
+                    return Err(e);
+                }
+                let meta = b.finish()?;
+                stats::add(&self.counters.flush_bytes, meta.size);
+                Table::open(&self.dir, number, Some(meta.size))
+            };
+            match table() {
+                Ok(t) => added.push((0, Arc::new(t))),
+                Err(e) => {
+                    // Not in any version: gone, so a full disk gets its space back.
+                    remove_table_files(&self.dir, [number]);
+                    return Err(e);
+                }
             }
-            if let Err(e) = imm.for_each(|k, v| b.add(k, v)) {
-                b.abandon();
-                return Err(e);
-            }
-            let meta = b.finish()?;
-            stats::add(&self.counters.flush_bytes, meta.size);
-            let t = Table::open(&self.dir, number, Some(meta.size))?;
-            added.push((0, Arc::new(t)));
+            built = Some(number);
         }
         {
             let mut ed = lock(&self.edit);
@@ -1333,12 +1438,22 @@ impl Inner {
                 };
                 (next, st.version.clone())
             };
-            if !added.is_empty() {
-                crate::fsutil::sync_dir(&self.dir)?;
-            }
+            let synced = match added.is_empty() {
+                true => Ok(()),
+                false => crate::fsutil::sync_dir(&self.dir),
+            };
             let v = cur.with_edit(&HashSet::new(), added);
-            v.to_manifest(self.next_file.load(Ordering::SeqCst), next_log)
-                .store(&self.dir)?;
+            let stored = synced.and_then(|()| {
+                v.to_manifest(self.next_file.load(Ordering::SeqCst), next_log)
+                    .store(&self.dir)
+            });
+            if let Err(e) = stored {
+                if e.is_no_space() {
+                    // The manifest is as it was (see `write_atomic`): the table is nobody's.
+                    remove_table_files(&self.dir, built);
+                }
+                return Err(e);
+            }
             ed.log_number = next_log;
             let mut st = self.state.write().unwrap_or_else(|e| e.into_inner());
             st.version = Arc::new(v);
@@ -1472,20 +1587,32 @@ impl Inner {
             stats::add(&self.counters.trivial_moves, 1);
             return Ok(());
         }
-        let outputs = compaction::run(job, &self.dir, &self.opts, self.build, || {
-            self.next_file.fetch_add(1, Ordering::SeqCst)
-        })?;
-        let mut added = Vec::new();
+        let numbers = Mutex::new(Vec::new());
         let mut written = 0;
-        for m in &outputs {
-            written += m.size;
-            added.push((
-                job.output_level,
-                Arc::new(Table::open(&self.dir, m.number, Some(m.size))?),
-            ));
+        let installed = compaction::run(job, &self.dir, &self.opts, self.build, || {
+            let n = self.next_file.fetch_add(1, Ordering::SeqCst);
+            lock(&numbers).push(n);
+            n
+        })
+        .and_then(|outputs| {
+            let mut added = Vec::new();
+            for m in &outputs {
+                written += m.size;
+                added.push((
+                    job.output_level,
+                    Arc::new(Table::open(&self.dir, m.number, Some(m.size))?),
+                ));
+            }
+            crate::fsutil::sync_dir(&self.dir)?;
+            self.install(&removed, added, None)
+        });
+        if let Err(e) = installed {
+            if e.is_no_space() {
+                // No version names the outputs (the manifest is as it was): free their space.
+                remove_table_files(&self.dir, lock(&numbers).drain(..));
+            }
+            return Err(e);
         }
-        crate::fsutil::sync_dir(&self.dir)?;
-        self.install(&removed, added, None)?;
         for (_, ts) in &job.inputs {
             for t in ts {
                 t.mark_obsolete();
@@ -1514,10 +1641,60 @@ impl Inner {
                     bg = self.bg_cv.wait(bg).unwrap_or_else(|e| e.into_inner());
                 }
             }
-            if self.flush_oldest_imm().is_err() {
-                return; // poisoned by flush_oldest_imm
+            match self.flush_oldest_imm() {
+                Ok(_) => {}
+                Err(e) if e.is_no_space() => self.pause_after_no_space(),
+                Err(_) => return, // poisoned by flush_oldest_imm
             }
         }
+    }
+
+    /// Waits a second (less if the engine shuts down) before background work that failed
+    /// for lack of space tries again.
+    fn pause_after_no_space(&self) {
+        let until = Instant::now() + NO_SPACE_RETRY;
+        let mut bg = lock(&self.bg);
+        loop {
+            let now = Instant::now();
+            if bg.shutdown || now >= until {
+                return;
+            }
+            bg = self
+                .bg_cv
+                .wait_timeout(bg, until - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// Background work `what` failed for lack of space, with `why`.
+    fn held_up(&self, what: Background, why: &str) {
+        let mut st = lock(&self.no_space);
+        let slot = match what {
+            Background::Flush => &mut st.flush,
+            Background::Compaction => &mut st.compaction,
+        };
+        *slot = Some(why.to_string());
+        drop(st);
+        stats::add(&self.counters.no_space_retries, 1);
+        // Writers stalled on this work are refused instead of waiting for it.
+        drop(lock(&self.bg));
+        self.bg_cv.notify_all();
+    }
+
+    /// Background work `what` succeeded.
+    fn resumed(&self, what: Background) {
+        let mut st = lock(&self.no_space);
+        match what {
+            Background::Flush => st.flush = None,
+            Background::Compaction => st.compaction = None,
+        }
+    }
+
+    /// Why background work is held up by a full disk, if it is.
+    fn no_space_reason(&self) -> Option<String> {
+        let st = lock(&self.no_space);
+        st.flush.clone().or_else(|| st.compaction.clone())
     }
 
     fn compaction_loop(&self) {
@@ -1538,9 +1715,16 @@ impl Inner {
                         .0;
                 }
             }
-            if let Err(e) = self.compact_step() {
-                self.poison(format!("compaction failed: {e}"));
-                return;
+            match self.compact_step().map_err(Error::into_no_space) {
+                Ok(_) => self.resumed(Background::Compaction),
+                Err(Error::NoSpace(why)) => {
+                    self.held_up(Background::Compaction, &why);
+                    self.pause_after_no_space();
+                }
+                Err(e) => {
+                    self.poison(format!("compaction failed: {e}"));
+                    return;
+                }
             }
         }
     }
@@ -1622,6 +1806,9 @@ impl Inner {
             bloom_checks: stats::get(&c.bloom_checks),
             bloom_skips: stats::get(&c.bloom_skips),
             bloom_false_positives: stats::get(&c.bloom_false_positives),
+            no_space_refusals: stats::get(&c.no_space_refusals),
+            no_space_retries: stats::get(&c.no_space_retries),
+            no_space: self.no_space_reason(),
             cache_hits: hits,
             cache_misses: misses,
             cache_hit_ratio: if hits + misses == 0 {
@@ -1666,6 +1853,49 @@ mod tests {
         let e = Engine::open(dir.path(), opts).unwrap();
         assert_eq!(e.get(b"a").unwrap(), Some(b"1".to_vec()));
         assert_eq!(e.get(b"c").unwrap(), None);
+    }
+
+    #[test]
+    fn an_append_the_full_disk_stops_refuses_its_group_only_and_leaves_no_torn_record() {
+        use crate::commit_log::{FAIL_WRITE, NO_MAP};
+        let dir = tempfile::tempdir().unwrap();
+        let opts = Options {
+            background_work: false,
+            ..Options::default()
+        };
+        // Appends by write(2), the path a full disk can stop midway.
+        NO_MAP.with(|f| f.set(true));
+        let e = Engine::open(dir.path(), opts.clone()).unwrap();
+        NO_MAP.with(|f| f.set(false));
+        e.put(b"a", b"1").unwrap();
+        let mut big = WriteBatch::new();
+        for i in 0..50u32 {
+            big.put(format!("big{i:03}").as_bytes(), [b'x'; 200]);
+        }
+        FAIL_WRITE.with(|f| f.set(true));
+        let err = e.write(big).unwrap_err();
+        FAIL_WRITE.with(|f| f.set(false));
+        assert!(matches!(err, Error::NoSpace(_)), "{err}");
+        assert!(err.is_no_space());
+        assert!(
+            err.to_string()
+                .contains("writes resume once space is freed"),
+            "{err}"
+        );
+        assert_eq!(e.get(b"big000").unwrap(), None, "not applied");
+        assert_eq!(e.stats().no_space_refusals, 1);
+        // Not poisoned: the next (shorter) write is acknowledged and lands where the torn
+        // group began.
+        e.put(b"b", b"2").unwrap();
+        assert_eq!(e.get(b"b").unwrap(), Some(b"2".to_vec()));
+        drop(e);
+        // Strict recovery (damage refuses the start) finds exactly the acknowledged writes.
+        let e = Engine::open(dir.path(), opts).unwrap();
+        assert_eq!(e.get(b"a").unwrap(), Some(b"1".to_vec()));
+        assert_eq!(e.get(b"b").unwrap(), Some(b"2".to_vec()));
+        for i in 0..50u32 {
+            assert_eq!(e.get(format!("big{i:03}").as_bytes()).unwrap(), None);
+        }
     }
 
     #[test]

@@ -46,6 +46,9 @@ pub enum Error {
     },
     /// A bad argument or option.
     InvalidArgument(String),
+    /// The disk is full (or the quota is used up): the write was refused, nothing of it was
+    /// kept, and the engine is not poisoned: writes succeed again once space is freed.
+    NoSpace(String),
 }
 
 impl Error {
@@ -54,6 +57,26 @@ impl Error {
         Error::Io {
             path: path.into(),
             source,
+        }
+    }
+
+    /// Whether this is the file system running out of space (ENOSPC, or EDQUOT for a quota):
+    /// an error that freeing space cures, unlike a failing disk.
+    pub fn is_no_space(&self) -> bool {
+        match self {
+            Error::NoSpace(_) => true,
+            Error::Io { source, .. } => {
+                matches!(source.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
+            }
+            _ => false,
+        }
+    }
+
+    /// `self` as [`Error::NoSpace`] when it is one (see [`Error::is_no_space`]).
+    pub(crate) fn into_no_space(self) -> Error {
+        match self {
+            Error::Io { .. } if self.is_no_space() => Error::NoSpace(self.to_string()),
+            e => e,
         }
     }
 
@@ -93,6 +116,11 @@ impl fmt::Display for Error {
                 write!(f, "data directory {} is not usable: {why}", dir.display())
             }
             Error::InvalidArgument(s) => write!(f, "invalid argument: {s}"),
+            Error::NoSpace(why) => write!(
+                f,
+                "out of disk space ({why}); the write was not applied, reads go on, and \
+                 writes resume once space is freed"
+            ),
         }
     }
 }

@@ -24,6 +24,8 @@ pub(crate) struct Counters {
     pub(crate) bloom_checks: AtomicU64,
     pub(crate) bloom_skips: AtomicU64,
     pub(crate) bloom_false_positives: AtomicU64,
+    pub(crate) no_space_refusals: AtomicU64,
+    pub(crate) no_space_retries: AtomicU64,
 }
 
 pub(crate) fn add(c: &AtomicU64, n: u64) {
@@ -98,4 +100,12 @@ pub struct Stats {
     pub page_cache_reads: u64,
     /// Bytes held by the block cache.
     pub cache_bytes: usize,
+    /// Writes refused because the disk was full (their append failed for lack of space, or
+    /// the flush they would wait for could not run).
+    pub no_space_refusals: u64,
+    /// Flushes and compactions that failed for lack of space (each is retried a second
+    /// later).
+    pub no_space_retries: u64,
+    /// Why flushing or compaction is held up by a full disk now, if it is.
+    pub no_space: Option<String>,
 }

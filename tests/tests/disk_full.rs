@@ -1,0 +1,239 @@
+//! A node whose disk fills up: writes are refused with a clear error and nothing of them is
+//! kept, reads and /health go on, the log says so, and once space is freed writes are
+//! accepted again without a restart; a restart then finds every acknowledged write.
+//!
+//! Before: the first flush that met the full disk poisoned the storage engine, and every write
+//! was refused until the node was restarted, space freed or not, with nothing in the log. And
+//! a commit-log segment whose reservation ran out of space kept the blocks it got, taking the
+//! last free space from the writes.
+//!
+//! Needs root (it mounts a small tmpfs for the data dir): it fails, not skips, without it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use kv_tests::{free_port, http_get, kvd_bin, Ws};
+use serde_json::{json, Value};
+
+/// A tmpfs of `size` mounted for the test, and the node on it: both gone on drop.
+struct Disk {
+    mount: PathBuf,
+    node: Option<Child>,
+    _dir: tempfile::TempDir,
+}
+
+impl Disk {
+    fn mount(size: &str) -> Disk {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mount = dir.path().join("fs");
+        std::fs::create_dir(&mount).unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&mount)
+            .output()
+            .expect("run mount");
+        assert!(
+            out.status.success(),
+            "this test needs root to mount a small tmpfs: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Disk {
+            mount,
+            node: None,
+            _dir: dir,
+        }
+    }
+
+    fn start(&mut self, addr: &str, log: &Path) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        let child = Command::new(kvd_bin())
+            .args(["--listen", addr, "--n", "1", "--sync", "interval"])
+            .arg("--data-dir")
+            .arg(self.mount.join("d"))
+            // Small memtables: flushes (and compactions) meet the full disk, not only the log.
+            .args(["--memtable-mb", "2", "--anti-entropy-interval-s", "0"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start kvd");
+        self.node = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while http_get(addr, "/health").is_none() {
+            let exited = self.node.as_mut().unwrap().try_wait().unwrap();
+            assert!(exited.is_none(), "kvd exited while starting: {exited:?}");
+            assert!(Instant::now() < deadline, "kvd did not come up");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn grow(&self, size: &str) {
+        let out = Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.mount)
+            .output()
+            .expect("run mount");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn stop(&mut self) -> std::process::ExitStatus {
+        let mut child = self.node.take().expect("a running node");
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        child.wait().unwrap()
+    }
+}
+
+impl Drop for Disk {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.node.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = Command::new("umount").arg("-l").arg(&self.mount).status();
+    }
+}
+
+/// `len` bytes of text that does not compress (xorshift over an alphabet).
+fn value(seed: u64, len: usize) -> String {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            char::from(
+                b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+                    [(x % 62) as usize],
+            )
+        })
+        .collect()
+}
+
+fn health(addr: &str) -> Value {
+    serde_json::from_str(&http_get(addr, "/health").expect("/health answers")).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_writes_keeps_reads_and_recovers_once_space_is_freed() {
+    let mut disk = Disk::mount("36m");
+    let addr = format!("127.0.0.1:{}", free_port());
+    let log = disk._dir.path().join("kvd.log");
+    disk.start(&addr, &log);
+    let url = format!("ws://{addr}");
+    let mut ws = Ws::connect(&url).await;
+
+    // Write 8 KB values until the disk refuses one.
+    let mut acked: Vec<(String, String)> = Vec::new();
+    let mut refusal = None;
+    for i in 0..20_000u64 {
+        let (key, val) = (format!("k{i:05}"), value(i, 8 << 10));
+        let r = ws
+            .request(json!({"op": "put", "key": key, "value": val}))
+            .await;
+        if r["ok"] == true {
+            acked.push((key, val));
+        } else {
+            refusal = Some((key, r));
+            break;
+        }
+    }
+    let (refused_key, r) = refusal.expect("the disk filled up");
+    assert!(acked.len() > 100, "only {} writes fitted", acked.len());
+    let msg = r["error"]["message"].as_str().unwrap_or_default();
+    assert_eq!(r["error"]["code"], "unavailable", "{r}");
+    assert!(msg.contains("out of disk space"), "{r}");
+    assert!(msg.contains("writes resume once space is freed"), "{r}");
+
+    // Still full: every write is refused the same way, and none of them is kept.
+    let mut refused = vec![refused_key];
+    for i in 0..20u64 {
+        let key = format!("refused{i}");
+        let r = ws
+            .request(json!({"op": "put", "key": key, "value": value(i, 8 << 10)}))
+            .await;
+        assert_eq!(r["ok"], false, "a write fitted on the full disk: {r}");
+        refused.push(key);
+    }
+    // Reads and /health go on.
+    for (key, val) in &acked {
+        let r = ws.request(json!({"op": "get", "key": key})).await;
+        assert_eq!(
+            r["values"],
+            json!([val]),
+            "{key} while the disk is full: {r}"
+        );
+    }
+    assert_eq!(health(&addr)["status"], "ok");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while health(&addr)["disk_full"] != true {
+        assert!(Instant::now() < deadline, "/health: {}", health(&addr));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // The volume grows (as an operator would make room): writes are accepted again, without
+    // a restart, and the held-up flushes and compactions catch up.
+    disk.grow("256m");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = ws
+            .request(json!({"op": "put", "key": "after", "value": "freed"}))
+            .await;
+        if r["ok"] == true {
+            break;
+        }
+        assert!(Instant::now() < deadline, "writes still refused: {r}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for i in 0..200u64 {
+        let key = format!("more{i:03}");
+        let r = ws
+            .request(json!({"op": "put", "key": key, "value": value(i, 1024)}))
+            .await;
+        assert_eq!(r["ok"], true, "{r}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while health(&addr)["disk_full"] != false {
+        assert!(Instant::now() < deadline, "/health: {}", health(&addr));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The log said both (it looks once a second).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap();
+        if text.contains("ERROR") && text.contains("disk full") && text.contains("disk space freed")
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{text}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(ws);
+    let status = disk.stop();
+    assert!(status.success(), "kvd exit: {status:?}");
+
+    // A restart finds every acknowledged write, and none of the refused ones.
+    disk.start(&addr, &log);
+    let mut ws = Ws::connect(&url).await;
+    for (key, val) in &acked {
+        let r = ws.request(json!({"op": "get", "key": key})).await;
+        assert_eq!(r["values"], json!([val]), "{key} after the restart: {r}");
+    }
+    for key in &refused {
+        let r = ws.request(json!({"op": "get", "key": key})).await;
+        assert_eq!(r["found"], false, "refused {key} was kept: {r}");
+    }
+    let r = ws.request(json!({"op": "get", "key": "after"})).await;
+    assert_eq!(r["values"], json!(["freed"]), "{r}");
+    drop(ws);
+    assert!(disk.stop().success());
+}
