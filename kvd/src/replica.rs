@@ -295,29 +295,29 @@ impl Replica {
     }
 
     /// Records `key`'s change from `old` to `new` in the Merkle index and submits `batch` with
-    /// the guards, then waits for it. The tree is updated before the write is applied, which
-    /// no rebuild can see (the gate is held until the write is in the memtable); a write the
-    /// engine refuses is taken back out.
+    /// the key's stripe lock, then waits for it. The tree is updated before the write is
+    /// applied, which no rebuild can see: the gate is held until the write is settled. A write
+    /// the engine refuses, at once or through its ticket (a full disk refuses a group and the
+    /// engine goes on), is taken back out of the tree, still under the gate (the tree's
+    /// updates are XORs, so other writes of the key meanwhile do not matter; a rebuild would).
     async fn submit(
         &self,
         key: &[u8],
         batch: WriteBatch,
-        guards: WriteGuards,
+        (stripe, _gate): WriteGuards,
         old: Option<&[u8]>,
         new: &[u8],
     ) -> Result<(), ReplicaError> {
         self.merkle.update(key, old, Some(new));
-        let ticket = match self.engine.submit(batch, guards) {
-            Ok(t) => t,
-            Err(e) => {
-                self.merkle.update(key, Some(new), old);
-                return Err(e.into());
-            }
+        let applied = match self.engine.submit(batch, stripe) {
+            Ok(ticket) => ticket.await,
+            Err(e) => Err(e),
         };
+        if let Err(e) = applied {
+            self.merkle.update(key, Some(new), old);
+            return Err(e.into());
+        }
         self.count_if_new(old);
-        // A failed ticket means the engine is poisoned: no write is acknowledged from then on,
-        // so the tree's view of this one no longer matters.
-        ticket.await?;
         Ok(())
     }
 

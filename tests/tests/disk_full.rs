@@ -154,15 +154,41 @@ async fn a_full_disk_refuses_writes_keeps_reads_and_recovers_once_space_is_freed
     assert!(msg.contains("out of disk space"), "{r}");
     assert!(msg.contains("writes resume once space is freed"), "{r}");
 
-    // Still full: every write is refused the same way, and none of them is kept.
+    // Writes go on being tried until flushing is held up too (/health says so) and writes are
+    // refused steadily. Some may fit meanwhile (the commit log takes a write where a table
+    // does not fit, and a flush that gets through deletes segments), but not without bound:
+    // once the memtables that cannot be flushed are full, every write is refused. Each
+    // refused write is refused the same way and none of it is kept.
+    let check_refusal = |r: &Value| {
+        let msg = r["error"]["message"].as_str().unwrap_or_default();
+        assert_eq!(r["error"]["code"], "unavailable", "{r}");
+        assert!(msg.contains("out of disk space"), "{r}");
+    };
     let mut refused = vec![refused_key];
-    for i in 0..20u64 {
-        let key = format!("refused{i}");
+    let mut refused_in_a_row = 1;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for i in 0u64.. {
+        if refused_in_a_row >= 20 && health(&addr)["disk_full"] == true {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "writes still fit: {} refused in a row, /health: {}",
+            refused_in_a_row,
+            health(&addr)
+        );
+        let (key, val) = (format!("more{i:05}"), value(i + 1_000_000, 8 << 10));
         let r = ws
-            .request(json!({"op": "put", "key": key, "value": value(i, 8 << 10)}))
+            .request(json!({"op": "put", "key": key, "value": val}))
             .await;
-        assert_eq!(r["ok"], false, "a write fitted on the full disk: {r}");
-        refused.push(key);
+        if r["ok"] == true {
+            acked.push((key, val));
+            refused_in_a_row = 0;
+        } else {
+            check_refusal(&r);
+            refused.push(key);
+            refused_in_a_row += 1;
+        }
     }
     // Reads and /health go on.
     for (key, val) in &acked {
@@ -174,11 +200,6 @@ async fn a_full_disk_refuses_writes_keeps_reads_and_recovers_once_space_is_freed
         );
     }
     assert_eq!(health(&addr)["status"], "ok");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while health(&addr)["disk_full"] != true {
-        assert!(Instant::now() < deadline, "/health: {}", health(&addr));
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 
     // The volume grows (as an operator would make room): writes are accepted again, without
     // a restart, and the held-up flushes and compactions catch up.
@@ -195,7 +216,7 @@ async fn a_full_disk_refuses_writes_keeps_reads_and_recovers_once_space_is_freed
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     for i in 0..200u64 {
-        let key = format!("more{i:03}");
+        let key = format!("later{i:03}");
         let r = ws
             .request(json!({"op": "put", "key": key, "value": value(i, 1024)}))
             .await;
@@ -236,4 +257,131 @@ async fn a_full_disk_refuses_writes_keeps_reads_and_recovers_once_space_is_freed
     assert_eq!(r["values"], json!(["freed"]), "{r}");
     drop(ws);
     assert!(disk.stop().success());
+}
+
+/// Unmounts its path (lazily) on drop: declared before the cluster, so it runs after the
+/// cluster's drop has stopped the nodes.
+struct Unmount(Option<PathBuf>);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        if let Some(p) = &self.0 {
+            let _ = Command::new("umount").arg("-l").arg(p).status();
+        }
+    }
+}
+
+fn mount_tmpfs(at: &Path, size: &str, remount: bool) {
+    let opts = match remount {
+        true => format!("remount,size={size}"),
+        false => format!("size={size}"),
+    };
+    let mut cmd = Command::new("mount");
+    if !remount {
+        cmd.args(["-t", "tmpfs"]);
+    }
+    cmd.args(["-o", &opts]);
+    if !remount {
+        cmd.arg("tmpfs");
+    }
+    let out = cmd.arg(at).output().expect("run mount");
+    assert!(
+        out.status.success(),
+        "this test needs root to mount a small tmpfs: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Copies the files of `from` into `to`, recursively.
+fn copy_tree(from: &Path, to: &Path) {
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dest = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            std::fs::create_dir_all(&dest).unwrap();
+            copy_tree(&e.path(), &dest);
+        } else {
+            std::fs::copy(e.path(), &dest).unwrap();
+        }
+    }
+}
+
+/// In a cluster, one replica whose disk fills costs no write: the others take them (W=2 of
+/// 3), also those coordinated by the full node itself, whose own replica refuses to mint. Once
+/// its volume grows, repair brings it every write it missed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_with_a_full_disk_costs_the_cluster_no_write() {
+    use kv_tests::{kvcli, metric, Cluster, ClusterOpts};
+    let mut unmount = Unmount(None);
+    let mut opts = ClusterOpts::default();
+    opts.extra
+        .extend(["--memtable-mb", "2", "--anti-entropy-interval-s", "0"].map(String::from));
+    let mut cluster = Cluster::start(3, opts);
+    // n3's data dir moves onto a small volume of its own.
+    cluster.stop(2);
+    let dir = cluster.nodes[2].data_dir.clone();
+    let moved = dir.with_extension("before");
+    std::fs::rename(&dir, &moved).unwrap();
+    std::fs::create_dir(&dir).unwrap();
+    mount_tmpfs(&dir, "24m", false);
+    unmount.0 = Some(dir.clone());
+    copy_tree(&moved, &dir);
+    cluster.restart(2);
+    cluster.wait_converged(Duration::from_secs(30));
+    let full = cluster.nodes[2].addr.clone();
+
+    // Write through every node in turn until n3 refuses for lack of space, then 60 more.
+    let urls: Vec<String> = cluster.nodes.iter().map(|n| n.url()).collect();
+    let mut conns = Vec::new();
+    for u in &urls {
+        conns.push(Ws::connect(u).await);
+    }
+    let mut acked: Vec<(String, String)> = Vec::new();
+    let mut after_full = 0;
+    for i in 0..20_000u64 {
+        let (key, val) = (format!("k{i:05}"), value(i, 8 << 10));
+        let r = conns[i as usize % 3]
+            .request(json!({"op": "put", "key": key, "value": val}))
+            .await;
+        assert_eq!(
+            r["ok"],
+            true,
+            "write {i} through {}: {r}",
+            urls[i as usize % 3]
+        );
+        acked.push((key, val));
+        let looked = i % 10 == 0 && metric(&full, "kv_storage_no_space_refusals_total") > 0;
+        if after_full > 0 || looked {
+            after_full += 1;
+            if after_full > 60 {
+                break;
+            }
+        }
+    }
+    assert!(after_full > 60, "n3's disk never filled");
+    assert_eq!(health(&full)["status"], "ok");
+    // Reads at R=2 go on everywhere, n3 included as coordinator.
+    for (i, (key, val)) in acked.iter().enumerate().step_by(7) {
+        let r = conns[i % 3].request(json!({"op": "get", "key": key})).await;
+        assert_eq!(r["values"], json!([val]), "{key}: {r}");
+    }
+    drop(conns);
+
+    // n3's volume grows; repair brings it what it refused.
+    mount_tmpfs(&dir, "512m", true);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while health(&full)["disk_full"] != false {
+        assert!(Instant::now() < deadline, "/health: {}", health(&full));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let node = format!("ws://{full}");
+    let (code, out, err) = kvcli(&["--node", &node, "--timeout", "120", "--json", "repair"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let mut ws = Ws::connect(&node).await;
+    for (key, val) in &acked {
+        let r = ws
+            .request(json!({"op": "get", "key": key, "local": true}))
+            .await;
+        assert_eq!(r["values"], json!([val]), "{key} on n3 after repair: {r}");
+    }
 }
