@@ -276,10 +276,17 @@ impl MerkleTree {
     /// path to the root dirty, which stops at the first node already dirty.
     pub fn update(&mut self, key: &[u8], old_digest: Option<u64>, new_digest: Option<u64>) {
         let delta = old_digest.unwrap_or(0) ^ new_digest.unwrap_or(0);
+        self.xor_bucket(self.bucket_of(key), delta);
+    }
+
+    /// XORs `delta` into leaf `bucket` (see [`MerkleTree::bucket_of`]). Applying the same
+    /// delta again undoes it: [`MerkleTree::update`] is this with the key's bucket and the XOR
+    /// of its two digests, so a change is taken back by XORing its delta in once more.
+    pub fn xor_bucket(&mut self, bucket: usize, delta: u64) {
         if delta == 0 {
             return;
         }
-        let leaf = self.leaves + self.bucket_of(key);
+        let leaf = self.leaves + bucket;
         self.nodes[leaf] ^= delta;
         let mut i = leaf / 2;
         while i >= 1 && !self.dirty[i] {

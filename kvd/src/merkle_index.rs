@@ -53,22 +53,42 @@ impl MerkleIndex {
     }
 
     /// Records that `key` changed from `old` to `new` encoded states; the caller holds the
-    /// write gate.
-    pub fn update(&self, key: &[u8], old: Option<&[u8]>, new: Option<&[u8]>) {
+    /// write gate. Returns the change as applied, for [`MerkleIndex::undo`] (none when no tree
+    /// covers the key).
+    pub fn update(&self, key: &[u8], old: Option<&[u8]>, new: Option<&[u8]>) -> Option<Change> {
         let guard = self.state.read().unwrap_or_else(|p| p.into_inner());
-        let Some(state) = guard.as_ref() else { return };
-        let Some(range) = state.ring.range_for_token(key_token(key)) else {
-            return;
+        let state = guard.as_ref()?;
+        let range = state.ring.range_for_token(key_token(key))?;
+        let tree = state.trees.get(&range)?;
+        let mut t = tree.lock().unwrap_or_else(|p| p.into_inner());
+        let digest = |bytes: Option<&[u8]>| bytes.map_or(0, |b| MerkleTree::key_digest(key, b));
+        let change = Change {
+            range,
+            bucket: t.bucket_of(key),
+            delta: digest(old) ^ digest(new),
         };
-        if let Some(tree) = state.trees.get(&range) {
+        t.xor_bucket(change.bucket, change.delta);
+        Some(change)
+    }
+
+    /// Takes back a change [`MerkleIndex::update`] made, for a write that was refused. The
+    /// caller holds the write gate it held for the update (so no rebuild came between).
+    pub fn undo(&self, change: &Change) {
+        let guard = self.state.read().unwrap_or_else(|p| p.into_inner());
+        if let Some(tree) = guard.as_ref().and_then(|s| s.trees.get(&change.range)) {
             let mut t = tree.lock().unwrap_or_else(|p| p.into_inner());
-            t.update(
-                key,
-                old.map(|o| MerkleTree::key_digest(key, o)),
-                new.map(|n| MerkleTree::key_digest(key, n)),
-            );
+            t.xor_bucket(change.bucket, change.delta);
         }
     }
+}
+
+/// One key's change to a tree, as [`MerkleIndex::update`] applied it: XORing `delta` into the
+/// same bucket again takes it back (other changes of the bucket meanwhile commute with it).
+#[derive(Clone, Copy, Debug)]
+pub struct Change {
+    range: TokenRange,
+    bucket: usize,
+    delta: u64,
 }
 
 fn token_key(t: u64) -> Vec<u8> {

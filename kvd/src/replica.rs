@@ -97,9 +97,9 @@ pub struct Replica {
     actor: String,
     stripes: Vec<Stripe>,
     /// Keys held (tombstones included): counted once at start, then kept up to date.
-    keys: AtomicU64,
+    keys: Arc<AtomicU64>,
     /// Merkle trees of the ranges this node replicates, updated by every write.
-    pub merkle: MerkleIndex,
+    pub merkle: Arc<MerkleIndex>,
 }
 
 /// The engine key of a user key: prefix, token, key.
@@ -130,8 +130,8 @@ impl Replica {
             engine,
             actor,
             stripes: (0..STRIPES).map(|_| Stripe::default()).collect(),
-            keys: AtomicU64::new(keys),
-            merkle: MerkleIndex::default(),
+            keys: Arc::new(AtomicU64::new(keys)),
+            merkle: Arc::default(),
         })
     }
 
@@ -295,29 +295,33 @@ impl Replica {
     }
 
     /// Records `key`'s change from `old` to `new` in the Merkle index and submits `batch` with
-    /// the key's stripe lock, then waits for it. The tree is updated before the write is
-    /// applied, which no rebuild can see: the gate is held until the write is settled. A write
-    /// the engine refuses, at once or through its ticket (a full disk refuses a group and the
-    /// engine goes on), is taken back out of the tree, still under the gate (the tree's
-    /// updates are XORs, so other writes of the key meanwhile do not matter; a rebuild would).
+    /// the guards, then waits for it. The tree is updated before the write is applied, which
+    /// no rebuild can see: the engine keeps the gate until the write is settled, also when
+    /// this future is dropped. A write the engine refuses (a full disk refuses a group and the
+    /// engine goes on) is taken back out of the tree there, still under the gate: left in, the
+    /// tree would agree with the other replicas over a key this one does not hold, and
+    /// anti-entropy would never bring it. The key is counted once it is applied.
     async fn submit(
         &self,
         key: &[u8],
         batch: WriteBatch,
-        (stripe, _gate): WriteGuards,
+        guards: WriteGuards,
         old: Option<&[u8]>,
         new: &[u8],
     ) -> Result<(), ReplicaError> {
-        self.merkle.update(key, old, Some(new));
-        let applied = match self.engine.submit(batch, stripe) {
-            Ok(ticket) => ticket.await,
-            Err(e) => Err(e),
+        let change = self.merkle.update(key, old, Some(new));
+        let (merkle, keys, is_new) = (self.merkle.clone(), self.keys.clone(), old.is_none());
+        let settle = move |applied: bool| {
+            if !applied {
+                if let Some(c) = &change {
+                    merkle.undo(c);
+                }
+            } else if is_new {
+                keys.fetch_add(1, Relaxed);
+            }
+            drop(guards);
         };
-        if let Err(e) = applied {
-            self.merkle.update(key, Some(new), old);
-            return Err(e.into());
-        }
-        self.count_if_new(old);
+        self.engine.submit_with(batch, settle)?.await?;
         Ok(())
     }
 

@@ -19,7 +19,6 @@
 //! - A segment is deleted only after a durable manifest names tables holding all its writes.
 //! - Table files are fsynced, then the directory, then the manifest naming them is written.
 
-use std::any::Any;
 use std::collections::{HashSet, VecDeque};
 use std::fs::File;
 use std::future::Future;
@@ -190,8 +189,9 @@ struct Refused {
 struct Pending {
     ticket: u64,
     slot: Arc<Slot>,
-    /// Dropped once the batch is in the memtable (or failed): see [`Engine::submit`].
-    _hold: Box<dyn Any + Send>,
+    /// Called once the batch is in the memtable (true) or failed (false): see
+    /// [`Engine::submit_with`].
+    settle: Box<dyn FnOnce(bool) + Send>,
 }
 
 /// Where the result of an async submission is left for its [`Ticket`].
@@ -656,7 +656,21 @@ impl Engine {
     /// Errors (before anything is queued): those of `write` for a bad batch, a poisoned or a
     /// closed engine.
     pub fn submit<H: Send + 'static>(&self, batch: WriteBatch, hold: H) -> Result<Ticket> {
-        self.inner.submit(batch, hold)
+        self.inner.submit(batch, move |_| drop(hold))
+    }
+
+    /// [`Engine::submit`] telling the caller how the batch settled, even when the ticket is
+    /// dropped: `settle` is called exactly once, with true once the batch is in the memtable,
+    /// with false when it was refused (a full disk refuses a group and the engine goes on) or
+    /// failed, also when `submit_with` itself returns an error. A caller that updated
+    /// something ahead of the write (an index) takes it back there, under the locks it
+    /// moved into `settle`.
+    pub fn submit_with<F: FnOnce(bool) + Send + 'static>(
+        &self,
+        batch: WriteBatch,
+        settle: F,
+    ) -> Result<Ticket> {
+        self.inner.submit(batch, settle)
     }
 
     /// True when a write now would wait for flushing and compaction to catch up: exactly the
@@ -1054,8 +1068,8 @@ impl Inner {
                     Ok(()) => Ok(()),
                     Err(e) => Err(group_error(e)),
                 };
-                let Pending { slot, _hold, .. } = p;
-                drop(_hold);
+                let Pending { slot, settle, .. } = p;
+                settle(r.is_ok());
                 slot.complete(r);
             }
             let first = first.get_or_insert(res);
@@ -1067,9 +1081,17 @@ impl Inner {
         }
     }
 
-    fn submit<H: Send + 'static>(&self, batch: WriteBatch, hold: H) -> Result<Ticket> {
-        self.check_batch(&batch)?;
+    fn submit<F: FnOnce(bool) + Send + 'static>(
+        &self,
+        batch: WriteBatch,
+        settle: F,
+    ) -> Result<Ticket> {
+        if let Err(e) = self.check_batch(&batch) {
+            settle(false);
+            return Err(e);
+        }
         if batch.is_empty() {
+            settle(true);
             return Ok(Ticket {
                 slot: None,
                 ready: Some(Ok(())),
@@ -1082,7 +1104,7 @@ impl Inner {
         c.queue.push(batch);
         if inline && !c.leader {
             let res = self.lead(c);
-            drop(hold);
+            settle(res.is_ok());
             return Ok(Ticket {
                 slot: None,
                 ready: Some(res),
@@ -1092,7 +1114,7 @@ impl Inner {
         c.pending.push_back(Pending {
             ticket,
             slot: slot.clone(),
-            _hold: Box::new(hold),
+            settle: Box::new(settle),
         });
         let wake = !c.leader && c.committer_idle;
         drop(c);
