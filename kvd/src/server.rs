@@ -85,10 +85,17 @@ const MAX_HEAD: usize = 16 * 1024;
 /// A client must send its request head within this time.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// At most one line per this long about failing accepts.
+const ACCEPT_LOG_EVERY: Duration = Duration::from_secs(10);
+
 /// Accepts connections until shutdown.
 pub async fn serve(node: Arc<Node>, listener: TcpListener) {
     let clients = Arc::new(Semaphore::new(node.config.max_connections));
     let mut shutdown = node.shutdown_signal();
+    // Failed accepts since the last one logged, and when that was: out of file descriptors,
+    // a node would otherwise log 20 lines a second (filling the disk it needs).
+    let mut failed = 0u64;
+    let mut logged: Option<std::time::Instant> = None;
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -97,8 +104,17 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener) {
         let (stream, _) = match accepted {
             Ok(a) => a,
             Err(e) => {
+                failed += 1;
+                if logged.is_none_or(|t| t.elapsed() >= ACCEPT_LOG_EVERY) {
+                    let more = match failed {
+                        1 => String::new(),
+                        n => format!(" ({n} failed accepts since the last line)"),
+                    };
+                    crate::warn!("accept failed: {e}{more}; retrying every 50 ms");
+                    logged = Some(std::time::Instant::now());
+                    failed = 0;
+                }
                 // Out of file descriptors and the like: back off instead of spinning.
-                crate::warn!("accept failed: {e}");
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }

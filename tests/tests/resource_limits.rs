@@ -428,3 +428,52 @@ async fn memtable_and_block_cache_sizes_follow_their_flags() {
     drop(ws);
     cluster.stop(0);
 }
+
+/// Out of file descriptors, a node backs off and says so once, not 20 lines a second (a log
+/// that fills the disk it needs), keeps serving the connections it has, and takes new ones
+/// again once descriptors are free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_file_descriptors_the_node_backs_off_logs_once_and_recovers() {
+    let cluster = one_node(&[]);
+    let node = &cluster.nodes[0];
+    let pid = node.pid().expect("node pid");
+    let mut ws = Ws::connect(&node.url()).await;
+    let open = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count();
+    // A limit a few descriptors above what the node holds now (`prlimit` sets it on the
+    // running process).
+    let limit = open + 8;
+    let out = std::process::Command::new("prlimit")
+        .args([format!("--nofile={limit}"), format!("--pid={pid}")])
+        .output()
+        .expect("run prlimit (util-linux)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // More connections than descriptors left: the ones past the limit wait in the backlog.
+    let held: Vec<TcpStream> = (0..40)
+        .map(|_| TcpStream::connect(&node.addr).expect("connect"))
+        .collect();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let log = std::fs::read_to_string(&node.log).unwrap();
+    let lines = log.lines().filter(|l| l.contains("accept failed")).count();
+    assert!(
+        (1..=2).contains(&lines),
+        "{lines} 'accept failed' lines in 3 s:\n{log}"
+    );
+    // The connection it has is served meanwhile.
+    let r = ws
+        .request(json!({"op": "put", "key": "k", "value": "while-out"}))
+        .await;
+    assert_eq!(r["ok"], true, "{r}");
+    // Descriptors free again: new connections are taken.
+    drop(held);
+    let mut fresh = tokio::time::timeout(Duration::from_secs(10), Ws::connect(&node.url()))
+        .await
+        .expect("a new connection is accepted once descriptors are free");
+    let r = fresh.request(json!({"op": "get", "key": "k"})).await;
+    assert_eq!(r["values"], json!(["while-out"]), "{r}");
+}
