@@ -623,6 +623,60 @@ mod tests {
     }
 
     #[test]
+    fn a_write_the_full_disk_refuses_is_taken_back_out_of_the_tree_and_the_key_count() {
+        use crate::storage::testing::fail_appends_in;
+        let d = tempfile::tempdir().unwrap();
+        // Every group fsynced: appends are system calls, committed by the engine's commit
+        // thread, so the refusal comes back through the write's ticket.
+        let opts = Options {
+            sync: crate::storage::SyncMode::Always,
+            ..Options::default()
+        };
+        let engine = Arc::new(Engine::open(d.path(), opts).unwrap());
+        let r = Replica::new(engine.clone(), "a".into()).unwrap();
+        index_all(&engine, &r.merkle);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let ctx = VersionVector::new();
+        rt.block_on(async {
+            let kept = r
+                .mint_now(b"kept", Some(b"1"), None, &ctx, 1)
+                .await
+                .unwrap();
+            fail_appends_in(d.path(), true);
+            // Over an existing key and as a new one.
+            let over = r.mint_now(b"kept", Some(b"2"), None, kept.state.context(), 1);
+            let new = r.mint_now(b"new", Some(b"x"), None, &ctx, 1);
+            for refused in [over.await, new.await] {
+                let err = refused.err().expect("refused on the full disk").to_string();
+                assert!(err.contains("out of disk space"), "{err}");
+            }
+            fail_appends_in(d.path(), false);
+        });
+        let rebuilt = MerkleIndex::default();
+        index_all(&engine, &rebuilt);
+        assert_eq!(
+            roots(&r.merkle),
+            roots(&rebuilt),
+            "the tree kept a refused write"
+        );
+        assert_eq!(r.key_count(), 1);
+        assert_eq!(
+            r.read(b"kept").unwrap().unwrap().values(),
+            vec![b"1".to_vec()]
+        );
+        // Space again: the same writes go through, and the tree follows.
+        rt.block_on(async {
+            r.mint_now(b"new", Some(b"x"), None, &ctx, 1).await.unwrap();
+        });
+        let rebuilt = MerkleIndex::default();
+        index_all(&engine, &rebuilt);
+        assert_eq!(roots(&r.merkle), roots(&rebuilt));
+        assert_eq!(r.key_count(), 2);
+    }
+
+    #[test]
     fn data_keys_order_by_token_and_give_back_the_user_key() {
         let k = data_key(b"hello");
         assert_eq!(k[0], DATA_PREFIX);

@@ -206,7 +206,11 @@ impl SegmentWriter {
 
     fn write_at_end(&self, frames: &[u8]) -> std::io::Result<()> {
         #[cfg(test)]
-        if FAIL_WRITE.with(std::cell::Cell::get) {
+        let fail = FAIL_WRITE.with(std::cell::Cell::get);
+        #[cfg(all(not(test), feature = "fault-injection"))]
+        let fail = false;
+        #[cfg(any(test, feature = "fault-injection"))]
+        if fail || crate::testing::appends_fail(&self.path) {
             // A full disk: half the group lands, then the write fails.
             self.file
                 .write_all_at(&frames[..frames.len() / 2], self.len)?;

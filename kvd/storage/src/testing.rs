@@ -73,3 +73,28 @@ fn resident_pages(f: &File) -> usize {
     }
     vec.iter().filter(|&&b| b & 1 == 1).count()
 }
+
+/// Directories whose commit-log appends fail (see [`fail_appends_in`]).
+#[cfg(any(test, feature = "fault-injection"))]
+static FAILING: std::sync::Mutex<Vec<std::path::PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+/// From now on (`on`) or no longer, commit-log appends that make a system call (a segment
+/// not written through a mapping, as with `SyncMode::Always`) under `dir` write half their
+/// bytes and fail with ENOSPC, as on a full disk. Scoped to a directory so tests running in
+/// parallel in one process do not see each other's faults. Only with the `fault-injection`
+/// feature (kvd's tests turn it on).
+#[cfg(feature = "fault-injection")]
+pub fn fail_appends_in(dir: &Path, on: bool) {
+    let mut failing = FAILING.lock().unwrap_or_else(|e| e.into_inner());
+    failing.retain(|d| d != dir);
+    if on {
+        failing.push(dir.to_path_buf());
+    }
+}
+
+/// Whether appends to the segment at `path` are to fail (see [`fail_appends_in`]).
+#[cfg(any(test, feature = "fault-injection"))]
+pub(crate) fn appends_fail(path: &Path) -> bool {
+    let failing = FAILING.lock().unwrap_or_else(|e| e.into_inner());
+    failing.iter().any(|d| path.starts_with(d))
+}
