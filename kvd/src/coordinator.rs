@@ -231,6 +231,27 @@ pub async fn write(
             .collect(),
         None => Vec::new(),
     };
+    // A one-node cluster: the key's only replica is here, no stand-in can exist and nothing
+    // is sent on, so no quorum is tracked (what the general path below ends with, without
+    // its lists of node ids).
+    if extras.is_empty()
+        && matches!(targets.as_slice(), [t] if t.node == node.id && t.hint_for.is_none())
+        && node.ring().len() == 1
+    {
+        return match mint_on(node, &node.id, &key, &write, &ctx, &context, deadline).await {
+            Ok((state, context)) => Ok(WriteResult {
+                counter: match write {
+                    Write::Increment { .. } => Some(counter_value(&state)?),
+                    _ => None,
+                },
+                context,
+            }),
+            Err(MintFailure::Rejected(why)) => Err(WireError::bad_request(why)),
+            Err(MintFailure::Refused(why) | MintFailure::Unknown(why)) => {
+                Err(unavailable("W", w, 0, &[(node.id.clone(), why)]))
+            }
+        };
+    }
     let mut plan = WritePlan {
         extras,
         tracker: WriteTracker::new(targets.iter().map(|t| t.node.clone()).collect(), w),
