@@ -28,16 +28,7 @@ impl Disk {
         let dir = tempfile::tempdir().expect("temp dir");
         let mount = dir.path().join("fs");
         std::fs::create_dir(&mount).unwrap();
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(&mount)
-            .output()
-            .expect("run mount");
-        assert!(
-            out.status.success(),
-            "this test needs root to mount a small tmpfs: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        mount_tmpfs(&mount, size, false);
         Disk {
             mount,
             node: None,
@@ -72,16 +63,7 @@ impl Disk {
     }
 
     fn grow(&self, size: &str) {
-        let out = Command::new("mount")
-            .args(["-o", &format!("remount,size={size}")])
-            .arg(&self.mount)
-            .output()
-            .expect("run mount");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        mount_tmpfs(&self.mount, size, true);
     }
 
     fn stop(&mut self) -> std::process::ExitStatus {
@@ -271,6 +253,7 @@ impl Drop for Unmount {
     }
 }
 
+/// Mounts a tmpfs of `size` at `at`, or with `remount` changes the size of the one there.
 fn mount_tmpfs(at: &Path, size: &str, remount: bool) {
     let opts = match remount {
         true => format!("remount,size={size}"),
