@@ -1167,7 +1167,11 @@ impl Inner {
         let mut wal = lock(&self.wal);
         let res = self.commit_group_locked(&mut wal, batches);
         match &res {
-            Err(Error::NoSpace(_)) => stats::add(&self.counters.no_space_refusals, 1),
+            // Every write of the group is refused (the batches are still there: nothing of
+            // them was applied).
+            Err(Error::NoSpace(_)) => {
+                stats::add(&self.counters.no_space_refusals, batches.len() as u64)
+            }
             Err(e) => self.poison(format!("commit-log write failed: {e}")),
             Ok(()) => {}
         }
