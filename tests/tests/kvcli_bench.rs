@@ -80,6 +80,25 @@ fn every_workload_gives_a_sane_summary() {
             assert_sane_latency(&o["latency_us"], &format!("{workload}/{k}"));
         }
     }
+    // Two of f's clients may read-modify-write one key at once: concurrent writes, kept as
+    // siblings, as they should be. A last read-only run's load phase replaces every record
+    // with one write made with its read's context (one client per key), so the records
+    // must be single values after it.
+    let (code, doc, err) = bench(
+        &node,
+        &[
+            "--workload",
+            "get",
+            "--records",
+            "50",
+            "--ops",
+            "50",
+            "--clients",
+            "4",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(doc["errors"], 0, "{doc}");
     // The load phase wrote the records, and d's inserts wrote new ones after them.
     let (code, out, _) = kvcli(&["--node", &node, "--json", "get", "key:0000000049"]);
     assert_eq!(code, 0);
