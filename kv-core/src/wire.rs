@@ -151,6 +151,10 @@ pub enum ClientOp {
     /// Hand the data of the ranges this node no longer replicates to their replicas, then
     /// drop it here.
     Cleanup,
+    /// Merge every table of this node's storage into its last level now, dropping overwritten
+    /// versions and deleted keys' old data (a major compaction, as Cassandra's `nodetool
+    /// compact`).
+    Compact,
     /// Copy this node's data, as it stands, to a snapshot named `name` (default: the time).
     Snapshot { name: Option<String> },
     /// This node's snapshots.
@@ -185,6 +189,7 @@ impl ClientOp {
             ClientOp::Ring { .. } => "ring",
             ClientOp::Hints => "hints",
             ClientOp::Cleanup => "cleanup",
+            ClientOp::Compact => "compact",
             ClientOp::Snapshot { .. } => "snapshot",
             ClientOp::Snapshots => "snapshots",
             ClientOp::ClearSnapshot { .. } => "clear_snapshot",
@@ -459,6 +464,7 @@ fn validate(raw: RawRequest<'_>, limits: &Limits) -> Result<Request, WireError> 
         },
         "hints" => ClientOp::Hints,
         "cleanup" => ClientOp::Cleanup,
+        "compact" => ClientOp::Compact,
         "snapshot" => ClientOp::Snapshot { name: raw.name },
         "snapshots" => ClientOp::Snapshots,
         "clear_snapshot" => ClientOp::ClearSnapshot {
@@ -662,6 +668,7 @@ pub fn encode_request_with(id: u64, op: &ClientOp, form: ValueForm) -> String {
         | ClientOp::Hints
         | ClientOp::Ping
         | ClientOp::Cleanup
+        | ClientOp::Compact
         | ClientOp::Snapshots => head(&mut out, &[]),
     }
     out.push('}');
@@ -955,6 +962,10 @@ mod tests {
             ClientOp::Cleanup
         );
         assert_eq!(
+            decode(r#"{"id":3,"op":"compact"}"#).unwrap().op,
+            ClientOp::Compact
+        );
+        assert_eq!(
             decode(r#"{"id":3,"op":"ring","key":"a"}"#).unwrap().op,
             ClientOp::Ring {
                 key: Some("a".into())
@@ -1083,6 +1094,8 @@ mod tests {
             ClientOp::ClearSnapshot {
                 name: "daily".into(),
             },
+            ClientOp::Cleanup,
+            ClientOp::Compact,
             ClientOp::Ping,
             ClientOp::Scan {
                 cursor: Some("c".into()),

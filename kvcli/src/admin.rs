@@ -289,6 +289,45 @@ pub async fn cleanup(client: &Client, all: bool, env: &Env) -> Result<(), Client
     Ok(())
 }
 
+/// `compact [--all]`: a major compaction on the connected node, or on every up member one
+/// after the other.
+pub async fn compact(client: &Client, all: bool, env: &Env) -> Result<(), ClientError> {
+    let say = |v: &Value| {
+        println!(
+            "compaction on {}: {} tables ({}) -> {} tables ({}) in {} s",
+            v["node"].as_str().unwrap_or_default(),
+            v["tables_before"],
+            crate::commands::human_bytes(v["bytes_before"].as_u64().unwrap_or(0)),
+            v["tables_after"],
+            crate::commands::human_bytes(v["bytes_after"].as_u64().unwrap_or(0)),
+            v["seconds"]
+        );
+    };
+    if !all {
+        let pb = crate::progress::spinner("compact");
+        let v = client.request_within(&ClientOp::Compact, LONG).await;
+        pb.finish_and_clear();
+        let v = v?;
+        if env.json {
+            println!("{v}");
+        } else {
+            say(&v);
+        }
+        return Ok(());
+    }
+    let mut out = Vec::new();
+    for (_, v) in on_every_up_member(client, "compact", &ClientOp::Compact, env).await? {
+        if !env.json {
+            say(&v);
+        }
+        out.push(v);
+    }
+    if env.json {
+        println!("{}", serde_json::json!({ "nodes": out }));
+    }
+    Ok(())
+}
+
 /// What `snapshot` does.
 pub enum SnapshotCmd {
     /// Take one, named or named by the time.

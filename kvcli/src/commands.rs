@@ -133,6 +133,15 @@ pub enum Command {
         #[arg(long)]
         all: bool,
     },
+    /// Merge every table of this node's storage into its last level now (a major compaction,
+    /// as `nodetool compact`): overwritten versions and deleted keys' old data go, reads
+    /// touch fewer tables. Runs at the background threads' lower priority; --all does it on
+    /// every member in turn.
+    Compact {
+        /// Every up member, one after the other.
+        #[arg(long)]
+        all: bool,
+    },
     /// Copy this node's data as it stands to DATA_DIR/snapshots/NAME/storage (hard links:
     /// no disk until compaction replaces the tables); --all does it on every member in turn.
     ///
@@ -442,6 +451,7 @@ pub async fn run(client: &Client, cmd: Command, env: &Env) -> Outcome {
         Command::Hints => crate::admin::hints(client, env).await?,
         Command::Repair { node } => crate::admin::repair(client, node, env).await?,
         Command::Cleanup { all } => crate::admin::cleanup(client, all, env).await?,
+        Command::Compact { all } => crate::admin::compact(client, all, env).await?,
         Command::Snapshot {
             name,
             all,

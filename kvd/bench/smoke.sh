@@ -37,7 +37,7 @@ check vs-rocksdb '^fillrandom ops/s +[0-9]+' env NUM=20000 kvd/bench/vs-rocksdb.
 check "group commit" 'fillrandom' target/release/kvd bench-storage --benchmarks fillrandom \
   --sync always --threads 8 --num 2000
 check replication 'throughput ratio [0-9.]+' env OPS=3000 RECORDS=1000 kvd/bench/replication.sh
-check tails 'p99.9 vs quiet: anti-entropy [0-9.]+x' env SECS=2 RECORDS=2000 CLIENTS=5 kvd/bench/tails.sh
+check tails 'p99.9 vs quiet: anti-entropy [0-9.]+x, compaction [0-9.]+x' env SECS=2 RECORDS=2000 CLIENTS=5 kvd/bench/tails.sh
 check footprint 'bytes per key' env RECORDS=3000 kvd/bench/footprint.sh
 check steady '^2 +[0-9]+' env ROUNDS=2 OPS=3000 RECORDS=1000 kvd/bench/steady.sh
 check cost 'instructions per put: [0-9,]+' env OPS=300 CLIENTS=4 kvd/bench/cost.sh

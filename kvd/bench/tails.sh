@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Tail latency under background work: YCSB-A against 4 nodes (N=3 W=2 R=2, --sync interval),
 # p99.9 measured quiet, then while anti-entropy runs over and over (`repair` in a loop on
-# every node), then while a node that was down receives its hints (and its engine flushes and
+# every node), then while major compactions run back to back (`compact --all` in a loop: each
+# flushes a node's memtable and merges all its tables), then while a node that was down receives its hints (and its engine flushes and
 # compacts what arrives).
 #   kvd/bench/tails.sh            # SECS=20 CLIENTS=20 RECORDS=50000
 set -euo pipefail
@@ -44,6 +45,12 @@ LOOP=$!
 ae=$(report "anti-entropy (repair in a loop)" "$(bench a "$SECS")")
 echo "$ae" | head -1
 kill "$LOOP"; wait "$LOOP" 2>/dev/null || true; LOOP=
+(while true; do "$KVCLI" --node "ws://${ADDR[1]}" --json compact --all >>"$WORK/compactions" 2>&1 || true; done) &
+LOOP=$!
+comp=$(report "compaction (compact in a loop)" "$(bench a "$SECS")")
+kill "$LOOP"; wait "$LOOP" 2>/dev/null || true; LOOP=
+runs=$(grep -o '"tables_after"' "$WORK/compactions" | wc -l)
+echo "$comp" | head -1 | sed "s/\$/  ($runs compactions)/"
 # Hints: n4 down while writes go on (its writes are kept as hints by stand-ins), then back
 # while the load continues.
 kill -9 "${PIDS[4]}"; wait "${PIDS[4]}" 2>/dev/null || true
@@ -52,8 +59,8 @@ pending=$(curl -sf "http://${ADDR[1]}/metrics" "http://${ADDR[2]}/metrics" "http
 start 4
 hints=$(report "hint delivery ($pending hints)" "$(bench a "$SECS")")
 echo "$hints" | head -1
-python3 - "$(echo "$quiet" | tail -1)" "$(echo "$ae" | tail -1)" "$(echo "$hints" | tail -1)" <<'PY'
+python3 - "$(echo "$quiet" | tail -1)" "$(echo "$ae" | tail -1)" "$(echo "$comp" | tail -1)" "$(echo "$hints" | tail -1)" <<'PY'
 import sys
-q, ae, h = map(float, sys.argv[1:])
-print(f"p99.9 vs quiet: anti-entropy {ae / q:.2f}x, hint delivery {h / q:.2f}x (target <= 5x)")
+q, ae, c, h = map(float, sys.argv[1:])
+print(f"p99.9 vs quiet: anti-entropy {ae / q:.2f}x, compaction {c / q:.2f}x, hint delivery {h / q:.2f}x (target <= 5x)")
 PY

@@ -538,6 +538,7 @@ async fn run(node: &Arc<Node>, op: ClientOp, sloppy: Option<bool>) -> Result<Ans
             .map(|taken| serde_json::to_value(taken).unwrap_or_default()),
         ClientOp::Snapshots => Box::pin(crate::snapshot::list(node)).await,
         ClientOp::ClearSnapshot { name } => Box::pin(crate::snapshot::clear(node, name)).await,
+        ClientOp::Compact => Box::pin(compact(node)).await,
         ClientOp::Cleanup => Box::pin(crate::rebalance::run_cleanup(node))
             .await
             .map(|stats| serde_json::to_value(stats).unwrap_or_default())
@@ -567,6 +568,47 @@ async fn context_to_delete(
             ),
         )),
     }
+}
+
+/// `compact`: every table of this node's storage merged into its last level, at the
+/// background threads' priority; answers with the tables and bytes before and after.
+async fn compact(node: &Arc<Node>) -> Result<Value, WireError> {
+    let n = node.clone();
+    let started = std::time::Instant::now();
+    let (before, after) = tokio::task::spawn_blocking(move || {
+        let engine = n.replica.engine();
+        let before = engine.stats();
+        engine.compact_in_background()?;
+        Ok::<_, kvd_storage::Error>((before, engine.stats()))
+    })
+    .await
+    .map_err(|e| WireError::new(ErrorCode::Internal, format!("compaction failed: {e}")))?
+    .map_err(|e| {
+        // A full disk is an error that freeing space cures, as for writes.
+        let code = if e.is_no_space() {
+            ErrorCode::Unavailable
+        } else {
+            ErrorCode::Internal
+        };
+        WireError::new(code, format!("compaction failed: {e}"))
+    })?;
+    let bytes = |s: &kvd_storage::Stats| s.level_bytes.iter().sum::<u64>();
+    let seconds = started.elapsed().as_secs_f64();
+    crate::info!(
+        "compaction: {} tables ({} bytes) -> {} tables ({} bytes) in {seconds:.2} s",
+        before.table_count,
+        bytes(&before),
+        after.table_count,
+        bytes(&after)
+    );
+    Ok(json!({
+        "node": node.id,
+        "tables_before": before.table_count,
+        "bytes_before": bytes(&before),
+        "tables_after": after.table_count,
+        "bytes_after": bytes(&after),
+        "seconds": (seconds * 1000.0).round() / 1000.0,
+    }))
 }
 
 /// `repair`: anti-entropy now on this node, or on `target`.

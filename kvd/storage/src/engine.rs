@@ -759,6 +759,24 @@ impl Engine {
         self.inner.compact_all()
     }
 
+    /// [`Engine::compact`] on a thread of its own at the background threads' lower priority
+    /// (`background_nice`), as automatic compaction runs, so requests take the CPU first;
+    /// waits for it. For an operator's compaction of a serving node.
+    pub fn compact_in_background(&self) -> Result<()> {
+        let inner = self.inner.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        spawn("kvd-compact-all", move || {
+            lower_priority(inner.opts.background_nice);
+            let _ = tx.send(inner.compact_all());
+        })?;
+        rx.recv().unwrap_or_else(|_| {
+            Err(Error::io(
+                PathBuf::from("kvd-compact-all"),
+                std::io::Error::other("the compaction thread panicked"),
+            ))
+        })
+    }
+
     /// Runs background-style compactions until none is due (useful with
     /// `background_work = false`). Returns how many ran.
     pub fn compact_pending(&self) -> Result<usize> {

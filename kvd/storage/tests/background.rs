@@ -77,3 +77,53 @@ fn background_threads_yield_the_cpu_to_requests() {
     std::thread::sleep(Duration::from_millis(100));
     assert_eq!(nices("kvd-storage-flu"), [own], "{:?}", threads());
 }
+
+#[test]
+fn an_operators_compaction_runs_at_the_background_priority() {
+    let dir = tempfile::tempdir().unwrap();
+    // The purge predicate is asked on the compacting thread: it notes which thread that is.
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let note = seen.clone();
+    let opts = Options {
+        sync: SyncMode::Interval,
+        background_work: false,
+        background_nice: 10,
+        tombstone_purge: Some(std::sync::Arc::new(move |_k: &[u8], _v: &[u8]| {
+            let name = std::fs::read_to_string("/proc/thread-self/comm").unwrap();
+            let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+            note.lock()
+                .unwrap()
+                .push((name.trim().to_string(), nice_of(&stat)));
+            false
+        })),
+        ..Options::default()
+    };
+    let own = nice_of(&std::fs::read_to_string("/proc/thread-self/stat").unwrap());
+    let engine = Engine::open(dir.path(), opts).unwrap();
+    for round in 0..3u32 {
+        for i in 0..100u32 {
+            engine
+                .put(
+                    format!("k{i:03}").as_bytes(),
+                    format!("v{round}").as_bytes(),
+                )
+                .unwrap();
+        }
+        engine.flush().unwrap();
+    }
+    assert!(engine.stats().level_tables[0] > 1);
+    engine.compact_in_background().unwrap();
+    let s = engine.stats();
+    assert_eq!(s.level_tables[0], 0, "{:?}", s.level_tables);
+    assert_eq!(s.table_count, 1, "{:?}", s.level_tables);
+    assert_eq!(engine.get(b"k042").unwrap().as_deref(), Some(&b"v2"[..]));
+    let seen = seen.lock().unwrap();
+    assert!(!seen.is_empty(), "the purge predicate was never asked");
+    for (name, nice) in seen.iter() {
+        assert_eq!(name, "kvd-compact-all");
+        assert_eq!(*nice, own + 10);
+    }
+    // The caller's own priority is untouched.
+    let after = nice_of(&std::fs::read_to_string("/proc/thread-self/stat").unwrap());
+    assert_eq!(after, own);
+}

@@ -1,0 +1,82 @@
+//! `kvcli compact`: a major compaction of a serving node merges its tables into one level,
+//! drops overwritten versions, and the data reads the same after it.
+
+use kv_tests::{kvcli, Cluster, ClusterOpts};
+use serde_json::Value;
+
+#[test]
+fn compact_all_merges_every_members_tables_and_keeps_the_data() {
+    // Small memtables: the writes below leave several tables on every node.
+    let cluster = Cluster::start(
+        3,
+        ClusterOpts {
+            sync: "interval",
+            extra: vec!["--memtable-mb".into(), "1".into()],
+            ..ClusterOpts::default()
+        },
+    );
+    let url = cluster.nodes[0].url();
+    for i in 0..20 {
+        let (code, _, err) = kvcli(&["--node", &url, "put", &format!("kept{i}"), &format!("v{i}")]);
+        assert_eq!(code, 0, "{err}");
+    }
+    // About 3.5 MB per replica, 1,750 writes of 1,000 keys: a few tables, fewer than the
+    // level-0 count at which compaction starts on its own.
+    let (code, out, err) = kvcli(&[
+        "--node",
+        &url,
+        "bench",
+        "--workload",
+        "put",
+        "--ops",
+        "1750",
+        "--records",
+        "1000",
+        "--value-size",
+        "2000",
+        "--clients",
+        "8",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let bench: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(bench["errors"], 0, "{bench}");
+
+    let (code, out, err) = kvcli(&["--node", &url, "--json", "compact", "--all"]);
+    assert_eq!(code, 0, "{err}");
+    let all: Value = serde_json::from_str(out.trim()).unwrap();
+    let nodes = all["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 3, "{all}");
+    for node in nodes {
+        let before = node["tables_before"].as_u64().unwrap();
+        assert!(before >= 2, "{all}");
+        assert_eq!(node["tables_after"], 1, "{all}");
+        // Overwritten versions go.
+        let (b, a) = (
+            node["bytes_before"].as_u64().unwrap(),
+            node["bytes_after"].as_u64().unwrap(),
+        );
+        assert!(a > 0 && a < b, "{all}");
+        assert!(node["seconds"].as_f64().unwrap() >= 0.0, "{all}");
+    }
+    for i in 0..20 {
+        let (code, out, err) = kvcli(&["--node", &url, "get", &format!("kept{i}")]);
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(out.lines().next(), Some(format!("v{i}").as_str()), "{out}");
+    }
+    // One node, human output: one line naming it; a second compaction has one table to merge.
+    let (code, out, err) = kvcli(&["--node", &url, "compact"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.lines().count(), 1, "{out}");
+    assert!(
+        out.starts_with(&format!("compaction on {}: ", cluster.nodes[0].id))
+            && out.contains("-> 1 tables"),
+        "{out}"
+    );
+    let log = std::fs::read_to_string(&cluster.nodes[0].log).unwrap();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("INFO") && l.contains("compaction: ")),
+        "{log}"
+    );
+}
