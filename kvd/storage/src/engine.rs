@@ -168,6 +168,10 @@ struct Commit {
     /// made every waiter of the next group wake and sleep again once per group, which with 32
     /// writers cost more CPU than the commits.
     waiters: Vec<(u64, std::thread::Thread)>,
+    /// Blocking writers whose group is complete, still to be woken: the leader wakes two,
+    /// and each writer woken wakes two more, so the futex calls are spread over the writers
+    /// instead of standing between one group and the next on the leader's thread.
+    to_wake: VecDeque<std::thread::Thread>,
     /// Async submissions not yet committed, in ticket order.
     pending: VecDeque<Pending>,
     /// The commit thread waits on `committer_cv` for async submissions.
@@ -549,6 +553,7 @@ impl Engine {
                 failed_from: None,
                 refused: Vec::new(),
                 waiters: Vec::new(),
+                to_wake: VecDeque::new(),
                 pending: VecDeque::new(),
                 committer_idle: false,
                 committer_exit: false,
@@ -970,11 +975,16 @@ impl Inner {
         loop {
             // A leader that completes our group takes us off the list as it wakes us.
             if ticket < c.done_upto {
-                if c.failed_from.is_some_and(|f| ticket >= f) {
+                // Our turn to pass the wake-up on (see `Commit::to_wake`).
+                let pass: Vec<std::thread::Thread> = if listed {
+                    (0..2).filter_map(|_| c.to_wake.pop_front()).collect()
+                } else {
+                    Vec::new()
+                };
+                let res = if c.failed_from.is_some_and(|f| ticket >= f) {
                     let why = lock(&self.poison).clone().unwrap_or_default();
-                    return Err(Error::Poisoned(why));
-                }
-                if let Some(i) = c
+                    Err(Error::Poisoned(why))
+                } else if let Some(i) = c
                     .refused
                     .iter()
                     .position(|r| (r.start..r.end).contains(&ticket))
@@ -985,9 +995,15 @@ impl Inner {
                     if r.waiting == 0 {
                         c.refused.remove(i);
                     }
-                    return Err(Error::NoSpace(why));
+                    Err(Error::NoSpace(why))
+                } else {
+                    Ok(())
+                };
+                drop(c);
+                for t in pass {
+                    t.unpark();
                 }
-                return Ok(());
+                return res;
             }
             if !c.leader {
                 if listed {
@@ -1062,11 +1078,18 @@ impl Inner {
             // when nobody goes on leading (it leads, or finds a newcomer leading, which then
             // completes it).
             let done_writers = c.waiters.partition_point(|(t, _)| *t < end);
-            let mut wake: Vec<std::thread::Thread> =
-                c.waiters.drain(..done_writers).map(|(_, t)| t).collect();
+            let mut wake: Vec<std::thread::Thread> = Vec::with_capacity(3);
             if !again {
-                if let Some((_, t)) = c.waiters.first() {
+                if let Some((_, t)) = c.waiters.get(done_writers) {
                     wake.push(t.clone());
+                }
+            }
+            let cm = &mut *c;
+            cm.to_wake
+                .extend(cm.waiters.drain(..done_writers).map(|(_, t)| t));
+            for _ in 0..2 {
+                if let Some(t) = c.to_wake.pop_front() {
+                    wake.push(t);
                 }
             }
             let upto = c.pending.partition_point(|p| p.ticket < end);
