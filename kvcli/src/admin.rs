@@ -303,29 +303,7 @@ pub async fn compact(client: &Client, all: bool, env: &Env) -> Result<(), Client
             v["seconds"]
         );
     };
-    if !all {
-        let pb = crate::progress::spinner("compact");
-        let v = client.request_within(&ClientOp::Compact, LONG).await;
-        pb.finish_and_clear();
-        let v = v?;
-        if env.json {
-            println!("{v}");
-        } else {
-            say(&v);
-        }
-        return Ok(());
-    }
-    let mut out = Vec::new();
-    for (_, v) in on_every_up_member(client, "compact", &ClientOp::Compact, env).await? {
-        if !env.json {
-            say(&v);
-        }
-        out.push(v);
-    }
-    if env.json {
-        println!("{}", serde_json::json!({ "nodes": out }));
-    }
-    Ok(())
+    here_or_on_every_member(client, &ClientOp::Compact, all, env, say).await
 }
 
 /// What `snapshot` does.
@@ -386,9 +364,21 @@ pub async fn snapshot(
             }
         }
     };
+    here_or_on_every_member(client, &op, all, env, say).await
+}
+
+/// Runs `op` on the connected node, or with `all` on every up member one after the other;
+/// prints each answer with `say`, or under --json the answer (`{"nodes": [...]}` for all).
+async fn here_or_on_every_member(
+    client: &Client,
+    op: &ClientOp,
+    all: bool,
+    env: &Env,
+    say: impl Fn(&Value),
+) -> Result<(), ClientError> {
     if !all {
-        let pb = crate::progress::spinner("snapshot");
-        let v = client.request_within(&op, LONG).await;
+        let pb = crate::progress::spinner(op.name());
+        let v = client.request_within(op, LONG).await;
         pb.finish_and_clear();
         let v = v?;
         if env.json {
@@ -399,7 +389,7 @@ pub async fn snapshot(
         return Ok(());
     }
     let mut out = Vec::new();
-    for (_, v) in on_every_up_member(client, op.name(), &op, env).await? {
+    for (_, v) in on_every_up_member(client, op.name(), op, env).await? {
         if !env.json {
             say(&v);
         }
