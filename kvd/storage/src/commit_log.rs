@@ -217,7 +217,7 @@ impl SegmentWriter {
             }
         }
         self.len = end;
-        if self.zero_ahead && self.map.is_none() {
+        if self.zero_ahead {
             self.zero();
         }
         Ok(())

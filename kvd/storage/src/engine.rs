@@ -973,13 +973,14 @@ impl Inner {
         c.queue.push(batch);
         let mut listed = false;
         loop {
-            // A leader that completes our group takes us off the list as it wakes us.
+            // A leader that completes our group takes us off the list; it or a writer woken
+            // before us wakes us.
             if ticket < c.done_upto {
                 // Our turn to pass the wake-up on (see `Commit::to_wake`).
-                let pass: Vec<std::thread::Thread> = if listed {
-                    (0..2).filter_map(|_| c.to_wake.pop_front()).collect()
+                let pass = if listed {
+                    [c.to_wake.pop_front(), c.to_wake.pop_front()]
                 } else {
-                    Vec::new()
+                    [None, None]
                 };
                 let res = if c.failed_from.is_some_and(|f| ticket >= f) {
                     let why = lock(&self.poison).clone().unwrap_or_default();
@@ -1000,7 +1001,7 @@ impl Inner {
                     Ok(())
                 };
                 drop(c);
-                for t in pass {
+                for t in pass.into_iter().flatten() {
                     t.unpark();
                 }
                 return res;
