@@ -527,6 +527,19 @@ mod tests {
         (w, all)
     }
 
+    /// The segment at `path` (contents `on_disk`) is the `n` records `frames`, then zeros,
+    /// and replays as exactly those records with no cut.
+    fn assert_records_then_zeros(path: &Path, on_disk: &[u8], frames: &[u8], n: u32) {
+        assert_eq!(&on_disk[..frames.len()], frames);
+        assert!(on_disk[frames.len()..].iter().all(|&b| b == 0));
+        let (got, r) = replay_all(path);
+        assert_eq!(got.len(), n as usize);
+        assert!(r.cut.is_none(), "{:?}", r.cut);
+        for (i, b) in got.iter().enumerate() {
+            assert_eq!(*b, batch(i as u32));
+        }
+    }
+
     fn replay_all(path: &Path) -> (Vec<WriteBatch>, SegmentReplay) {
         let mut got = Vec::new();
         let r = replay_segment(path, false, |b| got.push(b)).unwrap();
@@ -574,14 +587,7 @@ mod tests {
         }
         let on_disk = std::fs::read(&w.path).unwrap();
         assert_eq!(on_disk.len() as u64 % MAP_STEP, 0, "size grows in steps");
-        assert_eq!(&on_disk[..frames.len()], &frames[..]);
-        assert!(on_disk[frames.len()..].iter().all(|&b| b == 0));
-        let (got, r) = replay_all(&w.path);
-        assert_eq!(got.len(), 400);
-        assert!(r.cut.is_none(), "{:?}", r.cut);
-        for (i, b) in got.iter().enumerate() {
-            assert_eq!(*b, batch(i as u32));
-        }
+        assert_records_then_zeros(&w.path, &on_disk, &frames, 400);
     }
 
     #[test]
@@ -619,13 +625,7 @@ mod tests {
             (ZERO_STEP..2 * ZERO_STEP).contains(&ahead),
             "{ahead} bytes ahead of the appends"
         );
-        assert!(on_disk[frames.len()..].iter().all(|&b| b == 0));
-        let (got, r) = replay_all(&w.path);
-        assert_eq!(got.len(), 1000);
-        assert!(r.cut.is_none(), "{:?}", r.cut);
-        for (i, b) in got.iter().enumerate() {
-            assert_eq!(*b, batch(i as u32));
-        }
+        assert_records_then_zeros(&w.path, &on_disk, &frames, 1000);
     }
 
     #[test]
