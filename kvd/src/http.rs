@@ -123,6 +123,9 @@ fn health_json(node: &Node) -> Value {
         .members()
         .filter(|x| m.state(&x.id) == Some(NodeState::Up))
         .count();
+    // Writes refused for lack of disk space (a flush or compaction held up, or the commit log
+    // unable to grow): reads go on, writes resume once space is freed.
+    let disk_full = node.replica.engine().no_space();
     json!({
         "status": "ok",
         "id": node.id,
@@ -131,9 +134,8 @@ fn health_json(node: &Node) -> Value {
         "members_up": up,
         "ring_nodes": node.ring().len(),
         "uptime_s": node.started.elapsed().as_secs(),
-        // Flushing held up by a full disk: reads go on, writes are refused until space is
-        // freed (the commit log's own refusals show in /metrics).
-        "disk_full": node.replica.engine().no_space().is_some(),
+        "disk_full": disk_full.is_some(),
+        "disk_full_reason": disk_full,
     })
 }
 

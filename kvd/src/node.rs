@@ -998,9 +998,10 @@ async fn choose_tokens(
     Ok((tokens, false))
 }
 
-/// Says in the log when the disk fills and when writes can go on again: once when flushing
-/// gets held up (and every minute while it stays so), once when it resumes, and at most once
-/// a minute how many writes the full disk refused meanwhile.
+/// Says in the log when the disk fills and when writes can go on again: once when writes start
+/// being refused for lack of space (a flush or compaction held up, or the commit log unable to
+/// grow; and every minute while it stays so), once when space is freed, and at most once a
+/// minute how many writes the full disk refused meanwhile.
 pub async fn watch_disk_space(node: Arc<Node>) {
     const REPEAT: Duration = Duration::from_secs(60);
     let engine = node.replica.engine().clone();
@@ -1017,8 +1018,8 @@ pub async fn watch_disk_space(node: Arc<Node>) {
         match (engine.no_space(), &mut held_up) {
             (Some(why), None) => {
                 crate::error!(
-                    "disk full: flushing is held up and retried every second, reads go on, \
-                     writes are refused until space is freed: {why}"
+                    "disk full: writes are refused until space is freed, reads go on, held-up \
+                     flushes and compactions are retried every second: {why}"
                 );
                 held_up = Some((Instant::now(), Instant::now()));
             }
@@ -1031,7 +1032,7 @@ pub async fn watch_disk_space(node: Arc<Node>) {
             }
             (None, Some((since, _))) => {
                 crate::info!(
-                    "disk space freed after {} s: flushing resumed, writes are accepted again",
+                    "disk space freed after {} s: writes are accepted again",
                     since.elapsed().as_secs()
                 );
                 held_up = None;

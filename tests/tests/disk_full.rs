@@ -241,6 +241,99 @@ async fn a_full_disk_refuses_writes_keeps_reads_and_recovers_once_space_is_freed
     assert!(disk.stop().success());
 }
 
+/// Fills the file system holding `dir` with the file `dir/name` until it refuses more.
+fn fill(dir: &Path, name: &str) {
+    use std::io::Write;
+    let mut f = std::fs::File::create(dir.join(name)).unwrap();
+    for chunk in [1 << 20, 4 << 10] {
+        while f.write_all(&vec![0xab; chunk]).is_ok() {}
+    }
+}
+
+/// The case the held-up flush does not cover: the memtable has room, no flush is waiting, and
+/// the commit log cannot grow. `/health` says so as long as a write would still not fit, and
+/// stops saying so once space is freed, before any write finds out.
+///
+/// Before: `disk_full` stayed false while every write was refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_says_the_disk_is_full_while_the_commit_log_cannot_grow() {
+    use kv_tests::metric;
+    let mut disk = Disk::mount("36m");
+    let addr = format!("127.0.0.1:{}", free_port());
+    disk.start(&addr, &disk._dir.path().join("kvd.log"));
+    let mut ws = Ws::connect(&format!("ws://{addr}")).await;
+    let mut acked: Vec<(String, String)> = Vec::new();
+    let mut n = 0u64;
+    let mut put = async |ws: &mut Ws, acked: &mut Vec<(String, String)>| {
+        n += 1;
+        let (key, val) = (format!("k{n:05}"), value(n, 8 << 10));
+        let r = ws
+            .request(json!({"op": "put", "key": key, "value": val}))
+            .await;
+        if r["ok"] == true {
+            acked.push((key, val));
+        }
+        r
+    };
+
+    // A full disk meets the memtable's rotation: its new segment gets no reservation (there
+    // is no room for one) and its flush is held up, so writes are refused.
+    fill(&disk.mount, "ballast-a");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let refused = loop {
+        let r = put(&mut ws, &mut acked).await;
+        if r["ok"] != true {
+            break r;
+        }
+        assert!(Instant::now() < deadline, "writes still fit");
+    };
+    // Until the memtable is full they go to the segment's reserved space.
+    assert!(
+        acked.len() > 100,
+        "{} writes fitted: {refused}",
+        acked.len()
+    );
+    // Room again: the flush gets through (its segment is deleted) and writes go on, into the
+    // unreserved segment.
+    std::fs::remove_file(disk.mount.join("ballast-a")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if put(&mut ws, &mut acked).await["ok"] == true
+            && metric(&addr, "kv_storage_flushes_total") >= 1
+            && health(&addr)["disk_full"] == false
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "/health: {}", health(&addr));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // The disk fills again with the memtable far from full: only the commit log is stuck.
+    fill(&disk.mount, "ballast-b");
+    let r = put(&mut ws, &mut acked).await;
+    assert_eq!(r["error"]["code"], "unavailable", "{r}");
+    let h = health(&addr);
+    assert_eq!(h["disk_full"], true, "{h}");
+    let why = h["disk_full_reason"].as_str().unwrap_or_default();
+    assert!(why.contains("the commit log cannot grow"), "{h}");
+    assert!(why.contains("No space left on device"), "{h}");
+    // It stays so while nothing changes.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(health(&addr)["disk_full"], true);
+
+    // Space is freed: /health says so before any write is tried, and writes are accepted.
+    std::fs::remove_file(disk.mount.join("ballast-b")).unwrap();
+    let h = health(&addr);
+    assert_eq!(h["disk_full"], false, "{h}");
+    assert_eq!(h["disk_full_reason"], Value::Null, "{h}");
+    let r = put(&mut ws, &mut acked).await;
+    assert_eq!(r["ok"], true, "{r}");
+    for (key, val) in &acked {
+        let r = ws.request(json!({"op": "get", "key": key})).await;
+        assert_eq!(r["values"], json!([val]), "{key}: {r}");
+    }
+}
+
 /// Unmounts its path (lazily) on drop: declared before the cluster, so it runs after the
 /// cluster's drop has stopped the nodes.
 struct Unmount(Option<PathBuf>);

@@ -276,11 +276,22 @@ struct Bg {
     shutdown: bool,
 }
 
-/// What background work is held up by a full disk: the error of its last attempt.
+/// What a full disk holds up: background work (the error of its last attempt, cleared when
+/// it next succeeds) and the commit log.
 #[derive(Default)]
 struct NoSpaceState {
     flush: Option<String>,
     compaction: Option<String>,
+    /// The last commit-log write the full disk refused, until a write gets through or the
+    /// file system has the room that write needed.
+    log: Option<LogRefusal>,
+}
+
+/// A commit-log write (an append, or the new segment it needed) refused for lack of space.
+struct LogRefusal {
+    why: String,
+    /// Free bytes the write needed: a new segment's reservation and the group.
+    needed: u64,
 }
 
 /// Which background work a [`NoSpaceState`] entry is about.
@@ -308,15 +319,19 @@ struct Inner {
     compaction_lock: Mutex<()>,
     poison: Mutex<Option<String>>,
     poisoned: AtomicBool,
-    /// Background work failing for lack of disk space, retried every second.
+    /// Background work failing for lack of disk space, retried every second, and a refused
+    /// commit-log write.
     no_space: Mutex<NoSpaceState>,
+    /// Whether `no_space.log` is set: a group that gets through clears it without the lock.
+    log_refused: AtomicBool,
     closed: AtomicBool,
     bg: Mutex<Bg>,
     /// Wakes the background threads and writers stalled on them.
     bg_cv: Condvar,
     counters: Counters,
-    /// Held for the engine's lifetime: an exclusive lock on `LOCK` in the directory.
-    _lock_file: File,
+    /// Held for the engine's lifetime: an exclusive lock on `LOCK` in the directory (and the
+    /// handle free space is looked up through).
+    lock_file: File,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -571,12 +586,13 @@ impl Engine {
             poison: Mutex::new(None),
             poisoned: AtomicBool::new(false),
             no_space: Mutex::new(NoSpaceState::default()),
+            log_refused: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             bg: Mutex::new(Bg { shutdown: false }),
             bg_cv: Condvar::new(),
             counters: Counters::default(),
             opts,
-            _lock_file: lock_file,
+            lock_file,
         });
 
         // Persist the replayed writes as a table (or just move the log number forward), so
@@ -691,10 +707,13 @@ impl Engine {
             || l0 >= o.l0_slowdown_trigger
     }
 
-    /// Why flushing or compaction is held up by a full disk (retried every second), if it
-    /// is: writes that would wait for it are refused with [`Error::NoSpace`] meanwhile.
+    /// Why writes are refused for lack of disk space, if they are: flushing or compaction is
+    /// held up (retried every second; writes that would wait for it are refused meanwhile), or
+    /// the commit log's last write was refused and the file system still has less free space
+    /// than that write needed (looked up now, so this clears once space is freed, with no
+    /// write needed to find out).
     pub fn no_space(&self) -> Option<String> {
-        self.inner.no_space_reason()
+        self.inner.disk_full_reason()
     }
 
     /// Writes refused so far because the disk was full (see [`Stats::no_space_refusals`]).
@@ -853,6 +872,26 @@ fn remove_table_files(dir: &Path, numbers: impl IntoIterator<Item = u64>) {
 /// takes, with some slack.
 fn segment_reserve(opts: &Options) -> u64 {
     (opts.memtable_bytes as u64 + opts.memtable_bytes as u64 / 8 + (1 << 20)).min(1 << 30)
+}
+
+/// Free bytes of the file system holding `file`, as this process may use them (root may use
+/// the blocks kept back for it); `None` if the file system does not say.
+fn free_bytes(file: &File) -> Option<u64> {
+    // SAFETY: fstatvfs fills the zeroed struct it is given, for a descriptor `file` keeps open.
+    let st = unsafe {
+        let mut st: libc::statvfs = std::mem::zeroed();
+        if libc::fstatvfs(file.as_raw_fd(), &mut st) != 0 {
+            return None;
+        }
+        st
+    };
+    // SAFETY: geteuid cannot fail and touches no memory.
+    let blocks = if unsafe { libc::geteuid() } == 0 {
+        st.f_bfree
+    } else {
+        st.f_bavail
+    };
+    Some(blocks.saturating_mul(st.f_frsize))
 }
 
 /// Whether commit-log segments are appended through a memory mapping. Not when every group
@@ -1211,11 +1250,25 @@ impl Inner {
         match &res {
             // Every write of the group is refused (the batches are still there: nothing of
             // them was applied).
-            Err(Error::NoSpace(_)) => {
-                stats::add(&self.counters.no_space_refusals, batches.len() as u64)
+            Err(Error::NoSpace(why)) => {
+                stats::add(&self.counters.no_space_refusals, batches.len() as u64);
+                let group: usize = batches.iter().map(|b| b.bytes).sum();
+                let needed = segment_reserve(&self.opts) + group as u64;
+                let mut st = lock(&self.no_space);
+                st.log = Some(LogRefusal {
+                    why: format!("the commit log cannot grow: {why}"),
+                    needed,
+                });
+                self.log_refused.store(true, Ordering::Release);
             }
             Err(e) => self.poison(format!("commit-log write failed: {e}")),
-            Ok(()) => {}
+            Ok(()) => {
+                if self.log_refused.load(Ordering::Acquire) {
+                    let mut st = lock(&self.no_space);
+                    st.log = None;
+                    self.log_refused.store(false, Ordering::Release);
+                }
+            }
         }
         res
     }
@@ -1765,6 +1818,24 @@ impl Inner {
         st.flush.clone().or_else(|| st.compaction.clone())
     }
 
+    /// [`Engine::no_space`]: held-up background work, else a refused commit-log write that
+    /// would still not fit.
+    fn disk_full_reason(&self) -> Option<String> {
+        let mut st = lock(&self.no_space);
+        if let Some(why) = st.flush.clone().or_else(|| st.compaction.clone()) {
+            return Some(why);
+        }
+        let refusal = st.log.as_ref()?;
+        match free_bytes(&self.lock_file) {
+            Some(free) if free >= refusal.needed => {
+                st.log = None;
+                self.log_refused.store(false, Ordering::Release);
+                None
+            }
+            _ => Some(refusal.why.clone()),
+        }
+    }
+
     fn compaction_loop(&self) {
         loop {
             {
@@ -1876,7 +1947,7 @@ impl Inner {
             bloom_false_positives: stats::get(&c.bloom_false_positives),
             no_space_refusals: stats::get(&c.no_space_refusals),
             no_space_retries: stats::get(&c.no_space_retries),
-            no_space: self.no_space_reason(),
+            no_space: self.disk_full_reason(),
             cache_hits: hits,
             cache_misses: misses,
             cache_hit_ratio: if hits + misses == 0 {
@@ -1952,6 +2023,9 @@ mod tests {
         );
         assert_eq!(e.get(b"big000").unwrap(), None, "not applied");
         assert_eq!(e.stats().no_space_refusals, 1);
+        // The disk has room (the failure was injected): a refused append shows as a full
+        // disk only while the file system lacks what it needed.
+        assert_eq!(e.no_space(), None);
         // Not poisoned: the next (shorter) write is acknowledged and lands where the torn
         // group began.
         e.put(b"b", b"2").unwrap();

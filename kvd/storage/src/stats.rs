@@ -106,6 +106,6 @@ pub struct Stats {
     /// Flushes and compactions that failed for lack of space (each is retried a second
     /// later).
     pub no_space_retries: u64,
-    /// Why flushing or compaction is held up by a full disk now, if it is.
+    /// Why writes are refused for lack of disk space now, if they are (see `Engine::no_space`).
     pub no_space: Option<String>,
 }
