@@ -7,6 +7,8 @@
 #   kvd/bench/cpu.sh                 # 300,000 puts and gets, 50 clients, 20,000 keys, 100 B
 #   OPS=100000 ROUNDS=3 kvd/bench/cpu.sh
 #   THREADS=1 kvd/bench/cpu.sh       # one worker thread for kvd and for kvcli
+#   SYNC=always kvd/bench/cpu.sh     # --sync always vs appendfsync always (default: interval
+#                                    # vs everysec)
 #
 # Server CPU is read from /proc/PID/stat around each client run, client CPU from the child's
 # rusage. `kvcli bench` first writes its records (a get and a put each) before the measured
@@ -22,8 +24,13 @@ CLIENTS=${CLIENTS:-50}
 RECORDS=${RECORDS:-20000}
 SIZE=${SIZE:-100}
 ROUNDS=${ROUNDS:-1}
-SYNC=interval
-REDIS_FSYNC=everysec
+SYNC=${SYNC:-interval}
+case "$SYNC" in
+  interval) REDIS_FSYNC=everysec ;;
+  always) REDIS_FSYNC=always ;;
+  none) REDIS_FSYNC=no ;;
+  *) echo "SYNC must be interval, always or none" >&2; exit 2 ;;
+esac
 source kvd/bench/pair.sh
 
 # measure SERVER_PID CMD...: runs CMD with stdout to $WORK/out and prints
@@ -63,7 +70,7 @@ print(f"  {name:22} {su + ss:7.2f} {su:6.2f} {ss:6.2f}   {cu + cs:7.2f} {cu:6.2f
 PY
 }
 
-echo "CPU µs per request: $OPS requests, $CLIENTS clients, $RECORDS keys, $SIZE B values, $(nproc) cores"
+echo "CPU µs per request, kvd --sync $SYNC vs redis appendfsync $REDIS_FSYNC: $OPS requests, $CLIENTS clients, $RECORDS keys, $SIZE B values, $(nproc) cores"
 kvcli_bench put 1 >/dev/null # every record exists before the first measured load
 redis_bench set "$OPS" >/dev/null
 for round in $(seq "$ROUNDS"); do
