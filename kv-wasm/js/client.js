@@ -156,8 +156,13 @@ export function createSdk(wasm, resolveWebSocket) {
     #minBackoffMs;
     #maxBackoffMs;
     #maxRetries;
+    #heartbeatMs;
     /** The current socket, null while disconnected. */
     #ws = null;
+    /** When the current socket last brought a frame, and when we last pinged on it. */
+    #lastHeard = 0;
+    #lastPing = 0;
+    #heartbeat = null;
     /** Ids are never reused on one client, across reconnects too. */
     #nextId = 1;
     /** id -> {frame, resolve, reject, timer}: every request not yet answered. */
@@ -178,6 +183,7 @@ export function createSdk(wasm, resolveWebSocket) {
       this.#minBackoffMs = options.minBackoffMs ?? 100;
       this.#maxBackoffMs = options.maxBackoffMs ?? 5_000;
       this.#maxRetries = options.maxRetries ?? 5;
+      this.#heartbeatMs = options.heartbeatMs ?? 15_000;
     }
 
     /**
@@ -244,10 +250,44 @@ export function createSdk(wasm, resolveWebSocket) {
       }
       this.#ws = ws;
       this.#attempt = 0;
-      ws.onmessage = (ev) => this.#onMessage(ev.data);
+      this.#lastHeard = Date.now();
+      ws.onmessage = (ev) => {
+        this.#lastHeard = Date.now();
+        this.#onMessage(ev.data);
+      };
       ws.onerror = () => {};
       ws.onclose = () => this.#onDrop(ws);
+      if (this.#heartbeatMs > 0) {
+        this.#heartbeat = setInterval(() => this.#beat(ws), Math.max(10, this.#heartbeatMs / 4));
+        // A heartbeat alone does not keep a Node.js process running.
+        if (typeof this.#heartbeat.unref === 'function') this.#heartbeat.unref();
+      }
       this.#flush();
+    }
+
+    /**
+     * A socket quiet for `heartbeatMs` is pinged; one still quiet `timeoutMs` after that is
+     * dead (a stopped node, a partition, a peer that went away without a word, where TCP
+     * would take many minutes to tell): it is dropped as if it had closed, and the client
+     * reconnects.
+     */
+    #beat(ws) {
+      if (this.#ws !== ws) return;
+      const now = Date.now();
+      const quiet = now - this.#lastHeard;
+      if (quiet >= this.#heartbeatMs + this.#timeoutMs && this.#lastPing > this.#lastHeard) {
+        ws.onopen = ws.onclose = ws.onmessage = null;
+        ws.onerror = () => {};
+        // The ws package's close() waits for the peer's closing frame; terminate() does not.
+        try { if (typeof ws.terminate === 'function') ws.terminate(); else ws.close(); } catch { /* gone */ }
+        this.#onDrop(ws, `went silent (nothing heard for ${quiet} ms, a ping included)`);
+        return;
+      }
+      if (quiet >= this.#heartbeatMs && now - this.#lastPing >= this.#heartbeatMs && ws.readyState === OPEN) {
+        // Its answer only counts as a frame heard: the id is never a pending request's.
+        ws.send(wasm.encodeOp(this.#nextId++, 'ping'));
+        this.#lastPing = now;
+      }
     }
 
     #flush() {
@@ -295,20 +335,22 @@ export function createSdk(wasm, resolveWebSocket) {
     }
 
     /** The socket dropped: fail what was sent (its fate is unknown), keep the rest queued. */
-    #onDrop(ws) {
+    #onDrop(ws, why = 'closed') {
       if (this.#ws !== ws) return;
       this.#ws = null;
+      clearInterval(this.#heartbeat);
+      this.#heartbeat = null;
       for (const [id, entry] of this.#pending) {
         if (!entry.sent) continue;
         this.#pending.delete(id);
         clearTimeout(entry.timer);
         entry.reject(new KvError('unavailable',
-          `the connection to ${this.#shownUrl} closed before the answer to request ${id} ` +
+          `the connection to ${this.#shownUrl} ${why} before the answer to request ${id} ` +
           '(a write may or may not have been applied)'));
       }
       if (this.#closed) return;
       if (!this.#reconnect) {
-        this.#failUnsent(`the connection to ${this.#shownUrl} closed`);
+        this.#failUnsent(`the connection to ${this.#shownUrl} ${why}`);
         return;
       }
       this.#scheduleReconnect();
@@ -443,6 +485,8 @@ export function createSdk(wasm, resolveWebSocket) {
       if (this.#closed) return;
       this.#closed = true;
       if (this.#reconnectTimer) clearTimeout(this.#reconnectTimer);
+      clearInterval(this.#heartbeat);
+      this.#heartbeat = null;
       this.#failUnsent('the client was closed');
       const ws = this.#ws;
       this.#ws = null;

@@ -102,6 +102,11 @@ export interface ConnectOptions {
   maxBackoffMs?: number;
   /** Default retry count of `update` (5). */
   maxRetries?: number;
+  /**
+   * A connection quiet this long is pinged; still quiet `timeoutMs` later, it is dropped and
+   * replaced (default 15000; 0 turns the heartbeat off).
+   */
+  heartbeatMs?: number;
   /** A WebSocket class to use instead of the environment's. */
   WebSocket?: unknown;
 }

@@ -5,21 +5,25 @@ import { createServer } from 'node:net';
 import { WebSocketServer } from 'ws';
 
 /**
- * A WebSocket server on 127.0.0.1. `answer(request, text)` is called with each request frame
- * (parsed, and as received) and returns the text to send back, or null to stay silent.
- * Resolves to {url, requests (every request received, parsed), close()}.
+ * A WebSocket server on 127.0.0.1. `answer(request, text, connection)` is called with each
+ * request frame (parsed, and as received) and the number of the connection it came on (1 for
+ * the first accepted), and returns the text to send back, or null to stay silent. Resolves to
+ * {url, requests (every request received, parsed, with its `connection`), connections (how
+ * many were accepted), close()}.
  */
 export function fakeNode(answer) {
   return new Promise((resolve, reject) => {
     const wss = new WebSocketServer({ host: '127.0.0.1', port: 0 });
     const requests = [];
+    let connections = 0;
     wss.on('error', reject);
     wss.on('connection', (socket) => {
+      const connection = ++connections;
       socket.on('message', (data) => {
         const text = data.toString();
         const request = JSON.parse(text);
-        requests.push(request);
-        const reply = answer(request, text);
+        requests.push({ ...request, connection });
+        const reply = answer(request, text, connection);
         if (reply != null) socket.send(reply);
       });
     });
@@ -27,6 +31,9 @@ export function fakeNode(answer) {
       resolve({
         url: `ws://127.0.0.1:${wss.address().port}`,
         requests,
+        get connections() {
+          return connections;
+        },
         /** Drops every connection and stops listening. */
         close: () => new Promise((done) => {
           for (const socket of wss.clients) socket.terminate();
