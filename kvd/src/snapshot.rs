@@ -69,8 +69,18 @@ pub struct Taken {
     pub path: String,
     /// Tables in it.
     pub tables: usize,
-    /// Their bytes.
+    /// Bytes of its files (as `snapshot --list` counts them).
     pub bytes: u64,
+}
+
+/// Bytes of the files in a snapshot's `storage` directory: what `take`, `list` and `clear`
+/// report, most of it shared with the live data until compaction replaces the tables.
+fn files_bytes(storage: &Path) -> std::io::Result<u64> {
+    let mut bytes = 0;
+    for f in std::fs::read_dir(storage)? {
+        bytes += f?.metadata()?.len();
+    }
+    Ok(bytes)
 }
 
 /// Takes a snapshot named `name` (default: the time in milliseconds).
@@ -110,7 +120,9 @@ pub async fn take(node: &Arc<Node>, name: Option<String>) -> Result<Taken, WireE
                         f.sync_all()
                     })
                     .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-                Ok(c)
+                let bytes = files_bytes(&dest)
+                    .map_err(|e| format!("cannot read {}: {e}", dest.display()))?;
+                Ok((c.tables_linked + c.tables_copied, bytes))
             });
         if written.is_err() {
             // Leave nothing half written under the name.
@@ -121,18 +133,14 @@ pub async fn take(node: &Arc<Node>, name: Option<String>) -> Result<Taken, WireE
     .await
     .map_err(|e| internal(format!("snapshot failed: {e}")))?
     .map_err(|e| internal(format!("snapshot failed: {e}")))?;
-    crate::info!(
-        "snapshot {name}: {} tables, {} bytes, in {}",
-        taken.tables_linked + taken.tables_copied,
-        taken.bytes,
-        path
-    );
+    let (tables, bytes) = taken;
+    crate::info!("snapshot {name}: {tables} tables, {bytes} bytes, in {path}");
     Ok(Taken {
         node: node.id.clone(),
         name,
         path,
-        tables: taken.tables_linked + taken.tables_copied,
-        bytes: taken.bytes,
+        tables,
+        bytes,
     })
 }
 
@@ -156,14 +164,10 @@ pub async fn list(node: &Arc<Node>) -> Result<serde_json::Value, WireError> {
                 continue;
             };
             let about: serde_json::Value = serde_json::from_slice(&about).unwrap_or_default();
-            let mut bytes = 0;
-            for f in std::fs::read_dir(&storage)? {
-                bytes += f?.metadata()?.len();
-            }
             out.push(serde_json::json!({
                 "name": entry.file_name().to_string_lossy(),
                 "taken_at_ms": about["taken_at_ms"],
-                "bytes": bytes,
+                "bytes": files_bytes(&storage)?,
             }));
         }
         out.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
@@ -186,12 +190,8 @@ pub async fn clear(node: &Arc<Node>, name: String) -> Result<serde_json::Value, 
         )));
     }
     let bytes = tokio::task::spawn_blocking(move || -> std::io::Result<u64> {
-        let mut bytes = 0;
-        if let Ok(files) = std::fs::read_dir(dir.join("storage")) {
-            for f in files {
-                bytes += f?.metadata()?.len();
-            }
-        }
+        // A snapshot left half written (no storage directory) holds nothing to count.
+        let bytes = files_bytes(&dir.join("storage")).unwrap_or(0);
         std::fs::remove_dir_all(&dir)?;
         Ok(bytes)
     })

@@ -39,6 +39,15 @@ async fn a_restored_snapshot_serves_the_data_as_it_stood() {
     assert!(taken["bytes"].as_u64().unwrap() > 0, "{taken}");
     let snap = cluster.nodes[0].data_dir.join("snapshots/before/storage");
     assert_eq!(taken["path"], snap.display().to_string(), "{taken}");
+    // The list counts what the answer counted: every file of the snapshot.
+    let (code, out, err) = kvcli(&["--node", &url, "--json", "snapshot", "--list"]);
+    assert_eq!(code, 0, "{err}");
+    let listed: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(listed["snapshots"][0]["name"], "before", "{listed}");
+    assert_eq!(
+        listed["snapshots"][0]["bytes"], taken["bytes"],
+        "{listed} {taken}"
+    );
 
     // The same name twice, and a name that is a path, are refused.
     let (code, _, err) = kvcli(&["--node", &url, "snapshot", "before"]);
