@@ -571,8 +571,10 @@ async fn context_to_delete(
 }
 
 /// `compact`: every table of this node's storage merged into its last level, at the
-/// background threads' priority; answers with the tables and bytes before and after.
+/// background threads' priority; answers with the tables and bytes before and after. One at a
+/// time: a second request waits for the running one.
 async fn compact(node: &Arc<Node>) -> Result<Value, WireError> {
+    let _one_at_a_time = node.major_compaction.lock().await;
     let n = node.clone();
     let started = std::time::Instant::now();
     let (before, after) = tokio::task::spawn_blocking(move || {

@@ -44,6 +44,9 @@ pub struct Node {
     pub anti_entropy: crate::anti_entropy::AntiEntropyCounters,
     /// One repair (or periodic round, or decommission) at a time.
     pub repair_lock: tokio::sync::Mutex<()>,
+    /// One major compaction (`kvcli compact`) at a time: a second waits for the first, then
+    /// measures the tables as they stand when it starts.
+    pub major_compaction: tokio::sync::Mutex<()>,
     /// Streaming in (join) or out (decommission).
     pub transfers: crate::rebalance::Transfers,
     /// When the automatic cleanup is due (ms since the epoch; 0: not scheduled).
@@ -203,6 +206,7 @@ impl Node {
             metrics: Metrics::default(),
             anti_entropy: Default::default(),
             repair_lock: tokio::sync::Mutex::new(()),
+            major_compaction: tokio::sync::Mutex::new(()),
             transfers: Default::default(),
             cleanup_due_ms: Default::default(),
             agreements: Default::default(),

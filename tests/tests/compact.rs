@@ -79,4 +79,44 @@ fn compact_all_merges_every_members_tables_and_keeps_the_data() {
             .any(|l| l.contains("INFO") && l.contains("compaction: ")),
         "{log}"
     );
+
+    // Two at once on one node: the second waits for the first, then measures its own start,
+    // so its "before" is the first one's "after" (both used to report the tables of before
+    // either ran).
+    let (code, _, err) = kvcli(&[
+        "--node",
+        &url,
+        "bench",
+        "--workload",
+        "put",
+        "--ops",
+        "1750",
+        "--records",
+        "1000",
+        "--value-size",
+        "2000",
+        "--clients",
+        "8",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let runs: Vec<Value> = [0, 1]
+        .map(|_| {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                let (code, out, err) = kvcli(&["--node", &url, "--json", "compact"]);
+                assert_eq!(code, 0, "{err}");
+                serde_json::from_str::<Value>(out.trim()).unwrap()
+            })
+        })
+        .map(|t| t.join().unwrap())
+        .into_iter()
+        .collect();
+    let (first, second) = if runs[0]["tables_before"].as_u64() > runs[1]["tables_before"].as_u64() {
+        (&runs[0], &runs[1])
+    } else {
+        (&runs[1], &runs[0])
+    };
+    assert!(first["tables_before"].as_u64().unwrap() >= 2, "{runs:?}");
+    assert_eq!(second["tables_before"], first["tables_after"], "{runs:?}");
+    assert_eq!(second["bytes_before"], first["bytes_after"], "{runs:?}");
 }
