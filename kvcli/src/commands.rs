@@ -701,6 +701,8 @@ fn print_status(v: &Value, env: &Env) {
         .map(|n| {
             let state = cell(&n["state"]);
             let state = match state.as_str() {
+                // Up, but refusing writes for lack of disk space.
+                "up" if n["disk_full"] == true => st.red("up, disk full"),
                 "up" => st.green(&state),
                 "down" | "unknown" => st.red(&state),
                 _ => st.yellow(&state),

@@ -164,6 +164,7 @@ pub fn local_stats(node: &Node) -> NodeStats {
         hints_pending: hints.values().map(|t| t.count).sum(),
         hints_by_target: hints.into_iter().map(|(t, h)| (t, h.count)).collect(),
         transfer: node.transfers.progress(),
+        disk_full: node.replica.engine().no_space(),
     }
 }
 
@@ -184,6 +185,10 @@ pub struct NodeStats {
     /// A join or decommission in progress.
     #[serde(default)]
     pub transfer: Option<crate::rebalance::TransferProgress>,
+    /// Why writes are refused for lack of disk space, while they are (`/health`'s
+    /// `disk_full_reason`).
+    #[serde(default)]
+    pub disk_full: Option<String>,
 }
 
 /// One member as seen from this node, with its own figures when it answered in time.
@@ -268,6 +273,7 @@ pub async fn status_json(node: &Arc<Node>) -> Value {
                 "uptime_s": s.map(|s| s.uptime_s),
                 "hints_pending": s.map(|s| s.hints_pending),
                 "transfer": s.and_then(|s| s.transfer.clone()),
+                "disk_full": s.map(|s| s.disk_full.is_some()),
             })
         })
         .collect();

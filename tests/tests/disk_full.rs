@@ -442,6 +442,33 @@ async fn a_replica_with_a_full_disk_costs_the_cluster_no_write() {
         assert_eq!(r["values"], json!([val]), "{key}: {r}");
     }
     drop(conns);
+    // `status` through another node shows which member is full.
+    let disk_full_in_status = |want: bool| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (code, out, err) = kvcli(&["--node", &urls[0], "--json", "status"]);
+            assert_eq!(code, 0, "{err}");
+            let status: Value = serde_json::from_str(out.trim()).unwrap();
+            let full_of = |i: usize| {
+                let id = cluster.nodes[i].id.as_str();
+                let nodes = status["nodes"].as_array().unwrap();
+                nodes.iter().find(|n| n["id"] == id).unwrap()["disk_full"].clone()
+            };
+            assert_eq!(
+                (full_of(0), full_of(1)),
+                (json!(false), json!(false)),
+                "{status}"
+            );
+            if full_of(2) == json!(want) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{status}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    disk_full_in_status(true);
+    let (_, out, _) = kvcli(&["--node", &urls[0], "status"]);
+    assert!(out.contains("up, disk full"), "{out}");
 
     // n3's volume grows; repair brings it what it refused.
     mount_tmpfs(&dir, "512m", true);
@@ -450,6 +477,7 @@ async fn a_replica_with_a_full_disk_costs_the_cluster_no_write() {
         assert!(Instant::now() < deadline, "/health: {}", health(&full));
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    disk_full_in_status(false);
     let node = format!("ws://{full}");
     let (code, out, err) = kvcli(&["--node", &node, "--timeout", "120", "--json", "repair"]);
     assert_eq!(code, 0, "{out}{err}");
