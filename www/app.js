@@ -106,6 +106,11 @@ function renderNodes() {
     card.className = `node-card state-${n.state}`;
     card.dataset.node = n.id;
     card.dataset.state = n.state;
+    // Up but refusing writes for lack of disk space (reads go on).
+    if (n.disk_full) {
+      card.classList.add('disk-full');
+      card.dataset.diskFull = 'true';
+    }
     card.style.setProperty('--node-colour', nodeColour(ids, n.id));
     const rn = ringNodes.get(n.id);
     const rank = state.pref ? state.pref.preference_list.indexOf(n.id) : -1;
@@ -132,7 +137,7 @@ function renderNodes() {
         <dt title="share of the ring this node holds a replica of">ring share</dt><dd>${rn ? `${(rn.ownership * 100).toFixed(1)} %` : '–'}</dd>
         <dt>tokens · weight</dt><dd>${rn ? rn.tokens : '–'} · ${n.weight ?? '–'}</dd>
         <dt>uptime</dt><dd>${duration(n.uptime_s)}</dd>
-      </dl>${transfer}`;
+      </dl>${transfer}${n.disk_full ? '<div class="disk-full-note">disk full: writes refused until space is freed</div>' : ''}`;
     // Names and labels come from operators' flags: set as text, never as markup.
     card.querySelector('h3').textContent = n.id + (n.id === serving ? ' (this node)' : '');
     card.querySelector('.addr').textContent = n.addr;

@@ -226,3 +226,36 @@ test('on a node with --token-file, the console opened with ?token=T works throug
     guarded.stop();
   }
 });
+
+test('a member whose status says disk_full is marked on its card', async () => {
+  // The status answer is real except for n2's disk_full, set on its way to the page: filling a
+  // disk needs a small volume of its own (tests/tests/disk_full.rs checks that status answers
+  // it for a really full node); this checks what the console makes of it.
+  const tab = await context.newPage();
+  try {
+    await tab.routeWebSocket(() => true, (ws) => {
+      const server = ws.connectToServer();
+      ws.onMessage((m) => server.send(m));
+      server.onMessage((m) => {
+        let answer;
+        try {
+          answer = JSON.parse(m);
+        } catch {
+          ws.send(m);
+          return;
+        }
+        for (const n of Array.isArray(answer.nodes) ? answer.nodes : []) {
+          if (n.id === 'n2' && 'disk_full' in n) n.disk_full = true;
+        }
+        ws.send(JSON.stringify(answer));
+      });
+    });
+    await tab.goto(`http://127.0.0.1:${cluster.nodes[0].port}/`);
+    const card = await tab.waitForSelector('.node-card[data-node="n2"][data-disk-full="true"]', { timeout: 15_000 });
+    assert.match(await card.textContent(), /disk full: writes refused/);
+    assert.equal(await tab.$('.node-card[data-node="n1"][data-disk-full]'), null);
+    assert.equal(await tab.$('.node-card[data-node="n1"] .disk-full-note'), null);
+  } finally {
+    await tab.close().catch(() => {});
+  }
+});
