@@ -290,9 +290,13 @@ struct NoSpaceState {
 /// A commit-log write (an append, or the new segment it needed) refused for lack of space.
 struct LogRefusal {
     why: String,
-    /// Free bytes the write needed: a new segment's reservation and the group.
+    /// Free bytes the write needed: the group's, and [`LOG_REFUSAL_MARGIN`].
     needed: u64,
 }
+
+/// Free space beyond a refused group's own bytes before the disk counts as no longer full for
+/// the commit log: room for the writes that follow it.
+const LOG_REFUSAL_MARGIN: u64 = 1 << 20;
 
 /// Which background work a [`NoSpaceState`] entry is about.
 #[derive(Clone, Copy)]
@@ -1252,8 +1256,10 @@ impl Inner {
             // them was applied).
             Err(Error::NoSpace(why)) => {
                 stats::add(&self.counters.no_space_refusals, batches.len() as u64);
+                // A new segment that cannot have its reservation is written unreserved, so
+                // what the group needs is its own bytes (and a margin for the next ones).
                 let group: usize = batches.iter().map(|b| b.bytes).sum();
-                let needed = segment_reserve(&self.opts) + group as u64;
+                let needed = group as u64 + LOG_REFUSAL_MARGIN;
                 let mut st = lock(&self.no_space);
                 st.log = Some(LogRefusal {
                     why: format!("the commit log cannot grow: {why}"),
