@@ -20,27 +20,7 @@ fn compact_all_merges_every_members_tables_and_keeps_the_data() {
         let (code, _, err) = kvcli(&["--node", &url, "put", &format!("kept{i}"), &format!("v{i}")]);
         assert_eq!(code, 0, "{err}");
     }
-    // About 3.5 MB per replica, 1,750 writes of 1,000 keys: a few tables, fewer than the
-    // level-0 count at which compaction starts on its own.
-    let (code, out, err) = kvcli(&[
-        "--node",
-        &url,
-        "bench",
-        "--workload",
-        "put",
-        "--ops",
-        "1750",
-        "--records",
-        "1000",
-        "--value-size",
-        "2000",
-        "--clients",
-        "8",
-        "--json",
-    ]);
-    assert_eq!(code, 0, "{err}");
-    let bench: Value = serde_json::from_str(out.trim()).unwrap();
-    assert_eq!(bench["errors"], 0, "{bench}");
+    write_a_few_tables(&url);
 
     let (code, out, err) = kvcli(&["--node", &url, "--json", "compact", "--all"]);
     assert_eq!(code, 0, "{err}");
@@ -83,22 +63,7 @@ fn compact_all_merges_every_members_tables_and_keeps_the_data() {
     // Two at once on one node: the second waits for the first, then measures its own start,
     // so its "before" is the first one's "after" (both used to report the tables of before
     // either ran).
-    let (code, _, err) = kvcli(&[
-        "--node",
-        &url,
-        "bench",
-        "--workload",
-        "put",
-        "--ops",
-        "1750",
-        "--records",
-        "1000",
-        "--value-size",
-        "2000",
-        "--clients",
-        "8",
-    ]);
-    assert_eq!(code, 0, "{err}");
+    write_a_few_tables(&url);
     let runs: Vec<Value> = [0, 1]
         .map(|_| {
             let url = url.clone();
@@ -119,4 +84,28 @@ fn compact_all_merges_every_members_tables_and_keeps_the_data() {
     assert!(first["tables_before"].as_u64().unwrap() >= 2, "{runs:?}");
     assert_eq!(second["tables_before"], first["tables_after"], "{runs:?}");
     assert_eq!(second["bytes_before"], first["bytes_after"], "{runs:?}");
+}
+
+/// About 3.5 MB per replica through `url`, 1,750 writes of 1,000 keys: a few tables, fewer
+/// than the level-0 count at which compaction starts on its own.
+fn write_a_few_tables(url: &str) {
+    let (code, out, err) = kvcli(&[
+        "--node",
+        url,
+        "bench",
+        "--workload",
+        "put",
+        "--ops",
+        "1750",
+        "--records",
+        "1000",
+        "--value-size",
+        "2000",
+        "--clients",
+        "8",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let bench: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(bench["errors"], 0, "{bench}");
 }
