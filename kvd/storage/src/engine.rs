@@ -287,6 +287,13 @@ struct NoSpaceState {
     log: Option<LogRefusal>,
 }
 
+impl NoSpaceState {
+    /// Why background work is held up, if it is.
+    fn background(&self) -> Option<String> {
+        self.flush.clone().or_else(|| self.compaction.clone())
+    }
+}
+
 /// A commit-log write (an append, or the new segment it needed) refused for lack of space.
 struct LogRefusal {
     why: String,
@@ -1820,15 +1827,14 @@ impl Inner {
 
     /// Why background work is held up by a full disk, if it is.
     fn no_space_reason(&self) -> Option<String> {
-        let st = lock(&self.no_space);
-        st.flush.clone().or_else(|| st.compaction.clone())
+        lock(&self.no_space).background()
     }
 
     /// [`Engine::no_space`]: held-up background work, else a refused commit-log write that
     /// would still not fit.
     fn disk_full_reason(&self) -> Option<String> {
         let mut st = lock(&self.no_space);
-        if let Some(why) = st.flush.clone().or_else(|| st.compaction.clone()) {
+        if let Some(why) = st.background() {
             return Some(why);
         }
         let refusal = st.log.as_ref()?;
