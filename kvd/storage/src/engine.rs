@@ -27,7 +27,9 @@ use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+use arc_swap::ArcSwap;
 use std::task::{Context, Poll, Waker};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -138,7 +140,9 @@ impl std::fmt::Display for RecoveryReport {
     }
 }
 
-/// What readers see: the memtables and the live tables.
+/// What readers see: the memtables and the live tables. Readers load it without a lock
+/// (`Inner::state`); an edit builds the next one (`Inner::edit_state`).
+#[derive(Clone)]
 struct State {
     mem: Arc<Memtable>,
     /// Immutable memtables, newest first.
@@ -317,7 +321,12 @@ struct Inner {
     opts: Options,
     build: BuildOptions,
     cache: Arc<BlockCache>,
-    state: RwLock<State>,
+    /// Loaded by every read and write: an `ArcSwap` loads it without touching a lock or a
+    /// reference count other threads share (an `RwLock` read and three `Arc` clones did, on
+    /// each get: cache lines bouncing between the cores serving requests).
+    state: ArcSwap<State>,
+    /// Serializes edits of `state` (a memtable rotated, a flush or compaction installed).
+    state_edit: Mutex<()>,
     commit: Mutex<Commit>,
     /// Wakes the commit thread (async submissions waiting for a leader).
     committer_cv: Condvar,
@@ -564,11 +573,12 @@ impl Engine {
             dir: dir.clone(),
             build,
             cache: Arc::new(BlockCache::new(opts.block_cache_bytes)),
-            state: RwLock::new(State {
+            state: ArcSwap::from_pointee(State {
                 mem: Arc::new(Memtable::new(seg_no)),
                 imm: Arc::new(imm),
                 version: Arc::new(version),
             }),
+            state_edit: Mutex::new(()),
             commit: Mutex::new(Commit {
                 queue: Vec::new(),
                 spare: Vec::new(),
@@ -711,7 +721,7 @@ impl Engine {
     /// and once the limit is reached this says so for every later write.
     pub fn write_would_stall(&self) -> bool {
         let o = &self.inner.opts;
-        let st = self.inner.state.read().unwrap_or_else(|e| e.into_inner());
+        let st = self.inner.state.load();
         let l0 = st.version.levels[0].len();
         st.imm.len() >= o.max_immutable_memtables.max(1)
             || l0 >= o.l0_stop_trigger
@@ -972,8 +982,16 @@ impl Inner {
     }
 
     fn snapshot(&self) -> (Arc<Memtable>, Arc<Vec<Arc<Memtable>>>, Arc<Version>) {
-        let st = self.state.read().unwrap_or_else(|e| e.into_inner());
+        let st = self.state.load();
         (st.mem.clone(), st.imm.clone(), st.version.clone())
+    }
+
+    /// Replaces the state with `f` of the current one; edits are serialized, readers see the
+    /// old state or the new one whole.
+    fn edit_state(&self, f: impl FnOnce(&State) -> State) {
+        let _edit = lock(&self.state_edit);
+        let next = f(&self.state.load());
+        self.state.store(Arc::new(next));
     }
 
     /// Checks a batch against the limits (before anything is queued).
@@ -1229,8 +1247,7 @@ impl Inner {
     fn rotation_due(&self) -> bool {
         /// Writes this close to a full memtable count as rotating.
         const ROTATE_MARGIN: usize = 64 * 1024;
-        let st = self.state.read().unwrap_or_else(|e| e.into_inner());
-        st.mem.approximate_bytes() + ROTATE_MARGIN >= self.opts.memtable_bytes
+        self.state.load().mem.approximate_bytes() + ROTATE_MARGIN >= self.opts.memtable_bytes
     }
 
     /// The commit thread: leads the groups of async submissions that nobody else leads.
@@ -1291,12 +1308,7 @@ impl Inner {
         wal: &mut SegmentWriter,
         batches: &mut Vec<WriteBatch>,
     ) -> Result<()> {
-        let mem = self
-            .state
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .mem
-            .clone();
+        let mem = self.state.load().mem.clone();
         let mem = if mem.approximate_bytes() >= self.opts.memtable_bytes {
             self.rotate(wal)?
         } else {
@@ -1340,14 +1352,16 @@ impl Inner {
         }
         *wal = new_seg;
         let fresh = Arc::new(Memtable::new(n));
-        {
-            let mut st = self.state.write().unwrap_or_else(|e| e.into_inner());
-            let old = std::mem::replace(&mut st.mem, fresh.clone());
+        self.edit_state(|st| {
             let mut imm = Vec::with_capacity(st.imm.len() + 1);
-            imm.push(old);
+            imm.push(st.mem.clone());
             imm.extend(st.imm.iter().cloned());
-            st.imm = Arc::new(imm);
-        }
+            State {
+                mem: fresh.clone(),
+                imm: Arc::new(imm),
+                version: st.version.clone(),
+            }
+        });
         drop(lock(&self.bg));
         self.bg_cv.notify_all();
         Ok(fresh)
@@ -1358,7 +1372,7 @@ impl Inner {
         let mut stalled: Option<Instant> = None;
         loop {
             let (imm_n, l0) = {
-                let st = self.state.read().unwrap_or_else(|e| e.into_inner());
+                let st = self.state.load();
                 (st.imm.len(), st.version.levels[0].len())
             };
             let stop = imm_n >= self.opts.max_immutable_memtables.max(1)
@@ -1394,7 +1408,8 @@ impl Inner {
     /// The newest value of `key`: `Ok(Some(found))`, or `Ok(None)` when `cache_only` and a
     /// block it needs is not in the cache.
     fn get(&self, key: &[u8], cache_only: bool) -> Result<Option<Option<Vec<u8>>>> {
-        let (mem, imm, version) = self.snapshot();
+        let st = self.state.load();
+        let (mem, imm, version) = (&st.mem, &st.imm, &st.version);
         match mem.get(key) {
             Lookup::Found(v) => return Ok(Some(self.counted(Some(v)))),
             Lookup::Deleted => return Ok(Some(self.counted(None))),
@@ -1497,12 +1512,7 @@ impl Inner {
         self.check_writable()?;
         {
             let mut wal = lock(&self.wal);
-            let mem = self
-                .state
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .mem
-                .clone();
+            let mem = self.state.load().mem.clone();
             if !mem.is_empty() {
                 if let Err(e) = self.rotate(&mut wal) {
                     if !matches!(e, Error::NoSpace(_)) {
@@ -1563,7 +1573,7 @@ impl Inner {
         {
             let mut ed = lock(&self.edit);
             let (next_log, cur) = {
-                let st = self.state.read().unwrap_or_else(|e| e.into_inner());
+                let st = self.state.load();
                 let n = st.imm.len();
                 let next = if n >= 2 {
                     st.imm[n - 2].segment
@@ -1589,15 +1599,18 @@ impl Inner {
                 return Err(e);
             }
             ed.log_number = next_log;
-            let mut st = self.state.write().unwrap_or_else(|e| e.into_inner());
-            st.version = Arc::new(v);
-            let rest: Vec<Arc<Memtable>> = st
-                .imm
-                .iter()
-                .filter(|m| !Arc::ptr_eq(m, imm))
-                .cloned()
-                .collect();
-            st.imm = Arc::new(rest);
+            let version = Arc::new(v);
+            self.edit_state(|st| State {
+                mem: st.mem.clone(),
+                imm: Arc::new(
+                    st.imm
+                        .iter()
+                        .filter(|m| !Arc::ptr_eq(m, imm))
+                        .cloned()
+                        .collect(),
+                ),
+                version,
+            });
         }
         stats::add(&self.counters.flushes, 1);
         self.remove_old_segments()?;
@@ -1641,10 +1654,11 @@ impl Inner {
         v.to_manifest(self.next_file.load(Ordering::SeqCst), log)
             .store(&self.dir)?;
         ed.log_number = log;
-        self.state
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .version = Arc::new(v);
+        let version = Arc::new(v);
+        self.edit_state(|st| State {
+            version,
+            ..st.clone()
+        });
         Ok(())
     }
 
