@@ -103,6 +103,12 @@ pub struct NodeArgs {
     /// it off). It fills as the node writes and reads.
     #[arg(long, value_parser = whole_number::<u64>)]
     pub block_cache_mb: Option<u64>,
+    /// Free space kept back on the data dir's file system for flushes and compactions, in
+    /// MiB (default: 5% of the file system, at most 1024; 0: none). Below it the node refuses
+    /// writes except deletes, while flushing and compaction go on; writes resume once there
+    /// is free space above it again.
+    #[arg(long, value_parser = whole_number::<u64>)]
+    pub reserve_mb: Option<u64>,
     /// What to do at start with a commit log damaged in the middle (a bad record with whole
     /// records after it): `strict` refuses to start (default); `skip-damaged` skips the
     /// damaged records, replays the rest and takes a new actor name, leaving what was lost
@@ -225,6 +231,7 @@ struct FileConfig {
     hint_max_mb: Option<u64>,
     memtable_mb: Option<u64>,
     block_cache_mb: Option<u64>,
+    reserve_mb: Option<u64>,
     commit_log_recovery: Option<LogRecoveryChoice>,
     anti_entropy_interval_s: Option<u64>,
     www_dir: Option<PathBuf>,
@@ -289,6 +296,8 @@ pub struct NodeConfig {
     pub memtable_bytes: usize,
     /// Block cache budget.
     pub block_cache_bytes: usize,
+    /// Free space kept back for flushes and compactions (`None`: the engine's default).
+    pub reserve_bytes: Option<u64>,
     /// What opening the storage does with a commit log damaged in the middle.
     pub log_recovery: crate::storage::LogRecovery,
     /// Time between anti-entropy rounds (zero: only on demand).
@@ -430,6 +439,15 @@ impl NodeConfig {
                         "--block-cache-mb {mb}: must be at most 1048576 (1 TiB)"
                     )))
                 }
+            },
+            reserve_bytes: match args.reserve_mb.or(file.reserve_mb) {
+                Some(mb @ 0..=1_048_576) => Some(mb << 20),
+                Some(mb) => {
+                    return Err(Error::Config(format!(
+                        "--reserve-mb {mb}: must be at most 1048576 (1 TiB)"
+                    )))
+                }
+                None => None,
             },
             log_recovery: match args
                 .commit_log_recovery
@@ -810,6 +828,29 @@ mod tests {
             let e = NodeConfig::resolve(bad).unwrap_err().to_string();
             assert!(e.contains(flag), "{e}");
         }
+        // The disk reserve: the engine's default unless set, 0 for none.
+        assert_eq!(
+            NodeConfig::resolve(NodeArgs::default())
+                .unwrap()
+                .reserve_bytes,
+            None
+        );
+        for (mb, bytes) in [(0, 0), (512, 512 << 20)] {
+            let args = NodeArgs {
+                reserve_mb: Some(mb),
+                ..NodeArgs::default()
+            };
+            assert_eq!(
+                NodeConfig::resolve(args).unwrap().reserve_bytes,
+                Some(bytes)
+            );
+        }
+        let bad = NodeArgs {
+            reserve_mb: Some(1 << 21),
+            ..NodeArgs::default()
+        };
+        let e = NodeConfig::resolve(bad).unwrap_err().to_string();
+        assert!(e.contains("--reserve-mb 2097152"), "{e}");
     }
 
     #[test]

@@ -454,7 +454,7 @@ fn metrics_text(node: &Node) -> String {
     for (name, v, kind, help) in counters {
         sample(out, name, kind, help, v.load(Relaxed));
     }
-    let storage: [(&str, f64, &str, &str); 16] = [
+    let storage: [(&str, f64, &str, &str); 17] = [
         (
             "kv_storage_tables",
             s.table_count as f64,
@@ -543,13 +543,22 @@ fn metrics_text(node: &Node) -> String {
             "kv_storage_no_space_refusals_total",
             s.no_space_refusals as f64,
             "counter",
-            "Writes refused because the disk was full.",
+            "Writes refused because the disk was full (or below the reserve).",
+        ),
+        (
+            "kv_storage_reserve_bytes",
+            s.reserve_bytes as f64,
+            "gauge",
+            "Free disk space kept back for flushes and compactions (--reserve-mb): below it \
+             writes other than deletes are refused.",
         ),
         (
             "kv_storage_disk_full",
             f64::from(u8::from(s.no_space.is_some())),
             "gauge",
-            "1 while flushing or compaction is held up by a full disk (retried every second).",
+            "1 while writes are refused for lack of disk space: a flush or compaction held up \
+             (retried every second), a commit log that cannot grow, or free space below the \
+             reserve.",
         ),
     ];
     for (name, v, kind, help) in storage {

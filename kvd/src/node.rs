@@ -851,6 +851,7 @@ fn open_engine(config: &NodeConfig) -> Result<Engine> {
         sync: config.sync,
         memtable_bytes: config.memtable_bytes,
         block_cache_bytes: config.block_cache_bytes,
+        reserve_bytes: config.reserve_bytes,
         log_recovery: config.log_recovery,
         // A stored value is a key's whole sibling set: up to the sibling cap of client values.
         max_value_bytes: max_state_bytes(config),
@@ -1022,8 +1023,8 @@ pub async fn watch_disk_space(node: Arc<Node>) {
         match (engine.no_space(), &mut held_up) {
             (Some(why), None) => {
                 crate::error!(
-                    "disk full: writes are refused until space is freed, reads go on, held-up \
-                     flushes and compactions are retried every second: {why}"
+                    "disk full: writes are refused until space is freed, reads go on (flushes \
+                     and compactions it holds up are retried every second): {why}"
                 );
                 held_up = Some((Instant::now(), Instant::now()));
             }

@@ -351,11 +351,17 @@ impl Replica {
             Some((bytes, state)) => (Some(bytes), state),
             None => (None, SiblingSet::default()),
         };
+        let deleting = value.is_none();
         let value = value.map(<[u8]>::to_vec);
         let outcome = state.update_expiring(ctx, &self.actor, value, now_ms, ttl_ms);
         let new_bytes = state.encode();
         let mut batch = WriteBatch::new();
         batch.put(ek, new_bytes.clone());
+        if deleting {
+            // A tombstone over the value: accepted on a disk below its reserve, since
+            // deleting is how a full node's data is made smaller (compaction drops the value).
+            batch.mark_freeing();
+        }
         // The writer saw `ctx` and wrote `dot`. A version vector can say exactly that only when
         // no other dot of this actor lies between them; otherwise hand back `ctx` alone, which
         // at worst leaves the writer's own value as a sibling of its next write.

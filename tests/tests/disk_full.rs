@@ -36,7 +36,8 @@ impl Disk {
         }
     }
 
-    fn start(&mut self, addr: &str, log: &Path) {
+    /// Starts the node with `--reserve-mb reserve_mb`.
+    fn start(&mut self, addr: &str, log: &Path, reserve_mb: u64) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -48,6 +49,7 @@ impl Disk {
             .arg(self.mount.join("d"))
             // Small memtables: flushes (and compactions) meet the full disk, not only the log.
             .args(["--memtable-mb", "2", "--anti-entropy-interval-s", "0"])
+            .args(["--reserve-mb", &reserve_mb.to_string()])
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -105,12 +107,14 @@ fn health(addr: &str) -> Value {
     serde_json::from_str(&http_get(addr, "/health").expect("/health answers")).unwrap()
 }
 
+/// The hard case, with no reserve (`--reserve-mb 0`): writes go on until the file system
+/// itself refuses them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_refuses_writes_keeps_reads_and_recovers_once_space_is_freed() {
     let mut disk = Disk::mount("36m");
     let addr = format!("127.0.0.1:{}", free_port());
     let log = disk._dir.path().join("kvd.log");
-    disk.start(&addr, &log);
+    disk.start(&addr, &log, 0);
     let url = format!("ws://{addr}");
     let mut ws = Ws::connect(&url).await;
 
@@ -225,7 +229,7 @@ async fn a_full_disk_refuses_writes_keeps_reads_and_recovers_once_space_is_freed
     assert!(status.success(), "kvd exit: {status:?}");
 
     // A restart finds every acknowledged write, and none of the refused ones.
-    disk.start(&addr, &log);
+    disk.start(&addr, &log, 0);
     let mut ws = Ws::connect(&url).await;
     for (key, val) in &acked {
         let r = ws.request(json!({"op": "get", "key": key})).await;
@@ -260,7 +264,7 @@ async fn health_says_the_disk_is_full_while_the_commit_log_cannot_grow() {
     use kv_tests::metric;
     let mut disk = Disk::mount("36m");
     let addr = format!("127.0.0.1:{}", free_port());
-    disk.start(&addr, &disk._dir.path().join("kvd.log"));
+    disk.start(&addr, &disk._dir.path().join("kvd.log"), 0);
     let mut ws = Ws::connect(&format!("ws://{addr}")).await;
     let mut acked: Vec<(String, String)> = Vec::new();
     let mut n = 0u64;
@@ -347,6 +351,129 @@ impl Drop for Unmount {
 }
 
 /// Mounts a tmpfs of `size` at `at`, or with `remount` changes the size of the one there.
+/// Free bytes of the file system holding `path` (tmpfs keeps none back for root).
+fn free_bytes(path: &Path) -> u64 {
+    let out = Command::new("df")
+        .args(["-B1", "--output=avail"])
+        .arg(path)
+        .output()
+        .expect("df");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .nth(1)
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or_else(|| panic!("df answered {text}"))
+}
+
+/// With a reserve (`--reserve-mb`), a node stops taking puts while the disk still has room
+/// for its flushes and compactions: deletes are accepted, a compaction then turns them into
+/// free space, and puts resume, with no file touched by hand and no restart.
+///
+/// Before: a node filled its disk to the last block; with a memtable's worth of commit log on
+/// it, nothing could be flushed, compacted or deleted until space was freed outside it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn below_its_reserve_a_node_takes_deletes_and_compaction_brings_puts_back() {
+    // A reserve for the compactions too: on so small a disk all the data sits in level 1,
+    // and a level-0 compaction rewrites the whole of it before it removes its inputs.
+    let mut disk = Disk::mount("64m");
+    let addr = format!("127.0.0.1:{}", free_port());
+    let log = disk._dir.path().join("kvd.log");
+    disk.start(&addr, &log, 40);
+    let mut ws = Ws::connect(&format!("ws://{addr}")).await;
+
+    // 8 KB values until puts are refused steadily: a refused put is tried again once a flush
+    // or compaction under way has had time to finish (and perhaps free some room).
+    let mut acked: Vec<(String, String)> = Vec::new();
+    let mut retried = false;
+    let refused = loop {
+        let i = acked.len() as u64;
+        let (key, val) = (format!("k{i:05}"), value(i, 8 << 10));
+        let r = ws
+            .request(json!({"op": "put", "key": key, "value": val}))
+            .await;
+        if r["ok"] == true {
+            acked.push((key, val));
+            retried = false;
+        } else if retried {
+            break r;
+        } else {
+            retried = true;
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+        }
+        assert!(acked.len() < 10_000, "puts still accepted");
+    };
+    assert!(acked.len() > 1000, "{} puts fitted: {refused}", acked.len());
+    assert_eq!(refused["error"]["code"], "unavailable", "{refused}");
+    let msg = refused["error"]["message"].as_str().unwrap_or_default();
+    assert!(msg.contains("kept for flushes and compaction"), "{msg}");
+    assert!(msg.contains("deletes are accepted"), "{msg}");
+    // It stopped well short of the reserve's end.
+    let free = free_bytes(&disk.mount);
+    assert!(free > 20 << 20, "{free} bytes free");
+    let h = health(&addr);
+    assert_eq!(h["disk_full"], true, "{h}");
+    let why = h["disk_full_reason"].as_str().unwrap_or_default();
+    assert!(why.contains("kept for flushes and compaction"), "{h}");
+
+    // Reads go on, and deletes are accepted: all but the first 100 keys.
+    let (kept, doomed) = acked.split_at(100);
+    for (n, (key, val)) in doomed.iter().enumerate() {
+        let read = ws.request(json!({"op": "get", "key": key})).await;
+        assert_eq!(read["values"], json!([val]), "{key}: {read}");
+        let r = ws
+            .request(json!({"op": "delete", "key": key, "context": read["context"]}))
+            .await;
+        assert_eq!(r["ok"], true, "delete {key}: {r}");
+        if n == 10 {
+            // Taken below the reserve, where puts are still refused: a delete makes room
+            // only once it is compacted.
+            assert_eq!(health(&addr)["disk_full"], true);
+            let r = ws
+                .request(json!({"op": "put", "key": "late", "value": "v"}))
+                .await;
+            assert_eq!(r["error"]["code"], "unavailable", "{r}");
+        }
+    }
+
+    // A compaction (its flush included) runs below the reserve and drops the deleted values.
+    let c = ws.request(json!({"op": "compact"})).await;
+    assert!(c["bytes_after"].as_u64().is_some(), "{c}");
+    assert!(
+        c["bytes_after"].as_u64() < Some(c["bytes_before"].as_u64().unwrap() / 4),
+        "{c}"
+    );
+    // Free space is back above the reserve: /health says so, and puts are accepted again.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while health(&addr)["disk_full"] != false {
+        assert!(Instant::now() < deadline, "/health: {}", health(&addr));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let r = ws
+        .request(json!({"op": "put", "key": "late", "value": "v"}))
+        .await;
+    assert_eq!(r["ok"], true, "{r}");
+    for (key, val) in kept {
+        let r = ws.request(json!({"op": "get", "key": key})).await;
+        assert_eq!(r["values"], json!([val]), "{key}: {r}");
+    }
+    for (key, _) in doomed.iter().step_by(50) {
+        let r = ws.request(json!({"op": "get", "key": key})).await;
+        assert_eq!(r["found"], false, "{key}: {r}");
+    }
+    // The log said when puts stopped and when they resumed.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("kept for flushes and compaction")
+            && text.contains("writes are accepted again")
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "kvd log:\n{text}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 fn mount_tmpfs(at: &Path, size: &str, remount: bool) {
     let opts = match remount {
         true => format!("remount,size={size}"),
@@ -390,8 +517,18 @@ async fn a_replica_with_a_full_disk_costs_the_cluster_no_write() {
     use kv_tests::{kvcli, metric, Cluster, ClusterOpts};
     let mut unmount = Unmount(None);
     let mut opts = ClusterOpts::default();
-    opts.extra
-        .extend(["--memtable-mb", "2", "--anti-entropy-interval-s", "0"].map(String::from));
+    // No reserve, as in `Disk::start`.
+    opts.extra.extend(
+        [
+            "--memtable-mb",
+            "2",
+            "--anti-entropy-interval-s",
+            "0",
+            "--reserve-mb",
+            "0",
+        ]
+        .map(String::from),
+    );
     let mut cluster = Cluster::start(3, opts);
     // n3's data dir moves onto a small volume of its own.
     cluster.stop(2);

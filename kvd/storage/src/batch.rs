@@ -29,6 +29,8 @@ pub struct WriteBatch {
     pub(crate) ops: Vec<WriteOp>,
     /// Sum of key and value lengths, for memtable accounting.
     pub(crate) bytes: usize,
+    /// Set by [`WriteBatch::mark_freeing`].
+    freeing: bool,
 }
 
 impl WriteBatch {
@@ -49,6 +51,20 @@ impl WriteBatch {
         let k = k.into();
         self.bytes += k.len();
         self.ops.push(WriteOp::Delete(k));
+    }
+
+    /// Marks the batch as one that frees space once compacted although it puts a value: a
+    /// delete stored as a small tombstone value over a larger one. Such batches are accepted
+    /// while the disk is below the reserve ([`crate::Options::reserve_bytes`]), as deletes
+    /// are: deleting is how a full node's data is made smaller.
+    pub fn mark_freeing(&mut self) {
+        self.freeing = true;
+    }
+
+    /// Whether the batch is accepted below the reserve: it only deletes, or was marked with
+    /// [`WriteBatch::mark_freeing`].
+    pub fn frees_space(&self) -> bool {
+        self.freeing || self.ops.iter().all(|op| matches!(op, WriteOp::Delete(_)))
     }
 
     /// Number of operations.

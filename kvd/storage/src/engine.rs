@@ -309,6 +309,17 @@ struct LogRefusal {
 /// the commit log: room for the writes that follow it.
 const LOG_REFUSAL_MARGIN: u64 = 1 << 20;
 
+/// Committed bytes after which free space is looked up again for the reserve.
+const RESERVE_CHECK_BYTES: u64 = 1 << 20;
+/// Time after which a commit looks free space up again for the reserve.
+const RESERVE_CHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// When free space was last looked up for the reserve, and what was committed since.
+struct ReserveWatch {
+    at: Instant,
+    bytes: u64,
+}
+
 /// Which background work a [`NoSpaceState`] entry is about.
 #[derive(Clone, Copy)]
 enum Background {
@@ -344,6 +355,15 @@ struct Inner {
     no_space: Mutex<NoSpaceState>,
     /// Whether `no_space.log` is set: a group that gets through clears it without the lock.
     log_refused: AtomicBool,
+    /// Free space kept back for flushes and compactions (`Options::reserve_bytes` resolved
+    /// against the file system at open); 0: none.
+    reserve: u64,
+    /// Set while the file system has less free than `reserve` (cleared once it has
+    /// `reserve` and [`LOG_REFUSAL_MARGIN`]): writes that do not free space are refused.
+    below_reserve: AtomicBool,
+    /// Free bytes at the last look-up that found the file system below the reserve.
+    reserve_free: AtomicU64,
+    reserve_watch: Mutex<ReserveWatch>,
     closed: AtomicBool,
     bg: Mutex<Bg>,
     /// Wakes the background threads and writers stalled on them.
@@ -425,6 +445,10 @@ impl Engine {
         }
         std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
         let lock_file = lock_dir(&dir)?;
+        let reserve = match opts.reserve_bytes {
+            Some(bytes) => bytes,
+            None => fs_size(&lock_file).map_or(0, crate::options::default_reserve),
+        };
         let mut report = RecoveryReport::default();
         // A leftover temporary manifest is a write that never took effect.
         for n in list_dir(&dir)? {
@@ -608,6 +632,13 @@ impl Engine {
             poisoned: AtomicBool::new(false),
             no_space: Mutex::new(NoSpaceState::default()),
             log_refused: AtomicBool::new(false),
+            reserve,
+            below_reserve: AtomicBool::new(false),
+            reserve_free: AtomicU64::new(0),
+            reserve_watch: Mutex::new(ReserveWatch {
+                at: Instant::now(),
+                bytes: 0,
+            }),
             closed: AtomicBool::new(false),
             bg: Mutex::new(Bg { shutdown: false }),
             bg_cv: Condvar::new(),
@@ -655,6 +686,8 @@ impl Engine {
             let i = inner.clone();
             threads.push(spawn("kvd-storage-sync", move || i.sync_loop())?);
         }
+        // A disk already below the reserve refuses the first write.
+        inner.check_reserve();
         let i = inner.clone();
         let committer = Some(spawn("kvd-storage-commit", move || i.commit_loop())?);
         Ok(Engine {
@@ -731,8 +764,9 @@ impl Engine {
     /// Why writes are refused for lack of disk space, if they are: flushing or compaction is
     /// held up (retried every second; writes that would wait for it are refused meanwhile), or
     /// the commit log's last write was refused and the file system still has less free space
-    /// than that write needed (looked up now, so this clears once space is freed, with no
-    /// write needed to find out).
+    /// than that write needed, or the file system has less free space than the reserve
+    /// ([`Options::reserve_bytes`]). Free space is looked up now, so this clears once space
+    /// is freed, with no write needed to find out.
     pub fn no_space(&self) -> Option<String> {
         self.inner.disk_full_reason()
     }
@@ -915,6 +949,24 @@ fn free_bytes(file: &File) -> Option<u64> {
     Some(blocks.saturating_mul(st.f_frsize))
 }
 
+/// Size of the file system holding `file`; `None` if it does not say.
+fn fs_size(file: &File) -> Option<u64> {
+    // SAFETY: as in `free_bytes`.
+    let st = unsafe {
+        let mut st: libc::statvfs = std::mem::zeroed();
+        if libc::fstatvfs(file.as_raw_fd(), &mut st) != 0 {
+            return None;
+        }
+        st
+    };
+    Some(st.f_blocks.saturating_mul(st.f_frsize))
+}
+
+/// `bytes` in MiB, for messages.
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1 << 20) as f64)
+}
+
 /// Whether commit-log segments are appended through a memory mapping. Not when every group
 /// is fsynced: write-back then write-protects the pages, and the next group's first copy into
 /// each takes a page fault that costs more than the write(2) it saves (measured: about 1.5x
@@ -997,6 +1049,15 @@ impl Inner {
     /// Checks a batch against the limits (before anything is queued).
     fn check_batch(&self, batch: &WriteBatch) -> Result<()> {
         self.check_writable()?;
+        // Looked up again for each write refused, so the first one after space is freed goes
+        // through.
+        if self.below_reserve.load(Ordering::Acquire)
+            && !batch.frees_space()
+            && self.check_reserve()
+        {
+            stats::add(&self.counters.no_space_refusals, 1);
+            return Err(Error::NoSpace(self.reserve_reason()));
+        }
         for op in &batch.ops {
             let (k, v) = match op {
                 crate::WriteOp::Put(k, v) => (k, Some(v)),
@@ -1274,6 +1335,7 @@ impl Inner {
     fn commit_group(&self, batches: &mut Vec<WriteBatch>) -> Result<()> {
         self.check_writable()?;
         let mut wal = lock(&self.wal);
+        let group: usize = batches.iter().map(|b| b.bytes).sum();
         let res = self.commit_group_locked(&mut wal, batches);
         match &res {
             // Every write of the group is refused (the batches are still there: nothing of
@@ -1282,7 +1344,6 @@ impl Inner {
                 stats::add(&self.counters.no_space_refusals, batches.len() as u64);
                 // A new segment that cannot have its reservation is written unreserved, so
                 // what the group needs is its own bytes (and a margin for the next ones).
-                let group: usize = batches.iter().map(|b| b.bytes).sum();
                 let needed = group as u64 + LOG_REFUSAL_MARGIN;
                 let mut st = lock(&self.no_space);
                 st.log = Some(LogRefusal {
@@ -1298,9 +1359,64 @@ impl Inner {
                     st.log = None;
                     self.log_refused.store(false, Ordering::Release);
                 }
+                // Under the commit-log lock, so `reserve_watch` is never contended.
+                self.watch_reserve(group as u64);
             }
         }
         res
+    }
+
+    /// Looks free space up again for the reserve once a MiB was committed or a second went
+    /// by since the last look (one `fstatvfs`). Called by each group's leader.
+    fn watch_reserve(&self, committed: u64) {
+        if self.reserve == 0 {
+            return;
+        }
+        {
+            let mut w = lock(&self.reserve_watch);
+            w.bytes += committed;
+            if w.bytes < RESERVE_CHECK_BYTES && w.at.elapsed() < RESERVE_CHECK_EVERY {
+                return;
+            }
+            w.bytes = 0;
+            w.at = Instant::now();
+        }
+        self.check_reserve();
+    }
+
+    /// Looks up free space and sets or clears `below_reserve`; returns whether the file
+    /// system is below the reserve. One that does not say counts as having room.
+    fn check_reserve(&self) -> bool {
+        if self.reserve == 0 {
+            return false;
+        }
+        let Some(free) = free_bytes(&self.lock_file) else {
+            return false;
+        };
+        let was = self.below_reserve.load(Ordering::Acquire);
+        // Once below, writes resume with a margin above the reserve, so that they do not
+        // flap at its edge.
+        let below = free
+            < self
+                .reserve
+                .saturating_add(if was { LOG_REFUSAL_MARGIN } else { 0 });
+        if below {
+            self.reserve_free.store(free, Ordering::Release);
+        }
+        if below != was {
+            self.below_reserve.store(below, Ordering::Release);
+        }
+        below
+    }
+
+    /// Why writes are refused while the file system is below the reserve.
+    fn reserve_reason(&self) -> String {
+        format!(
+            "{} free on the data dir's file system, less than the {} kept for flushes and \
+             compaction; deletes are accepted",
+            mib(self.reserve_free.load(Ordering::Acquire)),
+            mib(self.reserve)
+        )
     }
 
     fn commit_group_locked(
@@ -1310,7 +1426,11 @@ impl Inner {
     ) -> Result<()> {
         let mem = self.state.load().mem.clone();
         let mem = if mem.approximate_bytes() >= self.opts.memtable_bytes {
-            self.rotate(wal)?
+            let fresh = self.rotate(wal)?;
+            // A new segment reserved its space, and a flush is on its way: the steps in which
+            // free space goes fastest.
+            self.check_reserve();
+            fresh
         } else {
             mem
         };
@@ -1614,6 +1734,7 @@ impl Inner {
         }
         stats::add(&self.counters.flushes, 1);
         self.remove_old_segments()?;
+        self.check_reserve();
         drop(lock(&self.bg));
         self.bg_cv.notify_all();
         Ok(())
@@ -1847,19 +1968,24 @@ impl Inner {
     /// [`Engine::no_space`]: held-up background work, else a refused commit-log write that
     /// would still not fit.
     fn disk_full_reason(&self) -> Option<String> {
-        let mut st = lock(&self.no_space);
-        if let Some(why) = st.background() {
-            return Some(why);
-        }
-        let refusal = st.log.as_ref()?;
-        match free_bytes(&self.lock_file) {
-            Some(free) if free >= refusal.needed => {
-                st.log = None;
-                self.log_refused.store(false, Ordering::Release);
-                None
+        {
+            let mut st = lock(&self.no_space);
+            if let Some(why) = st.background() {
+                return Some(why);
             }
-            _ => Some(refusal.why.clone()),
+            if let Some(refusal) = &st.log {
+                match free_bytes(&self.lock_file) {
+                    Some(free) if free >= refusal.needed => {
+                        st.log = None;
+                        self.log_refused.store(false, Ordering::Release);
+                    }
+                    _ => return Some(refusal.why.clone()),
+                }
+            }
         }
+        // Looked up now, so this also sees a disk that something else filled while no write
+        // came.
+        self.check_reserve().then(|| self.reserve_reason())
     }
 
     fn compaction_loop(&self) {
@@ -1974,6 +2100,7 @@ impl Inner {
             no_space_refusals: stats::get(&c.no_space_refusals),
             no_space_retries: stats::get(&c.no_space_retries),
             no_space: self.disk_full_reason(),
+            reserve_bytes: self.reserve,
             cache_hits: hits,
             cache_misses: misses,
             cache_hit_ratio: if hits + misses == 0 {
@@ -2064,6 +2191,70 @@ mod tests {
         for i in 0..50u32 {
             assert_eq!(e.get(format!("big{i:03}").as_bytes()).unwrap(), None);
         }
+    }
+
+    #[test]
+    fn below_the_reserve_puts_are_refused_and_deletes_flushes_and_reads_go_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = Engine::open(dir.path(), Options::default()).unwrap();
+        // The default: 5% of the file system, at most 1 GiB; this disk has more free.
+        let reserve = e.inner.reserve;
+        assert!(reserve > 0 && reserve <= 1 << 30, "{reserve}");
+        e.put(b"a", b"1").unwrap();
+        e.put(b"b", b"2").unwrap();
+        drop(e);
+        // More than any file system has free: every write is below the reserve from the start.
+        let opts = Options {
+            reserve_bytes: Some(u64::MAX / 4),
+            background_work: false,
+            ..Options::default()
+        };
+        let e = Engine::open(dir.path(), opts).unwrap();
+        let why = e.no_space().expect("below the reserve");
+        assert!(why.contains("kept for flushes and compaction"), "{why}");
+        assert!(why.contains("deletes are accepted"), "{why}");
+        let err = e.put(b"c", b"3").unwrap_err();
+        assert!(err.is_no_space(), "{err}");
+        assert!(err
+            .to_string()
+            .contains("writes resume once space is freed"));
+        // The async path refuses the same way, and settles the batch as not applied.
+        let settled = Arc::new(Mutex::new(None));
+        let s = settled.clone();
+        let mut batch = WriteBatch::new();
+        batch.put(b"c".to_vec(), b"3".to_vec());
+        assert!(e
+            .submit_with(batch, move |ok| *s.lock().unwrap() = Some(ok))
+            .is_err());
+        assert_eq!(*settled.lock().unwrap(), Some(false));
+        assert_eq!(e.stats().no_space_refusals, 2);
+        assert_eq!(e.get(b"c").unwrap(), None);
+        // Deletes go on, and so does a put marked as freeing space (a tombstone value).
+        e.delete(b"a").unwrap();
+        let mut tombstone = WriteBatch::new();
+        tombstone.put(b"b".to_vec(), Vec::new());
+        tombstone.mark_freeing();
+        e.write(tombstone).unwrap();
+        assert_eq!(e.get(b"a").unwrap(), None);
+        assert_eq!(e.get(b"b").unwrap(), Some(Vec::new()));
+        // A batch with a delete and a plain put is a put.
+        let mut mixed = WriteBatch::new();
+        mixed.delete(b"b".to_vec());
+        mixed.put(b"d".to_vec(), b"4".to_vec());
+        assert!(e.write(mixed).unwrap_err().is_no_space());
+        // Flushing and compaction use the reserve.
+        e.flush().unwrap();
+        e.compact().unwrap();
+        assert_eq!(e.get(b"b").unwrap(), Some(Vec::new()));
+        drop(e);
+        // No reserve: writes go on.
+        let opts = Options {
+            reserve_bytes: Some(0),
+            ..Options::default()
+        };
+        let e = Engine::open(dir.path(), opts).unwrap();
+        e.put(b"c", b"3").unwrap();
+        assert_eq!(e.no_space(), None);
     }
 
     #[test]

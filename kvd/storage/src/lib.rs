@@ -68,7 +68,7 @@ pub use batch::{WriteBatch, WriteOp};
 pub use engine::{Checkpoint, Engine, RecoveryReport, SkippedDamage, Ticket, TornTail};
 pub use error::{Error, Result};
 pub use iter::Scan;
-pub use options::{LogRecovery, Options, PurgePredicate, SyncMode};
+pub use options::{default_reserve, LogRecovery, Options, PurgePredicate, SyncMode};
 pub use stats::Stats;
 
 /// Decoders fed arbitrary bytes must return errors, never panic or loop.

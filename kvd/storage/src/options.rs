@@ -117,6 +117,21 @@ pub struct Options {
     pub max_value_bytes: usize,
     /// See [`PurgePredicate`]; `None` keeps every value.
     pub tombstone_purge: Option<PurgePredicate>,
+    /// Free space kept back on the data dir's file system for flushes and compactions, which
+    /// write their tables before they delete what those replace. Once the file system has less
+    /// free than this, writes are refused ([`crate::Error::NoSpace`]) except batches that free
+    /// space ([`crate::WriteBatch::frees_space`]), while flushing and compaction go on using
+    /// the reserve; writes are accepted again once free space is back above it. `None`: 5% of
+    /// the file system's size, at most 1 GiB ([`default_reserve`]); `Some(0)`: no reserve
+    /// (writes go on until the disk itself refuses them).
+    pub reserve_bytes: Option<u64>,
+}
+
+/// The reserve of a file system of `size` bytes when none is set: 5%, at most 1 GiB (the
+/// share Elasticsearch's flood-stage watermark leaves; 1 GiB holds the flush of a 64 MiB
+/// memtable and a level-0 compaction many times over).
+pub fn default_reserve(size: u64) -> u64 {
+    (size / 20).min(1 << 30)
 }
 
 impl Default for Options {
@@ -146,6 +161,7 @@ impl Default for Options {
             max_key_bytes: 64 << 10,
             max_value_bytes: 1 << 20,
             tombstone_purge: None,
+            reserve_bytes: None,
         }
     }
 }
@@ -163,6 +179,7 @@ impl std::fmt::Debug for Options {
             .field("num_levels", &self.num_levels)
             .field("log_recovery", &self.log_recovery)
             .field("tombstone_purge", &self.tombstone_purge.is_some())
+            .field("reserve_bytes", &self.reserve_bytes)
             .finish_non_exhaustive()
     }
 }

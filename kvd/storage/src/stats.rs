@@ -100,12 +100,14 @@ pub struct Stats {
     pub page_cache_reads: u64,
     /// Bytes held by the block cache.
     pub cache_bytes: usize,
-    /// Writes refused because the disk was full (their append failed for lack of space, or
-    /// the flush they would wait for could not run).
+    /// Writes refused because the disk was full (their append failed for lack of space, the
+    /// flush they would wait for could not run, or free space was below the reserve).
     pub no_space_refusals: u64,
     /// Flushes and compactions that failed for lack of space (each is retried a second
     /// later).
     pub no_space_retries: u64,
     /// Why writes are refused for lack of disk space now, if they are (see `Engine::no_space`).
     pub no_space: Option<String>,
+    /// Free space kept back for flushes and compactions (see `Options::reserve_bytes`).
+    pub reserve_bytes: u64,
 }
