@@ -131,7 +131,7 @@ function renderNodes() {
       <dl>
         <dt>dc / rack</dt><dd class="dcrack"></dd>
         <dt>keys</dt><dd class="keys-held">${num(n.keys)}</dd>
-        <dt>disk</dt><dd>${bytes(n.disk_bytes)}</dd>
+        <dt>disk · free</dt><dd class="disk">${bytes(n.disk_bytes)} · ${bytes(n.disk_free_bytes)}</dd>
         <dt>ops/s</dt><dd class="ops">${ops}</dd>
         <dt>hints pending</dt><dd>${num(n.hints_pending)}</dd>
         <dt title="share of the ring this node holds a replica of">ring share</dt><dd>${rn ? `${(rn.ownership * 100).toFixed(1)} %` : '–'}</dd>

@@ -718,6 +718,10 @@ fn print_status(v: &Value, env: &Env) {
                     .as_u64()
                     .map(human_bytes)
                     .unwrap_or("-".into()),
+                n["disk_free_bytes"]
+                    .as_u64()
+                    .map(human_bytes)
+                    .unwrap_or("-".into()),
                 n["ops_per_sec"]
                     .as_f64()
                     .map(|x| format!("{x:.1}"))
@@ -732,7 +736,8 @@ fn print_status(v: &Value, env: &Env) {
     }
     print_table(
         &[
-            "ID", "ADDRESS", "DC", "RACK", "STATE", "KEYS", "DISK", "OPS/S", "HINTS", "UPTIME",
+            "ID", "ADDRESS", "DC", "RACK", "STATE", "KEYS", "DISK", "FREE", "OPS/S", "HINTS",
+            "UPTIME",
         ],
         &rows,
     );

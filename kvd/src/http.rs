@@ -165,6 +165,7 @@ pub fn local_stats(node: &Node) -> NodeStats {
         hints_by_target: hints.into_iter().map(|(t, h)| (t, h.count)).collect(),
         transfer: node.transfers.progress(),
         disk_full: node.replica.engine().no_space(),
+        disk_free_bytes: s.disk_free_bytes,
     }
 }
 
@@ -189,6 +190,9 @@ pub struct NodeStats {
     /// `disk_full_reason`).
     #[serde(default)]
     pub disk_full: Option<String>,
+    /// Free bytes of the file system holding the data dir (None from older nodes).
+    #[serde(default)]
+    pub disk_free_bytes: Option<u64>,
 }
 
 /// One member as seen from this node, with its own figures when it answered in time.
@@ -274,6 +278,7 @@ pub async fn status_json(node: &Arc<Node>) -> Value {
                 "hints_pending": s.map(|s| s.hints_pending),
                 "transfer": s.and_then(|s| s.transfer.clone()),
                 "disk_full": s.map(|s| s.disk_full.is_some()),
+                "disk_free_bytes": s.and_then(|s| s.disk_free_bytes),
             })
         })
         .collect();
@@ -454,7 +459,7 @@ fn metrics_text(node: &Node) -> String {
     for (name, v, kind, help) in counters {
         sample(out, name, kind, help, v.load(Relaxed));
     }
-    let storage: [(&str, f64, &str, &str); 17] = [
+    let storage: [(&str, f64, &str, &str); 18] = [
         (
             "kv_storage_tables",
             s.table_count as f64,
@@ -544,6 +549,12 @@ fn metrics_text(node: &Node) -> String {
             s.no_space_refusals as f64,
             "counter",
             "Writes refused because the disk was full (or below the reserve).",
+        ),
+        (
+            "kv_storage_disk_free_bytes",
+            s.disk_free_bytes.unwrap_or(0) as f64,
+            "gauge",
+            "Free bytes of the file system holding the data dir.",
         ),
         (
             "kv_storage_reserve_bytes",

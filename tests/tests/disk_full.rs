@@ -373,6 +373,7 @@ fn free_bytes(path: &Path) -> u64 {
 /// it, nothing could be flushed, compacted or deleted until space was freed outside it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn below_its_reserve_a_node_takes_deletes_and_compaction_brings_puts_back() {
+    use kv_tests::metric;
     // A reserve for the compactions too: on so small a disk all the data sits in level 1,
     // and a level-0 compaction rewrites the whole of it before it removes its inputs.
     let mut disk = Disk::mount("64m");
@@ -410,6 +411,10 @@ async fn below_its_reserve_a_node_takes_deletes_and_compaction_brings_puts_back(
     // It stopped well short of the reserve's end.
     let free = free_bytes(&disk.mount);
     assert!(free > 20 << 20, "{free} bytes free");
+    // The node says what it keeps back and what it finds free.
+    assert_eq!(metric(&addr, "kv_storage_reserve_bytes"), 40 << 20);
+    let seen = metric(&addr, "kv_storage_disk_free_bytes");
+    assert!(seen.abs_diff(free) < 4 << 20, "{seen} vs {free}");
     let h = health(&addr);
     assert_eq!(h["disk_full"], true, "{h}");
     let why = h["disk_full_reason"].as_str().unwrap_or_default();

@@ -400,6 +400,8 @@ get s
         ] {
             assert!(n.get(f).is_some(), "status lacks {f}: {n}");
         }
+        // Each node looks its file system up: it has room.
+        assert!(n["disk_free_bytes"].as_u64() > Some(0), "{n}");
         assert!(n["ops_per_sec"].as_f64().is_some(), "ops/s measured: {n}");
     }
 

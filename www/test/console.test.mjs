@@ -255,6 +255,8 @@ test('a member whose status says disk_full is marked on its card', async () => {
     assert.match(await card.textContent(), /disk full: writes refused/);
     assert.equal(await tab.$('.node-card[data-node="n1"][data-disk-full]'), null);
     assert.equal(await tab.$('.node-card[data-node="n1"] .disk-full-note'), null);
+    // Each card also shows the free space its node reports (the real figure: n1 is not full).
+    assert.match(await tab.textContent('.node-card[data-node="n1"] .disk'), /· [\d.]+ (KiB|MiB|GiB|TiB)$/);
   } finally {
     await tab.close().catch(() => {});
   }

@@ -2101,6 +2101,7 @@ impl Inner {
             no_space_retries: stats::get(&c.no_space_retries),
             no_space: self.disk_full_reason(),
             reserve_bytes: self.reserve,
+            disk_free_bytes: free_bytes(&self.lock_file),
             cache_hits: hits,
             cache_misses: misses,
             cache_hit_ratio: if hits + misses == 0 {

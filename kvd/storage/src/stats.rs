@@ -110,4 +110,6 @@ pub struct Stats {
     pub no_space: Option<String>,
     /// Free space kept back for flushes and compactions (see `Options::reserve_bytes`).
     pub reserve_bytes: u64,
+    /// Free bytes of the file system holding the engine's directory, when it says.
+    pub disk_free_bytes: Option<u64>,
 }
