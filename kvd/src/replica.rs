@@ -452,6 +452,11 @@ fn merged(
     let new_bytes = merged.encode();
     let mut batch = WriteBatch::new();
     batch.put(ek, new_bytes.clone());
+    if merged.is_deleted() {
+        // A delete reaching this replica (from the coordinator that minted it, a hint or
+        // anti-entropy): accepted below the reserve, as the delete was where it was minted.
+        batch.mark_freeing();
+    }
     Some((old_bytes, new_bytes, batch))
 }
 
@@ -498,6 +503,60 @@ mod tests {
             vec![b"v3".as_slice()]
         );
         assert_eq!((a.key_count(), b.key_count()), (1, 1));
+    }
+
+    /// Below the disk reserve a replica takes deletes, minted here or arriving from another
+    /// replica, and refuses what adds values.
+    #[test]
+    fn below_the_reserve_deletes_are_taken_minted_or_merged_and_values_refused() {
+        let d1 = tempfile::tempdir().unwrap();
+        let d2 = tempfile::tempdir().unwrap();
+        let a = replica(d1.path(), "a");
+        let full = |dir: &std::path::Path, actor: &str| {
+            let opts = Options {
+                // More than any disk has free.
+                reserve_bytes: Some(u64::MAX / 4),
+                ..Options::default()
+            };
+            let engine = Engine::open(dir, opts).unwrap();
+            Replica::new(Arc::new(engine), actor.to_string()).unwrap()
+        };
+        let m1 = a
+            .mint(b"k", Some(&b"v1"[..]), None, &VersionVector::new(), 1)
+            .unwrap();
+        let b = replica(d2.path(), "b");
+        assert!(b.merge(b"k", &m1.state).unwrap());
+        drop(b);
+        let b = full(d2.path(), "b");
+        // A value, minted here or merged from elsewhere, is refused.
+        let m2 = a
+            .mint(b"k2", Some(&b"v2"[..]), None, &VersionVector::new(), 2)
+            .unwrap();
+        assert!(matches!(
+            b.merge(b"k2", &m2.state),
+            Err(ReplicaError::Storage(e)) if e.is_no_space()
+        ));
+        assert!(matches!(
+            b.mint(b"k3", Some(&b"v3"[..]), None, &VersionVector::new(), 3),
+            Err(ReplicaError::Storage(e)) if e.is_no_space()
+        ));
+        // The delete of k minted on a, arriving here, is taken.
+        let seen = a.read(b"k").unwrap().unwrap().context().clone();
+        let del = a.mint(b"k", None, None, &seen, 4).unwrap();
+        assert!(b.merge(b"k", &del.state).unwrap());
+        assert!(b.read(b"k").unwrap().unwrap().is_deleted());
+        // And a delete minted here.
+        let m5 = a
+            .mint(b"j", Some(&b"v5"[..]), None, &VersionVector::new(), 5)
+            .unwrap();
+        drop(b);
+        let b = replica(d2.path(), "b");
+        assert!(b.merge(b"j", &m5.state).unwrap());
+        drop(b);
+        let b = full(d2.path(), "b");
+        let seen = b.read(b"j").unwrap().unwrap().context().clone();
+        b.mint(b"j", None, None, &seen, 6).unwrap();
+        assert!(b.read(b"j").unwrap().unwrap().is_deleted());
     }
 
     #[test]
