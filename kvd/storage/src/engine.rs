@@ -938,6 +938,10 @@ fn segment_reserve(opts: &Options) -> u64 {
 /// Free bytes of the file system holding `file`, as this process may use them (root may use
 /// the blocks kept back for it); `None` if the file system does not say.
 fn free_bytes(file: &File) -> Option<u64> {
+    #[cfg(test)]
+    if let Some(free) = tests::FAKE_FREE.with(|f| f.get()) {
+        return Some(free);
+    }
     // SAFETY: fstatvfs fills the zeroed struct it is given, for a descriptor `file` keeps open.
     let st = unsafe {
         let mut st: libc::statvfs = std::mem::zeroed();
@@ -1867,6 +1871,7 @@ impl Inner {
             stats::add(&self.counters.trivial_moves, 1);
             return Ok(());
         }
+        self.check_room_for(job)?;
         let numbers = Mutex::new(Vec::new());
         let mut written = 0;
         let installed = compaction::run(job, &self.dir, &self.opts, self.build, || {
@@ -1905,6 +1910,26 @@ impl Inner {
         drop(lock(&self.bg));
         self.bg_cv.notify_all();
         Ok(())
+    }
+
+    /// Refuses (`NoSpace`) to start a compaction that would not fit: it writes its output,
+    /// up to the size of its inputs, before it removes them, and the commit log needs room for
+    /// a segment meanwhile. Started anyway it would take the last free space from the writes
+    /// (deletes included) and, failing, write it all again a second later. RocksDB's
+    /// SstFileManager makes the same check.
+    fn check_room_for(&self, job: &Job) -> Result<()> {
+        let input = job.input_bytes();
+        let need = input.saturating_add(segment_reserve(&self.opts));
+        match free_bytes(&self.lock_file) {
+            Some(free) if free < need => Err(Error::NoSpace(format!(
+                "a compaction of {} of tables waits for free space: it writes its output \
+                 before it removes its inputs, and needs {} free; the file system has {}",
+                mib(input),
+                mib(need),
+                mib(free)
+            ))),
+            _ => Ok(()),
+        }
     }
 
     fn flush_loop(&self) {
@@ -2203,6 +2228,83 @@ mod tests {
         for i in 0..50u32 {
             assert_eq!(e.get(format!("big{i:03}").as_bytes()).unwrap(), None);
         }
+    }
+
+    thread_local! {
+        /// Free space `free_bytes` answers on this thread instead of asking the file system.
+        pub(super) static FAKE_FREE: std::cell::Cell<Option<u64>> =
+            const { std::cell::Cell::new(None) };
+    }
+
+    fn with_free<T>(free: Option<u64>, f: impl FnOnce() -> T) -> T {
+        FAKE_FREE.with(|c| c.set(free));
+        let out = f();
+        FAKE_FREE.with(|c| c.set(None));
+        out
+    }
+
+    #[test]
+    fn writes_resume_a_mib_above_the_reserve_and_stop_again_below_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = Options {
+            reserve_bytes: Some(100 << 20),
+            background_work: false,
+            ..Options::default()
+        };
+        let e = Engine::open(dir.path(), opts).unwrap();
+        with_free(Some(99 << 20), || {
+            assert!(e.no_space().is_some());
+            let err = e.put(b"a", b"1").unwrap_err();
+            assert!(err.to_string().contains("99.0 MiB free"), "{err}");
+        });
+        // Back at the reserve, but not a MiB above it: still refused.
+        with_free(Some((100 << 20) + (512 << 10)), || {
+            assert!(e.put(b"a", b"1").unwrap_err().is_no_space());
+        });
+        with_free(Some(102 << 20), || {
+            e.put(b"a", b"1").unwrap();
+            assert_eq!(e.no_space(), None);
+        });
+        // Below again: a look (here /health's) finds it, and the next put is refused.
+        with_free(Some(99 << 20), || {
+            assert!(e.no_space().is_some());
+            assert!(e.put(b"b", b"2").unwrap_err().is_no_space());
+        });
+    }
+
+    #[test]
+    fn a_compaction_that_would_not_fit_is_not_started() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = Options {
+            reserve_bytes: Some(0),
+            background_work: false,
+            ..Options::default()
+        };
+        let e = Engine::open(dir.path(), opts).unwrap();
+        for round in 0..3u32 {
+            for i in 0..2000u32 {
+                e.put(
+                    format!("k{i:05}").as_bytes(),
+                    format!("v{round}").repeat(50).as_bytes(),
+                )
+                .unwrap();
+            }
+            e.flush().unwrap();
+        }
+        let files = |d: &Path| std::fs::read_dir(d).unwrap().count();
+        let tables = e.stats().level_tables;
+        let bytes: u64 = e.stats().level_bytes.iter().sum();
+        let before = (tables.clone(), files(dir.path()));
+        assert!(tables.iter().sum::<usize>() >= 2, "{tables:?}");
+        // Less free than the tables' size and a commit-log segment.
+        let err = with_free(Some(1 << 20), || e.compact().unwrap_err());
+        assert!(err.is_no_space(), "{err}");
+        assert!(err.to_string().contains("waits for free space"), "{err}");
+        assert_eq!((e.stats().level_tables, files(dir.path())), before);
+        // With room it runs, and the overwritten values go.
+        e.compact().unwrap();
+        assert!(e.stats().level_bytes.iter().sum::<u64>() < bytes);
+        assert_eq!(e.get(b"k00007").unwrap(), Some(b"v2".repeat(50)));
     }
 
     #[test]
