@@ -28,11 +28,11 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-
-use arc_swap::ArcSwap;
 use std::task::{Context, Poll, Waker};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
 
 use crate::batch::WriteBatch;
 use crate::bloom;
