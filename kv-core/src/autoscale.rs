@@ -20,6 +20,8 @@
 //!   scale-out leads to never wants to scale in, and the cluster a scale-in leads to never
 //!   wants to scale out. Scale-in compares the *peak* of the window, projected onto one node
 //!   fewer, with the low watermark; scale-out compares the mean with the high one.
+//! - **Full disks**: while an up member's latest reading says it refuses writes for lack of
+//!   disk space, the cluster grows by one node (bounds and cooldown permitting), never shrinks.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
@@ -166,6 +168,10 @@ pub struct LoadSample {
     pub p99_ms: Option<f64>,
     /// Bytes of table files on disk.
     pub disk_bytes: u64,
+    /// The node refused writes for lack of disk space at this reading (its disk is below its
+    /// reserve, or full).
+    #[serde(default)]
+    pub disk_full: bool,
 }
 
 /// The samples of the recent past, oldest first: a helper for drivers.
@@ -275,6 +281,8 @@ pub struct LoadSummary {
     pub worst_p99_ms: Option<f64>,
     /// Sum of every up member's latest disk use.
     pub total_disk_bytes: u64,
+    /// Up members whose latest sample says their disk is full.
+    pub disk_full: Vec<String>,
     /// The fewest samples any up member has in the window.
     pub min_samples: usize,
     /// Up members without any sample in the window.
@@ -303,6 +311,7 @@ pub fn summarize(
         worst_mean_p99_ms: None,
         worst_p99_ms: None,
         total_disk_bytes: 0,
+        disk_full: Vec::new(),
         min_samples: usize::MAX,
         silent: Vec::new(),
     };
@@ -324,11 +333,12 @@ pub fn summarize(
             out.worst_mean_p99_ms = Some(out.worst_mean_p99_ms.map_or(mean, |w| w.max(mean)));
             out.worst_p99_ms = Some(out.worst_p99_ms.map_or(worst, |w| w.max(worst)));
         }
-        let latest = list
-            .iter()
-            .max_by_key(|s| s.at_ms)
-            .map_or(0, |s| s.disk_bytes);
-        out.total_disk_bytes += latest;
+        if let Some(latest) = list.iter().max_by_key(|s| s.at_ms) {
+            out.total_disk_bytes += latest.disk_bytes;
+            if latest.disk_full {
+                out.disk_full.push(m.id.clone());
+            }
+        }
     }
     if out.min_samples == usize::MAX {
         out.min_samples = 0;
@@ -430,6 +440,16 @@ pub fn decide(
                 limit / 1_000_000
             ));
         }
+    }
+    // A node refusing writes for lack of space: one more node takes some of its ranges, and
+    // its cleanup then drops them.
+    if !load.disk_full.is_empty() {
+        wanted = wanted.max(n + 1);
+        why.push(format!(
+            "{} refuse{} writes for lack of disk space",
+            load.disk_full.join(", "),
+            if load.disk_full.len() == 1 { "s" } else { "" }
+        ));
     }
     if wanted > n {
         let why = why.join("; ");
@@ -607,6 +627,7 @@ mod tests {
                     ops_per_sec: per_node,
                     p99_ms: Some(5.0),
                     disk_bytes: 1_000_000,
+                    disk_full: false,
                 });
             }
         }
@@ -701,6 +722,38 @@ mod tests {
     }
 
     #[test]
+    fn a_node_refusing_writes_for_lack_of_disk_space_grows_the_cluster() {
+        let p = policy(3, 10, 3);
+        let m = cluster(4);
+        // Quiet enough to shrink, but n2's latest reading says its disk is full.
+        let mut s = even(&m, 1.0, 3, NOW);
+        for x in s.iter_mut().filter(|x| x.node == "n2" && x.at_ms == NOW) {
+            x.disk_full = true;
+        }
+        let d = decide(&p, &m, &s, NOW, None);
+        assert!(matches!(d, Decision::ScaleOut { count: 1, .. }), "{d}");
+        assert!(
+            d.reason()
+                .contains("n2 refuses writes for lack of disk space"),
+            "{d}"
+        );
+        // Only the latest reading counts: a disk that was full and is no longer is not.
+        let mut s = even(&m, 1.0, 3, NOW);
+        for x in s.iter_mut().filter(|x| x.node == "n2" && x.at_ms < NOW) {
+            x.disk_full = true;
+        }
+        let d = decide(&p, &m, &s, NOW, None);
+        assert!(!matches!(d, Decision::ScaleOut { .. }), "{d}");
+        // At the maximum it holds, and says why.
+        let p = policy(3, 4, 3);
+        let mut s = even(&m, 1.0, 3, NOW);
+        s[0].disk_full = true;
+        let d = decide(&p, &m, &s, NOW, None);
+        assert_eq!(d.action(), "hold", "{d}");
+        assert!(d.reason().contains("lack of disk space"), "{d}");
+    }
+
+    #[test]
     fn below_the_minimum_grows_at_once_and_above_the_maximum_shrinks() {
         let p = policy(4, 5, 3);
         let m = cluster(3);
@@ -790,6 +843,7 @@ mod tests {
             ops_per_sec: 1.0,
             p99_ms: None,
             disk_bytes: 0,
+            disk_full: false,
         });
         w.prune(NOW, 60_000, &["n1", "n2"]);
         assert_eq!(w.samples().len(), 1);
@@ -884,6 +938,7 @@ mod tests {
                     ops_per_sec: ops,
                     p99_ms: Some(p99),
                     disk_bytes: disk,
+                    disk_full: false,
                 });
             }
         }
@@ -946,7 +1001,7 @@ mod tests {
             let ops = t.low_ops_per_node + frac * (t.high_ops_per_node - t.low_ops_per_node);
             let samples: Vec<LoadSample> = members.iter().flat_map(|m| (0..3u64).map(|i| LoadSample {
                 node: m.id.clone(), at_ms: NOW - i * 1000, ops_per_sec: ops,
-                p99_ms: t.max_p99_ms.map(|l| l * 0.75), disk_bytes: 0,
+                p99_ms: t.max_p99_ms.map(|l| l * 0.75), disk_bytes: 0, disk_full: false,
             })).collect();
             let d = decide(&p, &members, &samples, NOW, None);
             prop_assert_eq!(d.action(), "hold", "{}", d);
@@ -968,7 +1023,7 @@ mod tests {
                 }).collect();
                 let samples = members.iter().flat_map(|m| (0..3u64).map(|i| LoadSample {
                     node: m.id.clone(), at_ms: NOW - i * 1000, ops_per_sec: total / k as f64,
-                    p99_ms: Some(p99), disk_bytes: disk_total / k as u64,
+                    p99_ms: Some(p99), disk_bytes: disk_total / k as u64, disk_full: false,
                 })).collect();
                 (members, samples)
             };

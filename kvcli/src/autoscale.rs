@@ -356,6 +356,20 @@ fn latency_buckets(samples: &[Sample]) -> Vec<(f64, f64)> {
     by_le.into_values().collect()
 }
 
+/// A node's bytes of tables on disk (the memtable not included) and whether it refuses writes
+/// for lack of disk space, from its `/metrics`.
+fn disk_figures(samples: &[Sample]) -> (u64, bool) {
+    let bytes: f64 = samples
+        .iter()
+        .filter(|s| s.name == "kv_storage_level_bytes")
+        .map(|s| s.value)
+        .sum();
+    let full = samples
+        .iter()
+        .any(|s| s.name == "kv_storage_disk_full" && s.value > 0.0);
+    (bytes as u64, full)
+}
+
 /// The p99 (ms) of the requests between two readings of cumulative buckets.
 fn p99_between(before: &[(f64, f64)], after: &[(f64, f64)]) -> Option<f64> {
     let delta: Vec<(f64, f64)> = after
@@ -586,11 +600,7 @@ impl Autoscaler {
             let Ok((id, at, Ok(samples))) = t.await else {
                 continue;
             };
-            let disk: f64 = samples
-                .iter()
-                .filter(|s| s.name == "kv_storage_level_bytes")
-                .map(|s| s.value)
-                .sum();
+            let (disk, disk_full) = disk_figures(&samples);
             let reading = Reading {
                 at,
                 requests: crate::metrics::requests_total(&samples),
@@ -605,7 +615,8 @@ impl Autoscaler {
                         at_ms: now_ms,
                         ops_per_sec: (reading.requests - prev.requests) / secs,
                         p99_ms: p99_between(&prev.buckets, &reading.buckets),
-                        disk_bytes: disk as u64,
+                        disk_bytes: disk,
+                        disk_full,
                     });
                 }
             }
@@ -1283,6 +1294,18 @@ mod tests {
         let mut ids = vec!["kvd-10", "kvd-9", "kvd-1", "auto2"];
         ids.sort_by(|a, b| natural_cmp(a, b));
         assert_eq!(ids, vec!["auto2", "kvd-1", "kvd-9", "kvd-10"]);
+    }
+
+    #[test]
+    fn disk_figures_are_the_tables_bytes_and_whether_writes_are_refused() {
+        let text = "kv_storage_level_bytes{level=\"0\"} 1000\n\
+                    kv_storage_level_bytes{level=\"1\"} 2500\n\
+                    kv_storage_disk_full 0\n";
+        assert_eq!(disk_figures(&crate::metrics::parse(text)), (3500, false));
+        let full = text.replace("kv_storage_disk_full 0", "kv_storage_disk_full 1");
+        assert_eq!(disk_figures(&crate::metrics::parse(&full)), (3500, true));
+        // An older node without the gauge is not full.
+        assert_eq!(disk_figures(&crate::metrics::parse("")), (0, false));
     }
 
     #[test]
