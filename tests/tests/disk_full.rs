@@ -103,6 +103,26 @@ fn value(seed: u64, len: usize) -> String {
         .collect()
 }
 
+/// A node on a tmpfs of its own of `size`, with `--reserve-mb reserve_mb`: the disk, the
+/// node's address, its log file and a client connection.
+async fn node_on(size: &str, reserve_mb: u64) -> (Disk, String, PathBuf, Ws) {
+    let mut disk = Disk::mount(size);
+    let addr = format!("127.0.0.1:{}", free_port());
+    let log = disk._dir.path().join("kvd.log");
+    disk.start(&addr, &log, reserve_mb);
+    let ws = Ws::connect(&format!("ws://{addr}")).await;
+    (disk, addr, log, ws)
+}
+
+/// Puts the `i`th 8 KB value (key `k{i:05}`); the key, the value and the answer.
+async fn put_8k(ws: &mut Ws, i: u64) -> (String, String, Value) {
+    let (key, val) = (format!("k{i:05}"), value(i, 8 << 10));
+    let r = ws
+        .request(json!({"op": "put", "key": key, "value": val}))
+        .await;
+    (key, val, r)
+}
+
 fn health(addr: &str) -> Value {
     serde_json::from_str(&http_get(addr, "/health").expect("/health answers")).unwrap()
 }
@@ -111,21 +131,14 @@ fn health(addr: &str) -> Value {
 /// itself refuses them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_refuses_writes_keeps_reads_and_recovers_once_space_is_freed() {
-    let mut disk = Disk::mount("36m");
-    let addr = format!("127.0.0.1:{}", free_port());
-    let log = disk._dir.path().join("kvd.log");
-    disk.start(&addr, &log, 0);
+    let (mut disk, addr, log, mut ws) = node_on("36m", 0).await;
     let url = format!("ws://{addr}");
-    let mut ws = Ws::connect(&url).await;
 
     // Write 8 KB values until the disk refuses one.
     let mut acked: Vec<(String, String)> = Vec::new();
     let mut refusal = None;
     for i in 0..20_000u64 {
-        let (key, val) = (format!("k{i:05}"), value(i, 8 << 10));
-        let r = ws
-            .request(json!({"op": "put", "key": key, "value": val}))
-            .await;
+        let (key, val, r) = put_8k(&mut ws, i).await;
         if r["ok"] == true {
             acked.push((key, val));
         } else {
@@ -262,18 +275,12 @@ fn fill(dir: &Path, name: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_says_the_disk_is_full_while_the_commit_log_cannot_grow() {
     use kv_tests::metric;
-    let mut disk = Disk::mount("36m");
-    let addr = format!("127.0.0.1:{}", free_port());
-    disk.start(&addr, &disk._dir.path().join("kvd.log"), 0);
-    let mut ws = Ws::connect(&format!("ws://{addr}")).await;
+    let (disk, addr, _log, mut ws) = node_on("36m", 0).await;
     let mut acked: Vec<(String, String)> = Vec::new();
     let mut n = 0u64;
     let mut put = async |ws: &mut Ws, acked: &mut Vec<(String, String)>| {
         n += 1;
-        let (key, val) = (format!("k{n:05}"), value(n, 8 << 10));
-        let r = ws
-            .request(json!({"op": "put", "key": key, "value": val}))
-            .await;
+        let (key, val, r) = put_8k(ws, n).await;
         if r["ok"] == true {
             acked.push((key, val));
         }
@@ -376,22 +383,14 @@ async fn below_its_reserve_a_node_takes_deletes_and_compaction_brings_puts_back(
     use kv_tests::metric;
     // A reserve for the compactions too: on so small a disk all the data sits in level 1,
     // and a level-0 compaction rewrites the whole of it before it removes its inputs.
-    let mut disk = Disk::mount("64m");
-    let addr = format!("127.0.0.1:{}", free_port());
-    let log = disk._dir.path().join("kvd.log");
-    disk.start(&addr, &log, 40);
-    let mut ws = Ws::connect(&format!("ws://{addr}")).await;
+    let (disk, addr, log, mut ws) = node_on("64m", 40).await;
 
     // 8 KB values until puts are refused steadily: a refused put is tried again once a flush
     // or compaction under way has had time to finish (and perhaps free some room).
     let mut acked: Vec<(String, String)> = Vec::new();
     let mut retried = false;
     let refused = loop {
-        let i = acked.len() as u64;
-        let (key, val) = (format!("k{i:05}"), value(i, 8 << 10));
-        let r = ws
-            .request(json!({"op": "put", "key": key, "value": val}))
-            .await;
+        let (key, val, r) = put_8k(&mut ws, acked.len() as u64).await;
         if r["ok"] == true {
             acked.push((key, val));
             retried = false;
