@@ -111,6 +111,11 @@ function renderNodes() {
       card.classList.add('disk-full');
       card.dataset.diskFull = 'true';
     }
+    // Up but refusing every write until it is restarted (an I/O error on its disk).
+    if (n.storage_failed) {
+      card.classList.add('storage-failed');
+      card.dataset.storageFailed = 'true';
+    }
     card.style.setProperty('--node-colour', nodeColour(ids, n.id));
     const rn = ringNodes.get(n.id);
     const rank = state.pref ? state.pref.preference_list.indexOf(n.id) : -1;
@@ -137,7 +142,7 @@ function renderNodes() {
         <dt title="share of the ring this node holds a replica of">ring share</dt><dd>${rn ? `${(rn.ownership * 100).toFixed(1)} %` : '–'}</dd>
         <dt>tokens · weight</dt><dd>${rn ? rn.tokens : '–'} · ${n.weight ?? '–'}</dd>
         <dt>uptime</dt><dd>${duration(n.uptime_s)}</dd>
-      </dl>${transfer}${n.disk_full ? '<div class="disk-full-note">disk full: writes refused until space is freed</div>' : ''}`;
+      </dl>${transfer}${n.disk_full ? '<div class="disk-full-note">disk full: writes refused until space is freed</div>' : ''}${n.storage_failed ? '<div class="storage-failed-note">storage failed: writes refused until the node is restarted</div>' : ''}`;
     // Names and labels come from operators' flags: set as text, never as markup.
     card.querySelector('h3').textContent = n.id + (n.id === serving ? ' (this node)' : '');
     card.querySelector('.addr').textContent = n.addr;

@@ -701,7 +701,9 @@ fn print_status(v: &Value, env: &Env) {
         .map(|n| {
             let state = cell(&n["state"]);
             let state = match state.as_str() {
-                // Up, but refusing writes for lack of disk space.
+                // Up, but refusing writes until a restart (an I/O error), or for lack of
+                // disk space.
+                "up" if n["storage_failed"] == true => st.red("up, storage failed"),
                 "up" if n["disk_full"] == true => st.red("up, disk full"),
                 "up" => st.green(&state),
                 "down" | "unknown" => st.red(&state),

@@ -30,17 +30,32 @@ pub async fn respond(
     }
     match head.path.as_str() {
         "/health" => {
-            let body = health_json(node).to_string();
-            write_response(stream, 200, "OK", "application/json", body.as_bytes()).await
+            let body = health_json(node);
+            // A node whose storage failed answers, but is not healthy: a liveness probe that
+            // restarts it is what brings its writes back.
+            let (code, reason) = match body["storage_error"].is_null() {
+                true => (200, "OK"),
+                false => (503, "Service Unavailable"),
+            };
+            let body = body.to_string();
+            write_response(stream, code, reason, "application/json", body.as_bytes()).await
         }
         "/ready" => {
-            // Ready = a full member: not still streaming its ranges in, not handing them over.
-            // A deployment that waits for this before starting the next node serializes joins.
+            // Ready = a full member: not still streaming its ranges in, not handing them over,
+            // and able to write. A deployment that waits for this before starting the next
+            // node serializes joins.
             let state = serving_state(node);
-            let body = json!({ "ready": state == "normal", "state": state, "id": node.id });
-            let (code, reason) = match state {
-                "normal" => (200, "OK"),
-                _ => (503, "Service Unavailable"),
+            let failed = node.replica.engine().failure();
+            let ready = state == "normal" && failed.is_none();
+            let body = json!({
+                "ready": ready,
+                "state": state,
+                "id": node.id,
+                "storage_error": failed,
+            });
+            let (code, reason) = match ready {
+                true => (200, "OK"),
+                false => (503, "Service Unavailable"),
             };
             write_response(
                 stream,
@@ -126,8 +141,11 @@ fn health_json(node: &Node) -> Value {
     // Writes refused for lack of disk space (a flush or compaction held up, or the commit log
     // unable to grow): reads go on, writes resume once space is freed.
     let disk_full = node.replica.engine().no_space();
+    // Writes refused until a restart: an I/O error that is not lack of space.
+    let failed = node.replica.engine().failure();
     json!({
-        "status": "ok",
+        "status": if failed.is_some() { "storage_failed" } else { "ok" },
+        "storage_error": failed,
         "id": node.id,
         "state": serving_state(node),
         "members": m.members().count(),
@@ -166,6 +184,7 @@ pub fn local_stats(node: &Node) -> NodeStats {
         transfer: node.transfers.progress(),
         disk_full: node.replica.engine().no_space(),
         disk_free_bytes: s.disk_free_bytes,
+        storage_error: node.replica.engine().failure(),
     }
 }
 
@@ -193,6 +212,9 @@ pub struct NodeStats {
     /// Free bytes of the file system holding the data dir (None from older nodes).
     #[serde(default)]
     pub disk_free_bytes: Option<u64>,
+    /// Why its storage stopped taking writes until a restart, if it did.
+    #[serde(default)]
+    pub storage_error: Option<String>,
 }
 
 /// One member as seen from this node, with its own figures when it answered in time.
@@ -279,6 +301,7 @@ pub async fn status_json(node: &Arc<Node>) -> Value {
                 "transfer": s.and_then(|s| s.transfer.clone()),
                 "disk_full": s.map(|s| s.disk_full.is_some()),
                 "disk_free_bytes": s.and_then(|s| s.disk_free_bytes),
+                "storage_failed": s.map(|s| s.storage_error.is_some()),
             })
         })
         .collect();
@@ -459,7 +482,7 @@ fn metrics_text(node: &Node) -> String {
     for (name, v, kind, help) in counters {
         sample(out, name, kind, help, v.load(Relaxed));
     }
-    let storage: [(&str, f64, &str, &str); 18] = [
+    let storage: [(&str, f64, &str, &str); 19] = [
         (
             "kv_storage_tables",
             s.table_count as f64,
@@ -549,6 +572,14 @@ fn metrics_text(node: &Node) -> String {
             s.no_space_refusals as f64,
             "counter",
             "Writes refused because the disk was full (or below the reserve).",
+        ),
+        (
+            "kv_storage_failed",
+            f64::from(u8::from(node.replica.engine().failure().is_some())),
+            "gauge",
+            "1 once the storage engine stopped taking writes after an I/O error that is not \
+             lack of space (a failed fsync, a file system remounted read-only): reads go on, \
+             writes come back with a restart.",
         ),
         (
             "kv_storage_disk_free_bytes",

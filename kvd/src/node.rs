@@ -1006,7 +1006,8 @@ async fn choose_tokens(
 /// Says in the log when the disk fills and when writes can go on again: once when writes start
 /// being refused for lack of space (a flush or compaction held up, or the commit log unable to
 /// grow; and every minute while it stays so), once when space is freed, and at most once a
-/// minute how many writes the full disk refused meanwhile.
+/// minute how many writes the full disk refused meanwhile. Also says, once, when the storage
+/// failed (an I/O error that is not lack of space) and takes no write until a restart.
 pub async fn watch_disk_space(node: Arc<Node>) {
     const REPEAT: Duration = Duration::from_secs(60);
     let engine = node.replica.engine().clone();
@@ -1015,10 +1016,18 @@ pub async fn watch_disk_space(node: Arc<Node>) {
     let mut held_up: Option<(Instant, Instant)> = None;
     let mut refusals = engine.no_space_refusals();
     let mut told: Option<Instant> = None;
+    let mut failure_told = false;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             _ = shutdown.changed() => return,
+        }
+        if let Some(why) = engine.failure().filter(|_| !failure_told) {
+            crate::error!(
+                "storage failed: every write is refused until the node is restarted, reads go \
+                 on, /health answers 503: {why}"
+            );
+            failure_told = true;
         }
         match (engine.no_space(), &mut held_up) {
             (Some(why), None) => {

@@ -227,7 +227,7 @@ test('on a node with --token-file, the console opened with ?token=T works throug
   }
 });
 
-test('a member whose status says disk_full is marked on its card', async () => {
+test('a member whose status says disk_full or storage_failed is marked on its card', async () => {
   // The status answer is real except for n2's disk_full, set on its way to the page: filling a
   // disk needs a small volume of its own (tests/tests/disk_full.rs checks that status answers
   // it for a really full node); this checks what the console makes of it.
@@ -246,6 +246,7 @@ test('a member whose status says disk_full is marked on its card', async () => {
         }
         for (const n of Array.isArray(answer.nodes) ? answer.nodes : []) {
           if (n.id === 'n2' && 'disk_full' in n) n.disk_full = true;
+          if (n.id === 'n3' && 'storage_failed' in n) n.storage_failed = true;
         }
         ws.send(JSON.stringify(answer));
       });
@@ -255,6 +256,10 @@ test('a member whose status says disk_full is marked on its card', async () => {
     assert.match(await card.textContent(), /disk full: writes refused/);
     assert.equal(await tab.$('.node-card[data-node="n1"][data-disk-full]'), null);
     assert.equal(await tab.$('.node-card[data-node="n1"] .disk-full-note'), null);
+    // n3's storage failed (tests/tests/disk_error.rs makes a real one): its card says so.
+    const failed = await tab.waitForSelector('.node-card[data-node="n3"][data-storage-failed="true"]', { timeout: 15_000 });
+    assert.match(await failed.textContent(), /storage failed: writes refused until the node is restarted/);
+    assert.equal(await tab.$('.node-card[data-node="n2"][data-storage-failed]'), null);
     // Each card also shows the free space its node reports (the real figure: n1 is not full).
     assert.match(await tab.textContent('.node-card[data-node="n1"] .disk'), /· [\d.]+ (KiB|MiB|GiB|TiB)$/);
   } finally {

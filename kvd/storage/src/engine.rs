@@ -777,6 +777,16 @@ impl Engine {
         self.inner.disk_full_reason()
     }
 
+    /// Why the engine stopped taking writes for good, if it did: an I/O error that is not
+    /// lack of space (a failed fsync, a disk error, a file system remounted read-only).
+    /// Reads go on; writes are refused until the engine is opened again.
+    pub fn failure(&self) -> Option<String> {
+        if !self.inner.poisoned.load(Ordering::Acquire) {
+            return None;
+        }
+        lock(&self.inner.poison).clone()
+    }
+
     /// Writes refused so far because the disk was full (see [`Stats::no_space_refusals`]).
     pub fn no_space_refusals(&self) -> u64 {
         stats::get(&self.inner.counters.no_space_refusals)
@@ -2165,6 +2175,7 @@ mod tests {
         };
         let e = Engine::open(dir.path(), opts.clone()).unwrap();
         e.put(b"a", b"1").unwrap();
+        assert_eq!(e.failure(), None);
         FAIL_SYNC.with(|f| f.set(true));
         let err = e.put(b"b", b"2").unwrap_err();
         FAIL_SYNC.with(|f| f.set(false));
@@ -2175,6 +2186,8 @@ mod tests {
         let err = e.put(b"c", b"3").unwrap_err();
         assert!(matches!(err, Error::Poisoned(_)), "{err}");
         assert!(err.to_string().contains("fsync"), "{err}");
+        let failure = e.failure().expect("the engine says it failed");
+        assert!(failure.contains("injected fsync failure"), "{failure}");
         assert!(matches!(e.flush(), Err(Error::Poisoned(_))));
         assert_eq!(e.get(b"a").unwrap(), Some(b"1".to_vec()));
         drop(e);
