@@ -619,6 +619,38 @@ pub async fn purge_now(urls: &[String]) {
     }
 }
 
+/// Starts one kvd with `args` (which must make it listen on `addr`), its stderr appended to
+/// `log`, and waits up to 30 s until it answers HTTP on `/health` (whatever the status: a node
+/// whose storage failed answers 503). Panics if it exits first. The caller stops it.
+pub fn start_kvd<I, A>(addr: &str, args: I, log: &Path) -> Child
+where
+    I: IntoIterator<Item = A>,
+    A: AsRef<std::ffi::OsStr>,
+{
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("the node's log file");
+    let mut child = Command::new(kvd_bin())
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start kvd");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while http_get_full(addr, "/health").is_none() {
+        let exited = child.try_wait().unwrap();
+        if exited.is_some() || Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("kvd did not come up on {addr} (exit: {exited:?})");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child
+}
+
 /// The value of the unlabelled counter `name` in node `addr`'s `/metrics` (0 when absent).
 pub fn metric(addr: &str, name: &str) -> u64 {
     let text = http_get(addr, "/metrics").unwrap_or_default();

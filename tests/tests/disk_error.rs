@@ -13,10 +13,10 @@
 //! not skips, without them.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use kv_tests::{free_port, http_get_full, kvcli, kvd_bin, metric, Ws};
+use kv_tests::{free_port, http_get_full, kvcli, metric, start_kvd, Ws};
 use serde_json::{json, Value};
 
 /// An ext4 image on a loop device, mounted for the test, and the node on it: all gone on drop.
@@ -92,28 +92,22 @@ impl Volume {
     }
 
     fn start(&mut self, addr: &str, log: &Path) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .unwrap();
-        let child = Command::new(kvd_bin())
-            .args(["--listen", addr, "--n", "1", "--sync", "always"])
-            .arg("--data-dir")
-            .arg(self.mount.join("d"))
-            .args(["--anti-entropy-interval-s", "0", "--reserve-mb", "0"])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start kvd");
-        self.node = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while http_get_full(addr, "/health").is_none() {
-            let exited = self.node.as_mut().unwrap().try_wait().unwrap();
-            assert!(exited.is_none(), "kvd exited while starting: {exited:?}");
-            assert!(Instant::now() < deadline, "kvd did not come up");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let data_dir = self.mount.join("d");
+        let args = [
+            "--listen",
+            addr,
+            "--n",
+            "1",
+            "--sync",
+            "always",
+            "--data-dir",
+            data_dir.to_str().unwrap(),
+            "--anti-entropy-interval-s",
+            "0",
+            "--reserve-mb",
+            "0",
+        ];
+        self.node = Some(start_kvd(addr, args, log));
     }
 
     /// Stops the node: SIGTERM, then SIGKILL if it has not exited within 10 s.

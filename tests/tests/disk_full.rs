@@ -10,10 +10,10 @@
 //! Needs root (it mounts a small tmpfs for the data dir): it fails, not skips, without it.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use kv_tests::{free_port, http_get, kvd_bin, Ws};
+use kv_tests::{free_port, http_get, start_kvd, Ws};
 use serde_json::{json, Value};
 
 /// A tmpfs of `size` mounted for the test, and the node on it: both gone on drop.
@@ -38,30 +38,25 @@ impl Disk {
 
     /// Starts the node with `--reserve-mb reserve_mb`.
     fn start(&mut self, addr: &str, log: &Path, reserve_mb: u64) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .unwrap();
-        let child = Command::new(kvd_bin())
-            .args(["--listen", addr, "--n", "1", "--sync", "interval"])
-            .arg("--data-dir")
-            .arg(self.mount.join("d"))
+        let data_dir = self.mount.join("d");
+        let args = [
+            "--listen",
+            addr,
+            "--n",
+            "1",
+            "--sync",
+            "interval",
+            "--data-dir",
+            data_dir.to_str().unwrap(),
             // Small memtables: flushes (and compactions) meet the full disk, not only the log.
-            .args(["--memtable-mb", "2", "--anti-entropy-interval-s", "0"])
-            .args(["--reserve-mb", &reserve_mb.to_string()])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start kvd");
-        self.node = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while http_get(addr, "/health").is_none() {
-            let exited = self.node.as_mut().unwrap().try_wait().unwrap();
-            assert!(exited.is_none(), "kvd exited while starting: {exited:?}");
-            assert!(Instant::now() < deadline, "kvd did not come up");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+            "--memtable-mb",
+            "2",
+            "--anti-entropy-interval-s",
+            "0",
+            "--reserve-mb",
+            &reserve_mb.to_string(),
+        ];
+        self.node = Some(start_kvd(addr, args, log));
     }
 
     fn grow(&self, size: &str) {
