@@ -5,10 +5,12 @@
 //! from the engine once at start and again only when the ranges this node replicates change
 //! (a join, a leave, a weight change): never by a periodic rescan.
 //!
-//! Consistency with the engine: a replica write holds the read side of the index's write gate
-//! from before it reads the key's old bytes until its new bytes are in the engine and the tree
-//! (an async write hands the gate to the engine with its batch), and a rebuild holds the write
-//! side while it scans, so a rebuild never sees a write half applied.
+//! Consistency with the engine: a replica write holds its key's stripe lock from before it
+//! reads the key's old bytes until its new bytes are in the engine and the tree (an async write
+//! hands the lock to the engine with its batch), and a rebuild holds every stripe lock while it
+//! scans ([`crate::replica::Replica::rebuild_merkle`]), so a rebuild never sees a write half
+//! applied. (A read-write lock of the index's own that every write took read-shared was a
+//! cache line all writing threads bounced between them.)
 
 use std::collections::HashMap;
 use std::ops::Bound;
@@ -37,23 +39,11 @@ struct IndexState {
 #[derive(Default)]
 pub struct MerkleIndex {
     state: RwLock<Option<IndexState>>,
-    /// Replica writes hold the read side, a rebuild the write side (see the module doc).
-    gate: Arc<tokio::sync::RwLock<()>>,
 }
 
 impl MerkleIndex {
-    /// The write gate for one async replica write.
-    pub async fn write_gate(&self) -> tokio::sync::OwnedRwLockReadGuard<()> {
-        self.gate.clone().read_owned().await
-    }
-
-    /// The write gate for one blocking replica write: never on an async thread.
-    pub fn write_gate_blocking(&self) -> tokio::sync::RwLockReadGuard<'_, ()> {
-        self.gate.blocking_read()
-    }
-
     /// Records that `key` changed from `old` to `new` encoded states; the caller holds the
-    /// write gate. Returns the change as applied, for [`MerkleIndex::undo`] (none when no tree
+    /// key's stripe lock. Returns the change as applied, for [`MerkleIndex::undo`] (none when no tree
     /// covers the key).
     pub fn update(&self, key: &[u8], old: Option<&[u8]>, new: Option<&[u8]>) -> Option<Change> {
         let guard = self.state.read().unwrap_or_else(|p| p.into_inner());
@@ -72,7 +62,7 @@ impl MerkleIndex {
     }
 
     /// Takes back a change [`MerkleIndex::update`] made, for a write that was refused. The
-    /// caller holds the write gate it held for the update (so no rebuild came between).
+    /// caller holds the stripe lock it held for the update (so no rebuild came between).
     pub fn undo(&self, change: &Change) {
         let guard = self.state.read().unwrap_or_else(|p| p.into_inner());
         if let Some(tree) = guard.as_ref().and_then(|s| s.trees.get(&change.range)) {
@@ -133,13 +123,17 @@ pub fn scan_range(
 impl MerkleIndex {
     /// Rebuilds the trees for the ranges `me` replicates on `ring`, scanning the engine once,
     /// unless those ranges are the ones already indexed (only the ring snapshot is swapped).
-    /// Returns whether a rebuild happened. Blocking: never on an async thread.
-    pub fn rebuild(
+    /// `keep_writers_out` is called before the scan and its result held until the trees are
+    /// in place: it must wait for the writes in flight and keep new ones out (the replica
+    /// takes every stripe lock). Returns whether a rebuild happened. Blocking: never on an
+    /// async thread.
+    pub fn rebuild<G>(
         &self,
         engine: &Engine,
         ring: Arc<Ring>,
         placement: &Placement,
         me: &str,
+        keep_writers_out: impl FnOnce() -> G,
     ) -> Result<bool, crate::storage::Error> {
         let mut ranges = ring.replicated_ranges(me, placement);
         ranges.sort();
@@ -156,9 +150,9 @@ impl MerkleIndex {
         ) {
             return Ok(false);
         }
-        // Wait for the writes in flight, and keep new ones out while scanning. The gate comes
-        // first: a write holding it takes the state lock to update a tree.
-        let _gate = self.gate.blocking_write();
+        // Wait for the writes in flight, and keep new ones out while scanning. This comes
+        // first: a write holding its stripe takes the state lock to update a tree.
+        let _writers = keep_writers_out();
         let mut guard = self.state.write().unwrap_or_else(|p| p.into_inner());
         if swap_ring(&mut guard, &ring) {
             return Ok(false);

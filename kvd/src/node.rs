@@ -339,10 +339,15 @@ impl Node {
     /// Brings the Merkle index to the ranges this node replicates on `ring` (a scan of the
     /// engine only when those ranges changed), off the async threads when there are any.
     fn reindex(&self, ring: Arc<Ring>, placement: Placement) {
-        let run = |engine: &Engine, index: &crate::merkle_index::MerkleIndex, id: &str| match index
-            .rebuild(engine, ring.clone(), &placement, id)
-        {
-            Ok(true) => crate::info!("merkle trees rebuilt for {} ranges", index.ranges().len()),
+        let run = |replica: &crate::replica::Replica, id: &str| match replica.rebuild_merkle(
+            ring.clone(),
+            &placement,
+            id,
+        ) {
+            Ok(true) => crate::info!(
+                "merkle trees rebuilt for {} ranges",
+                replica.merkle.ranges().len()
+            ),
             Ok(false) => {}
             Err(e) => crate::error!("cannot rebuild the merkle trees: {e}"),
         };
@@ -350,13 +355,11 @@ impl Node {
             Ok(handle)
                 if handle.runtime_flavor() != tokio::runtime::RuntimeFlavor::CurrentThread =>
             {
-                tokio::task::block_in_place(|| {
-                    run(self.replica.engine(), &self.replica.merkle, &self.id)
-                })
+                tokio::task::block_in_place(|| run(&self.replica, &self.id))
             }
             // Off any runtime, so the rebuild may block waiting for writes in flight.
             _ => std::thread::scope(|s| {
-                s.spawn(|| run(self.replica.engine(), &self.replica.merkle, &self.id));
+                s.spawn(|| run(&self.replica, &self.id));
             }),
         }
     }

@@ -9,9 +9,10 @@
 //! log asynchronously ([`Engine::submit`]), so the common case never leaves the async thread
 //! and concurrent writes share one fsync (`Node::mint` and friends pick the path).
 //!
-//! A write holds the key's stripe lock and the Merkle index's write gate from before it reads
-//! the old state until the new one is in the memtable; an async write hands both guards to the
-//! engine with its batch, so a dropped request cannot release them early.
+//! A write holds the key's stripe lock from before it reads the old state until the new one is
+//! in the memtable and the Merkle index; an async write hands the guard to the engine with its
+//! batch, so a dropped request cannot release it early. A Merkle rebuild takes every stripe
+//! lock ([`Replica::rebuild_merkle`]).
 
 use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -202,7 +203,6 @@ impl Replica {
     ) -> Result<Minted, ReplicaError> {
         let ek = data_key(key);
         let _guard = self.lock(key);
-        let _gate = self.merkle.write_gate_blocking();
         let old = self.read_raw(Access::Blocking, &ek)?;
         let (minted, old_bytes, batch) = self.minted(old, ek, (value, ttl_ms), ctx, now_ms);
         self.engine.write(batch)?;
@@ -220,9 +220,9 @@ impl Replica {
         ctx: &VersionVector,
         now_ms: u64,
     ) -> Result<Minted, ReplicaError> {
-        let (guards, ek, old) = self.lock_now(key).await?;
+        let (guard, ek, old) = self.lock_now(key).await?;
         let (minted, old_bytes, batch) = self.minted(old, ek, (value, ttl_ms), ctx, now_ms);
-        self.submit(key, batch, guards, old_bytes.as_deref(), &minted.encoded)
+        self.submit(key, batch, guard, old_bytes.as_deref(), &minted.encoded)
             .await?;
         Ok(minted)
     }
@@ -232,7 +232,6 @@ impl Replica {
     pub fn increment(&self, key: &[u8], by: i64, now_ms: u64) -> Result<Minted, ReplicaError> {
         let ek = data_key(key);
         let _guard = self.lock(key);
-        let _gate = self.merkle.write_gate_blocking();
         let old = self.read_raw(Access::Blocking, &ek)?;
         let (minted, old_bytes, batch) = self.incremented(old, ek, by, now_ms)?;
         self.engine.write(batch)?;
@@ -247,9 +246,9 @@ impl Replica {
         by: i64,
         now_ms: u64,
     ) -> Result<Minted, ReplicaError> {
-        let (guards, ek, old) = self.lock_now(key).await?;
+        let (guard, ek, old) = self.lock_now(key).await?;
         let (minted, old_bytes, batch) = self.incremented(old, ek, by, now_ms)?;
-        self.submit(key, batch, guards, old_bytes.as_deref(), &minted.encoded)
+        self.submit(key, batch, guard, old_bytes.as_deref(), &minted.encoded)
             .await?;
         Ok(minted)
     }
@@ -281,31 +280,48 @@ impl Replica {
         Ok((minted, old_bytes, batch))
     }
 
-    /// Takes the stripe lock and the write gate of `key` asynchronously and reads its state
-    /// from memory.
-    async fn lock_now(&self, key: &[u8]) -> Result<(WriteGuards, Vec<u8>, Stored), ReplicaError> {
+    /// Takes the stripe lock of `key` asynchronously and reads its state from memory.
+    async fn lock_now(&self, key: &[u8]) -> Result<(WriteGuard, Vec<u8>, Stored), ReplicaError> {
         if self.engine.write_would_stall() {
             return Err(ReplicaError::WouldBlock);
         }
         let ek = data_key(key);
         let stripe = self.stripe(key).clone().lock_owned().await;
-        let gate = self.merkle.write_gate().await;
         let old = self.read_raw(Access::Now, &ek)?;
-        Ok(((stripe, gate), ek, old))
+        Ok((stripe, ek, old))
+    }
+
+    /// Rebuilds the Merkle trees for the ranges `me` replicates on `ring` (see
+    /// [`MerkleIndex::rebuild`]), holding every stripe lock while it scans: the writes in
+    /// flight finish first, and no new one starts until the trees are in place. Blocking.
+    pub fn rebuild_merkle(
+        &self,
+        ring: Arc<kv_core::ring::Ring>,
+        placement: &kv_core::ring::Placement,
+        me: &str,
+    ) -> Result<bool, crate::storage::Error> {
+        self.merkle
+            .rebuild(&self.engine, ring, placement, me, || self.lock_all())
+    }
+
+    /// Every stripe lock, in order (a writer holds one at a time, so this cannot deadlock).
+    /// Blocking.
+    fn lock_all(&self) -> Vec<tokio::sync::MutexGuard<'_, ()>> {
+        self.stripes.iter().map(|s| s.blocking_lock()).collect()
     }
 
     /// Records `key`'s change from `old` to `new` in the Merkle index and submits `batch` with
-    /// the guards, then waits for it. The tree is updated before the write is applied, which
-    /// no rebuild can see: the engine keeps the gate until the write is settled, also when
-    /// this future is dropped. A write the engine refuses (a full disk refuses a group and the
-    /// engine goes on) is taken back out of the tree there, still under the gate: left in, the
+    /// the guard, then waits for it. The tree is updated before the write is applied, which
+    /// no rebuild can see: the engine keeps the stripe lock until the write is settled, also
+    /// when this future is dropped. A write the engine refuses (a full disk refuses a group and
+    /// the engine goes on) is taken back out of the tree there, still under the lock: left in, the
     /// tree would agree with the other replicas over a key this one does not hold, and
     /// anti-entropy would never bring it. The key is counted once it is applied.
     async fn submit(
         &self,
         key: &[u8],
         batch: WriteBatch,
-        guards: WriteGuards,
+        guard: WriteGuard,
         old: Option<&[u8]>,
         new: &[u8],
     ) -> Result<(), ReplicaError> {
@@ -319,7 +335,7 @@ impl Replica {
             } else if is_new {
                 keys.fetch_add(1, Relaxed);
             }
-            drop(guards);
+            drop(guard);
         };
         self.engine.submit_with(batch, settle)?.await?;
         Ok(())
@@ -383,7 +399,6 @@ impl Replica {
     pub fn remove_if_unchanged(&self, key: &[u8], expected: &[u8]) -> Result<bool, ReplicaError> {
         let ek = data_key(key);
         let _guard = self.lock(key);
-        let _gate = self.merkle.write_gate_blocking();
         match self.engine.get(&ek)? {
             Some(now) if now == expected => {
                 self.engine.delete(&ek)?;
@@ -400,7 +415,6 @@ impl Replica {
     pub fn merge(&self, key: &[u8], incoming: &SiblingSet) -> Result<bool, ReplicaError> {
         let ek = data_key(key);
         let _guard = self.lock(key);
-        let _gate = self.merkle.write_gate_blocking();
         let current = self.read_raw(Access::Blocking, &ek)?;
         let Some((old_bytes, new_bytes, batch)) = merged(current, ek, incoming) else {
             return Ok(false);
@@ -413,21 +427,18 @@ impl Replica {
     /// [`Replica::merge`] for an async thread: `WouldBlock` (nothing changed) when the key's
     /// state is not in memory or the engine is stalling.
     pub async fn merge_now(&self, key: &[u8], incoming: &SiblingSet) -> Result<bool, ReplicaError> {
-        let (guards, ek, current) = self.lock_now(key).await?;
+        let (guard, ek, current) = self.lock_now(key).await?;
         let Some((old_bytes, new_bytes, batch)) = merged(current, ek, incoming) else {
             return Ok(false);
         };
-        self.submit(key, batch, guards, old_bytes.as_deref(), &new_bytes)
+        self.submit(key, batch, guard, old_bytes.as_deref(), &new_bytes)
             .await?;
         Ok(true)
     }
 }
 
-/// The stripe lock and the Merkle write gate of one async write.
-type WriteGuards = (
-    tokio::sync::OwnedMutexGuard<()>,
-    tokio::sync::OwnedRwLockReadGuard<()>,
-);
+/// The stripe lock of one async write.
+type WriteGuard = tokio::sync::OwnedMutexGuard<()>;
 
 /// A key's stored bytes and their decoding, if it has any.
 type Stored = Option<(Vec<u8>, SiblingSet)>;
@@ -599,8 +610,87 @@ mod tests {
         let ring = crate::merkle_index::tests::ring_of(&["a"]);
         let placement = kv_core::ring::Placement::Simple { n: 1 };
         assert!(index
-            .rebuild(engine, Arc::new(ring), &placement, "a")
+            .rebuild(engine, Arc::new(ring), &placement, "a", || ())
             .unwrap());
+    }
+
+    /// Merkle rebuilds while async writes run: a rebuild takes every stripe lock, so it sees
+    /// each write whole (its bytes and its tree update both, or neither), and the trees kept
+    /// up to date afterwards equal a rebuild from the engine at the end. Without the locks
+    /// (`|| ()` as the rebuild's writer guard) the trees drift.
+    #[test]
+    fn a_merkle_rebuild_under_concurrent_writes_sees_each_write_whole() {
+        let d = tempfile::tempdir().unwrap();
+        let opts = Options {
+            sync: crate::storage::SyncMode::Always,
+            ..Options::default()
+        };
+        let engine = Arc::new(Engine::open(d.path(), opts).unwrap());
+        let r = Arc::new(Replica::new(engine.clone(), "a".into()).unwrap());
+        let placement = kv_core::ring::Placement::Simple { n: 1 };
+        // Two rings in which "a" replicates different ranges: each switch is a real rebuild.
+        let rings = [
+            Arc::new(crate::merkle_index::tests::ring_of(&["a"])),
+            Arc::new(crate::merkle_index::tests::ring_of(&["a", "b"])),
+        ];
+        assert!(r.rebuild_merkle(rings[0].clone(), &placement, "a").unwrap());
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let rebuilder = {
+            let (r, done, rings, placement) =
+                (r.clone(), done.clone(), rings.clone(), placement.clone());
+            std::thread::spawn(move || {
+                let mut n = 0;
+                while !done.load(Relaxed) || n < 4 {
+                    n += 1;
+                    assert!(r
+                        .rebuild_merkle(rings[n % 2].clone(), &placement, "a")
+                        .unwrap());
+                }
+                n
+            })
+        };
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let mut tasks = Vec::new();
+            for t in 0..16 {
+                let r = r.clone();
+                tasks.push(tokio::spawn(async move {
+                    for i in 0..150 {
+                        let key = format!("k{}", (t * 7 + i) % 200);
+                        let value = format!("{t}-{i}");
+                        let ctx = VersionVector::new();
+                        loop {
+                            match r
+                                .mint_now(key.as_bytes(), Some(value.as_bytes()), None, &ctx, 1)
+                                .await
+                            {
+                                Err(ReplicaError::WouldBlock) => tokio::task::yield_now().await,
+                                other => {
+                                    other.unwrap();
+                                    break;
+                                }
+                            };
+                        }
+                    }
+                }));
+            }
+            for t in tasks {
+                t.await.unwrap();
+            }
+        });
+        done.store(true, Relaxed);
+        let rebuilds = rebuilder.join().unwrap();
+        assert!(rebuilds >= 4, "{rebuilds}");
+        // The last rebuild's ring, now kept up to date, against a fresh index of that ring.
+        let last = rings[rebuilds % 2].clone();
+        let fresh = MerkleIndex::default();
+        assert!(fresh
+            .rebuild(&engine, last, &placement, "a", || ())
+            .unwrap());
+        assert_eq!(roots(&r.merkle), roots(&fresh));
     }
 
     /// Async writes to a few keys from many tasks, some dropped right after their first poll,
