@@ -614,12 +614,9 @@ mod tests {
             .unwrap());
     }
 
-    /// Merkle rebuilds while async writes run: a rebuild takes every stripe lock, so it sees
-    /// each write whole (its bytes and its tree update both, or neither), and the trees kept
-    /// up to date afterwards equal a rebuild from the engine at the end. Without the locks
-    /// (`|| ()` as the rebuild's writer guard) the trees drift.
-    #[test]
-    fn a_merkle_rebuild_under_concurrent_writes_sees_each_write_whole() {
+    /// A replica "a" over an engine with `--sync always` (every write waits for a commit
+    /// group), in a temporary directory.
+    fn replica_syncing_always() -> (tempfile::TempDir, Arc<Engine>, Arc<Replica>) {
         let d = tempfile::tempdir().unwrap();
         let opts = Options {
             sync: crate::storage::SyncMode::Always,
@@ -627,6 +624,16 @@ mod tests {
         };
         let engine = Arc::new(Engine::open(d.path(), opts).unwrap());
         let r = Arc::new(Replica::new(engine.clone(), "a".into()).unwrap());
+        (d, engine, r)
+    }
+
+    /// Merkle rebuilds while async writes run: a rebuild takes every stripe lock, so it sees
+    /// each write whole (its bytes and its tree update both, or neither), and the trees kept
+    /// up to date afterwards equal a rebuild from the engine at the end. Without the locks
+    /// (`|| ()` as the rebuild's writer guard) the trees drift.
+    #[test]
+    fn a_merkle_rebuild_under_concurrent_writes_sees_each_write_whole() {
+        let (_d, engine, r) = replica_syncing_always();
         let placement = kv_core::ring::Placement::Simple { n: 1 };
         // Two rings in which "a" replicates different ranges: each switch is a real rebuild.
         let rings = [
@@ -701,13 +708,7 @@ mod tests {
     fn async_writes_hold_their_key_until_applied_even_when_dropped() {
         use std::future::Future;
         use std::task::Poll;
-        let d = tempfile::tempdir().unwrap();
-        let opts = Options {
-            sync: crate::storage::SyncMode::Always,
-            ..Options::default()
-        };
-        let engine = Arc::new(Engine::open(d.path(), opts).unwrap());
-        let r = Arc::new(Replica::new(engine.clone(), "a".into()).unwrap());
+        let (_d, engine, r) = replica_syncing_always();
         index_all(&engine, &r.merkle);
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
