@@ -147,6 +147,11 @@ function renderNodes() {
     card.querySelector('h3').textContent = n.id + (n.id === serving ? ' (this node)' : '');
     card.querySelector('.addr').textContent = n.addr;
     card.querySelector('.dcrack').textContent = `${n.dc} / ${n.rack}`;
+    // The node's own words for why it refuses writes, on hover.
+    const full = card.querySelector('.disk-full-note');
+    if (full && n.disk_full_reason) full.title = n.disk_full_reason;
+    const failed = card.querySelector('.storage-failed-note');
+    if (failed && n.storage_error) failed.title = n.storage_error;
     return card;
   });
   box.replaceChildren(...cards);

@@ -743,6 +743,14 @@ fn print_status(v: &Value, env: &Env) {
         ],
         &rows,
     );
+    // Why a member refuses writes: its storage failed, or its disk is full.
+    for n in &nodes {
+        if let Some(why) = n["storage_error"].as_str() {
+            println!("{} storage failed: {why}", cell(&n["id"]));
+        } else if let Some(why) = n["disk_full_reason"].as_str() {
+            println!("{} disk full: {why}", cell(&n["id"]));
+        }
+    }
     // Data moving because of a join, a decommission or a weight change.
     for n in &nodes {
         let t = &n["transfer"];

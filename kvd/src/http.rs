@@ -300,8 +300,10 @@ pub async fn status_json(node: &Arc<Node>) -> Value {
                 "hints_pending": s.map(|s| s.hints_pending),
                 "transfer": s.and_then(|s| s.transfer.clone()),
                 "disk_full": s.map(|s| s.disk_full.is_some()),
+                "disk_full_reason": s.and_then(|s| s.disk_full.clone()),
                 "disk_free_bytes": s.and_then(|s| s.disk_free_bytes),
                 "storage_failed": s.map(|s| s.storage_error.is_some()),
+                "storage_error": s.and_then(|s| s.storage_error.clone()),
             })
         })
         .collect();

@@ -196,8 +196,13 @@ async fn a_disk_that_fails_under_a_node_stops_its_writes_visibly_and_loses_nothi
     assert_eq!(code, 0, "{err}");
     let status: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(status["nodes"][0]["storage_failed"], true, "{status}");
+    let why = status["nodes"][0]["storage_error"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(why.contains("Read-only file system"), "{status}");
     let (_, out, _) = kvcli(&["--node", &url, "status"]);
     assert!(out.contains("up, storage failed"), "{out}");
+    assert!(out.contains("storage failed: "), "{out}");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let text = std::fs::read_to_string(&log).unwrap_or_default();

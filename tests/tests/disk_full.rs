@@ -605,6 +605,9 @@ async fn a_replica_with_a_full_disk_costs_the_cluster_no_write() {
     disk_full_in_status(true);
     let (_, out, _) = kvcli(&["--node", &urls[0], "status"]);
     assert!(out.contains("up, disk full"), "{out}");
+    // With the reason, as the full node's own /health gives it.
+    let reason = format!("{} disk full: ", cluster.nodes[2].id);
+    assert!(out.contains(&reason), "{out}");
 
     // n3's volume grows; repair brings it what it refused.
     mount_tmpfs(&dir, "512m", true);

@@ -245,7 +245,10 @@ test('a member whose status says disk_full or storage_failed is marked on its ca
           return;
         }
         for (const n of Array.isArray(answer.nodes) ? answer.nodes : []) {
-          if (n.id === 'n2' && 'disk_full' in n) n.disk_full = true;
+          if (n.id === 'n2' && 'disk_full' in n) {
+            n.disk_full = true;
+            n.disk_full_reason = 'flush held up: No space left on device <b>';
+          }
           if (n.id === 'n3' && 'storage_failed' in n) n.storage_failed = true;
         }
         ws.send(JSON.stringify(answer));
@@ -254,6 +257,8 @@ test('a member whose status says disk_full or storage_failed is marked on its ca
     await tab.goto(`http://127.0.0.1:${cluster.nodes[0].port}/`);
     const card = await tab.waitForSelector('.node-card[data-node="n2"][data-disk-full="true"]', { timeout: 15_000 });
     assert.match(await card.textContent(), /disk full: writes refused/);
+    // The reason is there on hover, as text.
+    assert.equal(await card.$eval('.disk-full-note', (e) => e.title), 'flush held up: No space left on device <b>');
     assert.equal(await tab.$('.node-card[data-node="n1"][data-disk-full]'), null);
     assert.equal(await tab.$('.node-card[data-node="n1"] .disk-full-note'), null);
     // n3's storage failed (tests/tests/disk_error.rs makes a real one): its card says so.
