@@ -952,14 +952,7 @@ fn free_bytes(file: &File) -> Option<u64> {
     if let Some(free) = tests::FAKE_FREE.with(|f| f.get()) {
         return Some(free);
     }
-    // SAFETY: fstatvfs fills the zeroed struct it is given, for a descriptor `file` keeps open.
-    let st = unsafe {
-        let mut st: libc::statvfs = std::mem::zeroed();
-        if libc::fstatvfs(file.as_raw_fd(), &mut st) != 0 {
-            return None;
-        }
-        st
-    };
+    let st = statvfs(file)?;
     // SAFETY: geteuid cannot fail and touches no memory.
     let blocks = if unsafe { libc::geteuid() } == 0 {
         st.f_bfree
@@ -971,15 +964,17 @@ fn free_bytes(file: &File) -> Option<u64> {
 
 /// Size of the file system holding `file`; `None` if it does not say.
 fn fs_size(file: &File) -> Option<u64> {
-    // SAFETY: as in `free_bytes`.
-    let st = unsafe {
-        let mut st: libc::statvfs = std::mem::zeroed();
-        if libc::fstatvfs(file.as_raw_fd(), &mut st) != 0 {
-            return None;
-        }
-        st
-    };
+    let st = statvfs(file)?;
     Some(st.f_blocks.saturating_mul(st.f_frsize))
+}
+
+/// `fstatvfs` of the file system holding `file`.
+fn statvfs(file: &File) -> Option<libc::statvfs> {
+    // SAFETY: fstatvfs fills the zeroed struct it is given, for a descriptor `file` keeps open.
+    unsafe {
+        let mut st: libc::statvfs = std::mem::zeroed();
+        (libc::fstatvfs(file.as_raw_fd(), &mut st) == 0).then_some(st)
+    }
 }
 
 /// `bytes` in MiB, for messages.
