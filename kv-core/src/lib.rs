@@ -17,6 +17,7 @@
 #![deny(clippy::unwrap_used)]
 
 pub mod autoscale;
+pub mod b64url;
 pub mod counter;
 pub mod hash;
 pub mod json;

@@ -27,9 +27,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
+use crate::b64url;
 use crate::counter::{Counter, CounterError};
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
 /// The most siblings an update leaves in a set. A flood of concurrent blind writes to one key
@@ -290,11 +289,44 @@ impl VersionVector {
     /// Appends the canonical binary form: count, then (actor length, actor bytes, counter)
     /// sorted by actor, all integers as LEB128 varints.
     fn encode_into(&self, out: &mut Vec<u8>) {
-        put_varint(out, self.0.len() as u64);
-        for (actor, counter) in &self.0 {
+        self.encode_witnessing_into(out, None);
+    }
+
+    /// [`encode_into`](Self::encode_into) of the vector with `dot` witnessed (see
+    /// [`witness`](Self::witness)), without making that vector.
+    fn encode_witnessing_into(&self, out: &mut Vec<u8>, dot: Option<&Dot>) {
+        let entry = |out: &mut Vec<u8>, actor: &str, counter: u64| {
             put_varint(out, actor.len() as u64);
             out.extend_from_slice(actor.as_bytes());
-            put_varint(out, *counter);
+            put_varint(out, counter);
+        };
+        let Some(dot) = dot else {
+            put_varint(out, self.0.len() as u64);
+            for (actor, counter) in &self.0 {
+                entry(out, actor, *counter);
+            }
+            return;
+        };
+        let at = self.find(&dot.actor);
+        put_varint(out, (self.0.len() + usize::from(at.is_err())) as u64);
+        let i = match at {
+            Ok(i) | Err(i) => i,
+        };
+        for (actor, counter) in &self.0[..i] {
+            entry(out, actor, *counter);
+        }
+        let rest = match at {
+            Ok(i) => {
+                entry(out, &dot.actor, self.0[i].1.max(dot.counter));
+                &self.0[i + 1..]
+            }
+            Err(i) => {
+                entry(out, &dot.actor, dot.counter);
+                &self.0[i..]
+            }
+        };
+        for (actor, counter) in rest {
+            entry(out, actor, *counter);
         }
     }
 
@@ -328,7 +360,13 @@ impl VersionVector {
     /// The opaque causal-context string clients read and hand back: base64url (no padding) of
     /// a format byte followed by the canonical vector. The empty vector is the empty string.
     pub fn encode_context(&self) -> String {
-        if self.is_empty() {
+        self.encode_context_witnessing(None)
+    }
+
+    /// The [`encode_context`](Self::encode_context) of this vector with `dot` witnessed (see
+    /// [`witness`](Self::witness)), without making that vector.
+    pub fn encode_context_witnessing(&self, dot: Option<&Dot>) -> String {
+        if self.is_empty() && dot.is_none() {
             return String::new();
         }
         thread_local! {
@@ -340,8 +378,8 @@ impl VersionVector {
             bytes.clear();
             // Format byte, count, and per actor its length, bytes and counter (varints).
             bytes.push(FORMAT_V1);
-            self.encode_into(&mut bytes);
-            URL_SAFE_NO_PAD.encode(&*bytes)
+            self.encode_witnessing_into(&mut bytes, dot);
+            b64url::encode(&bytes)
         })
     }
 }
@@ -354,10 +392,19 @@ pub fn decode_context(s: &str) -> Result<VersionVector, VersionError> {
     if s.is_empty() {
         return Ok(VersionVector::new());
     }
-    let bytes = URL_SAFE_NO_PAD
-        .decode(s.as_bytes())
+    // Most contexts name a few actors: those decode on the stack.
+    let mut stack = [0u8; 256];
+    let mut heap = Vec::new();
+    let room = b64url::decoded_len(s.len());
+    let buf = if room <= stack.len() {
+        &mut stack[..]
+    } else {
+        heap.resize(room, 0);
+        &mut heap[..]
+    };
+    let len = b64url::decode_to_slice(s.as_bytes(), buf)
         .map_err(|e| VersionError::BadBase64(e.to_string()))?;
-    let mut r = Reader::new(&bytes);
+    let mut r = Reader::new(&buf[..len]);
     let format = r.byte("format byte")?;
     if format != FORMAT_V1 {
         return Err(VersionError::UnknownFormat(format));
@@ -1029,6 +1076,8 @@ impl<'a> Reader<'a> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine as _;
     use proptest::prelude::*;
 
     fn vv(entries: &[(&str, u64)]) -> VersionVector {
@@ -1549,6 +1598,19 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn prop_a_context_witnessing_a_dot_is_the_context_of_the_witnessed_vector(
+            v in arb_vv(),
+            actor in 0..5usize,
+            counter in 1..6u64,
+        ) {
+            let dot = Dot::new(["a", "b", "c", "d", "e"][actor], counter);
+            let mut witnessed = v.clone();
+            witnessed.witness(&dot);
+            prop_assert_eq!(v.encode_context_witnessing(Some(&dot)), witnessed.encode_context());
+            prop_assert_eq!(v.encode_context_witnessing(None), v.encode_context());
+        }
+
         #[test]
         fn prop_version_vectors_form_a_partial_order(a in arb_vv(), b in arb_vv(), c in arb_vv()) {
             prop_assert_eq!(a.compare(&a), Causality::Equal);

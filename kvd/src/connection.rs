@@ -6,12 +6,14 @@
 //! reading its answers, the socket and then the bounded write buffer fill, and the node stops
 //! reading its requests (TCP back-pressure), so an unread client cannot grow the node's memory.
 
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::future::{Fuse, FusedFuture, FutureExt};
 use futures_util::stream::FuturesUnordered;
+use futures_util::task::AtomicWaker;
 use futures_util::StreamExt;
 use kv_core::json;
 use kv_core::version::SiblingSet;
@@ -21,7 +23,7 @@ use kv_core::wire::{
 };
 use serde_json::{json, Value};
 use std::future::Future;
-use std::task::Poll;
+use std::task::{Context, Poll, Wake, Waker};
 
 use crate::coordinator;
 use crate::metrics::op_index;
@@ -73,12 +75,21 @@ pub async fn serve(node: Arc<Node>, mut ws: ServerWs<crate::tls::Io>, read_only:
     let mut idle_check = tokio::time::interval(idle_timeout / 8);
     idle_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_frame = Instant::now();
-    // One wait for the shutdown, kept across iterations: making a new one per iteration
-    // registered and removed a waiter under the watch's lock twice per request.
+    // One wait for the shutdown, kept across iterations (a new one per iteration registered
+    // and removed a waiter under the watch's lock twice per request), and polled only when it
+    // woke us: polling it again takes the lock that every connection's wait shares.
     let mut shutting_down = Box::pin(shutdown.changed());
+    let shutdown_wake = Arc::new(WakeFlag::default());
+    let shutdown_waker = Waker::from(shutdown_wake.clone());
     loop {
         let event = std::future::poll_fn(|cx| {
-            if shutting_down.as_mut().poll(cx).is_ready() {
+            shutdown_wake.task.register(cx.waker());
+            if shutdown_wake.fired.swap(false, Acquire)
+                && shutting_down
+                    .as_mut()
+                    .poll(&mut Context::from_waker(&shutdown_waker))
+                    .is_ready()
+            {
                 return Poll::Ready(Event::Shutdown);
             }
             if !inline.is_terminated() {
@@ -178,6 +189,33 @@ pub async fn serve(node: Arc<Node>, mut ws: ServerWs<crate::tls::Io>, read_only:
         }
     }
     ws.close().await;
+}
+
+/// The waker of one future that a task polls only after it woke the task: waking sets
+/// `fired` (set at first, so the future is polled once to register) and wakes the task.
+struct WakeFlag {
+    fired: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl Default for WakeFlag {
+    fn default() -> Self {
+        WakeFlag {
+            fired: AtomicBool::new(true),
+            task: AtomicWaker::new(),
+        }
+    }
+}
+
+impl Wake for WakeFlag {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.fired.store(true, Release);
+        self.task.wake();
+    }
 }
 
 /// What to do with one incoming message.

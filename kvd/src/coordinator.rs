@@ -380,7 +380,7 @@ async fn mint_on(
         return match minted {
             Ok(m) => {
                 node.count_capped(m.capped);
-                Ok((m.encoded, m.write_context.encode_context()))
+                Ok((m.encoded, m.write_context))
             }
             Err(ReplicaError::Rejected(why)) => Err(MintFailure::Rejected(why)),
             Err(e) => Err(MintFailure::Refused(e.to_string())),

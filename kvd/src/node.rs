@@ -662,7 +662,7 @@ impl Node {
                 self.count_capped(minted.capped);
                 PeerResponse::Minted {
                     state: minted.encoded,
-                    write_context: minted.write_context.encode_context(),
+                    write_context: minted.write_context,
                     capped: minted.capped,
                 }
             }

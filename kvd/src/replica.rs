@@ -86,8 +86,9 @@ pub struct Minted {
     /// `state` encoded, as stored (and as sent to the other replicas).
     pub encoded: Vec<u8>,
     /// The context to hand back to the writer: what it saw plus its own write, and nothing it
-    /// did not see (so reusing it never overwrites a concurrent sibling).
-    pub write_context: VersionVector,
+    /// did not see (so reusing it never overwrites a concurrent sibling), as the context
+    /// string clients hold.
+    pub write_context: String,
     /// Older siblings dropped by the sibling cap.
     pub capped: usize,
 }
@@ -272,7 +273,7 @@ impl Replica {
         let mut batch = WriteBatch::new();
         batch.put(ek, new_bytes.clone());
         let minted = Minted {
-            write_context: state.context().clone(),
+            write_context: state.context().encode_context(),
             state,
             encoded: new_bytes,
             capped: outcome.dropped,
@@ -381,10 +382,8 @@ impl Replica {
         // The writer saw `ctx` and wrote `dot`. A version vector can say exactly that only when
         // no other dot of this actor lies between them; otherwise hand back `ctx` alone, which
         // at worst leaves the writer's own value as a sibling of its next write.
-        let mut write_context = ctx.clone();
-        if ctx.get(&outcome.dot.actor) + 1 == outcome.dot.counter {
-            write_context.witness(&outcome.dot);
-        }
+        let exact = ctx.get(&outcome.dot.actor) + 1 == outcome.dot.counter;
+        let write_context = ctx.encode_context_witnessing(exact.then_some(&outcome.dot));
         let minted = Minted {
             state,
             encoded: new_bytes,
@@ -570,6 +569,10 @@ mod tests {
         assert!(b.read(b"j").unwrap().unwrap().is_deleted());
     }
 
+    fn context(minted: &Minted) -> VersionVector {
+        kv_core::version::decode_context(&minted.write_context).unwrap()
+    }
+
     #[test]
     fn write_context_never_covers_an_unseen_sibling() {
         let d = tempfile::tempdir().unwrap();
@@ -582,7 +585,7 @@ mod tests {
             .mint(b"k", Some(&b"y"[..]), None, &VersionVector::new(), 2)
             .unwrap();
         let third = a
-            .mint(b"k", Some(&b"z"[..]), None, &second.write_context, 3)
+            .mint(b"k", Some(&b"z"[..]), None, &context(&second), 3)
             .unwrap();
         let values = third.state.values();
         assert!(
@@ -592,7 +595,7 @@ mod tests {
         assert!(values.contains(&b"z".as_slice()));
         // The first writer's context is exact (a:1) and replaces only x.
         let fourth = a
-            .mint(b"k", Some(&b"w"[..]), None, &first.write_context, 4)
+            .mint(b"k", Some(&b"w"[..]), None, &context(&first), 4)
             .unwrap();
         assert!(!fourth.state.values().contains(&b"x".as_slice()));
     }

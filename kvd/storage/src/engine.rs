@@ -1223,27 +1223,23 @@ impl Inner {
             // when nobody goes on leading (it leads, or finds a newcomer leading, which then
             // completes it).
             let done_writers = c.waiters.partition_point(|(t, _)| *t < end);
-            let mut wake: Vec<std::thread::Thread> = Vec::with_capacity(3);
+            // At most three, on the stack: a group is committed per write or two.
+            let mut wake: [Option<std::thread::Thread>; 3] = [None, None, None];
             if !again {
-                if let Some((_, t)) = c.waiters.get(done_writers) {
-                    wake.push(t.clone());
-                }
+                wake[0] = c.waiters.get(done_writers).map(|(_, t)| t.clone());
             }
             let cm = &mut *c;
             cm.to_wake
                 .extend(cm.waiters.drain(..done_writers).map(|(_, t)| t));
-            for _ in 0..2 {
-                if let Some(t) = c.to_wake.pop_front() {
-                    wake.push(t);
-                }
-            }
+            wake[1] = c.to_wake.pop_front();
+            wake[2] = c.to_wake.pop_front();
             let upto = c.pending.partition_point(|p| p.ticket < end);
             let done: Vec<Pending> = c.pending.drain(..upto).collect();
             // An exiting commit thread waits for the queue to empty: tell it when it did.
             let wake_committer =
                 !again && c.committer_idle && (!c.pending.is_empty() || c.committer_exit);
             drop(c);
-            for t in wake {
+            for t in wake.into_iter().flatten() {
                 t.unpark();
             }
             if wake_committer {
