@@ -72,7 +72,7 @@ fn targets_for(
     default: usize,
     what: &str,
 ) -> Result<(Vec<Target>, usize), WireError> {
-    let ring = node.ring();
+    let ring = node.ring_now();
     if ring.is_empty() {
         return Err(WireError::new(
             ErrorCode::Unavailable,
@@ -81,15 +81,7 @@ fn targets_for(
     }
     let placement = node.placement(&ring);
     let n = placement.replicas().min(ring.len());
-    let q = match quorum {
-        Some(q) if q > n => {
-            return Err(WireError::bad_request(format!(
-                "{what}={q} exceeds the {n} replicas of the key"
-            )))
-        }
-        Some(q) => q,
-        None => default.min(n),
-    };
+    let q = quorum_of(n, quorum, default, what)?;
     let token = key_token(key.as_bytes());
     let targets: Vec<Target> = if sloppy {
         ring.sloppy_preference_list(token, &placement, |id| node.is_up(id))
@@ -139,6 +131,29 @@ fn targets_for(
         ));
     }
     Ok((targets, q))
+}
+
+/// The quorum a request needs of a key's `n` replicas: the one it asks for, else `default`.
+fn quorum_of(
+    n: usize,
+    quorum: Option<usize>,
+    default: usize,
+    what: &str,
+) -> Result<usize, WireError> {
+    match quorum {
+        Some(q) if q > n => Err(WireError::bad_request(format!(
+            "{what}={q} exceeds the {n} replicas of the key"
+        ))),
+        Some(q) => Ok(q),
+        None => Ok(default.min(n)),
+    }
+}
+
+/// Whether this node is the only one in the ring and none joins or leaves: then it is every
+/// key's only replica, no stand-in can exist and nothing is sent on.
+fn alone(node: &Node) -> bool {
+    let ring = node.ring_now();
+    ring.len() == 1 && ring.nodes().all(|n| n.id == node.id) && node.pending_ring().is_none()
 }
 
 /// Who a write goes to and who stands in for whom: the quorum tracker plus the sloppy-quorum
@@ -218,26 +233,11 @@ pub async fn write(
 ) -> Result<WriteResult, WireError> {
     let ctx = decode_context(&context)
         .map_err(|e| WireError::bad_request(format!("the context does not decode: {e}")))?;
-    let sloppy = sloppy.unwrap_or(node.config.sloppy);
-    let (targets, w) = targets_for(node, &key, sloppy, w, node.config.w, "W")?;
     let deadline = Instant::now() + node.config.request_timeout;
-    // While nodes join or leave, the owners-to-be also get every write (not counted in W:
-    // the current owners answer for it; the newcomers stream the rest).
-    let extras: Vec<String> = match node.pending_ring() {
-        Some(pending) => pending
-            .preference_list(key.as_bytes(), &node.placement(&pending))
-            .into_iter()
-            .filter(|id| !targets.iter().any(|t| t.node == *id))
-            .collect(),
-        None => Vec::new(),
-    };
-    // A one-node cluster: the key's only replica is here, no stand-in can exist and nothing
-    // is sent on, so no quorum is tracked (what the general path below ends with, without
-    // its lists of node ids).
-    if extras.is_empty()
-        && matches!(targets.as_slice(), [t] if t.node == node.id && t.hint_for.is_none())
-        && node.ring().len() == 1
-    {
+    // A one-node cluster: the write is minted here and that is all, so no targets are listed
+    // and no quorum is tracked (what the general path below ends with).
+    if alone(node) {
+        let w = quorum_of(1, w, node.config.w, "W")?;
         return match mint_on(node, &node.id, &key, &write, &ctx, &context, deadline).await {
             Ok((state, context)) => Ok(WriteResult {
                 counter: match write {
@@ -252,6 +252,18 @@ pub async fn write(
             }
         };
     }
+    let sloppy = sloppy.unwrap_or(node.config.sloppy);
+    let (targets, w) = targets_for(node, &key, sloppy, w, node.config.w, "W")?;
+    // While nodes join or leave, the owners-to-be also get every write (not counted in W:
+    // the current owners answer for it; the newcomers stream the rest).
+    let extras: Vec<String> = match node.pending_ring() {
+        Some(pending) => pending
+            .preference_list(key.as_bytes(), &node.placement(&pending))
+            .into_iter()
+            .filter(|id| !targets.iter().any(|t| t.node == *id))
+            .collect(),
+        None => Vec::new(),
+    };
     let mut plan = WritePlan {
         extras,
         tracker: WriteTracker::new(targets.iter().map(|t| t.node.clone()).collect(), w),

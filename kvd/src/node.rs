@@ -1,8 +1,10 @@
 //! The node: its shared state, its start-up (identity, storage, joining the cluster) and its
 //! answers to peers. Everything a request handler needs is reached from an `Arc<Node>`.
 
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use arc_swap::{ArcSwap, ArcSwapOption, Guard};
 
 use kv_core::membership::{
     DetectorConfig, Member, MemberStatus, Membership, MembershipEvent, NodeState,
@@ -32,10 +34,11 @@ pub struct Node {
     /// Gossip state and failure detection.
     pub membership: Mutex<Membership>,
     /// The ring built from the members that own tokens; swapped whole when membership changes
-    /// so that readers take a cheap snapshot.
-    ring: RwLock<Arc<Ring>>,
+    /// so that readers take a cheap snapshot. Every request reads it: through `arc-swap`, a
+    /// read writes no cache line that other threads read (a lock and an `Arc` clone did).
+    ring: ArcSwap<Ring>,
     /// While nodes join or leave: the ring with the joiners and without the leavers.
-    pending_ring: RwLock<Option<Arc<Ring>>>,
+    pending_ring: ArcSwapOption<Ring>,
     /// Outgoing peer connections.
     pub peers: PeerPool,
     /// Counters for /metrics.
@@ -200,8 +203,8 @@ impl Node {
                 .map_err(|e| Error::DataDir(format!("cannot read the stored keys: {e}")))?,
             id,
             membership: Mutex::new(membership),
-            ring: RwLock::new(Arc::new(Ring::new())),
-            pending_ring: RwLock::new(None),
+            ring: ArcSwap::from_pointee(Ring::new()),
+            pending_ring: ArcSwapOption::empty(),
             peers,
             metrics: Metrics::default(),
             anti_entropy: Default::default(),
@@ -289,7 +292,13 @@ impl Node {
 
     /// A snapshot of the ring.
     pub fn ring(&self) -> Arc<Ring> {
-        self.ring.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.ring.load_full()
+    }
+
+    /// The ring, for a look that ends before the caller next waits: no reference count is
+    /// taken (kept across many awaits, a guard may cost a full clone after all).
+    pub fn ring_now(&self) -> Guard<Arc<Ring>> {
+        self.ring.load()
     }
 
     /// Rebuilds the ring from the members that hold tokens and are not gone.
@@ -323,17 +332,14 @@ impl Node {
             p.prepare(&placement);
             Arc::new(p)
         });
-        *self.ring.write().unwrap_or_else(|p| p.into_inner()) = ring.clone();
-        *self.pending_ring.write().unwrap_or_else(|p| p.into_inner()) = pending;
+        self.ring.store(ring.clone());
+        self.pending_ring.store(pending);
         self.reindex(ring, placement);
     }
 
     /// The ring the cluster is moving to while a node joins or leaves (None when none does).
     pub fn pending_ring(&self) -> Option<Arc<Ring>> {
-        self.pending_ring
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.pending_ring.load_full()
     }
 
     /// Brings the Merkle index to the ranges this node replicates on `ring` (a scan of the
