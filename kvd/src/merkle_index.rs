@@ -12,9 +12,10 @@
 //! applied. (A read-write lock of the index's own that every write took read-shared was a
 //! cache line all writing threads bounced between them.)
 
-use std::collections::HashMap;
 use std::ops::Bound;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwapOption;
 
 use kv_core::hash::key_token;
 use kv_core::merkle::MerkleTree;
@@ -29,16 +30,34 @@ pub const LEAF_BUCKETS: usize = 1024;
 struct IndexState {
     /// The ring the ranges were computed from (to map a token to its range).
     ring: Arc<Ring>,
-    /// The ranges this node replicates, with their trees.
-    trees: HashMap<TokenRange, Mutex<MerkleTree>>,
-    /// Sorted list of the same ranges (to tell whether a new ring changes anything).
+    /// The ranges this node replicates, sorted.
     ranges: Vec<TokenRange>,
+    /// The tree of each range, in the order of `ranges`; shared with the state a new ring
+    /// with the same ranges makes.
+    trees: Arc<Vec<Mutex<MerkleTree>>>,
+}
+
+impl IndexState {
+    /// The tree of `range`, if it is one of this node's.
+    fn tree(&self, range: &TokenRange) -> Option<&Mutex<MerkleTree>> {
+        self.ranges
+            .binary_search(range)
+            .ok()
+            .map(|i| &self.trees[i])
+    }
 }
 
 /// Per-range Merkle trees of this node's data.
+///
+/// Every write reads the state, so it is swapped whole (`arc-swap`): a read writes no cache
+/// line that other writing threads read. A rebuild cannot race a write's update: both hold
+/// the key's stripe lock (see the module notes).
 #[derive(Default)]
 pub struct MerkleIndex {
-    state: RwLock<Option<IndexState>>,
+    state: ArcSwapOption<IndexState>,
+    /// Held by a rebuild from its first look at the state to its last store, so that two
+    /// rebuilds (two membership changes close together) take turns.
+    rebuilding: Mutex<()>,
 }
 
 impl MerkleIndex {
@@ -46,11 +65,13 @@ impl MerkleIndex {
     /// key's stripe lock. Returns the change as applied, for [`MerkleIndex::undo`] (none when no tree
     /// covers the key).
     pub fn update(&self, key: &[u8], old: Option<&[u8]>, new: Option<&[u8]>) -> Option<Change> {
-        let guard = self.state.read().unwrap_or_else(|p| p.into_inner());
+        let guard = self.state.load();
         let state = guard.as_ref()?;
         let range = state.ring.range_for_token(key_token(key))?;
-        let tree = state.trees.get(&range)?;
-        let mut t = tree.lock().unwrap_or_else(|p| p.into_inner());
+        let mut t = state
+            .tree(&range)?
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         let digest = |bytes: Option<&[u8]>| bytes.map_or(0, |b| MerkleTree::key_digest(key, b));
         let change = Change {
             range,
@@ -64,8 +85,12 @@ impl MerkleIndex {
     /// Takes back a change [`MerkleIndex::update`] made, for a write that was refused. The
     /// caller holds the stripe lock it held for the update (so no rebuild came between).
     pub fn undo(&self, change: &Change) {
-        let guard = self.state.read().unwrap_or_else(|p| p.into_inner());
-        if let Some(tree) = guard.as_ref().and_then(|s| s.trees.get(&change.range)) {
+        if let Some(tree) = self
+            .state
+            .load()
+            .as_ref()
+            .and_then(|s| s.tree(&change.range))
+        {
             let mut t = tree.lock().unwrap_or_else(|p| p.into_inner());
             t.xor_bucket(change.bucket, change.delta);
         }
@@ -135,31 +160,32 @@ impl MerkleIndex {
         me: &str,
         keep_writers_out: impl FnOnce() -> G,
     ) -> Result<bool, crate::storage::Error> {
+        let _turn = self.rebuilding.lock().unwrap_or_else(|p| p.into_inner());
         let mut ranges = ring.replicated_ranges(me, placement);
         ranges.sort();
-        let swap_ring = |guard: &mut Option<IndexState>, ring: &Arc<Ring>| match guard {
-            Some(state) if state.ranges == ranges => {
-                state.ring = ring.clone();
-                true
+        // The same ranges on a new ring: the trees stay, the ring they map tokens by changes.
+        let swap_ring = |ring: &Arc<Ring>| {
+            let current = self.state.load();
+            match current.as_deref() {
+                Some(state) if state.ranges == ranges => {
+                    self.state.store(Some(Arc::new(IndexState {
+                        ring: ring.clone(),
+                        ranges: state.ranges.clone(),
+                        trees: state.trees.clone(),
+                    })));
+                    true
+                }
+                _ => false,
             }
-            _ => false,
         };
-        if swap_ring(
-            &mut self.state.write().unwrap_or_else(|p| p.into_inner()),
-            &ring,
-        ) {
+        if swap_ring(&ring) {
             return Ok(false);
         }
-        // Wait for the writes in flight, and keep new ones out while scanning. This comes
-        // first: a write holding its stripe takes the state lock to update a tree.
+        // Wait for the writes in flight, and keep new ones out while scanning.
         let _writers = keep_writers_out();
-        let mut guard = self.state.write().unwrap_or_else(|p| p.into_inner());
-        if swap_ring(&mut guard, &ring) {
-            return Ok(false);
-        }
-        let mut trees: HashMap<TokenRange, MerkleTree> = ranges
+        let mut trees: Vec<MerkleTree> = ranges
             .iter()
-            .map(|r| (*r, MerkleTree::new(LEAF_BUCKETS)))
+            .map(|_| MerkleTree::new(LEAF_BUCKETS))
             .collect();
         let start = [DATA_PREFIX];
         let end = [DATA_PREFIX + 1];
@@ -169,23 +195,22 @@ impl MerkleIndex {
             let Some(range) = ring.range_for_token(key_token(uk)) else {
                 continue;
             };
-            if let Some(t) = trees.get_mut(&range) {
-                t.update(uk, None, Some(MerkleTree::key_digest(uk, &v)));
+            if let Ok(i) = ranges.binary_search(&range) {
+                trees[i].update(uk, None, Some(MerkleTree::key_digest(uk, &v)));
             }
         }
-        *guard = Some(IndexState {
+        self.state.store(Some(Arc::new(IndexState {
             ring,
-            trees: trees.into_iter().map(|(r, t)| (r, Mutex::new(t))).collect(),
             ranges,
-        });
+            trees: Arc::new(trees.into_iter().map(Mutex::new).collect()),
+        })));
         Ok(true)
     }
 
     /// The ranges indexed now.
     pub fn ranges(&self) -> Vec<TokenRange> {
         self.state
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
+            .load()
             .as_ref()
             .map(|s| s.ranges.clone())
             .unwrap_or_default()
@@ -197,9 +222,12 @@ impl MerkleIndex {
         range: &TokenRange,
         f: impl FnOnce(&mut MerkleTree) -> T,
     ) -> Option<T> {
-        let guard = self.state.read().unwrap_or_else(|p| p.into_inner());
-        let tree = guard.as_ref()?.trees.get(range)?;
-        let mut t = tree.lock().unwrap_or_else(|p| p.into_inner());
+        let guard = self.state.load();
+        let mut t = guard
+            .as_ref()?
+            .tree(range)?
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         Some(f(&mut t))
     }
 }
