@@ -48,11 +48,23 @@ print(d["ops_per_sec"], d["latency_us"]["p99"] / 1000.0)'
 }
 
 echo "kvd --sync $SYNC vs redis appendfsync $REDIS_FSYNC: $OPS ops, $CLIENTS clients, $RECORDS keys, $SIZE B values, $(nproc) cores"
+RATIOS=()
 for round in $(seq "$ROUNDS"); do
-  read -r _ rset rset99 <<<"$(redis_run | grep SET)"
-  read -r kput kput99 <<<"$(kvd_run put)"
-  read -r kget kget99 <<<"$(kvd_run get)"
-  read -r _ rget rget99 <<<"$(redis_run | grep GET)"
+  # Odd rounds run Redis first, even rounds kvd first: a machine that speeds up or slows
+  # down during a run favours neither side over an even number of rounds. Each side writes
+  # (so its keys exist) before it reads.
+  if [ $((round % 2)) -eq 1 ]; then
+    read -r _ rset rset99 <<<"$(redis_run | grep SET)"
+    read -r kput kput99 <<<"$(kvd_run put)"
+    read -r kget kget99 <<<"$(kvd_run get)"
+    read -r _ rget rget99 <<<"$(redis_run | grep GET)"
+  else
+    read -r kput kput99 <<<"$(kvd_run put)"
+    read -r _ rset rset99 <<<"$(redis_run | grep SET)"
+    read -r _ rget rget99 <<<"$(redis_run | grep GET)"
+    read -r kget kget99 <<<"$(kvd_run get)"
+  fi
+  RATIOS+=("$(python3 -c "print($kput / $rset, $kget / $rget)")")
   python3 - "$round" "$kput" "$kput99" "$rset" "$rset99" "$kget" "$kget99" "$rget" "$rget99" <<'PY'
 import sys
 r, kp, kp99, rs, rs99, kg, kg99, rg, rg99 = sys.argv[1], *map(float, sys.argv[2:])
@@ -62,3 +74,11 @@ print(f"  {'write':6} {kp:10.0f} {kp99:7.2f} {rs:12.0f} {rs99:7.2f} {kp/rs:6.2f}
 print(f"  {'read':6} {kg:10.0f} {kg99:7.2f} {rg:12.0f} {rg99:7.2f} {kg/rg:6.2f}")
 PY
 done
+if [ "$ROUNDS" -gt 1 ]; then
+  printf '%s\n' "${RATIOS[@]}" | python3 -c '
+import statistics, sys
+rows = [tuple(map(float, line.split())) for line in sys.stdin if line.strip()]
+for name, i in (("write", 0), ("read", 1)):
+    xs = [r[i] for r in rows]
+    print(f"{name} ratio over {len(xs)} rounds: median {statistics.median(xs):.2f}, min {min(xs):.2f}, max {max(xs):.2f}")'
+fi
