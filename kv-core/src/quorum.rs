@@ -287,6 +287,11 @@ pub struct ReadTracker {
     r: usize,
     /// The sync of every `Found` answer so far.
     merged: SiblingSet,
+    /// The replica whose `Found` answer is the only one so far: its set was moved into
+    /// `merged` (the sync of one set is that set) and its slot holds an empty placeholder,
+    /// until a second `Found` answer needs it back. Most reads get one answer, or answers
+    /// that agree: they copy nothing.
+    sole_found: Option<usize>,
 }
 
 impl ReadTracker {
@@ -303,6 +308,7 @@ impl ReadTracker {
             replicas: unique,
             r,
             merged: SiblingSet::new(),
+            sole_found: None,
         }
     }
 
@@ -310,12 +316,31 @@ impl ReadTracker {
     /// answers. Ignored for a node outside the list or one that already answered.
     pub fn record(&mut self, node: &str, reply: ReadReply) -> Decision {
         if let Some(i) = unanswered(&self.replicas, node) {
-            if let ReadReply::Found(set) = &reply {
-                self.merged.sync(set);
-            }
+            let reply = match reply {
+                ReadReply::Found(set) if !self.any_found() => {
+                    self.merged = set;
+                    self.sole_found = Some(i);
+                    ReadReply::Found(SiblingSet::new())
+                }
+                ReadReply::Found(set) => {
+                    if let Some(first) = self.sole_found.take() {
+                        self.replicas[first].1 = Some(ReadReply::Found(self.merged.clone()));
+                    }
+                    self.merged.sync(&set);
+                    ReadReply::Found(set)
+                }
+                other => other,
+            };
             self.replicas[i].1 = Some(reply);
         }
         self.decision()
+    }
+
+    /// Whether a `Found` answer was recorded.
+    fn any_found(&self) -> bool {
+        self.replicas
+            .iter()
+            .any(|(_, o)| matches!(o, Some(ReadReply::Found(_))))
     }
 
     /// The decision from the answers recorded so far.
@@ -380,6 +405,9 @@ impl ReadTracker {
         let empty = SiblingSet::new();
         self.replicas
             .iter()
+            .enumerate()
+            .filter(|(i, _)| Some(*i) != self.sole_found)
+            .map(|(_, r)| r)
             .filter(|(_, o)| match o {
                 Some(ReadReply::Found(set)) => *set != self.merged,
                 Some(ReadReply::NotFound) => self.merged != empty,
@@ -630,6 +658,46 @@ mod tests {
             }
             prop_assert_eq!(wt.acks(), ok);
             prop_assert_eq!(rt.answers(), ok);
+        }
+
+        /// The merge and the stale replicas are those of every answer kept whole: the sync
+        /// of the `Found` sets, and each answer that differs from it.
+        #[test]
+        fn prop_reads_merge_and_name_stale_replicas_as_if_every_answer_were_kept(
+            replies in proptest::collection::vec((0..4usize, 0..4u8), 0..10),
+        ) {
+            // Answers 0..2 are three sets a replica may hold (two concurrent, one newer than
+            // the first); 3 is "not found".
+            let first = set_with("a", "one");
+            let concurrent = set_with("b", "two");
+            let mut newer = first.clone();
+            let ctx = newer.context().clone();
+            newer.update(&ctx, "a", Some(b"three".to_vec()), 2);
+            let sets = [first, concurrent, newer];
+            let mut t = ReadTracker::new(nodes(4), 1);
+            let mut kept: Vec<(String, Option<SiblingSet>)> = Vec::new();
+            for (who, kind) in replies {
+                let node = format!("n{who}");
+                if kept.iter().any(|(n, _)| *n == node) {
+                    continue;
+                }
+                let set = sets.get(kind as usize).cloned();
+                kept.push((node.clone(), set.clone()));
+                t.record(&node, set.map_or(ReadReply::NotFound, ReadReply::Found));
+            }
+            let mut merged = SiblingSet::new();
+            for set in kept.iter().filter_map(|(_, s)| s.as_ref()) {
+                merged.sync(set);
+            }
+            let mut stale: Vec<String> = kept
+                .iter()
+                .filter(|(_, s)| s.as_ref().map_or(merged != SiblingSet::new(), |s| *s != merged))
+                .map(|(n, _)| n.clone())
+                .collect();
+            stale.sort();
+            prop_assert_eq!(t.merged_ref(), &merged);
+            prop_assert_eq!(t.stale_replicas(), stale);
+            prop_assert_eq!(t.into_merged(), merged);
         }
     }
 }
