@@ -516,7 +516,7 @@ async fn run(node: &Arc<Node>, op: ClientOp, sloppy: Option<bool>) -> Result<Ans
                     .await?
                     .unwrap_or_default()
             } else {
-                coordinator::read(node, key.clone(), r, sloppy).await?
+                coordinator::read(node, &key, r, sloppy).await?
             };
             return Ok(Answer::Get { key, state });
         }
@@ -531,7 +531,7 @@ async fn run(node: &Arc<Node>, op: ClientOp, sloppy: Option<bool>) -> Result<Ans
                 value,
                 ttl_ms: ttl_s.map(|t| t.saturating_mul(1000)),
             };
-            let res = coordinator::write(node, key.clone(), write, context, w, sloppy).await?;
+            let res = coordinator::write(node, &key, write, context, w, sloppy).await?;
             return Ok(Answer::Written {
                 key,
                 context: res.context,
@@ -543,7 +543,7 @@ async fn run(node: &Arc<Node>, op: ClientOp, sloppy: Option<bool>) -> Result<Ans
                 None => Box::pin(context_to_delete(node, &key, sloppy)).await?,
             };
             let write = coordinator::Write::Delete;
-            let res = coordinator::write(node, key.clone(), write, context, w, sloppy).await?;
+            let res = coordinator::write(node, &key, write, context, w, sloppy).await?;
             return Ok(Answer::Written {
                 key,
                 context: res.context,
@@ -551,8 +551,7 @@ async fn run(node: &Arc<Node>, op: ClientOp, sloppy: Option<bool>) -> Result<Ans
         }
         ClientOp::Incr { key, by, w } => {
             let write = coordinator::Write::Increment { by };
-            let res =
-                coordinator::write(node, key.clone(), write, String::new(), w, sloppy).await?;
+            let res = coordinator::write(node, &key, write, String::new(), w, sloppy).await?;
             return Ok(Answer::Incremented {
                 key,
                 value: res.counter.unwrap_or(0),
@@ -596,7 +595,7 @@ async fn context_to_delete(
     key: &str,
     sloppy: Option<bool>,
 ) -> Result<String, WireError> {
-    match coordinator::read(node, key.to_string(), None, sloppy).await {
+    match coordinator::read(node, key, None, sloppy).await {
         Ok(state) => Ok(state.context().encode_context()),
         Err(e) => Err(WireError::new(
             e.code,

@@ -225,7 +225,7 @@ pub enum Write {
 /// that fail late by stand-ins with hints) continues in the background.
 pub async fn write(
     node: &Arc<Node>,
-    key: String,
+    key: &str,
     write: Write,
     context: String,
     w: Option<usize>,
@@ -238,7 +238,7 @@ pub async fn write(
     // and no quorum is tracked (what the general path below ends with).
     if alone(node) {
         let w = quorum_of(1, w, node.config.w, "W")?;
-        return match mint_on(node, &node.id, &key, &write, &ctx, &context, deadline).await {
+        return match mint_on(node, &node.id, key, &write, &ctx, &context, deadline).await {
             Ok((state, context)) => Ok(WriteResult {
                 counter: match write {
                     Write::Increment { .. } => Some(counter_value(&state)?),
@@ -253,7 +253,7 @@ pub async fn write(
         };
     }
     let sloppy = sloppy.unwrap_or(node.config.sloppy);
-    let (targets, w) = targets_for(node, &key, sloppy, w, node.config.w, "W")?;
+    let (targets, w) = targets_for(node, key, sloppy, w, node.config.w, "W")?;
     // While nodes join or leave, the owners-to-be also get every write (not counted in W:
     // the current owners answer for it; the newcomers stream the rest).
     let extras: Vec<String> = match node.pending_ring() {
@@ -286,7 +286,7 @@ pub async fn write(
     order.extend(replicas.filter(|p| *p != node.id));
     let mut minted: Option<(String, Vec<u8>, String)> = None;
     for cand in order {
-        match mint_on(node, cand, &key, &write, &ctx, &context, deadline).await {
+        match mint_on(node, cand, key, &write, &ctx, &context, deadline).await {
             Ok((state, wctx)) => {
                 plan.tracker.record(cand, ReplicaOutcome::Ack);
                 minted = Some((cand.to_string(), state, wctx));
@@ -342,7 +342,7 @@ pub async fn write(
             counter,
         });
     }
-    let mut fan = FanOut::start(node, key, state, &minter, plan, deadline);
+    let mut fan = FanOut::start(node, key.to_string(), state, &minter, plan, deadline);
     let decided = loop {
         match fan.plan.tracker.decision() {
             Decision::Succeeded => break Ok(()),
@@ -616,12 +616,12 @@ async fn call(
 /// Coordinates a read: the merged sibling set of R replicas (empty when the key is absent).
 pub async fn read(
     node: &Arc<Node>,
-    key: String,
+    key: &str,
     r: Option<usize>,
     sloppy: Option<bool>,
 ) -> Result<SiblingSet, WireError> {
     let sloppy = sloppy.unwrap_or(node.config.sloppy);
-    let (targets, r) = targets_for(node, &key, sloppy, r, node.config.r, "R")?;
+    let (targets, r) = targets_for(node, key, sloppy, r, node.config.r, "R")?;
     let deadline = Instant::now() + node.config.request_timeout;
     let mut tracker = ReadTracker::new(targets.iter().map(|t| t.node.clone()).collect(), r);
     let stand_ins: Vec<String> = targets
@@ -661,7 +661,7 @@ pub async fn read(
                 }
             }
         }
-        let (node, key) = (node.clone(), key.clone());
+        let (node, key) = (node.clone(), key.to_string());
         running
             .get_or_insert_with(FuturesUnordered::new)
             .push(Box::pin(async move {
@@ -700,7 +700,7 @@ pub async fn read(
     let mut running = running.unwrap_or_default();
     // Read repair: wait for the remaining answers (until the deadline), then bring every
     // replica that answered something older than the merge up to date.
-    let node = node.clone();
+    let (node, key) = (node.clone(), key.to_string());
     tokio::spawn(async move {
         while let Ok(Some((from, reply))) =
             tokio::time::timeout_at(deadline.into(), running.next()).await
