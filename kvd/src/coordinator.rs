@@ -235,10 +235,10 @@ pub async fn write(
         .map_err(|e| WireError::bad_request(format!("the context does not decode: {e}")))?;
     let deadline = Instant::now() + node.config.request_timeout;
     // A one-node cluster: the write is minted here and that is all, so no targets are listed
-    // and no quorum is tracked (what the general path below ends with).
+    // and no quorum is tracked (what `write_replicated` ends with).
     if alone(node) {
         let w = quorum_of(1, w, node.config.w, "W")?;
-        return match mint_on(node, &node.id, key, &write, &ctx, &context, deadline).await {
+        return match mint_here(node, key, &write, &ctx).await {
             Ok((state, context)) => Ok(WriteResult {
                 counter: match write {
                     Write::Increment { .. } => Some(counter_value(&state)?),
@@ -252,6 +252,27 @@ pub async fn write(
             }
         };
     }
+    // Boxed: this was the largest branch of a request's future, and every request's future
+    // is as large as its largest branch and is moved whole (2,280 bytes with it, 1,712 now).
+    Box::pin(write_replicated(
+        node, key, write, ctx, &context, w, sloppy, deadline,
+    ))
+    .await
+}
+
+/// [`write`] on a cluster of more than this node: minted on one replica, sent to the others
+/// and counted against W, with stand-ins under a sloppy quorum.
+#[allow(clippy::too_many_arguments)]
+async fn write_replicated(
+    node: &Arc<Node>,
+    key: &str,
+    write: Write,
+    ctx: kv_core::version::VersionVector,
+    context: &str,
+    w: Option<usize>,
+    sloppy: Option<bool>,
+    deadline: Instant,
+) -> Result<WriteResult, WireError> {
     let sloppy = sloppy.unwrap_or(node.config.sloppy);
     let (targets, w) = targets_for(node, key, sloppy, w, node.config.w, "W")?;
     // While nodes join or leave, the owners-to-be also get every write (not counted in W:
@@ -286,7 +307,7 @@ pub async fn write(
     order.extend(replicas.filter(|p| *p != node.id));
     let mut minted: Option<(String, Vec<u8>, String)> = None;
     for cand in order {
-        match mint_on(node, cand, key, &write, &ctx, &context, deadline).await {
+        match mint_on(node, cand, key, &write, &ctx, context, deadline).await {
             Ok((state, wctx)) => {
                 plan.tracker.record(cand, ReplicaOutcome::Ack);
                 minted = Some((cand.to_string(), state, wctx));
@@ -385,18 +406,7 @@ async fn mint_on(
         Write::Delete | Write::Increment { .. } => (None, None),
     };
     if cand == node.id {
-        let minted = match write {
-            Write::Increment { by } => node.increment(key, *by, crate::now_ms()).await,
-            _ => node.mint(key, value, ttl_ms, ctx, crate::now_ms()).await,
-        };
-        return match minted {
-            Ok(m) => {
-                node.count_capped(m.capped);
-                Ok((m.encoded, m.write_context))
-            }
-            Err(ReplicaError::Rejected(why)) => Err(MintFailure::Rejected(why)),
-            Err(e) => Err(MintFailure::Refused(e.to_string())),
-        };
+        return mint_here(node, key, write, ctx).await;
     }
     let req = match write {
         Write::Increment { by } => PeerRequest::Increment {
@@ -421,6 +431,31 @@ async fn mint_on(
         Err(e @ (PeerError::ConnectionLost | PeerError::Timeout)) => {
             Err(MintFailure::Unknown(e.to_string()))
         }
+        Err(e) => Err(MintFailure::Refused(e.to_string())),
+    }
+}
+
+/// [`mint_on`] this node.
+async fn mint_here(
+    node: &Arc<Node>,
+    key: &str,
+    write: &Write,
+    ctx: &kv_core::version::VersionVector,
+) -> Result<(Vec<u8>, String), MintFailure> {
+    let minted = match write {
+        Write::Increment { by } => node.increment(key, *by, crate::now_ms()).await,
+        Write::Value { value, ttl_ms } => {
+            node.mint(key, Some(value), *ttl_ms, ctx, crate::now_ms())
+                .await
+        }
+        Write::Delete => node.mint(key, None, None, ctx, crate::now_ms()).await,
+    };
+    match minted {
+        Ok(m) => {
+            node.count_capped(m.capped);
+            Ok((m.encoded, m.write_context))
+        }
+        Err(ReplicaError::Rejected(why)) => Err(MintFailure::Rejected(why)),
         Err(e) => Err(MintFailure::Refused(e.to_string())),
     }
 }
