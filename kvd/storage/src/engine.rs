@@ -1223,7 +1223,9 @@ impl Inner {
             // when nobody goes on leading (it leads, or finds a newcomer leading, which then
             // completes it).
             let done_writers = c.waiters.partition_point(|(t, _)| *t < end);
-            // At most three, on the stack: a group is committed per write or two.
+            // At most three (the next group's first writer, and two of the writers this group
+            // completed, each of whom wakes two more), so on the stack: a Vec was an
+            // allocation per group.
             let mut wake: [Option<std::thread::Thread>; 3] = [None, None, None];
             if !again {
                 wake[0] = c.waiters.get(done_writers).map(|(_, t)| t.clone());
