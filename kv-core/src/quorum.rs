@@ -288,7 +288,7 @@ pub struct ReadTracker {
     /// The sync of every `Found` answer so far.
     merged: SiblingSet,
     /// The replica whose `Found` answer is the only one so far: its set was moved into
-    /// `merged` (the sync of one set is that set) and its slot holds an empty placeholder,
+    /// `merged` (the sync of one set is that set) and its slot holds an empty set in its place,
     /// until a second `Found` answer needs it back. Most reads get one answer, or answers
     /// that agree: they copy nothing.
     sole_found: Option<usize>,
