@@ -288,9 +288,9 @@ pub struct ReadTracker {
     /// The sync of every `Found` answer so far.
     merged: SiblingSet,
     /// The replica whose `Found` answer is the only one so far: its set was moved into
-    /// `merged` (the sync of one set is that set) and its slot holds an empty set in its place,
-    /// until a second `Found` answer needs it back. Most reads get one answer, or answers
-    /// that agree: they copy nothing.
+    /// `merged` (the sync of one set is that set) and its slot holds an empty set instead,
+    /// until a second `Found` answer needs the original back (cloned from `merged` then). A
+    /// read with one `Found` answer (R=1, or a one-node cluster) copies nothing.
     sole_found: Option<usize>,
 }
 
