@@ -333,28 +333,7 @@ impl VersionVector {
     /// Reads what [`encode_into`](Self::encode_into) wrote, rejecting non-canonical input
     /// (unsorted or repeated actors, zero counters).
     fn decode_from(r: &mut Reader<'_>) -> Result<VersionVector, VersionError> {
-        let count = r.varint("vector length")?;
-        let mut map: Vec<(String, u64)> = Vec::with_capacity(count.min(64) as usize);
-        for _ in 0..count {
-            let offset = r.pos;
-            let actor = r.string("actor")?;
-            let counter = r.varint("counter")?;
-            if counter == 0 {
-                return Err(VersionError::Malformed {
-                    what: "zero counter in a version vector",
-                    offset,
-                });
-            }
-            // Strictly ascending: the previous actor is the map's last key.
-            if map.last().is_some_and(|(prev, _)| *prev >= actor) {
-                return Err(VersionError::Malformed {
-                    what: "version vector actors not in strictly ascending order",
-                    offset,
-                });
-            }
-            map.push((actor, counter));
-        }
-        Ok(VersionVector(map))
+        decode_entries(r, str::to_string).map(VersionVector)
     }
 
     /// The opaque causal-context string clients read and hand back: base64url (no padding) of
@@ -382,6 +361,37 @@ impl VersionVector {
             b64url::encode(&bytes)
         })
     }
+}
+
+/// The entries of an encoded version vector (see `VersionVector::encode_into`), each actor
+/// made by `make` from the input's string (owned, or the borrowed string itself). Rejects
+/// non-canonical input (unsorted or repeated actors, zero counters).
+fn decode_entries<'a, A: AsRef<str>>(
+    r: &mut Reader<'a>,
+    make: impl Fn(&'a str) -> A,
+) -> Result<Vec<(A, u64)>, VersionError> {
+    let count = r.varint("vector length")?;
+    let mut map: Vec<(A, u64)> = Vec::with_capacity(count.min(64) as usize);
+    for _ in 0..count {
+        let offset = r.pos;
+        let actor = r.str("actor")?;
+        let counter = r.varint("counter")?;
+        if counter == 0 {
+            return Err(VersionError::Malformed {
+                what: "zero counter in a version vector",
+                offset,
+            });
+        }
+        // Strictly ascending: the previous actor is the map's last key.
+        if map.last().is_some_and(|(prev, _)| prev.as_ref() >= actor) {
+            return Err(VersionError::Malformed {
+                what: "version vector actors not in strictly ascending order",
+                offset,
+            });
+        }
+        map.push((make(actor), counter));
+    }
+    Ok(map)
 }
 
 /// The causal context a client hands back, as the string [`VersionVector::encode_context`]
@@ -866,13 +876,13 @@ impl SiblingSet {
             put_varint(&mut out, s.dot.counter);
             put_varint(&mut out, s.timestamp_ms);
             match (&s.value, s.expires_at_ms) {
-                (None, _) => out.push(0),
+                (None, _) => out.push(TAG_TOMBSTONE),
                 (Some(v), expires) => {
                     match expires {
-                        None if s.counter => out.push(3),
-                        None => out.push(1),
+                        None if s.counter => out.push(TAG_COUNTER),
+                        None => out.push(TAG_VALUE),
                         Some(at) => {
-                            out.push(2);
+                            out.push(TAG_EXPIRING);
                             put_varint(&mut out, at);
                         }
                     }
@@ -890,71 +900,141 @@ impl SiblingSet {
     /// encoding never holds (unsorted entries, a dot not covered by the context, zero
     /// counters). Never panics and never allocates more than the input's size.
     pub fn decode(bytes: &[u8]) -> Result<SiblingSet, VersionError> {
-        let mut r = Reader::new(bytes);
-        let format = r.byte("format byte")?;
-        if format != FORMAT_V1 {
-            return Err(VersionError::UnknownFormat(format));
-        }
-        let cc = VersionVector::decode_from(&mut r)?;
-        let actors: Vec<&str> = cc.iter().map(|(a, _)| a).collect();
-        let count = r.varint("sibling count")?;
-        let mut siblings: Vec<Sibling> = Vec::new();
-        for _ in 0..count {
-            let offset = r.pos;
-            let index = r.varint("dot actor index")?;
-            let actor = usize::try_from(index)
-                .ok()
-                .and_then(|i| actors.get(i))
-                .ok_or(VersionError::Malformed {
-                    what: "dot actor index outside the context",
-                    offset,
-                })?;
-            let counter = r.varint("dot counter")?;
-            let dot = Dot::new(*actor, counter);
-            if counter == 0 || !cc.covers(&dot) {
-                return Err(VersionError::Malformed {
-                    what: "dot counter zero or not covered by the context",
-                    offset,
-                });
-            }
-            if let Some(prev) = siblings.last() {
-                if prev.dot >= dot {
-                    return Err(VersionError::Malformed {
-                        what: "siblings not in strictly ascending dot order",
-                        offset,
-                    });
-                }
-            }
-            let timestamp_ms = r.varint("timestamp")?;
-            let tag_offset = r.pos;
-            let tag = r.byte("value tag")?;
-            let (value, expires_at_ms) = match tag {
-                0 => (None, None),
-                1..=3 => {
-                    let expires = match tag {
-                        2 => Some(r.varint("expiry time")?),
-                        _ => None,
-                    };
-                    let len = r.varint("value length")?;
-                    (Some(r.bytes(len, "value")?.to_vec()), expires)
-                }
-                _ => {
-                    return Err(VersionError::Malformed {
-                        what: "value tag is not 0, 1, 2 or 3",
-                        offset: tag_offset,
-                    })
-                }
-            };
+        let mut siblings = Vec::new();
+        let cc = parse_set(bytes, str::to_string, |cc, s| {
             siblings.push(Sibling {
-                dot,
-                value,
-                timestamp_ms,
-                expires_at_ms,
-                counter: tag == 3,
-            });
+                dot: Dot::new(cc[s.actor].0.as_str(), s.counter),
+                value: (s.tag != TAG_TOMBSTONE).then(|| s.value.to_vec()),
+                timestamp_ms: s.timestamp_ms,
+                expires_at_ms: s.expires_at_ms,
+                counter: s.tag == TAG_COUNTER,
+            })
+        })?;
+        Ok(SiblingSet {
+            cc: VersionVector(cc),
+            siblings,
+        })
+    }
+
+    /// [`update_expiring`](Self::update_expiring) on the set encoded as `old` (`None`: a key
+    /// never written), answered encoded: the same bytes as decoding `old`, updating and
+    /// encoding, and the same outcome, without copying the siblings that stay (their encoding
+    /// is copied whole) or building the set. A replica's write path, which stores bytes only.
+    ///
+    /// Errors: those of [`decode`](Self::decode) for `old`.
+    pub fn update_encoded(
+        old: Option<&[u8]>,
+        ctx: &VersionVector,
+        actor: &str,
+        value: Option<&[u8]>,
+        now_ms: u64,
+        ttl_ms: Option<u64>,
+    ) -> Result<(Vec<u8>, UpdateOutcome), VersionError> {
+        let mut siblings = Vec::new();
+        let old_cc = match old {
+            Some(bytes) => parse_set(bytes, |a| a, |_, s| siblings.push(s))?,
+            None => Vec::new(),
+        };
+        // What `apply_write` retains: not overwritten by `ctx`, not expired, not a plain value
+        // equal to a plain value written now.
+        let plain = value.is_some() && ttl_ms.is_none();
+        let keep = |s: &RawSibling<'_>| {
+            s.counter > ctx.get(old_cc[s.actor].0)
+                && s.expires_at_ms.is_none_or(|at| at > now_ms)
+                && !(plain && s.tag == TAG_VALUE && Some(s.value) == value)
+        };
+        let kept = siblings.iter().filter(|s| keep(s)).count();
+        if kept >= MAX_SIBLINGS {
+            // The cap drops siblings: the rare case, taken the long way.
+            let mut set = match old {
+                Some(bytes) => SiblingSet::decode(bytes)?,
+                None => SiblingSet::new(),
+            };
+            let outcome =
+                set.update_expiring(ctx, actor, value.map(<[u8]>::to_vec), now_ms, ttl_ms);
+            return Ok((set.encode(), outcome));
         }
-        r.finish()?;
-        Ok(SiblingSet { cc, siblings })
+        // The new context: the stored one merged with the writer's (both sorted by actor),
+        // then the writer's dot.
+        let mut cc: Vec<(&str, u64)> = Vec::with_capacity(old_cc.len() + ctx.len() + 1);
+        let (mut ours, mut theirs) = (old_cc.iter().peekable(), ctx.iter().peekable());
+        loop {
+            let next = match (ours.peek(), theirs.peek()) {
+                (Some(&&(a, c)), Some(&(b, d))) => match a.cmp(b) {
+                    std::cmp::Ordering::Less => ours.next().map(|_| (a, c)),
+                    std::cmp::Ordering::Greater => theirs.next().map(|_| (b, d)),
+                    std::cmp::Ordering::Equal => {
+                        theirs.next();
+                        ours.next().map(|_| (a, c.max(d)))
+                    }
+                },
+                (Some(_), None) => ours.next().copied(),
+                (None, Some(_)) => theirs.next(),
+                (None, None) => break,
+            };
+            cc.extend(next);
+        }
+        let counter = match cc.binary_search_by(|(a, _)| (*a).cmp(actor)) {
+            Ok(i) => {
+                cc[i].1 = cc[i].1.saturating_add(1);
+                cc[i].1
+            }
+            Err(i) => {
+                cc.insert(i, (actor, 1));
+                1
+            }
+        };
+        let index = |a: &str| cc.binary_search_by(|(x, _)| (*x).cmp(a)).unwrap_or(0);
+
+        let mut out = Vec::with_capacity(
+            old.map_or(0, <[u8]>::len) + value.map_or(0, <[u8]>::len) + 32 * (cc.len() + 1),
+        );
+        out.push(FORMAT_V1);
+        put_varint(&mut out, cc.len() as u64);
+        for (a, c) in &cc {
+            put_varint(&mut out, a.len() as u64);
+            out.extend_from_slice(a.as_bytes());
+            put_varint(&mut out, *c);
+        }
+        put_varint(&mut out, kept as u64 + 1);
+        // The new sibling goes before the first one whose dot is not below its own.
+        let write_new = |out: &mut Vec<u8>| {
+            put_varint(out, index(actor) as u64);
+            put_varint(out, counter);
+            put_varint(out, now_ms);
+            match value {
+                None => out.push(TAG_TOMBSTONE),
+                Some(v) => {
+                    match ttl_ms {
+                        None => out.push(TAG_VALUE),
+                        Some(t) => {
+                            out.push(TAG_EXPIRING);
+                            put_varint(out, now_ms.saturating_add(t));
+                        }
+                    }
+                    put_varint(out, v.len() as u64);
+                    out.extend_from_slice(v);
+                }
+            }
+        };
+        let mut pending = true;
+        for s in siblings.iter().filter(|s| keep(s)) {
+            let a = old_cc[s.actor].0;
+            if pending && (a, s.counter) >= (actor, counter) {
+                write_new(&mut out);
+                pending = false;
+            }
+            put_varint(&mut out, index(a) as u64);
+            out.extend_from_slice(s.tail);
+        }
+        if pending {
+            write_new(&mut out);
+        }
+        let outcome = UpdateOutcome {
+            dot: Dot::new(actor, counter),
+            dropped: 0,
+        };
+        Ok((out, outcome))
     }
 }
 
@@ -970,6 +1050,105 @@ impl<'de> Deserialize<'de> for SiblingSet {
         let bytes: Vec<u8> = Deserialize::deserialize(deserializer)?;
         SiblingSet::decode(&bytes).map_err(serde::de::Error::custom)
     }
+}
+
+/// Value tags of the encoding (see [`SiblingSet::encode`]).
+const TAG_TOMBSTONE: u8 = 0;
+const TAG_VALUE: u8 = 1;
+const TAG_EXPIRING: u8 = 2;
+const TAG_COUNTER: u8 = 3;
+
+/// One sibling of an encoded set, read in place by [`parse_set`].
+struct RawSibling<'a> {
+    /// Its dot's actor, as a position in the set's context.
+    actor: usize,
+    counter: u64,
+    timestamp_ms: u64,
+    tag: u8,
+    expires_at_ms: Option<u64>,
+    /// The value's bytes (empty for a tombstone).
+    value: &'a [u8],
+    /// Its encoding after the actor's position: counter, timestamp, tag, expiry, value.
+    tail: &'a [u8],
+}
+
+/// Reads an encoded sibling set in place, checked as [`SiblingSet::decode`] checks it: calls
+/// `sibling` on each sibling in order, then gives the context, its actors made by `make` (see
+/// [`decode_entries`]).
+fn parse_set<'a, A: AsRef<str>>(
+    bytes: &'a [u8],
+    make: impl Fn(&'a str) -> A,
+    mut sibling: impl FnMut(&[(A, u64)], RawSibling<'a>),
+) -> Result<Vec<(A, u64)>, VersionError> {
+    let mut r = Reader::new(bytes);
+    let format = r.byte("format byte")?;
+    if format != FORMAT_V1 {
+        return Err(VersionError::UnknownFormat(format));
+    }
+    let cc = decode_entries(&mut r, make)?;
+    let count = r.varint("sibling count")?;
+    // The previous sibling's dot: its actor's position and its counter.
+    let mut prev: Option<(usize, u64)> = None;
+    for _ in 0..count {
+        let offset = r.pos;
+        let index = r.varint("dot actor index")?;
+        let actor = usize::try_from(index)
+            .ok()
+            .filter(|i| *i < cc.len())
+            .ok_or(VersionError::Malformed {
+                what: "dot actor index outside the context",
+                offset,
+            })?;
+        let tail_start = r.pos;
+        let counter = r.varint("dot counter")?;
+        if counter == 0 || counter > cc[actor].1 {
+            return Err(VersionError::Malformed {
+                what: "dot counter zero or not covered by the context",
+                offset,
+            });
+        }
+        if let Some((prev_actor, prev_counter)) = prev {
+            if (cc[prev_actor].0.as_ref(), prev_counter) >= (cc[actor].0.as_ref(), counter) {
+                return Err(VersionError::Malformed {
+                    what: "siblings not in strictly ascending dot order",
+                    offset,
+                });
+            }
+        }
+        prev = Some((actor, counter));
+        let timestamp_ms = r.varint("timestamp")?;
+        let tag_offset = r.pos;
+        let tag = r.byte("value tag")?;
+        let (value, expires_at_ms) = match tag {
+            TAG_TOMBSTONE => (&[][..], None),
+            TAG_VALUE..=TAG_COUNTER => {
+                let expires = match tag {
+                    TAG_EXPIRING => Some(r.varint("expiry time")?),
+                    _ => None,
+                };
+                let len = r.varint("value length")?;
+                (r.bytes(len, "value")?, expires)
+            }
+            _ => {
+                return Err(VersionError::Malformed {
+                    what: "value tag is not 0, 1, 2 or 3",
+                    offset: tag_offset,
+                })
+            }
+        };
+        let raw = RawSibling {
+            actor,
+            counter,
+            timestamp_ms,
+            tag,
+            expires_at_ms,
+            value,
+            tail: &bytes[tail_start..r.pos],
+        };
+        sibling(&cc, raw);
+    }
+    r.finish()?;
+    Ok(cc)
 }
 
 /// Appends `v` as an unsigned LEB128 varint.
@@ -1052,15 +1231,18 @@ impl<'a> Reader<'a> {
     }
 
     pub(crate) fn string(&mut self, what: &'static str) -> Result<String, VersionError> {
+        self.str(what).map(str::to_string)
+    }
+
+    /// A length-prefixed UTF-8 string, borrowed from the input.
+    pub(crate) fn str(&mut self, what: &'static str) -> Result<&'a str, VersionError> {
         let len = self.varint(what)?;
         let offset = self.pos;
         let raw = self.bytes(len, what)?;
-        std::str::from_utf8(raw)
-            .map(str::to_string)
-            .map_err(|_| VersionError::Malformed {
-                what: "actor is not UTF-8",
-                offset,
-            })
+        std::str::from_utf8(raw).map_err(|_| VersionError::Malformed {
+            what: "actor is not UTF-8",
+            offset,
+        })
     }
 
     pub(crate) fn finish(&self) -> Result<(), VersionError> {
@@ -1334,6 +1516,66 @@ mod tests {
         other.update(&VersionVector::new(), "A", val("0"), 1_000);
         other.sync(&s);
         assert_eq!(other, s);
+    }
+
+    /// `update_encoded` against decode, update, encode.
+    fn check_update_encoded(
+        old: &SiblingSet,
+        ctx: &VersionVector,
+        actor: &str,
+        value: Option<&[u8]>,
+        now_ms: u64,
+        ttl_ms: Option<u64>,
+    ) {
+        let mut want = old.clone();
+        let outcome = want.update_expiring(ctx, actor, value.map(<[u8]>::to_vec), now_ms, ttl_ms);
+        let stored =
+            (!old.is_empty() || old.context() != &VersionVector::new()).then(|| old.encode());
+        let got = SiblingSet::update_encoded(stored.as_deref(), ctx, actor, value, now_ms, ttl_ms);
+        assert_eq!(got.unwrap(), (want.encode(), outcome));
+    }
+
+    #[test]
+    fn an_update_of_the_encoded_set_is_the_update_of_the_set() {
+        let none = VersionVector::new();
+        let mut s = SiblingSet::new();
+        check_update_encoded(&s, &none, "b", Some(b"v"), 5, None);
+        s.update(&none, "b", val("v1"), 1);
+        s.update(&none, "d", val("v2"), 2);
+        s.update_expiring(&none, "a", val("short"), 3, Some(10));
+        let ctx = s.context().clone();
+        // A new actor sorts first, between and last; the context may name actors the set
+        // does not; a write may cover everything, part or nothing.
+        for actor in ["a", "c", "e", "b"] {
+            for ctx in [
+                none.clone(),
+                ctx.clone(),
+                vv(&[("b", 1), ("z", 3)]),
+                vv(&[("c", 9)]),
+            ] {
+                for value in [None, Some(&b"v1"[..]), Some(&b"new"[..])] {
+                    for ttl in [None, Some(4)] {
+                        for now in [4, 13, 100] {
+                            check_update_encoded(&s, &ctx, actor, value, now, ttl);
+                        }
+                    }
+                }
+            }
+        }
+        // At the cap, the oldest sibling goes, as in `update`.
+        let mut full = SiblingSet::new();
+        for i in 0..MAX_SIBLINGS as u64 {
+            full.update(&none, "A", val(&i.to_string()), 1_000 + i);
+        }
+        check_update_encoded(&full, &none, "B", Some(b"skewed"), 1, None);
+        check_update_encoded(&full, &none, "A", Some(b"3"), 2_000, None);
+        // Stored bytes that do not decode fail as decoding fails.
+        let mut bad = s.encode();
+        bad.push(0);
+        assert_eq!(
+            SiblingSet::update_encoded(Some(&bad), &none, "a", None, 1, None).unwrap_err(),
+            SiblingSet::decode(&bad).unwrap_err()
+        );
     }
 
     #[test]
@@ -1673,6 +1915,24 @@ mod tests {
         }
 
         #[test]
+        fn prop_an_update_of_the_encoded_set_is_the_update_of_the_set(
+            ops in proptest::collection::vec(arb_op(), 0..30),
+            at in 0..3usize,
+            ctx in arb_vv(),
+            actor in 0..6usize,
+            value in proptest::option::of(any::<u8>()),
+            ttl in proptest::option::of(0..20u64),
+            now in 0..40u64,
+        ) {
+            let (reps, _, _) = simulate(&ops);
+            let actor = ["a", "b", "r0", "r1", "r2", "z"][actor];
+            let value = value.map(|v| [v]);
+            for ctx in [ctx, reps[(at + 1) % 3].context().clone()] {
+                check_update_encoded(&reps[at], &ctx, actor, value.as_ref().map(|v| &v[..]), now, ttl);
+            }
+        }
+
+        #[test]
         fn prop_a_counter_counts_every_increment_once_replicas_sync(
             ops in proptest::collection::vec(
                 prop_oneof![
@@ -1699,9 +1959,14 @@ mod tests {
             let mut framed = vec![FORMAT_V1];
             framed.extend_from_slice(&bytes);
             for input in [&bytes, &framed] {
-                if let Ok(set) = SiblingSet::decode(input) {
+                let updated = SiblingSet::update_encoded(Some(input), &VersionVector::new(), "a", None, 1, None);
+                match SiblingSet::decode(input) {
                     // Whatever decodes is canonical: it encodes back to the same bytes.
-                    prop_assert_eq!(&set.encode(), input);
+                    Ok(set) => {
+                        prop_assert_eq!(&set.encode(), input);
+                        prop_assert!(updated.is_ok());
+                    }
+                    Err(e) => prop_assert_eq!(updated.unwrap_err(), e),
                 }
             }
             let _ = decode_context(&s);

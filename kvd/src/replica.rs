@@ -81,9 +81,8 @@ impl From<crate::storage::Error> for ReplicaError {
 
 /// What a write minted here produced.
 pub struct Minted {
-    /// The key's full state after the write (what the other replicas merge).
-    pub state: SiblingSet,
-    /// `state` encoded, as stored (and as sent to the other replicas).
+    /// The key's full state after the write, encoded as stored (and as sent to the other
+    /// replicas, which merge it).
     pub encoded: Vec<u8>,
     /// The context to hand back to the writer: what it saw plus its own write, and nothing it
     /// did not see (so reusing it never overwrites a concurrent sibling), as the context
@@ -177,19 +176,18 @@ impl Replica {
 
     /// The stored bytes of an engine key and their decoding.
     fn read_raw(&self, access: Access, ek: &[u8]) -> Result<Stored, ReplicaError> {
-        let stored = match access {
+        decoded(self.read_bytes(access, ek)?)
+    }
+
+    /// The stored bytes of an engine key.
+    fn read_bytes(&self, access: Access, ek: &[u8]) -> Result<Option<Vec<u8>>, ReplicaError> {
+        Ok(match access {
             Access::Blocking => self.engine.get(ek)?,
             Access::Now => self
                 .engine
                 .get_cached(ek)?
                 .ok_or(ReplicaError::WouldBlock)?,
-        };
-        match stored {
-            Some(bytes) => SiblingSet::decode(&bytes)
-                .map(|s| Some((bytes, s)))
-                .map_err(|e| ReplicaError::Corrupt(e.to_string())),
-            None => Ok(None),
-        }
+        })
     }
 
     /// Applies a client write here, minting its dot: `value` `None` is a delete; a value with
@@ -204,8 +202,8 @@ impl Replica {
     ) -> Result<Minted, ReplicaError> {
         let ek = data_key(key);
         let _guard = self.lock(key);
-        let old = self.read_raw(Access::Blocking, &ek)?;
-        let (minted, old_bytes, batch) = self.minted(old, ek, (value, ttl_ms), ctx, now_ms);
+        let old = self.read_bytes(Access::Blocking, &ek)?;
+        let (minted, old_bytes, batch) = self.minted(old, ek, (value, ttl_ms), ctx, now_ms)?;
         self.engine.write(batch)?;
         self.applied(key, old_bytes.as_deref(), &minted.encoded);
         Ok(minted)
@@ -222,7 +220,7 @@ impl Replica {
         now_ms: u64,
     ) -> Result<Minted, ReplicaError> {
         let (guard, ek, old) = self.lock_now(key).await?;
-        let (minted, old_bytes, batch) = self.minted(old, ek, (value, ttl_ms), ctx, now_ms);
+        let (minted, old_bytes, batch) = self.minted(old, ek, (value, ttl_ms), ctx, now_ms)?;
         self.submit(key, batch, guard, old_bytes.as_deref(), &minted.encoded)
             .await?;
         Ok(minted)
@@ -248,7 +246,7 @@ impl Replica {
         now_ms: u64,
     ) -> Result<Minted, ReplicaError> {
         let (guard, ek, old) = self.lock_now(key).await?;
-        let (minted, old_bytes, batch) = self.incremented(old, ek, by, now_ms)?;
+        let (minted, old_bytes, batch) = self.incremented(decoded(old)?, ek, by, now_ms)?;
         self.submit(key, batch, guard, old_bytes.as_deref(), &minted.encoded)
             .await?;
         Ok(minted)
@@ -274,21 +272,23 @@ impl Replica {
         batch.put(ek, new_bytes.clone());
         let minted = Minted {
             write_context: state.context().encode_context(),
-            state,
             encoded: new_bytes,
             capped: outcome.dropped,
         };
         Ok((minted, old_bytes, batch))
     }
 
-    /// Takes the stripe lock of `key` asynchronously and reads its state from memory.
-    async fn lock_now(&self, key: &[u8]) -> Result<(WriteGuard, Vec<u8>, Stored), ReplicaError> {
+    /// Takes the stripe lock of `key` asynchronously and reads its stored bytes from memory.
+    async fn lock_now(
+        &self,
+        key: &[u8],
+    ) -> Result<(WriteGuard, Vec<u8>, Option<Vec<u8>>), ReplicaError> {
         if self.engine.write_would_stall() {
             return Err(ReplicaError::WouldBlock);
         }
         let ek = data_key(key);
         let stripe = self.stripe(key).clone().lock_owned().await;
-        let old = self.read_raw(Access::Now, &ek)?;
+        let old = self.read_bytes(Access::Now, &ek)?;
         Ok((stripe, ek, old))
     }
 
@@ -355,26 +355,22 @@ impl Replica {
         }
     }
 
-    /// The state after minting a write over `old`, with the old bytes, and the batch storing it.
+    /// The state after minting a write over the stored bytes `old` (decoded no further than
+    /// the write needs), with the old bytes, and the batch storing it.
     fn minted(
         &self,
-        old: Stored,
+        old: Option<Vec<u8>>,
         ek: Vec<u8>,
         (value, ttl_ms): (Option<&[u8]>, Option<u64>),
         ctx: &VersionVector,
         now_ms: u64,
-    ) -> (Minted, Option<Vec<u8>>, WriteBatch) {
-        let (old_bytes, mut state) = match old {
-            Some((bytes, state)) => (Some(bytes), state),
-            None => (None, SiblingSet::default()),
-        };
-        let deleting = value.is_none();
-        let value = value.map(<[u8]>::to_vec);
-        let outcome = state.update_expiring(ctx, &self.actor, value, now_ms, ttl_ms);
-        let new_bytes = state.encode();
+    ) -> Result<(Minted, Option<Vec<u8>>, WriteBatch), ReplicaError> {
+        let (new_bytes, outcome) =
+            SiblingSet::update_encoded(old.as_deref(), ctx, &self.actor, value, now_ms, ttl_ms)
+                .map_err(|e| ReplicaError::Corrupt(e.to_string()))?;
         let mut batch = WriteBatch::new();
         batch.put(ek, new_bytes.clone());
-        if deleting {
+        if value.is_none() {
             // A tombstone over the value: accepted on a disk below its reserve, since
             // deleting is how a full node's data is made smaller (compaction drops the value).
             batch.mark_freeing();
@@ -385,12 +381,11 @@ impl Replica {
         let exact = ctx.get(&outcome.dot.actor) + 1 == outcome.dot.counter;
         let write_context = ctx.encode_context_witnessing(exact.then_some(&outcome.dot));
         let minted = Minted {
-            state,
             encoded: new_bytes,
             write_context,
             capped: outcome.dropped,
         };
-        (minted, old_bytes, batch)
+        Ok((minted, old, batch))
     }
 
     /// Removes `key` if its stored bytes are still `expected` (a purged tombstone, or data
@@ -427,7 +422,7 @@ impl Replica {
     /// state is not in memory or the engine is stalling.
     pub async fn merge_now(&self, key: &[u8], incoming: &SiblingSet) -> Result<bool, ReplicaError> {
         let (guard, ek, current) = self.lock_now(key).await?;
-        let Some((old_bytes, new_bytes, batch)) = merged(current, ek, incoming) else {
+        let Some((old_bytes, new_bytes, batch)) = merged(decoded(current)?, ek, incoming) else {
             return Ok(false);
         };
         self.submit(key, batch, guard, old_bytes.as_deref(), &new_bytes)
@@ -441,6 +436,16 @@ type WriteGuard = tokio::sync::OwnedMutexGuard<()>;
 
 /// A key's stored bytes and their decoding, if it has any.
 type Stored = Option<(Vec<u8>, SiblingSet)>;
+
+/// Stored bytes with their decoding.
+fn decoded(bytes: Option<Vec<u8>>) -> Result<Stored, ReplicaError> {
+    match bytes {
+        Some(bytes) => SiblingSet::decode(&bytes)
+            .map(|s| Some((bytes, s)))
+            .map_err(|e| ReplicaError::Corrupt(e.to_string())),
+        None => Ok(None),
+    }
+}
 
 /// `incoming` merged into `current`: the old bytes, the new bytes and the batch storing them,
 /// or None when that changes nothing.
@@ -493,21 +498,29 @@ mod tests {
             a.read(b"k").unwrap().unwrap().values(),
             vec![b"v1".as_slice()]
         );
-        assert!(b.merge(b"k", &m1.state).unwrap());
+        assert!(b
+            .merge(b"k", &SiblingSet::decode(&m1.encoded).unwrap())
+            .unwrap());
         assert!(
-            !b.merge(b"k", &m1.state).unwrap(),
+            !b.merge(b"k", &SiblingSet::decode(&m1.encoded).unwrap())
+                .unwrap(),
             "merging the same state twice changes nothing"
         );
         // Two writers with the same (empty) context through the same replica: both survive.
         let m2 = a
             .mint(b"k", Some(&b"v2"[..]), None, &VersionVector::new(), 2)
             .unwrap();
-        assert_eq!(m2.state.values().len(), 2);
+        assert_eq!(SiblingSet::decode(&m2.encoded).unwrap().values().len(), 2);
         // A write with the context of a read replaces what that read saw.
         let seen = a.read(b"k").unwrap().unwrap().context().clone();
         let m3 = a.mint(b"k", Some(&b"v3"[..]), None, &seen, 3).unwrap();
-        assert_eq!(m3.state.values(), vec![b"v3".as_slice()]);
-        assert!(b.merge(b"k", &m3.state).unwrap());
+        assert_eq!(
+            SiblingSet::decode(&m3.encoded).unwrap().values(),
+            vec![b"v3".as_slice()]
+        );
+        assert!(b
+            .merge(b"k", &SiblingSet::decode(&m3.encoded).unwrap())
+            .unwrap());
         assert_eq!(
             b.read(b"k").unwrap().unwrap().values(),
             vec![b"v3".as_slice()]
@@ -535,7 +548,9 @@ mod tests {
             .mint(b"k", Some(&b"v1"[..]), None, &VersionVector::new(), 1)
             .unwrap();
         let b = replica(d2.path(), "b");
-        assert!(b.merge(b"k", &m1.state).unwrap());
+        assert!(b
+            .merge(b"k", &SiblingSet::decode(&m1.encoded).unwrap())
+            .unwrap());
         drop(b);
         let b = full(d2.path(), "b");
         // A value, minted here or merged from elsewhere, is refused.
@@ -543,7 +558,7 @@ mod tests {
             .mint(b"k2", Some(&b"v2"[..]), None, &VersionVector::new(), 2)
             .unwrap();
         assert!(matches!(
-            b.merge(b"k2", &m2.state),
+            b.merge(b"k2", &SiblingSet::decode(&m2.encoded).unwrap()),
             Err(ReplicaError::Storage(e)) if e.is_no_space()
         ));
         assert!(matches!(
@@ -553,7 +568,9 @@ mod tests {
         // The delete of k minted on a, arriving here, is taken.
         let seen = a.read(b"k").unwrap().unwrap().context().clone();
         let del = a.mint(b"k", None, None, &seen, 4).unwrap();
-        assert!(b.merge(b"k", &del.state).unwrap());
+        assert!(b
+            .merge(b"k", &SiblingSet::decode(&del.encoded).unwrap())
+            .unwrap());
         assert!(b.read(b"k").unwrap().unwrap().is_deleted());
         // And a delete minted here.
         let m5 = a
@@ -561,7 +578,9 @@ mod tests {
             .unwrap();
         drop(b);
         let b = replica(d2.path(), "b");
-        assert!(b.merge(b"j", &m5.state).unwrap());
+        assert!(b
+            .merge(b"j", &SiblingSet::decode(&m5.encoded).unwrap())
+            .unwrap());
         drop(b);
         let b = full(d2.path(), "b");
         let seen = b.read(b"j").unwrap().unwrap().context().clone();
@@ -587,7 +606,8 @@ mod tests {
         let third = a
             .mint(b"k", Some(&b"z"[..]), None, &context(&second), 3)
             .unwrap();
-        let values = third.state.values();
+        let third = SiblingSet::decode(&third.encoded).unwrap();
+        let values = third.values();
         assert!(
             values.contains(&b"x".as_slice()),
             "x was never seen by the writer of z"
@@ -597,7 +617,10 @@ mod tests {
         let fourth = a
             .mint(b"k", Some(&b"w"[..]), None, &context(&first), 4)
             .unwrap();
-        assert!(!fourth.state.values().contains(&b"x".as_slice()));
+        assert!(!SiblingSet::decode(&fourth.encoded)
+            .unwrap()
+            .values()
+            .contains(&b"x".as_slice()));
     }
 
     /// Root hashes of every tree of `index`, by range.
@@ -740,7 +763,10 @@ mod tests {
                             continue;
                         }
                         let m = fut.await.unwrap();
-                        seen.push((key, m.state.context().get("a")));
+                        seen.push((
+                            key,
+                            SiblingSet::decode(&m.encoded).unwrap().context().get("a"),
+                        ));
                     }
                     seen
                 }));
@@ -805,7 +831,8 @@ mod tests {
                 .unwrap();
             fail_appends_in(d.path(), true);
             // Over an existing key and as a new one.
-            let over = r.mint_now(b"kept", Some(b"2"), None, kept.state.context(), 1);
+            let kept = SiblingSet::decode(&kept.encoded).unwrap();
+            let over = r.mint_now(b"kept", Some(b"2"), None, kept.context(), 1);
             let new = r.mint_now(b"new", Some(b"x"), None, &ctx, 1);
             for refused in [over.await, new.await] {
                 let err = refused.err().expect("refused on the full disk").to_string();
