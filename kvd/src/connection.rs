@@ -74,7 +74,10 @@ pub async fn serve(node: Arc<Node>, mut ws: ServerWs<crate::tls::Io>, read_only:
     let idle_timeout = node.config.idle_timeout;
     let mut idle_check = tokio::time::interval(idle_timeout / 8);
     idle_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // When a frame was last seen, as of the tick that noticed it (a clock read per tick, not
+    // per frame): the connection closes past the timeout by at most a tick (an eighth).
     let mut last_frame = Instant::now();
+    let mut framed = false;
     // One wait for the shutdown, kept across iterations (a new one per iteration registered
     // and removed a waiter under the watch's lock twice per request), and polled only when it
     // woke us: polling it again takes the lock that every connection's wait shares.
@@ -110,15 +113,18 @@ pub async fn serve(node: Arc<Node>, mut ws: ServerWs<crate::tls::Io>, read_only:
                 if reading {
                     match ws.poll_message(cx) {
                         Poll::Ready(Ok(Some(msg))) => {
-                            last_frame = Instant::now();
+                            framed = true;
                             let in_flight = running.len() + usize::from(!inline.is_terminated());
                             let full = in_flight >= max_in_flight;
-                            return Poll::Ready(match accept(&node, &ws, msg, read_only, full) {
-                                Accepted::Run(req) => Event::Run(req),
-                                Accepted::Refused(answer) => Event::Answer(answer),
-                                Accepted::Ignored => Event::Ignored,
-                                Accepted::Close => Event::Closed,
-                            });
+                            return Poll::Ready(
+                                match accept(&node, &mut ws, msg, read_only, full) {
+                                    Accepted::Run(req) => Event::Run(req),
+                                    Accepted::Refused(answer) => Event::Answer(answer),
+                                    Accepted::Ignored => Event::Ignored,
+                                    Accepted::Close => Event::Closed,
+                                    Accepted::Failed(e) => Event::Refused(e),
+                                },
+                            );
                         }
                         Poll::Ready(Ok(None)) => return Poll::Ready(Event::Closed),
                         Poll::Ready(Err(e)) => return Poll::Ready(Event::Refused(e)),
@@ -167,6 +173,9 @@ pub async fn serve(node: Arc<Node>, mut ws: ServerWs<crate::tls::Io>, read_only:
                 break;
             }
             Event::Tick => {
+                if std::mem::take(&mut framed) {
+                    last_frame = Instant::now();
+                }
                 if running.is_empty()
                     && inline.is_terminated()
                     && last_frame.elapsed() >= idle_timeout
@@ -228,17 +237,22 @@ enum Accepted {
     Ignored,
     /// The client closes.
     Close,
+    /// The message broke the protocol (text that is not UTF-8): the connection ends.
+    Failed(WsError),
 }
 
 fn accept(
     node: &Node,
-    ws: &ServerWs<crate::tls::Io>,
+    ws: &mut ServerWs<crate::tls::Io>,
     msg: Incoming,
     read_only: bool,
     full: bool,
 ) -> Accepted {
     let text = match msg {
-        Incoming::Text(at) => ws.text(&at),
+        Incoming::Text(at) => match ws.text(&at) {
+            Ok(text) => text,
+            Err(e) => return Accepted::Failed(e),
+        },
         Incoming::Binary => {
             node.metrics.bad_frames.fetch_add(1, Relaxed);
             let err = WireError::bad_request(

@@ -39,7 +39,8 @@ const CLOSE_TOO_BIG: u16 = 1009;
 /// A complete message from the client.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Incoming {
-    /// A text message: read it with [`ServerWs::text`] before polling again.
+    /// A text message: read it with [`ServerWs::text`] (which checks it is UTF-8) before
+    /// polling again.
     Text(TextAt),
     /// A binary message (its payload is not kept).
     Binary,
@@ -128,14 +129,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ServerWs<S> {
         }
     }
 
-    /// The text of a message returned by the last poll.
-    pub fn text(&self, at: &TextAt) -> &str {
-        let bytes = match at {
-            TextAt::Buffer(r) => &self.rbuf[r.clone()],
-            TextAt::Assembled => &self.assembled,
+    /// The text of a message returned by the last poll. Its bytes are checked for UTF-8
+    /// here, once (not when the frame is parsed, which would check them twice): text that
+    /// is not UTF-8 fails the connection, as a protocol violation does in a poll.
+    pub fn text(&mut self, at: &TextAt) -> Result<&str, WsError> {
+        let (bytes, why) = match at {
+            TextAt::Buffer(r) => (&self.rbuf[r.clone()], "a text frame that is not UTF-8"),
+            TextAt::Assembled => (&self.assembled[..], "a text message that is not UTF-8"),
         };
-        // Checked when the message was parsed.
-        std::str::from_utf8(bytes).unwrap_or_default()
+        std::str::from_utf8(bytes).map_err(|_| {
+            failure(
+                &mut self.close_body,
+                &mut self.input_done,
+                CLOSE_NOT_UTF8,
+                why,
+            )
+        })
     }
 
     /// The next complete message; `None` when the client closed the socket (or after a close
@@ -227,12 +236,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ServerWs<S> {
                 OP_TEXT | OP_BINARY if !fin => {
                     self.partial = Some((opcode, self.rbuf[payload].to_vec()));
                 }
-                OP_TEXT => {
-                    if std::str::from_utf8(&self.rbuf[payload.clone()]).is_err() {
-                        return Err(self.fail(CLOSE_NOT_UTF8, "a text frame that is not UTF-8"));
-                    }
-                    return Ok(Some(Incoming::Text(TextAt::Buffer(payload))));
-                }
+                OP_TEXT => return Ok(Some(Incoming::Text(TextAt::Buffer(payload)))),
                 OP_BINARY => return Ok(Some(Incoming::Binary)),
                 OP_CONTINUATION => {
                     let Some((first, mut so_far)) = self.partial.take() else {
@@ -245,9 +249,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ServerWs<S> {
                     }
                     if first == OP_BINARY {
                         return Ok(Some(Incoming::Binary));
-                    }
-                    if std::str::from_utf8(&so_far).is_err() {
-                        return Err(self.fail(CLOSE_NOT_UTF8, "a text message that is not UTF-8"));
                     }
                     self.assembled = so_far;
                     return Ok(Some(Incoming::Text(TextAt::Assembled)));
@@ -273,21 +274,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ServerWs<S> {
     /// Stops reading and makes the close frame give `code` and `why` (answers queued before
     /// [`ServerWs::close`] still go first); gives the error for it.
     fn fail(&mut self, code: u16, why: &str) -> WsError {
-        if !self.input_done {
-            let mut body = code.to_be_bytes().to_vec();
-            // A close frame's reason fits in 123 bytes.
-            let mut cut = why.len().min(123);
-            while !why.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            body.extend_from_slice(&why.as_bytes()[..cut]);
-            self.close_body = Some(body);
-            self.input_done = true;
-        }
-        match code {
-            CLOSE_TOO_BIG => WsError::TooLarge(why.to_string()),
-            _ => WsError::Protocol(why.to_string()),
-        }
+        failure(&mut self.close_body, &mut self.input_done, code, why)
     }
 
     /// Queues a text message (written by the next flush).
@@ -353,6 +340,31 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ServerWs<S> {
     }
 }
 
+/// [`ServerWs::fail`] on the two fields it sets, so that it can be called while the read
+/// buffer is borrowed.
+fn failure(
+    close_body: &mut Option<Vec<u8>>,
+    input_done: &mut bool,
+    code: u16,
+    why: &str,
+) -> WsError {
+    if !*input_done {
+        let mut body = code.to_be_bytes().to_vec();
+        // A close frame's reason fits in 123 bytes.
+        let mut cut = why.len().min(123);
+        while !why.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        body.extend_from_slice(&why.as_bytes()[..cut]);
+        *close_body = Some(body);
+        *input_done = true;
+    }
+    match code {
+        CLOSE_TOO_BIG => WsError::TooLarge(why.to_string()),
+        _ => WsError::Protocol(why.to_string()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -377,7 +389,10 @@ mod tests {
     async fn next(ws: &mut ServerWs<tokio::io::DuplexStream>) -> Result<Option<String>, String> {
         loop {
             return match poll_fn(|cx| ws.poll_message(cx)).await {
-                Ok(Some(Incoming::Text(at))) => Ok(Some(ws.text(&at).to_string())),
+                Ok(Some(Incoming::Text(at))) => ws
+                    .text(&at)
+                    .map(|t| Some(t.to_string()))
+                    .map_err(|e| e.to_string()),
                 Ok(Some(Incoming::Binary)) => Ok(Some("<binary>".into())),
                 Ok(Some(Incoming::Control)) => continue,
                 Ok(Some(Incoming::Close)) => Ok(Some("<close>".into())),
