@@ -552,6 +552,14 @@ pub fn encode_request(id: u64, op: &ClientOp) -> String {
 
 /// [`encode_request`] with a put's value carried as `form` says.
 pub fn encode_request_with(id: u64, op: &ClientOp, form: ValueForm) -> String {
+    let mut out = String::new();
+    encode_request_into(&mut out, id, op, form);
+    out
+}
+
+/// [`encode_request_with`] appending to `out`: a client that sends many requests reuses one
+/// buffer.
+pub fn encode_request_into(out: &mut String, id: u64, op: &ClientOp, form: ValueForm) {
     use crate::json::{write_bool, write_i64, write_str, write_u64};
     /// `,"name":` then the value, when there is one.
     fn string(out: &mut String, name: &str, v: Option<&str>) {
@@ -575,7 +583,6 @@ pub fn encode_request_with(id: u64, op: &ClientOp, form: ValueForm) -> String {
     // Room for the strings and their usual escapes: growing from empty took two or three
     // reallocations per put.
     let room = |strings: &[&str]| 96 + strings.iter().map(|s| s.len() + s.len() / 8).sum::<usize>();
-    let mut out = String::new();
     let head = |out: &mut String, strings: &[&str]| {
         out.reserve(room(strings));
         out.push_str("{\"id\":");
@@ -586,12 +593,12 @@ pub fn encode_request_with(id: u64, op: &ClientOp, form: ValueForm) -> String {
     };
     match op {
         ClientOp::Get { key, r, local } => {
-            head(&mut out, &[key]);
-            string(&mut out, "key", Some(key));
-            number(&mut out, "r", size(r));
+            head(out, &[key]);
+            string(out, "key", Some(key));
+            number(out, "r", size(r));
             if *local {
-                field(&mut out, "local");
-                write_bool(&mut out, true);
+                field(out, "local");
+                write_bool(out, true);
             }
         }
         ClientOp::Put {
@@ -615,64 +622,60 @@ pub fn encode_request_with(id: u64, op: &ClientOp, form: ValueForm) -> String {
                     (None, Some(b64.as_str()))
                 }
             };
-            head(
-                &mut out,
-                &[key, text.or(encoded).unwrap_or_default(), context],
-            );
-            string(&mut out, "key", Some(key));
-            string(&mut out, "value", text);
-            string(&mut out, "value_b64", encoded);
-            string(&mut out, "context", non_empty(context));
-            number(&mut out, "w", size(w));
-            number(&mut out, "ttl_s", *ttl_s);
+            head(out, &[key, text.or(encoded).unwrap_or_default(), context]);
+            string(out, "key", Some(key));
+            string(out, "value", text);
+            string(out, "value_b64", encoded);
+            string(out, "context", non_empty(context));
+            number(out, "w", size(w));
+            number(out, "ttl_s", *ttl_s);
         }
         ClientOp::Delete { key, context, w } => {
-            head(&mut out, &[key, context.as_deref().unwrap_or_default()]);
-            string(&mut out, "key", Some(key));
-            string(&mut out, "context", context.as_deref());
-            number(&mut out, "w", size(w));
+            head(out, &[key, context.as_deref().unwrap_or_default()]);
+            string(out, "key", Some(key));
+            string(out, "context", context.as_deref());
+            number(out, "w", size(w));
         }
         ClientOp::Incr { key, by, w } => {
-            head(&mut out, &[key]);
-            string(&mut out, "key", Some(key));
-            number(&mut out, "w", size(w));
-            field(&mut out, "by");
-            write_i64(&mut out, *by);
+            head(out, &[key]);
+            string(out, "key", Some(key));
+            number(out, "w", size(w));
+            field(out, "by");
+            write_i64(out, *by);
         }
         ClientOp::Ring { key } => {
-            head(&mut out, &[key.as_deref().unwrap_or_default()]);
-            string(&mut out, "key", key.as_deref());
+            head(out, &[key.as_deref().unwrap_or_default()]);
+            string(out, "key", key.as_deref());
         }
         ClientOp::Repair { node } => {
-            head(&mut out, &[node.as_deref().unwrap_or_default()]);
-            string(&mut out, "node", node.as_deref());
+            head(out, &[node.as_deref().unwrap_or_default()]);
+            string(out, "node", node.as_deref());
         }
         ClientOp::Decommission { node } | ClientOp::RemoveNode { node } => {
-            head(&mut out, &[node]);
-            string(&mut out, "node", Some(node));
+            head(out, &[node]);
+            string(out, "node", Some(node));
         }
         ClientOp::Snapshot { name } => {
-            head(&mut out, &[name.as_deref().unwrap_or_default()]);
-            string(&mut out, "name", name.as_deref());
+            head(out, &[name.as_deref().unwrap_or_default()]);
+            string(out, "name", name.as_deref());
         }
         ClientOp::ClearSnapshot { name } => {
-            head(&mut out, &[name]);
-            string(&mut out, "name", Some(name));
+            head(out, &[name]);
+            string(out, "name", Some(name));
         }
         ClientOp::Scan { cursor, limit } => {
-            head(&mut out, &[cursor.as_deref().unwrap_or_default()]);
-            string(&mut out, "cursor", cursor.as_deref());
-            number(&mut out, "limit", size(limit));
+            head(out, &[cursor.as_deref().unwrap_or_default()]);
+            string(out, "cursor", cursor.as_deref());
+            number(out, "limit", size(limit));
         }
         ClientOp::Status
         | ClientOp::Hints
         | ClientOp::Ping
         | ClientOp::Cleanup
         | ClientOp::Compact
-        | ClientOp::Snapshots => head(&mut out, &[]),
+        | ClientOp::Snapshots => head(out, &[]),
     }
     out.push('}');
-    out
 }
 
 fn non_empty(s: &str) -> Option<&str> {

@@ -4,12 +4,13 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use kv_core::wire::{encode_request, ClientOp};
+use kv_core::wire::{encode_request, encode_request_into, ClientOp, ValueForm};
 use kv_core::ws_frame::{apply_mask, parse_head, put_head, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT};
 use serde::Deserialize;
 use serde_json::Value;
@@ -336,12 +337,18 @@ pub struct DirectClient {
     rbuf: Vec<u8>,
     start: usize,
     end: usize,
-    /// The frame being written.
+    /// The request being sent, and then the frame it is sent in.
+    request: String,
     wbuf: Vec<u8>,
     /// State of the generator of masking keys.
     mask_state: u64,
     next_id: u64,
     timeout: Duration,
+    /// The timer of the request in flight, moved to each request's deadline. A timer made per
+    /// request (`tokio::time::timeout`) is registered with the runtime's timer wheel and taken
+    /// out again every time, under its lock; moved later, a registered timer only records its
+    /// new deadline.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 /// Read buffer of a [`DirectClient`]; a bigger answer grows it for as long as it needs.
@@ -365,10 +372,12 @@ impl DirectClient {
             rbuf: vec![0; DIRECT_READ],
             start: 0,
             end: 0,
+            request: String::with_capacity(512),
             wbuf: Vec::with_capacity(512),
             mask_state: seed | 1,
             next_id: 1,
             timeout,
+            timer: None,
         })
     }
 
@@ -382,9 +391,21 @@ impl DirectClient {
     ) -> Result<(), ClientError> {
         let id = self.next_id;
         self.next_id += 1;
-        tokio::time::timeout(self.timeout, self.exchange(id, op, context))
-            .await
-            .map_err(|_| ClientError::Timeout)?
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let mut timer = match self.timer.take() {
+            Some(mut t) => {
+                t.as_mut().reset(deadline);
+                t
+            }
+            None => Box::pin(tokio::time::sleep_until(deadline)),
+        };
+        let answer = tokio::select! {
+            biased;
+            answer = self.exchange(id, op, context) => answer,
+            () = timer.as_mut() => Err(ClientError::Timeout),
+        };
+        self.timer = Some(timer);
+        answer
     }
 
     async fn exchange(
@@ -393,8 +414,12 @@ impl DirectClient {
         op: &ClientOp,
         context: &mut String,
     ) -> Result<(), ClientError> {
-        self.send_frame(OP_TEXT, encode_request(id, op).as_bytes())
-            .await?;
+        let mut request = std::mem::take(&mut self.request);
+        request.clear();
+        encode_request_into(&mut request, id, op, ValueForm::Text);
+        let sent = self.send_frame(OP_TEXT, request.as_bytes()).await;
+        self.request = request;
+        sent?;
         loop {
             let (opcode, at) = self.read_frame().await?;
             match opcode {
