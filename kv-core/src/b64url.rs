@@ -3,10 +3,10 @@
 //!
 //! The `base64` crate's general engine is built for long inputs: on a context of some 30 bytes
 //! its setup and its allocations cost more than the rest of encoding the answer. This module
-//! does the same job one group of three bytes at a time, into the exact allocation (encoding) or the caller's buffer (decoding),
-//! and accepts exactly what `URL_SAFE_NO_PAD` accepts: no padding, no whitespace, and no
-//! non-zero bits left over in the last symbol (one string per byte sequence), which
-//! the tests check against that engine.
+//! does the same job one group of three bytes at a time, into the exact allocation (encoding)
+//! or the caller's buffer (decoding), and accepts exactly what `URL_SAFE_NO_PAD` accepts: no
+//! padding, no whitespace, and no non-zero bits left over in the last symbol (one string per
+//! byte sequence), which the tests check against that engine.
 
 use std::fmt;
 
@@ -64,20 +64,23 @@ pub fn decoded_len(len: usize) -> usize {
 /// The encoding of `bytes`.
 pub fn encode(bytes: &[u8]) -> String {
     let symbol = |v: u32| ALPHABET[(v & 63) as usize];
-    let mut out = Vec::with_capacity(encoded_len(bytes.len()));
+    // Written by index into the exact length: appending checked the capacity at every group.
+    let mut out = vec![0u8; encoded_len(bytes.len())];
     let mut groups = bytes.chunks_exact(3);
-    for g in &mut groups {
+    let mut quads = out.chunks_exact_mut(4);
+    for (g, q) in (&mut groups).zip(&mut quads) {
         let v = u32::from(g[0]) << 16 | u32::from(g[1]) << 8 | u32::from(g[2]);
-        out.extend_from_slice(&[symbol(v >> 18), symbol(v >> 12), symbol(v >> 6), symbol(v)]);
+        q.copy_from_slice(&[symbol(v >> 18), symbol(v >> 12), symbol(v >> 6), symbol(v)]);
     }
+    let tail = quads.into_remainder();
     match *groups.remainder() {
         [a] => {
             let v = u32::from(a) << 16;
-            out.extend_from_slice(&[symbol(v >> 18), symbol(v >> 12)]);
+            tail.copy_from_slice(&[symbol(v >> 18), symbol(v >> 12)]);
         }
         [a, b] => {
             let v = u32::from(a) << 16 | u32::from(b) << 8;
-            out.extend_from_slice(&[symbol(v >> 18), symbol(v >> 12), symbol(v >> 6)]);
+            tail.copy_from_slice(&[symbol(v >> 18), symbol(v >> 12), symbol(v >> 6)]);
         }
         _ => {}
     }
