@@ -41,9 +41,10 @@ const fn has_byte(word: u64, b: u8) -> u64 {
 
 /// The index of the first byte of `bytes[i..]` that a JSON string cannot hold as it is (a
 /// quote, a backslash or a control character), or `bytes.len()`. Eight bytes at a time: the
-/// lowest flag of the three tests is the first such byte.
+/// lowest flag of the three tests is the first such byte. A string's contents end at such a
+/// byte when it is its closing quote and has no escape before it.
 #[inline]
-fn find_special(bytes: &[u8], mut i: usize) -> usize {
+pub fn find_special(bytes: &[u8], mut i: usize) -> usize {
     while let Some(chunk) = bytes.get(i..i + 8) {
         let word = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
         let found = has_less(word, 0x20) | has_byte(word, b'"') | has_byte(word, b'\\');
