@@ -12,7 +12,7 @@
 use std::cmp::Ordering;
 use std::sync::Arc;
 
-use crate::coding::{get_u32, get_varint, put_varint};
+use crate::coding::{compare_keys, get_u32, get_varint, put_varint};
 
 /// Bytes of the trailer after each stored block.
 pub(crate) const TRAILER: usize = 5;
@@ -227,7 +227,7 @@ impl BlockIter {
         let (mut lo, mut hi) = (0usize, self.block.num_restarts);
         while hi - lo > 1 {
             let mid = (lo + hi) / 2;
-            if self.block.restart_key(mid)? < target {
+            if compare_keys(self.block.restart_key(mid)?, target) == Ordering::Less {
                 lo = mid;
             } else {
                 hi = mid;
@@ -236,7 +236,7 @@ impl BlockIter {
         self.next = self.block.restart(lo)?;
         self.key.clear();
         while self.advance()? {
-            if self.key.as_slice().cmp(target) != Ordering::Less {
+            if compare_keys(&self.key, target) != Ordering::Less {
                 return Ok(true);
             }
         }

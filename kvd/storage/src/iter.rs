@@ -9,6 +9,7 @@ use std::ops::Bound;
 use std::sync::Arc;
 
 use crate::cache::BlockCache;
+use crate::coding::compare_keys;
 use crate::error::Result;
 use crate::memtable::{Entry, MemIter};
 use crate::sstable::{Table, TableIter};
@@ -106,7 +107,7 @@ impl PartialOrd for Head {
 impl Ord for Head {
     // BinaryHeap pops the greatest: invert so the smallest key, then the newest source, is on top.
     fn cmp(&self, o: &Self) -> Ordering {
-        o.key.cmp(&self.key).then(o.src.cmp(&self.src))
+        compare_keys(&o.key, &self.key).then(o.src.cmp(&self.src))
     }
 }
 

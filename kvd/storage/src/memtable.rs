@@ -129,7 +129,7 @@ impl NodeRef {
     }
     /// Orders before the target (key, seq): smaller key, or same key and newer.
     fn before(self, key: &[u8], seq: u64) -> bool {
-        match self.key().cmp(key) {
+        match crate::coding::compare_keys(self.key(), key) {
             std::cmp::Ordering::Less => true,
             std::cmp::Ordering::Equal => self.seq() > seq,
             std::cmp::Ordering::Greater => false,
