@@ -984,6 +984,8 @@ impl SiblingSet {
                 1
             }
         };
+        // A dot's actor as its position in the new context, which holds every stored actor
+        // and the writer.
         let index = |a: &str| cc.binary_search_by(|(x, _)| (*x).cmp(a)).unwrap_or(0);
 
         let mut out = Vec::with_capacity(
