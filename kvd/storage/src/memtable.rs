@@ -9,11 +9,16 @@
 //! version chain, newest first. Nothing is removed until the whole memtable is dropped (after
 //! its flush), which is what makes lock-free reading safe.
 //!
-//! Only new keys search the skiplist: a search visits some 30 nodes of a full memtable, each a
+//! Writes do not search the skiplist: a search visits some 30 nodes of a full memtable, each a
 //! likely cache miss, and was the node's largest user-space cost under a write load. A hash
 //! index of fixed size (buckets of key-node chains linked through each key node's hash link)
 //! finds a key's node in one or two node visits, for point lookups (exact for absent keys too)
-//! and for overwrites.
+//! and for overwrites. A new key's node enters its hash bucket at once and the skiplist later:
+//! the writer keeps the nodes not yet linked, and whoever next walks the skiplist (an
+//! iterator, the flush) first links them all, in key order, without holding up the writer. Sorted, they are ordered by their
+//! first eight bytes without touching the nodes, and each search shares most of its path with
+//! the one before, so the links cost a fraction of the searches the writes would have made
+//! (after a flush, every key of a write load is new to the fresh memtable).
 //!
 //! Laws:
 //! - A node is fully built before it is linked (Release store); readers load links with
@@ -22,6 +27,10 @@
 //!   (readers and iterators hold an `Arc<Memtable>`).
 //! - `visible` is advanced after a whole batch is linked, and readers ignore nodes with a
 //!   higher sequence: a batch becomes visible all at once.
+//! - An iterator's snapshot is the `visible` read when it took the writer's list of unlinked
+//!   key nodes (under the writer's mutex, so no batch was half applied); it links them before
+//!   walking, so every key node of its snapshot is in the skiplist. Linkers take turns on
+//!   their own mutex; they are the skiplist's only writers.
 //! - A key node enters its hash bucket, and a version node its key's chain, by a Release store
 //!   after the node's own link there is set and before `visible` covers it; version chains only
 //!   grow at their head, by the one writer, in sequence order, so the first version with a
@@ -174,6 +183,9 @@ struct Writer {
     arena: Arena,
     rng: u64,
     next_seq: u64,
+    /// Key nodes in their hash buckets but not yet in the skiplist, with their first eight
+    /// bytes as a big-endian integer (zero-padded) to sort them by.
+    unlinked: Vec<(u64, NodeRef)>,
 }
 
 /// One memtable, tied to the commit-log segment its writes went to.
@@ -182,6 +194,9 @@ pub(crate) struct Memtable {
     head: NodeRef,
     height: AtomicUsize,
     writer: Mutex<Writer>,
+    /// Held while key nodes are linked into the skiplist: the only changes made to it. The
+    /// writer no longer touches the skiplist, so linking holds up no write.
+    linking: Mutex<()>,
     /// Highest sequence number readers may see.
     visible: AtomicU64,
     bytes: AtomicUsize,
@@ -243,10 +258,12 @@ impl Memtable {
         Memtable {
             head,
             height: AtomicUsize::new(1),
+            linking: Mutex::new(()),
             writer: Mutex::new(Writer {
                 arena,
                 rng: 0x2545_F491_4F6C_DD1D ^ segment,
                 next_seq: 1,
+                unlinked: Vec::new(),
             }),
             visible: AtomicU64::new(0),
             bytes: AtomicUsize::new(0),
@@ -268,7 +285,8 @@ impl Memtable {
     }
 
     pub(crate) fn is_empty(&self) -> bool {
-        self.head.next(0).is_null()
+        // Every write adds bytes, linked into the skiplist or not yet.
+        self.approximate_bytes() == 0
     }
 
     /// First node not ordered before (key, seq), or null; fills `prev` with the last node
@@ -326,24 +344,52 @@ impl Memtable {
                 break;
             }
         }
-        let mut prev = [self.head; MAX_HEIGHT];
-        self.seek(key, seq, Some(&mut prev));
-        if height > self.height.load(Ordering::Relaxed) {
-            // prev[cur..height] already hold the head. Readers seeing the new height before
-            // the links simply find null at those levels and descend.
-            self.height.store(height, Ordering::Release);
-        }
         let node = build_node(&mut w.arena, seq, height, key, value);
-        for (i, p) in prev.iter().enumerate().take(height) {
-            let succ = p.link(i).load(Ordering::Relaxed);
-            node.link(i).store(succ, Ordering::Relaxed);
-            p.link(i).store(node.0 as *mut u8, Ordering::Release);
-        }
         let bucket = self.bucket(key);
         node.hash_link()
             .store(bucket.load(Ordering::Relaxed), Ordering::Relaxed);
         bucket.store(node.0 as *mut u8, Ordering::Release);
+        let mut first = [0u8; 8];
+        let n = key.len().min(8);
+        first[..n].copy_from_slice(&key[..n]);
+        w.unlinked.push((u64::from_be_bytes(first), node));
         HEADER + 8 * height + key.len() + value.map_or(0, <[u8]>::len)
+    }
+
+    /// Links every key node the writer has written so far into the skiplist, in key order,
+    /// and gives the sequence number they are visible up to: a snapshot whose keys are all
+    /// in the skiplist. The writer is held only to take its list.
+    fn link_written(&self) -> u64 {
+        let _linking = self.linking.lock().unwrap_or_else(|e| e.into_inner());
+        let (mut nodes, snap) = {
+            let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+            (
+                std::mem::take(&mut w.unlinked),
+                self.visible.load(Ordering::Acquire),
+            )
+        };
+        // By the first eight bytes, which decide nearly every pair without a node visit; a
+        // key has one key node per memtable, so no two are equal.
+        nodes.sort_unstable_by(|a, b| {
+            a.0.cmp(&b.0)
+                .then_with(|| crate::coding::compare_keys(a.1.key(), b.1.key()))
+        });
+        let mut prev = [self.head; MAX_HEIGHT];
+        for &(_, node) in &nodes {
+            let height = node.height();
+            self.seek(node.key(), node.seq(), Some(&mut prev));
+            if height > self.height.load(Ordering::Relaxed) {
+                // prev[cur..height] already hold the head. Readers seeing the new height
+                // before the links simply find null at those levels and descend.
+                self.height.store(height, Ordering::Release);
+            }
+            for (i, p) in prev.iter().enumerate().take(height) {
+                let succ = p.link(i).load(Ordering::Relaxed);
+                node.link(i).store(succ, Ordering::Relaxed);
+                p.link(i).store(node.0 as *mut u8, Ordering::Release);
+            }
+        }
+        snap
     }
 
     /// Applies a batch; the batch becomes visible to readers at once.
@@ -374,7 +420,7 @@ impl Memtable {
     /// An iterator over the newest visible version of each key from `start` on, fixed to the
     /// writes visible now.
     pub(crate) fn iter(self: &Arc<Self>, start: Bound<&[u8]>) -> MemIter {
-        let snap = self.visible.load(Ordering::Acquire);
+        let snap = self.link_written();
         let first = match start {
             Bound::Included(s) | Bound::Excluded(s) => self.seek(s, u64::MAX, None),
             Bound::Unbounded => self.head.next(0),
@@ -506,28 +552,39 @@ mod tests {
                 }
             })
         };
-        let mut seen = 0;
-        while seen < n as usize {
-            // Every scan is ordered and its count never shrinks.
-            let mut it = m.iter(Bound::Unbounded);
-            let mut prev: Option<Vec<u8>> = None;
-            let mut count = 0;
-            while let Some((k, _)) = it.next_owned() {
-                assert!(prev.as_ref().is_none_or(|p| *p < k));
-                prev = Some(k);
-                count += 1;
-            }
-            assert!(count >= seen);
-            seen = count;
-        }
+        // Two readers, so that two iterators link the writer's new keys concurrently.
+        let readers: Vec<_> = (0..2)
+            .map(|_| {
+                let m = m.clone();
+                std::thread::spawn(move || {
+                    let mut seen = 0;
+                    while seen < n as usize {
+                        // Every scan is ordered and its count never shrinks.
+                        let mut it = m.iter(Bound::Unbounded);
+                        let mut prev: Option<Vec<u8>> = None;
+                        let mut count = 0;
+                        while let Some((k, _)) = it.next_owned() {
+                            assert!(prev.as_ref().is_none_or(|p| *p < k));
+                            prev = Some(k);
+                            count += 1;
+                        }
+                        assert!(count >= seen);
+                        seen = count;
+                    }
+                })
+            })
+            .collect();
         w.join().unwrap();
+        for r in readers {
+            r.join().unwrap();
+        }
     }
 
     /// The hash index answers exactly what a walk of the skiplist answers, also with few
     /// buckets (long chains mixing keys), overwrites and deletes.
     #[test]
     fn point_lookups_match_a_model_with_long_hash_chains() {
-        let m = Memtable::with_buckets(1, 4);
+        let m = Arc::new(Memtable::with_buckets(1, 4));
         let mut model = std::collections::BTreeMap::new();
         let mut rng = 0x9E37_79B9_7F4A_7C15u64;
         let mut next = || {
@@ -551,6 +608,18 @@ mod tests {
             }
             m.apply_owned(b);
             if round % 100 == 0 {
+                // An iterator links the keys written since the last one (in batches of new
+                // keys landing among linked ones), and walks them all in order.
+                let mut it = m.iter(Bound::Unbounded);
+                let mut walked = Vec::new();
+                while let Some((k, v)) = it.next_owned() {
+                    walked.push((
+                        String::from_utf8(k).unwrap(),
+                        v.map(|v| String::from_utf8(v).unwrap()),
+                    ));
+                }
+                let want: Vec<_> = model.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+                assert_eq!(walked, want, "after round {round}");
                 for k in 0..320 {
                     let key = format!("k{k}");
                     let want = match model.get(&key) {
