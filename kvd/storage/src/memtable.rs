@@ -54,6 +54,8 @@ const HASH_LINK: usize = 24;
 /// Offset of the version link: on a key node the newest later version (null: none); on a
 /// version node the next older version (null: the key node is next).
 const VERSION_LINK: usize = 32;
+/// Bytes of an entry of the writer's list of key nodes not yet in the skiplist.
+const UNLINKED_ENTRY: usize = std::mem::size_of::<(u64, NodeRef)>();
 /// Hash buckets per memtable (2 MiB of pointers, touched as used): about one entry per bucket
 /// in a full 64 MiB memtable of small entries.
 const INDEX_BUCKETS: usize = 1 << 18;
@@ -353,7 +355,9 @@ impl Memtable {
         let n = key.len().min(8);
         first[..n].copy_from_slice(&key[..n]);
         w.unlinked.push((u64::from_be_bytes(first), node));
-        HEADER + 8 * height + key.len() + value.map_or(0, <[u8]>::len)
+        // Its entry on the unlinked list is counted as well: with small values a memtable
+        // holds many keys, and the list would otherwise take memory beyond the budget.
+        HEADER + 8 * height + key.len() + value.map_or(0, <[u8]>::len) + UNLINKED_ENTRY
     }
 
     /// Links every key node the writer has written so far into the skiplist, in key order,
