@@ -4,9 +4,9 @@
 //! engine only the group-commit leader writes) and lock-free readers. Nodes (header, links, key
 //! and value) are laid out together in an arena of 4 MiB chunks, so a search step touches one
 //! or two cache lines and an insert costs no allocation. Every operation gets a sequence number.
-//! The first write of a key in this memtable makes its key node, linked into the skiplist; each
-//! later write of the key makes a version node (header and value only) pushed on the key node's
-//! version chain, newest first. Nothing is removed until the whole memtable is dropped (after
+//! The first write of a key in this memtable makes its key node (linked into the skiplist
+//! later, see below); each later write of the key makes a version node (header and value only)
+//! pushed on the key node's version chain, newest first. Nothing is removed until the whole memtable is dropped (after
 //! its flush), which is what makes lock-free reading safe.
 //!
 //! Writes do not search the skiplist: a search visits some 30 nodes of a full memtable, each a
