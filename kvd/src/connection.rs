@@ -151,7 +151,7 @@ pub async fn serve(node: Arc<Node>, mut ws: ServerWs<crate::tls::Io>, read_only:
             Event::Ignored => {}
             Event::Answer(answer) => ws.feed_text(&answer),
             Event::Run(req) => {
-                let request = handle_owned(node.clone(), req);
+                let request = handle(&node, req);
                 if inline.is_terminated() {
                     inline.set(request.fuse());
                 } else {
@@ -327,22 +327,15 @@ fn allowed_read_only(op: &ClientOp) -> bool {
     )
 }
 
-/// [`handle`] owning its node handle: one future type for both of `serve`'s places.
-async fn handle_owned(node: Arc<Node>, req: Request) -> String {
-    handle(&node, req).await
-}
-
 /// Runs one request and returns its answer frame.
 pub async fn handle(node: &Arc<Node>, req: Request) -> String {
     let start = Instant::now();
     let op = op_index(req.op.name());
     let result = run(node, req.op, req.sloppy).await;
     if let Some(i) = op {
-        node.metrics.requests[i].fetch_add(1, Relaxed);
-        node.metrics.latency[i].observe(start.elapsed());
-        if result.is_err() {
-            node.metrics.errors[i].fetch_add(1, Relaxed);
-        }
+        node.metrics
+            .requests
+            .record(i, start.elapsed(), result.is_err());
     }
     match result {
         Ok(answer) => answer.frame(req.id),
