@@ -6,7 +6,7 @@
 //! larger than the whole shard budget is simply not cached).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
 use crate::block::Block;
@@ -64,8 +64,8 @@ impl Shard {
 pub(crate) struct BlockCache {
     shards: Vec<Mutex<Shard>>,
     shard_budget: usize,
-    pub(crate) hits: AtomicU64,
-    pub(crate) misses: AtomicU64,
+    pub(crate) hits: crate::stats::Sharded,
+    pub(crate) misses: crate::stats::Sharded,
     /// Misses of cache-only reads that the OS's page cache answered without waiting.
     pub(crate) page_cache_reads: AtomicU64,
 }
@@ -85,8 +85,8 @@ impl BlockCache {
                 })
                 .collect(),
             shard_budget: budget / SHARDS,
-            hits: AtomicU64::new(0),
-            misses: AtomicU64::new(0),
+            hits: Default::default(),
+            misses: Default::default(),
             page_cache_reads: AtomicU64::new(0),
         }
     }
@@ -112,7 +112,7 @@ impl BlockCache {
         } else {
             &self.misses
         };
-        counter.fetch_add(1, Ordering::Relaxed);
+        counter.add(1);
         found
     }
 
@@ -178,7 +178,7 @@ mod tests {
         }
         assert!(c.get(199, 0).is_some());
         assert!(c.get(0, 0).is_none());
-        assert!(c.hits.load(Ordering::Relaxed) == 1 && c.misses.load(Ordering::Relaxed) == 1);
+        assert!(c.hits.get() == 1 && c.misses.get() == 1);
         // A block that is hit keeps its place while new ones stream through its shard.
         let c = BlockCache::new(16 * 10_000);
         c.insert(1000, 0, b.clone());
