@@ -2,6 +2,11 @@
 # The cost of replication: YCSB-A (50% reads, 50% updates, zipfian) against one node (`--n 1`)
 # and against three nodes (N=3, W=2, R=2), same client, same run, `--sync interval`.
 #   kvd/bench/replication.sh            # OPS=100000 CLIENTS=50 RECORDS=100000
+#   ROUNDS=5 kvd/bench/replication.sh   # five rounds, each side first in turn; medians
+# The two runs of a round are a minute or less apart, but this machine's speed moves by a
+# third between minutes: one round's ratio has ranged 0.33-0.62 for the same build. Several
+# rounds, with the one-node run first in odd rounds and second in even ones, and the median
+# ratio, say what one round cannot.
 # Builds kvd and kvcli in release mode; ports are picked at run time; everything is stopped.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -9,6 +14,7 @@ OPS=${OPS:-100000}
 CLIENTS=${CLIENTS:-50}
 RECORDS=${RECORDS:-100000}
 WORKLOAD=${WORKLOAD:-a}
+ROUNDS=${ROUNDS:-1}
 STOP_SIGNAL=TERM # kvd dev stops its nodes on SIGTERM (SIGINT is ignored by a background job)
 source kvd/bench/lib.sh
 
@@ -36,11 +42,17 @@ run() { # run NODES N W R
   kill -TERM "$PID"; wait "$PID" 2>/dev/null || true; PID=
 }
 # Not in $(...): run must set PID in this shell, so the exit trap stops a cluster left running.
-run 1 1 1 1 >"$WORK/one.json"
-run 3 3 2 2 >"$WORK/three.json"
-one=$(cat "$WORK/one.json")
-three=$(cat "$WORK/three.json")
-python3 - "$one" "$three" "$WORKLOAD" <<'PY'
+: >"$WORK/ratios"
+for round in $(seq "$ROUNDS"); do
+  if [ $((round % 2)) -eq 1 ]; then
+    run 1 1 1 1 >"$WORK/one.json"
+    run 3 3 2 2 >"$WORK/three.json"
+  else
+    run 3 3 2 2 >"$WORK/three.json"
+    run 1 1 1 1 >"$WORK/one.json"
+  fi
+  [ "$ROUNDS" -gt 1 ] && echo "round $round"
+  python3 - "$(cat "$WORK/one.json")" "$(cat "$WORK/three.json")" "$WORKLOAD" "$WORK/ratios" <<'PY'
 import json, sys
 one, three = json.loads(sys.argv[1]), json.loads(sys.argv[2])
 for d in (one, three):
@@ -51,4 +63,17 @@ op99, tp99 = one["latency_us"]["p99"] / 1000, three["latency_us"]["p99"] / 1000
 print(f"YCSB-{sys.argv[3].upper()}: 1 node {o:,.0f} ops/s (p99 {op99:.2f} ms); "
       f"3 nodes N=3 W=2 R=2 {t:,.0f} ops/s (p99 {tp99:.2f} ms)")
 print(f"throughput ratio {t / o:.2f} (target >= 0.4), p99 ratio {tp99 / op99:.2f} (target <= 3)")
+with open(sys.argv[4], "a") as f:
+    f.write(f"{t / o} {tp99 / op99}\n")
 PY
+done
+if [ "$ROUNDS" -gt 1 ]; then
+  python3 - "$WORK/ratios" <<'PY'
+import statistics, sys
+rows = [tuple(map(float, line.split())) for line in open(sys.argv[1]) if line.strip()]
+for name, i in (("throughput", 0), ("p99", 1)):
+    xs = [r[i] for r in rows]
+    print(f"{name} ratio over {len(xs)} rounds: median {statistics.median(xs):.2f}, "
+          f"min {min(xs):.2f}, max {max(xs):.2f}")
+PY
+fi
