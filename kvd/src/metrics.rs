@@ -70,6 +70,20 @@ impl Requests {
             .sum()
     }
 
+    /// Renders a counter family with a sample per op: the count `field` picks.
+    fn render_counter(
+        &self,
+        out: &mut String,
+        name: &str,
+        help: &str,
+        field: impl Fn(&OpCounts) -> &AtomicU64,
+    ) {
+        family(out, name, "counter", help);
+        for (i, op) in OPS.iter().enumerate() {
+            let _ = writeln!(out, "{name}{{op=\"{op}\"}} {}", self.total(i, &field));
+        }
+    }
+
     /// Renders op `op`'s latency histogram, a sample per bucket (cumulative), `_sum` and
     /// `_count`.
     fn render_latency(&self, out: &mut String, name: &str, op: usize) {
@@ -150,17 +164,10 @@ impl Metrics {
     /// Renders the counters in Prometheus text format.
     pub fn render(&self, out: &mut String) {
         let r = &self.requests;
-        let name = "kv_requests_total";
-        family(out, name, "counter", "Client requests handled, by op.");
-        for (i, op) in OPS.iter().enumerate() {
-            let _ = writeln!(out, "{name}{{op=\"{op}\"}} {}", r.total(i, |c| &c.requests));
-        }
-        let name = "kv_request_errors_total";
+        let help = "Client requests handled, by op.";
+        r.render_counter(out, "kv_requests_total", help, |c| &c.requests);
         let help = "Client requests that ended in an error, by op.";
-        family(out, name, "counter", help);
-        for (i, op) in OPS.iter().enumerate() {
-            let _ = writeln!(out, "{name}{{op=\"{op}\"}} {}", r.total(i, |c| &c.errors));
-        }
+        r.render_counter(out, "kv_request_errors_total", help, |c| &c.errors);
         family(
             out,
             "kv_request_duration_seconds",
@@ -301,7 +308,7 @@ mod tests {
         h.record(0, Duration::from_micros(40), false);
         h.record(0, Duration::from_micros(700), true);
         h.record(1, Duration::from_micros(70), false);
-        // Another thread adds to another shard; the totals cover both.
+        // What another thread records (in its own shard) counts in the totals too.
         std::thread::scope(|s| {
             s.spawn(|| h.record(0, Duration::from_secs(10), false));
         });
@@ -326,5 +333,34 @@ mod tests {
             out.contains("x_bucket{op=\"put\",le=\"0.0001\"} 1"),
             "{out}"
         );
+    }
+
+    #[test]
+    fn request_families_sum_the_shards() {
+        let m = Metrics::default();
+        m.requests.record(1, Duration::from_micros(300), true);
+        std::thread::scope(|s| {
+            s.spawn(|| m.requests.record(1, Duration::from_micros(30), false));
+        });
+        let mut out = String::new();
+        m.render(&mut out);
+        for line in [
+            "# TYPE kv_requests_total counter",
+            "kv_requests_total{op=\"put\"} 2",
+            "kv_requests_total{op=\"get\"} 0",
+            "# TYPE kv_request_errors_total counter",
+            "kv_request_errors_total{op=\"put\"} 1",
+            "kv_request_errors_total{op=\"get\"} 0",
+            "# TYPE kv_request_duration_seconds histogram",
+            "kv_request_duration_seconds_bucket{op=\"put\",le=\"0.00005\"} 1",
+            "kv_request_duration_seconds_bucket{op=\"put\",le=\"0.0005\"} 2",
+            "kv_request_duration_seconds_count{op=\"put\"} 2",
+            "kv_request_duration_seconds_sum{op=\"put\"} 0.00033",
+        ] {
+            assert!(
+                out.lines().any(|l| l == line),
+                "{line} missing from:\n{out}"
+            );
+        }
     }
 }
