@@ -628,3 +628,102 @@ async fn a_replica_with_a_full_disk_costs_the_cluster_no_write() {
         assert_eq!(r["values"], json!([val]), "{key} on n3 after repair: {r}");
     }
 }
+
+/// `kvcli autoscale`'s full-disk rule, end to end: a node that refuses writes for lack of
+/// space (here, below its reserve) makes the autoscaler add a node, and say why, while the
+/// load alone would not. Its launch command gets the decision (count, sizes, reason).
+///
+/// Before: the rule was checked only by unit tests of the policy and of the metric's parsing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn autoscale_adds_a_node_when_one_refuses_writes_for_lack_of_space() {
+    use kv_tests::metric;
+    let (disk, addr, _log, mut ws) = node_on("64m", 40).await;
+    fill(&disk.mount, "ballast");
+    // The node looks at its free space again as it commits: puts are refused soon.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut i = 0;
+    loop {
+        i += 1;
+        if put_8k(&mut ws, i).await.2["ok"] != true && metric(&addr, "kv_storage_disk_full") == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "puts still accepted");
+    }
+
+    let sim = disk._dir.path().join("manager");
+    std::fs::create_dir(&sim).unwrap();
+    let calls = sim.join("calls");
+    std::fs::write(
+        sim.join("launch.sh"),
+        r#"echo "count=$KV_AUTOSCALE_COUNT current=$KV_AUTOSCALE_CURRENT target=$KV_AUTOSCALE_TARGET reason=$KV_AUTOSCALE_REASON" >> "$CALLS""#,
+    )
+    .unwrap();
+    let (out, err) = (sim.join("autoscale.out"), sim.join("autoscale.err"));
+    let mut scaler = Command::new(kv_tests::kvcli_bin())
+        .args(["--node", &format!("ws://{addr}"), "--json", "autoscale"])
+        .args(["--min", "1", "--max", "2", "--target-ops", "100000"])
+        .args(["--interval-s", "1", "--window-s", "3", "--cooldown-s", "1"])
+        .arg("--launch")
+        .arg(format!("sh {}", sim.join("launch.sh").display()))
+        // Required with --launch; never called here (nothing is removed).
+        .args(["--retire", "false"])
+        .arg("--dir")
+        .arg(sim.join("scaled"))
+        .env("CALLS", &calls)
+        .env_remove("KV_NODE")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::fs::File::create(&err).unwrap())
+        .spawn()
+        .expect("start kvcli autoscale");
+    let _stop = KillOnDrop(scaler.id());
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::fs::read_to_string(&calls)
+        .unwrap_or_default()
+        .is_empty()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no launch: {}{}",
+            std::fs::read_to_string(&out).unwrap_or_default(),
+            std::fs::read_to_string(&err).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let call = std::fs::read_to_string(&calls).unwrap();
+    assert!(
+        call.starts_with("count=1 current=1 target=2 reason="),
+        "{call}"
+    );
+    assert!(
+        call.contains("refuses writes for lack of disk space"),
+        "{call}"
+    );
+    let decisions: Vec<Value> = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| e["event"] == "decision" && e["action"] == "scale_out")
+        .collect();
+    assert_eq!(decisions.len(), 1, "{decisions:?}");
+    assert_eq!(decisions[0]["count"], 1, "{}", decisions[0]);
+    let _ = Command::new("kill")
+        .arg("-INT")
+        .arg(scaler.id().to_string())
+        .status();
+    let status = scaler.wait().unwrap();
+    assert!(status.success(), "{status}");
+}
+
+/// Kills a process (SIGKILL) on drop, for a test that fails before stopping it.
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-KILL")
+            .arg(self.0.to_string())
+            .status();
+    }
+}
