@@ -659,24 +659,25 @@ async fn autoscale_adds_a_node_when_one_refuses_writes_for_lack_of_space() {
     )
     .unwrap();
     let (out, err) = (sim.join("autoscale.out"), sim.join("autoscale.err"));
-    let mut scaler = Command::new(kv_tests::kvcli_bin())
-        .args(["--node", &format!("ws://{addr}"), "--json", "autoscale"])
-        .args(["--min", "1", "--max", "2", "--target-ops", "100000"])
-        .args(["--interval-s", "1", "--window-s", "3", "--cooldown-s", "1"])
-        .arg("--launch")
-        .arg(format!("sh {}", sim.join("launch.sh").display()))
-        // Required with --launch; never called here (nothing is removed).
-        .args(["--retire", "false"])
-        .arg("--dir")
-        .arg(sim.join("scaled"))
-        .env("CALLS", &calls)
-        .env_remove("KV_NODE")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::fs::File::create(&out).unwrap())
-        .stderr(std::fs::File::create(&err).unwrap())
-        .spawn()
-        .expect("start kvcli autoscale");
-    let _stop = KillOnDrop(scaler.id());
+    let mut scaler = Stopped(
+        Command::new(kv_tests::kvcli_bin())
+            .args(["--node", &format!("ws://{addr}"), "--json", "autoscale"])
+            .args(["--min", "1", "--max", "2", "--target-ops", "100000"])
+            .args(["--interval-s", "1", "--window-s", "3", "--cooldown-s", "1"])
+            .arg("--launch")
+            .arg(format!("sh {}", sim.join("launch.sh").display()))
+            // Required with --launch; never called here (nothing is removed).
+            .args(["--retire", "false"])
+            .arg("--dir")
+            .arg(sim.join("scaled"))
+            .env("CALLS", &calls)
+            .env_remove("KV_NODE")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(std::fs::File::create(&err).unwrap())
+            .spawn()
+            .expect("start kvcli autoscale"),
+    );
 
     let deadline = Instant::now() + Duration::from_secs(30);
     while std::fs::read_to_string(&calls)
@@ -710,20 +711,19 @@ async fn autoscale_adds_a_node_when_one_refuses_writes_for_lack_of_space() {
     assert_eq!(decisions[0]["count"], 1, "{}", decisions[0]);
     let _ = Command::new("kill")
         .arg("-INT")
-        .arg(scaler.id().to_string())
+        .arg(scaler.0.id().to_string())
         .status();
-    let status = scaler.wait().unwrap();
+    let status = scaler.0.wait().unwrap();
     assert!(status.success(), "{status}");
 }
 
-/// Kills a process (SIGKILL) on drop, for a test that fails before stopping it.
-struct KillOnDrop(u32);
+/// A child process killed on drop, for a test that fails before it stops it (`kill` does
+/// nothing to one already waited for, so no other process can get the signal).
+struct Stopped(Child);
 
-impl Drop for KillOnDrop {
+impl Drop for Stopped {
     fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .arg("-KILL")
-            .arg(self.0.to_string())
-            .status();
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
