@@ -692,6 +692,28 @@ impl Report {
             .count()
     }
 
+    /// Panics, naming the seed, the first twenty violations, the summary and `logs()`, when
+    /// the check found anything wrong.
+    pub fn assert_clean(&self, seed: u64, logs: impl FnOnce() -> String) {
+        if self.violations.is_empty() {
+            return;
+        }
+        let shown: Vec<String> = self
+            .violations
+            .iter()
+            .take(20)
+            .map(|v| format!("{v:?}"))
+            .collect();
+        panic!(
+            "seed {seed}: {} violations (first {}):\n{}\n{}\nlogs:\n{}",
+            self.violations.len(),
+            shown.len(),
+            shown.join("\n"),
+            self.summary(),
+            logs()
+        );
+    }
+
     /// A one-paragraph summary.
     pub fn summary(&self) -> String {
         let c = &self.counts;

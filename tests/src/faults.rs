@@ -771,13 +771,7 @@ impl FaultCluster {
     pub fn logs(&self) -> String {
         let mut out = String::new();
         for n in &self.nodes {
-            let text = std::fs::read_to_string(&n.log).unwrap_or_default();
-            let tail: Vec<&str> = text.lines().rev().take(40).collect();
-            out.push_str(&format!("--- {} ({}) ---\n", n.id, n.addr));
-            for l in tail.into_iter().rev() {
-                out.push_str(l);
-                out.push('\n');
-            }
+            crate::push_log_tail(&mut out, &n.id, &n.addr, &n.log, 40);
         }
         out
     }

@@ -513,13 +513,7 @@ impl Cluster {
     pub fn logs(&self) -> String {
         let mut out = String::new();
         for n in &self.nodes {
-            let text = std::fs::read_to_string(&n.log).unwrap_or_default();
-            let tail: Vec<&str> = text.lines().rev().take(30).collect();
-            out.push_str(&format!("--- {} ({}) ---\n", n.id, n.addr));
-            for l in tail.into_iter().rev() {
-                out.push_str(l);
-                out.push('\n');
-            }
+            push_log_tail(&mut out, &n.id, &n.addr, &n.log, 30);
         }
         out
     }
@@ -616,6 +610,18 @@ pub async fn purge_now(urls: &[String]) {
                 .await;
             assert_eq!(r["ok"], true, "repair on {url}: {r}");
         }
+    }
+}
+
+/// Appends the last `lines` lines of a node's log under a heading naming it (for failure
+/// messages); an unreadable log adds the heading alone.
+pub fn push_log_tail(out: &mut String, id: &str, addr: &str, log: &Path, lines: usize) {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let tail: Vec<&str> = text.lines().rev().take(lines).collect();
+    out.push_str(&format!("--- {id} ({addr}) ---\n"));
+    for l in tail.into_iter().rev() {
+        out.push_str(l);
+        out.push('\n');
     }
 }
 

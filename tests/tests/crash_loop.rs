@@ -137,20 +137,5 @@ async fn sigkill_under_load_with_sync_always_loses_no_acknowledged_write() {
         "too few acknowledged writes to mean anything: {}",
         report.summary()
     );
-    if !report.violations.is_empty() {
-        let shown: Vec<String> = report
-            .violations
-            .iter()
-            .take(20)
-            .map(|v| format!("{v:?}"))
-            .collect();
-        panic!(
-            "seed {seed}: {} violations (first {}):\n{}\n{}\nlogs:\n{}",
-            report.violations.len(),
-            shown.len(),
-            shown.join("\n"),
-            report.summary(),
-            cluster.logs()
-        );
-    }
+    report.assert_clean(seed, || cluster.logs());
 }
